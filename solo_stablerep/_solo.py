@@ -1,0 +1,37 @@
+"""Finds solo-learn and checks that it is the release this package is built against."""
+
+import importlib
+from importlib import metadata
+
+SOLO_LEARN_COMMIT = "9187ea39c2c3f43c455ab06664d2b019a9802954"
+SOLO_LEARN_VERSION = "1.0.6"
+INSTALL_HINT = (
+    f"install solo-learn {SOLO_LEARN_VERSION} (commit {SOLO_LEARN_COMMIT[:7]}) with "
+    "`bash scripts/install_solo_learn.sh` (or `bash scripts/install_solo_learn.sh "
+    "/path/to/solo-learn-source` offline); PyPI's solo-learn 1.0.2 does not work"
+)
+
+
+class SoloLearnNotAvailable(ImportError):
+    pass
+
+
+def check_solo_learn() -> None:
+    """Raises SoloLearnNotAvailable with an actionable one-line message if solo-learn is
+    missing or is an old release (1.0.2 on PyPI has the argparse API and no Hydra configs)."""
+
+    try:
+        importlib.import_module("solo")
+    except ImportError as error:
+        raise SoloLearnNotAvailable(f"solo-learn is not importable ({error}): {INSTALL_HINT}")
+    try:
+        version = metadata.version("solo-learn")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    try:
+        importlib.import_module("solo.args.pretrain").parse_cfg
+        importlib.import_module("solo.methods").METHODS
+    except (ImportError, AttributeError):
+        raise SoloLearnNotAvailable(
+            f"solo-learn {version} is too old (no solo.args.pretrain.parse_cfg): {INSTALL_HINT}"
+        )

@@ -1,0 +1,206 @@
+from typing import Any, Dict, List, Sequence
+
+import omegaconf
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from solo.methods.base import BaseMethod
+from solo.utils.metrics import accuracy_at_k
+from solo.utils.misc import omegaconf_select
+
+from solo_stablerep.losses import multi_positive_contrastive_loss
+
+# BaseMethod logs these for every batch; without labels they would be a meaningless 0 %.
+_CLASSIFIER_METRICS = ("train_class_loss", "train_acc1", "train_acc5")
+
+
+def build_projector(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int) -> nn.Sequential:
+    """MLP of ``num_layers`` linear layers with BN + ReLU between them (StableRep: 3 layers).
+
+    BN statistics are per view because solo-learn's BaseMethod forwards each view separately.
+    """
+
+    dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+    layers: List[nn.Module] = []
+    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+        is_last = i == num_layers - 1
+        # no bias before a BN: it would be cancelled by the BN's mean subtraction
+        layers.append(nn.Linear(d_in, d_out, bias=is_last))
+        if not is_last:
+            layers += [nn.BatchNorm1d(d_out), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class StableRep(BaseMethod):
+    # read by solo_stablerep.pretrain: the loss takes any number of views per item
+    any_number_of_large_crops = True
+    _KWARGS_DEFAULTS = {
+        "proj_hidden_dim": 4096,
+        "proj_output_dim": 256,
+        "proj_num_layers": 3,
+        "temperature": 0.1,
+    }
+
+    def __init__(self, cfg: omegaconf.DictConfig):
+        """Implements StableRep (Tian, Fan, Isola, Chang, Krishnan, "StableRep: Synthetic Images
+        from Text-to-Image Models Make Strong Visual Representation Learners", NeurIPS 2023,
+        https://arxiv.org/abs/2306.00984).
+
+        Every view of one dataset item (one caption: crops of several images generated from
+        it) is a positive of every other; the loss is the multi-positive contrastive loss
+        (:func:`solo_stablerep.losses.multi_positive_contrastive_loss`). Any number of large
+        views (the paper uses 6) and of small multicrop views can be used.
+
+        Extra cfg settings:
+            method_kwargs:
+                proj_hidden_dim (int): hidden width of the projector. Defaults to 4096.
+                proj_output_dim (int): dimension of the projected embeddings. Defaults to 256.
+                proj_num_layers (int): linear layers in the projector, with BN + ReLU between
+                    them. Defaults to 3.
+                temperature (float): softmax temperature tau of the loss. Defaults to 0.1.
+        """
+
+        super().__init__(cfg)
+
+        kwargs = cfg.method_kwargs
+        self.temperature: float = kwargs.temperature
+        self.projector = build_projector(
+            self.features_dim, kwargs.proj_hidden_dim, kwargs.proj_output_dim, kwargs.proj_num_layers
+        )
+        # Decided once per run, so every DDP rank logs the same keys.
+        self.logs_classifier_metrics: bool = not cfg.data.get("no_labels", False) and (
+            cfg.data.num_classes > 1
+        )
+
+    @staticmethod
+    def add_and_assert_specific_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictConfig:
+        """Adds method specific default values/checks for config.
+
+        Args:
+            cfg (omegaconf.DictConfig): DictConfig object.
+
+        Returns:
+            omegaconf.DictConfig: same as the argument, used to avoid errors.
+        """
+
+        cfg = super(StableRep, StableRep).add_and_assert_specific_cfg(cfg)
+
+        known = StableRep._KWARGS_DEFAULTS
+        for key in cfg.method_kwargs:
+            if key not in known:
+                raise ValueError(
+                    f"unknown method_kwargs.{key} for method stablerep; expected one of "
+                    f"{sorted(known)}"
+                )
+        for key, default in known.items():
+            if omegaconf.OmegaConf.is_missing(cfg.method_kwargs, key):
+                raise ValueError(f"method_kwargs.{key} is missing (???): set it, e.g. {default}")
+            cfg.method_kwargs[key] = omegaconf_select(cfg, f"method_kwargs.{key}", default)
+
+        kwargs = cfg.method_kwargs
+        if not kwargs.temperature > 0:
+            raise ValueError(f"method_kwargs.temperature must be > 0, got {kwargs.temperature}")
+        for key in ("proj_hidden_dim", "proj_output_dim", "proj_num_layers"):
+            if not (isinstance(kwargs[key], int) and kwargs[key] >= 1):
+                raise ValueError(f"method_kwargs.{key} must be an integer >= 1, got {kwargs[key]}")
+
+        num_views = cfg.data.num_large_crops + cfg.data.num_small_crops
+        if num_views < 2:
+            raise ValueError(
+                f"stablerep needs at least 2 views per item to have positives, got {num_views} "
+                "(data.num_large_crops + data.num_small_crops): raise augmentations[*].num_crops "
+                "or data.synthetic.n_img"
+            )
+        return cfg
+
+    @property
+    def learnable_params(self) -> List[dict]:
+        """Adds projector parameters to the parent's learnable parameters.
+
+        Returns:
+            List[dict]: list of learnable parameters.
+        """
+
+        extra_learnable_params = [{"name": "projector", "params": self.projector.parameters()}]
+        return super().learnable_params + extra_learnable_params
+
+    def forward(self, X: torch.Tensor) -> Dict[str, Any]:
+        """Performs the forward pass of the backbone and the projector.
+
+        Args:
+            X (torch.Tensor): a batch of images in the tensor format.
+
+        Returns:
+            Dict[str, Any]: the outputs of the parent and the projected features "z".
+        """
+
+        out = super().forward(X)
+        out["z"] = self.projector(out["feats"])
+        return out
+
+    def multicrop_forward(self, X: torch.Tensor) -> Dict[str, Any]:
+        """Performs the forward pass for the small multicrop views.
+
+        Args:
+            X (torch.Tensor): batch of images in tensor format.
+
+        Returns:
+            Dict[str, Any]: the outputs of the parent and the projected features "z".
+        """
+
+        out = super().multicrop_forward(X)
+        out["z"] = self.projector(out["feats"])
+        return out
+
+    def base_training_step(self, X: torch.Tensor, targets: torch.Tensor) -> Dict[str, Any]:
+        """Online classifier step that stays finite on unlabelled data.
+
+        solo-learn's version takes ``F.cross_entropy(..., ignore_index=-1)``, which is NaN
+        when every target of the batch is -1 (caption data without classes). Here the loss
+        and accuracies are computed over the labelled rows only, and are 0 without any.
+        """
+
+        out = self(X)
+        logits = out["logits"]
+        labelled = targets != -1
+        if labelled.any():
+            loss = F.cross_entropy(logits[labelled], targets[labelled])
+            top_k_max = min(5, logits.size(1))
+            acc1, acc5 = accuracy_at_k(logits[labelled], targets[labelled], top_k=(1, top_k_max))
+        else:
+            # zero that keeps the classifier in the graph (DDP expects its gradients)
+            loss = logits.sum() * 0.0
+            acc1 = acc5 = torch.zeros((), device=logits.device)
+        out.update({"loss": loss, "acc1": acc1, "acc5": acc5})
+        return out
+
+    def log_dict(self, dictionary, *args, **kwargs):
+        if not self.logs_classifier_metrics:
+            dictionary = {k: v for k, v in dictionary.items() if k not in _CLASSIFIER_METRICS}
+        if dictionary:
+            super().log_dict(dictionary, *args, **kwargs)
+
+    def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
+        """Training step for StableRep reusing BaseMethod training step.
+
+        Args:
+            batch (Sequence[Any]): a batch of data in the format of [img_indexes, [X], Y], where
+                [X] is a list of size num_crops containing batches of images; all views of
+                one index are positives of each other.
+            batch_idx (int): index of the batch.
+
+        Returns:
+            torch.Tensor: StableRep loss plus the online classifier's loss.
+        """
+
+        indexes = batch[0]
+
+        out = super().training_step(batch, batch_idx)
+        z = torch.cat(out["z"])
+        # views are concatenated view-major, so row v * B + i belongs to item i
+        labels = indexes.repeat(self.num_crops)
+
+        stablerep_loss = multi_positive_contrastive_loss(z, labels, self.temperature)
+        self.log("train_stablerep_loss", stablerep_loss, on_epoch=True, sync_dist=True)
+
+        return stablerep_loss + out["loss"]
