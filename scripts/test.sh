@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs the whole test suite, slow end-to-end tests included. Extra arguments go to pytest.
+#
+#   bash scripts/test.sh            # everything (about 15-25 minutes on 2 CPU cores)
+#   bash scripts/test.sh -m "not slow"
+set -uo pipefail
+cd "$(dirname "$0")/.."
+python="${PYTHON:-python3}"
+
+"$python" -m pytest "$@"
+status=$?
+
+if ! "$python" -c "import solo" 2>/dev/null; then
+    cat >&2 <<'MSG'
+
+########################################################################################
+#  solo-learn is NOT importable: every integration test above was SKIPPED, not passed. #
+#  Install it with `bash scripts/install_solo_learn.sh [SOURCE_DIR]` and run again.    #
+########################################################################################
+MSG
+fi
+if [ "$status" -eq 5 ]; then
+    echo "error: pytest collected no tests" >&2
+    exit 1
+fi
+exit "$status"
