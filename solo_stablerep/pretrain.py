@@ -268,7 +268,10 @@ def main(cfg: DictConfig) -> None:
     try:
         run_pretrain(cfg)
     except ValueError as error:
-        # configuration and data errors: one line that names the culprit, no traceback
+        # configuration and data errors: one line that names the culprit; Hydra's own switch
+        # brings the traceback back for debugging
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
         sys.exit(f"solo-stablerep-pretrain: error: {error}")
 
 

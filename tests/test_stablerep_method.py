@@ -174,10 +174,12 @@ def test_two_view_methods_refuse_six_crops(image_folder):
 
 
 def run_entry_point(command, config_name, cwd, *overrides):
+    replaced = {o.split("=")[0] for o in overrides}
+    base = [o for o in CPU_OVERRIDES if o.split("=")[0] not in replaced]
     return subprocess.run(
         command
         + ["--config-path", str(CUSTOM), "--config-name", config_name]
-        + CPU_OVERRIDES
+        + base
         + list(overrides),
         cwd=cwd,
         capture_output=True,
@@ -225,3 +227,23 @@ def test_entry_point_reports_a_bad_method_in_one_line(image_folder, tmp_path):
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("solo-stablerep-pretrain: error: unknown method 'nope'")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_entry_point_trains_with_ddp_on_two_cpu_processes(image_folder, tmp_path):
+    # Lightning re-launches the command for rank 1; the loss gathers across both ranks.
+    result = run_entry_point(
+        [sys.executable, "-m", "solo_stablerep.pretrain"],
+        "stablerep.yaml",
+        tmp_path,
+        *crop_overrides(1),
+        f"data.train_path={image_folder}",
+        f"checkpoint.dir={tmp_path / 'ckpt'}",
+        "devices=2",
+        "strategy=ddp",
+        "+max_steps=2",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (checkpoint,) = (tmp_path / "ckpt" / "stablerep").rglob("*.ckpt")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 2
