@@ -12,7 +12,8 @@ StableRep needs it:
 * methods whose class sets ``any_number_of_large_crops`` (StableRep) may use more than the 2
   large crops solo-learn allows (solo-learn itself only lets ``wmse`` and ``mae`` do that);
 * ``data.dataset: synthetic`` reads the multi-image-per-caption datasets of
-  :mod:`solo_stablerep.data`;
+  :mod:`solo_stablerep.data`; for methods with ``needs_captions`` (StableRep++) each item also
+  carries its caption's token ids (:mod:`solo_stablerep.text`);
 * ``devices`` may be an int (as Lightning's CPU accelerator requires), not only a list;
 * bad method names and view counts are reported in one line instead of a bare assert.
 """
@@ -124,6 +125,14 @@ def _build_solo_transform(cfg: DictConfig, dali: bool) -> FullTransformPipeline:
 
 def prepare_train_data(cfg: DictConfig):
     """The training data: a DataLoader, or a LightningDataModule for DALI."""
+
+    if getattr(METHODS[cfg.method], "needs_captions", False):
+        # image-text methods (stablerep_pp): items gain the caption's token ids
+        from solo_stablerep.data import prepare_synthetic_train_data
+        from solo_stablerep.text import check_caption_data, with_caption_tokens
+
+        check_caption_data(cfg)
+        return with_caption_tokens(cfg, prepare_synthetic_train_data(cfg))
 
     if cfg.data.dataset == "synthetic":
         from solo_stablerep.data import prepare_synthetic_train_data
@@ -258,7 +267,9 @@ def run_pretrain(cfg: DictConfig) -> Trainer:
     if isinstance(train_data, torch.utils.data.DataLoader):
         trainer.fit(model, train_data, val_loader, ckpt_path=ckpt_path)
     else:
-        train_data.val_dataloader = lambda: val_loader
+        # a datamodule whose val_dataloader returns None fails in Lightning: leave it unset
+        if val_loader is not None:
+            train_data.val_dataloader = lambda: val_loader
         trainer.fit(model, ckpt_path=ckpt_path, datamodule=train_data)
     return trainer
 

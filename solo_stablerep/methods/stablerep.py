@@ -31,10 +31,44 @@ def build_projector(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int)
     return nn.Sequential(*layers)
 
 
+def fill_method_kwargs(cfg: omegaconf.DictConfig, method: str, defaults: Dict[str, Any]) -> None:
+    """Sets the defaults of ``cfg.method_kwargs``; a key left ``???`` or an unknown key (a typo
+    that would otherwise be silently ignored) is a one-line error naming it."""
+
+    for key in cfg.method_kwargs:
+        if key not in defaults:
+            raise ValueError(
+                f"unknown method_kwargs.{key} for method {method}; expected one of {sorted(defaults)}"
+            )
+    for key, default in defaults.items():
+        if omegaconf.OmegaConf.is_missing(cfg.method_kwargs, key):
+            raise ValueError(f"method_kwargs.{key} is missing (???): set it, e.g. {default}")
+        cfg.method_kwargs[key] = omegaconf_select(cfg, f"method_kwargs.{key}", default)
+
+
+def check_projector_kwargs(cfg: omegaconf.DictConfig) -> None:
+    kwargs = cfg.method_kwargs
+    if not kwargs.temperature > 0:
+        raise ValueError(f"method_kwargs.temperature must be > 0, got {kwargs.temperature}")
+    for key in ("proj_hidden_dim", "proj_output_dim", "proj_num_layers"):
+        if not (isinstance(kwargs[key], int) and kwargs[key] >= 1):
+            raise ValueError(f"method_kwargs.{key} must be an integer >= 1, got {kwargs[key]}")
+
+
+def require_views(cfg: omegaconf.DictConfig, method: str, minimum: int) -> None:
+    num_views = cfg.data.num_large_crops + cfg.data.num_small_crops
+    if num_views < minimum:
+        raise ValueError(
+            f"{method} needs at least {minimum} views per item to have positives, got {num_views} "
+            "(data.num_large_crops + data.num_small_crops): raise augmentations[*].num_crops "
+            "or data.synthetic.n_img"
+        )
+
+
 class StableRep(BaseMethod):
     # read by solo_stablerep.pretrain: the loss takes any number of views per item
     any_number_of_large_crops = True
-    _KWARGS_DEFAULTS = {
+    KWARGS_DEFAULTS = {
         "proj_hidden_dim": 4096,
         "proj_output_dim": 256,
         "proj_num_layers": 3,
@@ -84,33 +118,9 @@ class StableRep(BaseMethod):
         """
 
         cfg = super(StableRep, StableRep).add_and_assert_specific_cfg(cfg)
-
-        known = StableRep._KWARGS_DEFAULTS
-        for key in cfg.method_kwargs:
-            if key not in known:
-                raise ValueError(
-                    f"unknown method_kwargs.{key} for method stablerep; expected one of "
-                    f"{sorted(known)}"
-                )
-        for key, default in known.items():
-            if omegaconf.OmegaConf.is_missing(cfg.method_kwargs, key):
-                raise ValueError(f"method_kwargs.{key} is missing (???): set it, e.g. {default}")
-            cfg.method_kwargs[key] = omegaconf_select(cfg, f"method_kwargs.{key}", default)
-
-        kwargs = cfg.method_kwargs
-        if not kwargs.temperature > 0:
-            raise ValueError(f"method_kwargs.temperature must be > 0, got {kwargs.temperature}")
-        for key in ("proj_hidden_dim", "proj_output_dim", "proj_num_layers"):
-            if not (isinstance(kwargs[key], int) and kwargs[key] >= 1):
-                raise ValueError(f"method_kwargs.{key} must be an integer >= 1, got {kwargs[key]}")
-
-        num_views = cfg.data.num_large_crops + cfg.data.num_small_crops
-        if num_views < 2:
-            raise ValueError(
-                f"stablerep needs at least 2 views per item to have positives, got {num_views} "
-                "(data.num_large_crops + data.num_small_crops): raise augmentations[*].num_crops "
-                "or data.synthetic.n_img"
-            )
+        fill_method_kwargs(cfg, "stablerep", StableRep.KWARGS_DEFAULTS)
+        check_projector_kwargs(cfg)
+        require_views(cfg, "stablerep", 2)
         return cfg
 
     @property

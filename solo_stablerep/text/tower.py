@@ -1,0 +1,31 @@
+"""CLIP's text encoder (Radford et al., 2021): token + positional embeddings, a causal pre-LN
+transformer, a final LayerNorm, the feature at the ``<eot>`` token (the largest id of a row),
+and a linear projection into the shared image–text embedding. open_clip's ``TextTransformer``
+with CLIP's settings and initialisation."""
+
+import torch.nn as nn
+
+from solo_stablerep.text.tokenizer import CLIP_VOCAB_SIZE
+
+
+def build_text_tower(
+    width: int, layers: int, heads: int, context_length: int, embed_dim: int
+) -> nn.Module:
+    """A CLIP text tower mapping (B, context_length) token ids to (B, embed_dim) embeddings.
+
+    CLIP ViT-B/16's text tower is width 512, 12 layers, 8 heads, context 77.
+    """
+
+    if width % heads != 0:
+        raise ValueError(f"text width {width} is not divisible by text heads {heads}")
+    from open_clip.transformer import TextTransformer
+
+    return TextTransformer(
+        context_length=context_length,
+        vocab_size=CLIP_VOCAB_SIZE,
+        width=width,
+        heads=heads,
+        layers=layers,
+        output_dim=embed_dim,
+        pool_type="argmax",  # <eot> has the largest id: CLIP's pooling
+    )
