@@ -178,14 +178,16 @@ def fake_batch(model, batch_size=4, num_views=None):
 
 
 def test_shipped_configs_use_the_papers_settings(manifest_root):
-    pp = OmegaConf.load(SYNTHETIC / "stablerep_pp.yaml")
-    clip = OmegaConf.load(SYNTHETIC / "clip.yaml")
+    composed = {
+        name: compose_cfg(SYNTHETIC, f"{name}.yaml", [f"data.train_path={manifest_root}"])
+        for name in ("stablerep_pp", "clip", "stablerep")
+    }
+    pp, clip, shared = composed["stablerep_pp"], composed["clip"], composed["stablerep"]
     assert pp.method == clip.method == "stablerep_pp"
     assert (pp.method_kwargs.w1, pp.method_kwargs.w2) == (1.0, 1.0)
     assert (clip.method_kwargs.w1, clip.method_kwargs.w2) == (0.0, 1.0)
     assert clip.data.synthetic.n_img == 1
-    shared = OmegaConf.load(SYNTHETIC / "stablerep.yaml")
-    for key in ("optimizer", "scheduler", "backbone", "defaults"):
+    for key in ("optimizer", "scheduler", "backbone"):
         assert pp[key] == shared[key] == clip[key], key
 
 
