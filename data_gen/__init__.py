@@ -1,0 +1,15 @@
+"""Synthetic data for StableRep: many images per caption (Stable Diffusion, or a procedural toy renderer).
+
+Writes the ``stablerep-synthetic`` format of :mod:`solo_stablerep.data.manifest`. Command line:
+``stablerep-generate CAPTIONS OUT [options]`` / ``python -m data_gen``; ``stablerep-generate merge OUT``.
+"""
+
+from .captions import CaptionSet, load_captions, normalize_caption
+from .runner import RunOptions, generate
+from .settings import DataGenError, GenerationSettings, image_seed
+from .storage import merge
+
+__all__ = [
+    "CaptionSet", "DataGenError", "GenerationSettings", "RunOptions", "generate", "image_seed",
+    "load_captions", "merge", "normalize_caption",
+]

@@ -1,0 +1,176 @@
+"""Read a captions file: plain text (one caption a line) or CSV/TSV with a caption and an optional label column.
+
+Captions are normalised (unicode NFC, whitespace collapsed), empty ones skipped, duplicates dropped (the
+first occurrence wins), and each gets a stable id: the first 16 hex characters of the SHA-1 of its
+normalised UTF-8 text.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .settings import DataGenError
+
+_INTEGER = re.compile(r"^[+-]?\d+$")
+
+
+@dataclass(frozen=True)
+class Caption:
+    index: int  # position among the de-duplicated captions; orders the manifest
+    caption_id: str
+    text: str
+    label: int | None
+
+
+@dataclass
+class CaptionSet:
+    captions: list[Caption]
+    class_names: list[str] | None
+    lines: int = 0
+    empty: int = 0
+    bad_utf8_skipped: int = 0
+    duplicates: int = 0
+    label_conflicts: int = 0  # duplicates whose label differs from the kept one
+    digest: str = field(default="")  # identifies the caption list, to tell runs apart
+
+    def stats(self) -> dict:
+        return {
+            "lines": self.lines,
+            "captions": len(self.captions),
+            "empty_skipped": self.empty,
+            "bad_utf8_skipped": self.bad_utf8_skipped,
+            "duplicates_dropped": self.duplicates,
+            "label_conflicts": self.label_conflicts,
+        }
+
+
+def normalize_caption(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def caption_id(normalized: str) -> str:
+    return hashlib.sha1(normalized.encode("utf-8")).hexdigest()[:16]
+
+
+def _decoded_lines(path: Path, skip_bad_lines: bool, result: CaptionSet):
+    """Yield (line number, text) with line endings stripped; non-UTF-8 lines raise or are counted."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataGenError(f"captions file {path}: {e.strerror or e}") from None
+    raw_lines = data.split(b"\n")
+    if raw_lines and raw_lines[-1] == b"":
+        raw_lines.pop()
+    if raw_lines and raw_lines[0].startswith(b"\xef\xbb\xbf"):
+        raw_lines[0] = raw_lines[0][3:]  # a UTF-8 byte-order mark is not part of the caption
+    result.lines = len(raw_lines)
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            text = raw.rstrip(b"\r").decode("utf-8")
+        except UnicodeDecodeError:
+            if not skip_bad_lines:
+                raise DataGenError(
+                    f"{path}:{number}: not valid UTF-8 (fix the file or pass --skip-bad-lines)"
+                ) from None
+            result.bad_utf8_skipped += 1
+            continue
+        yield number, text
+
+
+def _rows(path: Path, skip_bad_lines: bool, caption_column: str, label_column: str | None, result: CaptionSet):
+    """Yield (line number, caption text, raw label or None)."""
+    lines = _decoded_lines(path, skip_bad_lines, result)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".tsv"):
+        if label_column:
+            raise DataGenError(f"--label-column {label_column!r}: labels need a .csv or .tsv captions file")
+        yield from ((number, text, None) for number, text in lines)
+        return
+    current = [0]
+
+    def tracked():
+        for number, text in lines:
+            current[0] = number
+            yield text + "\n"
+
+    reader = csv.reader(tracked(), delimiter="\t" if suffix == ".tsv" else ",")
+    header = next(reader, None)
+    if header is None:
+        return
+    header = [name.strip() for name in header]
+    if caption_column not in header:
+        raise DataGenError(f"{path}: no column {caption_column!r} (columns: {', '.join(header)}); see --caption-column")
+    if label_column is None:
+        label_column = "label" if "label" in header else None
+    elif label_column not in header:
+        raise DataGenError(f"{path}: no label column {label_column!r} (columns: {', '.join(header)})")
+    text_at = header.index(caption_column)
+    label_at = header.index(label_column) if label_column else None
+    for row in reader:
+        if not any(cell.strip() for cell in row):
+            yield current[0], "", None
+            continue
+        if len(row) != len(header):
+            raise DataGenError(f"{path}:{current[0]}: {len(row)} columns, the header has {len(header)}")
+        label = None
+        if label_at is not None:
+            label = row[label_at].strip()
+            if not label and row[text_at].strip():
+                raise DataGenError(f"{path}:{current[0]}: empty label (every caption needs one in a labelled file)")
+        yield current[0], row[text_at], label
+
+
+def load_captions(
+    path: str | Path,
+    *,
+    skip_bad_lines: bool = False,
+    caption_column: str = "caption",
+    label_column: str | None = None,
+) -> CaptionSet:
+    """Read, normalise and de-duplicate the captions of `path`; labels become integer ids.
+
+    Integer labels stay as they are (class names "0".."max"); other labels are class names, mapped to
+    their index in the sorted list of names.
+    """
+    path = Path(path)
+    result = CaptionSet(captions=[], class_names=None)
+    kept: dict[str, tuple[str, str | None]] = {}
+    for number, text, label in _rows(path, skip_bad_lines, caption_column, label_column, result):
+        text = normalize_caption(text)
+        if not text:
+            result.empty += 1
+            continue
+        cid = caption_id(text)
+        if cid in kept:
+            if kept[cid][0] != text:
+                raise DataGenError(f"{path}:{number}: caption id {cid} collides with a different caption")
+            result.duplicates += 1
+            result.label_conflicts += kept[cid][1] != label
+            continue
+        kept[cid] = (text, label)
+
+    raw_labels = [label for _, label in kept.values()]
+    labelled = bool(raw_labels) and raw_labels[0] is not None
+    if labelled and all(_INTEGER.match(label) for label in raw_labels):
+        ids = [int(label) for label in raw_labels]
+        if min(ids) < 0:
+            raise DataGenError(f"{path}: label {min(ids)} is negative; integer labels must be >= 0")
+        result.class_names = [str(i) for i in range(max(ids) + 1)]
+    elif labelled:
+        result.class_names = sorted(set(raw_labels))
+        to_id = {name: i for i, name in enumerate(result.class_names)}
+        ids = [to_id[label] for label in raw_labels]
+    else:
+        ids = [None] * len(raw_labels)
+
+    digest = hashlib.sha256(repr(result.class_names).encode())
+    for index, ((cid, (text, _)), label) in enumerate(zip(kept.items(), ids)):
+        result.captions.append(Caption(index, cid, text, label))
+        digest.update(f"{cid}\t{label}\n".encode())
+    result.digest = digest.hexdigest()
+    return result

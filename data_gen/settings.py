@@ -1,0 +1,126 @@
+"""Generation settings, their validation, per-image seeds and shard/device resolution."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from dataclasses import dataclass
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+BACKENDS = ("diffusion", "procedural")
+SCHEDULERS = ("ddim", "dpm++", "dpm++-sde", "euler", "euler-a", "unipc", "pndm")
+IMAGE_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+# Settings that only the diffusion backend reads; the procedural backend stores them as null.
+DIFFUSION_ONLY = ("model", "scheduler", "guidance_scale", "num_inference_steps", "dtype", "negative_prompt")
+
+
+class DataGenError(Exception):
+    """Bad input or state; the message is one line naming the culprit (the CLI prints only it)."""
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Everything that decides the pixels of the data set (paper defaults).
+
+    Batch size, shard count and device are absent on purpose: they change speed, not images.
+    """
+
+    backend: str = "diffusion"
+    model: str | None = DEFAULT_MODEL
+    scheduler: str | None = "ddim"
+    guidance_scale: float | None = 2.0
+    num_inference_steps: int | None = 50
+    images_per_caption: int = 10
+    resolution: int = 512
+    image_size: int = 256
+    image_format: str = "jpg"
+    quality: int = 95
+    dtype: str | None = "auto"
+    seed: int = 0
+    negative_prompt: str | None = None
+
+    def validate(self) -> "GenerationSettings":
+        """Reject bad values before anything heavy happens; return self."""
+        if self.backend not in BACKENDS:
+            raise DataGenError(f"--backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        if self.images_per_caption < 1:
+            raise DataGenError(f"--images-per-caption {self.images_per_caption}: must be >= 1")
+        if self.images_per_caption > 100:
+            raise DataGenError(f"--images-per-caption {self.images_per_caption}: at most 100 (file names use 2 digits)")
+        if self.resolution < 8 or self.resolution % 8:
+            raise DataGenError(f"--resolution {self.resolution}: must be a positive multiple of 8")
+        if self.image_size < 1:
+            raise DataGenError(f"--image-size {self.image_size}: must be >= 1")
+        if self.image_format not in IMAGE_FORMATS:
+            raise DataGenError(f"--image-format {self.image_format!r}: choose one of {', '.join(IMAGE_FORMATS)}")
+        if not 1 <= self.quality <= 100:
+            raise DataGenError(f"--quality {self.quality}: must be in [1, 100]")
+        if self.seed < 0:
+            raise DataGenError(f"--seed {self.seed}: must be >= 0")
+        if self.backend == "procedural":
+            return self
+        if self.guidance_scale < 0:
+            raise DataGenError(f"--guidance-scale {self.guidance_scale}: must be >= 0")
+        if self.num_inference_steps < 1:
+            raise DataGenError(f"--steps {self.num_inference_steps}: must be >= 1")
+        if self.scheduler not in SCHEDULERS:
+            raise DataGenError(f"--scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
+        if self.dtype not in DTYPES:
+            raise DataGenError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
+        if not self.model:
+            raise DataGenError("--model: give a hub id or a local folder")
+        return self
+
+    def resolved(self, device: str) -> "GenerationSettings":
+        """Settings as stored: `auto` dtype made concrete, fields the backend ignores set to None."""
+        if self.backend == "procedural":
+            return dataclasses.replace(self, **{name: None for name in DIFFUSION_ONLY})
+        on_gpu = device.startswith("cuda")
+        dtype = ("fp16" if on_gpu else "fp32") if self.dtype == "auto" else self.dtype
+        if not on_gpu and dtype != "fp32":
+            raise DataGenError(f"--dtype {dtype}: half precision needs a GPU; use fp32 on {device}")
+        return dataclasses.replace(self, dtype=dtype)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def image_seed(global_seed: int, caption_id: str, k: int) -> int:
+    """Seed of image k of a caption: a 63-bit hash of (global seed, caption id, k).
+
+    Depends on nothing else, so an image is the same whatever the batch size, shard count or resume point.
+    """
+    digest = hashlib.sha256(f"{global_seed}/{caption_id}/{k}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def resolve_shard(num_shards: int | None, shard_index: int | None, env=os.environ) -> tuple[int, int]:
+    """(num_shards, shard_index) from the flags, else torchrun's WORLD_SIZE/RANK, else SLURM's, else (1, 0)."""
+    if num_shards is None and shard_index is None:
+        for size_var, rank_var in (("WORLD_SIZE", "RANK"), ("SLURM_NTASKS", "SLURM_PROCID")):
+            if size_var in env and rank_var in env:
+                num_shards, shard_index = int(env[size_var]), int(env[rank_var])
+                break
+        else:
+            num_shards, shard_index = 1, 0
+    elif num_shards is None or shard_index is None:
+        raise DataGenError("--num-shards and --shard-index go together: give both or neither")
+    if num_shards < 1:
+        raise DataGenError(f"--num-shards {num_shards}: must be >= 1")
+    if not 0 <= shard_index < num_shards:
+        raise DataGenError(f"--shard-index {shard_index}: must be in [0, {num_shards})")
+    return num_shards, shard_index
+
+
+def resolve_device(device: str | None, env=os.environ) -> str:
+    """The flag if given; else this process's GPU (LOCAL_RANK / SLURM_LOCALID), else the CPU."""
+    if device:
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    local_rank = int(env.get("LOCAL_RANK", env.get("SLURM_LOCALID", 0)))
+    return f"cuda:{local_rank % torch.cuda.device_count()}"

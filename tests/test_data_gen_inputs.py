@@ -1,0 +1,105 @@
+"""Captions parsing, shard resolution and the crash-tolerant shard log (no model needed)."""
+
+import hashlib
+import unicodedata
+
+import pytest
+
+from data_gen.captions import load_captions
+from data_gen.cli import main
+from data_gen.settings import DataGenError, GenerationSettings, image_seed, resolve_shard
+from data_gen.storage import ShardLog, read_log
+from solo_stablerep.data.manifest import read_manifest
+
+PROCEDURAL = ["--backend", "procedural", "--resolution", "32", "--image-size", "16", "--images-per-caption", "2",
+              "--no-progress", "--device", "cpu"]
+
+
+def test_normalise_dedup_empty_and_ids(tmp_path):
+    decomposed = unicodedata.normalize("NFD", "a café  by the\tsea")
+    path = tmp_path / "c.txt"
+    path.write_text(f"{decomposed}\n\n   \na café by the sea\r\nanother one\n", encoding="utf-8")
+    result = load_captions(path)
+    assert [c.text for c in result.captions] == ["a café by the sea", "another one"]
+    assert result.empty == 2 and result.duplicates == 1 and result.lines == 5
+    assert result.captions[0].caption_id == hashlib.sha1("a café by the sea".encode()).hexdigest()[:16]
+    assert [c.index for c in result.captions] == [0, 1] and result.class_names is None
+
+
+def test_non_utf8_line_is_an_error_with_its_number_or_skipped_on_request(tmp_path, capsys):
+    path = tmp_path / "c.txt"
+    path.write_bytes(b"fine\nalso fine\nbad \xff byte\nlast\n")
+    with pytest.raises(DataGenError, match=r"c\.txt:3: not valid UTF-8"):
+        load_captions(path)
+    result = load_captions(path, skip_bad_lines=True)
+    assert [c.text for c in result.captions] == ["fine", "also fine", "last"] and result.bad_utf8_skipped == 1
+    assert main([str(path), str(tmp_path / "out"), *PROCEDURAL]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_integer_labels_stay_and_names_map_to_ids(tmp_path):
+    ints = tmp_path / "ints.tsv"
+    ints.write_text("label\tcaption\n3\ta three\n0\ta zero\n3\tanother three\n", encoding="utf-8")
+    result = load_captions(ints)
+    assert [c.label for c in result.captions] == [3, 0, 3] and result.class_names == ["0", "1", "2", "3"]
+    names = tmp_path / "names.csv"
+    names.write_text('caption,label\n"a dog, running",dog\na cat,cat\n', encoding="utf-8")
+    result = load_captions(names)
+    assert result.class_names == ["cat", "dog"] and [c.label for c in result.captions] == [1, 0]
+    assert result.captions[0].text == "a dog, running"
+
+
+def test_labels_reach_the_manifest(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("caption,label\na red digit 1,one\na blue digit 2,two\n", encoding="utf-8")
+    assert main([str(path), str(tmp_path / "out"), *PROCEDURAL]) == 0
+    header, records = read_manifest(tmp_path / "out")
+    assert header["class_names"] == ["one", "two"]
+    assert [(r.caption, header["class_names"][r.label]) for r in records] == [("a red digit 1", "one"),
+                                                                               ("a blue digit 2", "two")]
+
+
+def test_missing_caption_column_and_empty_label_are_errors(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("text,label\na cat,cat\n", encoding="utf-8")
+    with pytest.raises(DataGenError, match="no column 'caption'"):
+        load_captions(path)
+    path.write_text("caption,label\na cat,cat\na dog,\n", encoding="utf-8")
+    with pytest.raises(DataGenError, match=r"c\.csv:3: empty label"):
+        load_captions(path)
+
+
+def test_shards_from_flags_torchrun_and_slurm():
+    assert resolve_shard(4, 2, env={}) == (4, 2)
+    assert resolve_shard(None, None, env={"WORLD_SIZE": "8", "RANK": "5"}) == (8, 5)
+    assert resolve_shard(None, None, env={"SLURM_NTASKS": "16", "SLURM_PROCID": "15"}) == (16, 15)
+    assert resolve_shard(None, None, env={}) == (1, 0)
+    with pytest.raises(DataGenError, match="--shard-index 4"):
+        resolve_shard(4, 4, env={})
+
+
+def test_seeds_depend_on_seed_caption_and_k_only():
+    seeds = {image_seed(s, c, k) for s in (0, 1) for c in ("aa", "bb") for k in range(3)}
+    assert len(seeds) == 12 and all(0 <= s < 2**63 for s in seeds)
+    assert image_seed(0, "aa", 1) == image_seed(0, "aa", 1)
+
+
+def test_shard_log_drops_a_line_cut_short(tmp_path):
+    path = tmp_path / "shard.jsonl"
+    log = ShardLog(path)
+    log.append([{"index": 0}, {"index": 1}])
+    log.close()
+    with open(path, "ab") as f:
+        f.write(b'{"index": 2, "capt')  # SIGKILL mid-write
+    assert [e["index"] for e in read_log(path)] == [0, 1]
+    log = ShardLog(path)
+    log.append([{"index": 2}])
+    log.close()
+    assert [e["index"] for e in read_log(path)] == [0, 1, 2]
+
+
+def test_procedural_settings_null_the_diffusion_fields():
+    stored = GenerationSettings(backend="procedural").validate().resolved("cpu").to_dict()
+    assert stored["model"] is None and stored["guidance_scale"] is None and stored["images_per_caption"] == 10
+    with pytest.raises(DataGenError, match="--dtype fp16"):
+        GenerationSettings(dtype="fp16").validate().resolved("cpu")
