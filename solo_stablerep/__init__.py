@@ -16,6 +16,7 @@ def register_methods() -> None:
     Raises SoloLearnNotAvailable with install instructions if solo-learn is missing or old.
     """
 
+    check_solo_learn()
     import solo.methods
 
     from solo_stablerep.methods import METHODS

@@ -1,6 +1,8 @@
 """Finds solo-learn and checks that it is the release this package is built against."""
 
+import contextlib
 import importlib
+import warnings
 from importlib import metadata
 
 SOLO_LEARN_COMMIT = "9187ea39c2c3f43c455ab06664d2b019a9802954"
@@ -16,22 +18,33 @@ class SoloLearnNotAvailable(ImportError):
     pass
 
 
+@contextlib.contextmanager
+def _quiet_imports():
+    # solo-learn's modules and the timm/torch APIs they use emit a screenful of deprecation
+    # and registry warnings on import that say nothing to our users
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (FutureWarning, UserWarning, DeprecationWarning))
+        yield
+
+
 def check_solo_learn() -> None:
     """Raises SoloLearnNotAvailable with an actionable one-line message if solo-learn is
     missing or is an old release (1.0.2 on PyPI has the argparse API and no Hydra configs)."""
 
     try:
-        importlib.import_module("solo")
+        with _quiet_imports():
+            importlib.import_module("solo")
     except ImportError as error:
         raise SoloLearnNotAvailable(f"solo-learn is not importable ({error}): {INSTALL_HINT}")
     try:
-        version = metadata.version("solo-learn")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    try:
-        importlib.import_module("solo.args.pretrain").parse_cfg
-        importlib.import_module("solo.methods").METHODS
+        with _quiet_imports():
+            importlib.import_module("solo.args.pretrain").parse_cfg
+            importlib.import_module("solo.methods").METHODS
     except (ImportError, AttributeError):
+        try:
+            version = metadata.version("solo-learn")
+        except metadata.PackageNotFoundError:
+            version = "unknown"
         raise SoloLearnNotAvailable(
             f"solo-learn {version} is too old (no solo.args.pretrain.parse_cfg): {INSTALL_HINT}"
         )
