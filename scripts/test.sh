@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite, slow end-to-end tests included. Extra arguments go to pytest.
 #
-#   bash scripts/test.sh            # everything (about 15-25 minutes on 2 CPU cores)
+#   bash scripts/test.sh            # everything (about 4-6 minutes on 2 idle CPU cores)
 #   bash scripts/test.sh -m "not slow"
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,5 @@
 """Shared fixtures: tiny image folders and solo-learn configs composed from scripts/pretrain."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,13 @@ CPU_OVERRIDES = [
 
 
 def solo_available() -> bool:
-    return importlib.util.find_spec("solo") is not None
+    from solo_stablerep import SoloLearnNotAvailable, check_solo_learn
+
+    try:
+        check_solo_learn()
+    except SoloLearnNotAvailable:
+        return False
+    return True
 
 
 requires_solo = pytest.mark.skipif(not solo_available(), reason=SOLO_MISSING_REASON)
