@@ -145,6 +145,7 @@ def compare(name: str, multi, solo, rounds: int, batches: int, cpu_counts_all: b
     if cpu_counts_all:
         summary += f", median CPU-time ratio {statistics.median(cpu_ratios):.3f}"
     print(f"{summary} over {rounds} rounds (multi-view / solo-learn, goal >= 0.95)")
+    print(f"RATIO loader_{name} {statistics.median(wall_ratios):.3f} (goal >= 0.95)")
 
 
 def main():
