@@ -1,6 +1,4 @@
-import json
 import math
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import omegaconf
@@ -273,18 +271,12 @@ class StableRepPP(StableRep):
 
 
 def _manifest_class_names(cfg: omegaconf.DictConfig) -> Optional[List[str]]:
-    """The manifest header's class_names when a labelled validation set is used, else None."""
+    """The manifest's class_names when a labelled validation set is used, else None."""
 
     if cfg.data.get("val_path") is None or cfg.data.get("dataset") != "synthetic":
         return None
-    if omegaconf_select(cfg, "data.synthetic.layout", "manifest") != "manifest":
-        return None
-    from solo_stablerep.data.manifest import MANIFEST_NAME
+    from solo_stablerep.data.synthetic import load_caption_index
 
-    path = Path(cfg.data.train_path) / MANIFEST_NAME
-    if not path.is_file():
-        return None
-    with open(path, encoding="utf-8") as f:
-        header = json.loads(f.readline())  # line 1 is the header (manifest format v1)
-    names = header.get("class_names") if isinstance(header, dict) else None
+    # cached: the data loader reads the same index
+    names = load_caption_index(cfg).class_names
     return list(names) if names else None
