@@ -1,5 +1,6 @@
 """Shared fixtures: tiny image folders and solo-learn configs composed from scripts/pretrain."""
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,24 @@ CPU_OVERRIDES = [
     "method_kwargs.proj_hidden_dim=32",
     "method_kwargs.proj_output_dim=16",
 ]
+
+
+def run_pretrain_command(command, config_dir, config_name, cwd, *overrides):
+    """Runs the entry point as a user would: ``command --config-path ... key=value ...`` on top of
+    CPU_OVERRIDES (an override given here replaces the CPU one of the same key)."""
+
+    replaced = {o.split("=")[0] for o in overrides}
+    base = [o for o in CPU_OVERRIDES if o.split("=")[0] not in replaced]
+    return subprocess.run(
+        list(command)
+        + ["--config-path", str(config_dir), "--config-name", config_name]
+        + base
+        + list(overrides),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def solo_available() -> bool:

@@ -1,7 +1,6 @@
 """StableRep as a solo-learn method, with the real solo-learn (skipped, with the reason, without)."""
 
 import copy
-import subprocess
 import sys
 
 import pytest
@@ -14,6 +13,7 @@ from conftest import (
     compose_cfg,
     crop_overrides,
     requires_solo,
+    run_pretrain_command,
 )
 
 pytestmark = requires_solo
@@ -174,18 +174,7 @@ def test_two_view_methods_refuse_six_crops(image_folder):
 
 
 def run_entry_point(command, config_name, cwd, *overrides):
-    replaced = {o.split("=")[0] for o in overrides}
-    base = [o for o in CPU_OVERRIDES if o.split("=")[0] not in replaced]
-    return subprocess.run(
-        command
-        + ["--config-path", str(CUSTOM), "--config-name", config_name]
-        + base
-        + list(overrides),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_pretrain_command(command, CUSTOM, config_name, cwd, *overrides)
 
 
 @pytest.mark.slow

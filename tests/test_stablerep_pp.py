@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import CPU_OVERRIDES, PRETRAIN_CONFIGS, compose_cfg, requires_solo
+from conftest import CPU_OVERRIDES, PRETRAIN_CONFIGS, compose_cfg, requires_solo, run_pretrain_command
 
 pytestmark = requires_solo
 
@@ -440,3 +440,31 @@ def test_fit_through_the_entry_point(
     assert model.class_names == ["class0", "class1"]
     assert 0.0 <= metrics["val_zero_shot_acc1"].item() <= 100.0
     assert model.logit_scale.item() <= math.log(100)
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_through_the_command_line(manifest_root, tmp_path):
+    # Lightning's DDP fails on any parameter without a gradient, and the image-text loss
+    # gathers texts and images across both ranks.
+    import sys
+
+    result = run_pretrain_command(
+        [sys.executable, "-m", "solo_stablerep.pretrain"],
+        SYNTHETIC,
+        "stablerep_pp.yaml",
+        tmp_path,
+        *TINY_TEXT,
+        "augmentations.0.crop_size=32",
+        f"data.train_path={manifest_root}",
+        "data.synthetic.n_img=2",
+        f"checkpoint.dir={tmp_path / 'ckpt'}",
+        "devices=2",
+        "strategy=ddp",
+        "+max_steps=2",
+        "max_epochs=2",  # 8 captions, 4 per rank: one step per epoch
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (checkpoint,) = (tmp_path / "ckpt" / "stablerep_pp").rglob("*.ckpt")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 2
+    assert "logit_scale" in state["state_dict"]
