@@ -3,12 +3,12 @@
 Both read the same JPEG files through the same augmentations (``scripts/pretrain/synthetic``'s
 ``one_crop.yaml``: one crop per decoded image) with the same worker count; rounds of the two are
 interleaved in one run so that machine load affects both alike. Reported: decoded images per second
-(after one warm-up batch per round), per second of wall-clock and per second of CPU time of this
-process (robust to other load on the machine; measured with in-process loading, 0 workers, for the
-PyTorch loaders, and with DALI's threads, which run in this process), and the median over rounds of
-the ratio multi-view / ImageFolder (goal: >= 0.95). The same
-comparison is made for DALI (CPU pipelines unless --dali-device gpu): our external-source pipeline
-vs solo-learn's file-reader pipeline.
+(after warm-up batches in each round: one, or for DALI both pipelines' prefetch queues' worth), per
+second of wall-clock and per second of CPU time of this process (robust to other load on the machine;
+measured with in-process loading, 0 workers, for the PyTorch loaders, and with DALI's threads, which
+run in this process), and the median over rounds of the ratio multi-view / ImageFolder (goal: >= 0.95).
+The same comparison is made for DALI (CPU pipelines unless --dali-device gpu): our external-source
+pipeline vs solo-learn's file-reader pipeline.
 
     python bench/bench_loader.py [--captions 128 --images 10 --n-img 6 --workers 2 --rounds 6]
 """
@@ -109,14 +109,14 @@ def dali_loaders(cfg, root: Path):
     return multi, solo
 
 
-def images_per_second(loader, batches: int):
+def images_per_second(loader, batches: int, warmup: int = 1):
     """Decoded images per second of wall-clock and of this process's CPU time (which counts DALI's
-    threads but not DataLoader worker processes) over ``batches`` batches after a warm-up batch."""
-    done, images = -1, 0
+    threads but not DataLoader worker processes) over ``batches`` batches after ``warmup`` batches."""
+    done, images = -warmup, 0
     while done < batches:
         for _, views, _ in loader:
             done += 1
-            if done == 0:  # after worker start-up and the first batch
+            if done == 0:  # after worker start-up and the warm-up batches
                 wall, cpu = time.perf_counter(), time.process_time()
                 continue
             images += sum(v.shape[0] for v in views)
@@ -125,14 +125,15 @@ def images_per_second(loader, batches: int):
     return images / (time.perf_counter() - wall), images / (time.process_time() - cpu)
 
 
-def compare(name: str, multi, solo, rounds: int, batches: int, cpu_counts_all: bool) -> None:
+def compare(name: str, multi, solo, rounds: int, batches: int, cpu_counts_all: bool,
+            warmup: int = 1) -> None:
     """Rounds alternate the order (AB, BA, ...) so that load drifts cancel; ratios are multi-view /
     solo-learn within a round, reported as their median over rounds. The CPU-time ratio (robust to
     other load on the machine) is shown only when all loading work runs in this process."""
     wall_ratios, cpu_ratios = [], []
     for r in range(rounds):
         order = [("multi", multi), ("solo", solo)][:: 1 if r % 2 == 0 else -1]
-        rate = {key: images_per_second(loader, batches) for key, loader in order}
+        rate = {key: images_per_second(loader, batches, warmup) for key, loader in order}
         wall_ratios.append(rate["multi"][0] / rate["solo"][0])
         cpu_ratios.append(rate["multi"][1] / rate["solo"][1])
         line = (f"{name} round {r}: wall multi-view {rate['multi'][0]:.1f} img/s, "
@@ -179,8 +180,15 @@ def main():
                     cpu_counts_all=True)
             cfg.data.num_workers = args.workers
         if args.loaders != "pytorch":
-            compare(f"dali-{args.dali_device}", *dali_loaders(cfg, root), args.rounds, args.batches,
-                    cpu_counts_all=True)
+            multi, solo = dali_loaders(cfg, root)
+            # a DALI iterator left between rounds keeps running the prefetch_queue_depth batches it
+            # had queued: when the other loader ran in between (every other round, with the
+            # alternating order), its next round starts with that many batches made in the other
+            # loader's time, and the other loader's queued batches still run in its time. Neither
+            # is timed: warm up by both queues' worth of batches.
+            depth = max(loader._pipes[0].prefetch_queue_depth for loader in (multi, solo))
+            compare(f"dali-{args.dali_device}", multi, solo, args.rounds, args.batches,
+                    cpu_counts_all=True, warmup=2 * depth)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 
 A Python source reads the encoded bytes of ``n_img`` distinct images per caption (drawn afresh at every
 access) and feeds them to a DALI pipeline through ``fn.external_source`` as one batch of
-captions x n_img images, caption-major; DALI decodes them (``mixed`` on GPU, ``cpu`` otherwise) and
+n_img x captions images, image-major; DALI decodes them (``mixed`` on GPU, ``cpu`` otherwise) and
 applies solo-learn's DALI augmentations in one chain of operators, as solo-learn's own DALI loader
-does, and the iterator regroups the images of each caption into views. Captions are sharded across
+does, and the iterator cuts each crop's output into one view per image. Captions are sharded across
 ranks by the source itself with ``DistributedSampler``'s rule (:func:`shard_epoch`), so all views of a
 caption stay on one rank and every caption is seen once per epoch.
 """
@@ -48,8 +48,8 @@ def shard_epoch(num_items: int, rank: int, world_size: int, epoch: int, seed: in
 
 class CaptionBatchSource:
     """Iterable for ``fn.external_source``: each ``next`` gives one batch of ``batch_size`` captions as
-    three lists of ``batch_size * n_img`` samples, caption-major (sample s = image s % n_img of
-    caption s // n_img): encoded images, labels, caption indices. One ``iter`` = one epoch of this
+    three lists of ``n_img * batch_size`` samples, image-major (sample s = image s // batch_size of
+    caption s % batch_size): encoded images, labels, caption indices. One ``iter`` = one epoch of this
     rank's shard."""
 
     def __init__(
@@ -123,12 +123,11 @@ class CaptionBatchSource:
             raise StopIteration  # the partial last batch is dropped, as in solo-learn
         ids = self._order[self._next : self._next + self.batch_size]
         self._next += self.batch_size
-        encoded: List[np.ndarray] = []
-        labels, indexes = [], []
-        for i in ids:
-            encoded += self._read_caption(int(i))
-            labels += [np.array([self.index.labels[i]], dtype=np.int64)] * self.n_img
-            indexes += [np.array([i], dtype=np.int64)] * self.n_img
+        per_caption = [self._read_caption(int(i)) for i in ids]
+        # image-major, so that the iterator's views are contiguous slices of DALI's output (no copy)
+        encoded = [images[k] for k in range(self.n_img) for images in per_caption]
+        labels = [np.array([self.index.labels[i]], dtype=np.int64) for i in ids] * self.n_img
+        indexes = [np.array([i], dtype=np.int64) for i in ids] * self.n_img
         return encoded, labels, indexes
 
 
@@ -181,7 +180,7 @@ def build_dali_image_transform(cfg: omegaconf.DictConfig) -> FullTransformPipeli
 @pipeline_def(enable_conditionals=True)
 def synthetic_pipeline(source: CaptionBatchSource, transform: Callable, dali_device: str):
     """Outputs each crop of solo-learn's augmentations, then labels and caption indices, for a batch
-    of captions x n_img images (pipeline batch size = captions x n_img)."""
+    of n_img x captions images (pipeline batch size = n_img x captions)."""
     encoded, labels, indexes = fn.external_source(source=source, num_outputs=3, batch=True, cycle="raise")
     decoder_device = "mixed" if dali_device == "gpu" else "cpu"
     crops = transform(fn.decoders.image(encoded, device=decoder_device, output_type=types.RGB))
@@ -192,7 +191,7 @@ def synthetic_pipeline(source: CaptionBatchSource, transform: Callable, dali_dev
 
 class SyntheticDALIIterator(DALIGenericIterator):
     """Yields solo-learn's batch format ``[indexes, [views...], targets]`` from
-    :func:`synthetic_pipeline`'s caption-major batches."""
+    :func:`synthetic_pipeline`'s image-major batches."""
 
     def __init__(self, pipeline, n_img: int, large_slots: Sequence[bool], batches_per_epoch: int):
         self.n_img = n_img
@@ -206,14 +205,15 @@ class SyntheticDALIIterator(DALIGenericIterator):
 
     def __next__(self):
         batch = super().__next__()[0]
-        n = self.n_img
-        # image k of every caption is every n-th sample from k; copies, as DALI reuses its buffers
+        b = self.batch_size // self.n_img  # captions per batch (DALI's batch_size counts images)
+        # image k of every caption is samples k*b .. (k+1)*b - 1: contiguous views, no copy needed,
+        # as DALI's iterator returns new tensors at every batch
         per_image_crops = [
-            [batch[f"crop{j}"][k::n].contiguous() for j in range(len(self.large_slots))]
-            for k in range(n)
+            [batch[f"crop{j}"][k * b : (k + 1) * b] for j in range(len(self.large_slots))]
+            for k in range(self.n_img)
         ]
         views = order_views(per_image_crops, self.large_slots)
-        return [batch["index"][::n].flatten().long(), views, batch["label"][::n].flatten().long()]
+        return [batch["index"][:b].flatten().long(), views, batch["label"][:b].flatten().long()]
 
 
 class SyntheticDALIDataModule(pl.LightningDataModule):
