@@ -31,7 +31,7 @@ TINY_RUN = [
 
 
 @pytest.mark.slow
-def test_fit_pytorch_loader_unlabelled(tmp_path):
+def test_fit_pytorch_loader_unlabelled(tmp_path, monkeypatch):
     from hydra import compose, initialize_config_dir
 
     from solo_stablerep.pretrain import run_pretrain
@@ -42,6 +42,7 @@ def test_fit_pytorch_loader_unlabelled(tmp_path):
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.2"):
         cfg = compose(config_name="stablerep.yaml", overrides=overrides)
 
+    monkeypatch.chdir(tmp_path)  # Lightning's CSV logs go to the working directory
     trainer = run_pretrain(cfg)
 
     assert trainer.global_step == 2
