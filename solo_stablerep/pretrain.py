@@ -126,18 +126,22 @@ def _build_solo_transform(cfg: DictConfig, dali: bool) -> FullTransformPipeline:
 def prepare_train_data(cfg: DictConfig):
     """The training data: a DataLoader, or a LightningDataModule for DALI."""
 
-    if getattr(METHODS[cfg.method], "needs_captions", False):
-        # image-text methods (stablerep_pp): items gain the caption's token ids
-        from solo_stablerep.data import prepare_synthetic_train_data
-        from solo_stablerep.text import check_caption_data, with_caption_tokens
+    needs_captions = getattr(METHODS[cfg.method], "needs_captions", False)
+    if needs_captions:
+        from solo_stablerep.text import check_caption_data
 
-        check_caption_data(cfg)
-        return with_caption_tokens(cfg, prepare_synthetic_train_data(cfg))
+        check_caption_data(cfg)  # only synthetic data carries captions
 
     if cfg.data.dataset == "synthetic":
         from solo_stablerep.data import prepare_synthetic_train_data
 
-        return prepare_synthetic_train_data(cfg)
+        train_data = prepare_synthetic_train_data(cfg)
+        if needs_captions:
+            # image-text methods (stablerep_pp): items gain the caption's token ids
+            from solo_stablerep.text import with_caption_tokens
+
+            train_data = with_caption_tokens(cfg, train_data)
+        return train_data
 
     if cfg.data.format == "dali":
         from solo.data.dali_dataloader import PretrainDALIDataModule
