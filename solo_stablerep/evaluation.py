@@ -1,4 +1,4 @@
-"""Frozen-backbone evaluation on real images: feature extraction, a kNN and a linear probe.
+"""Frozen-backbone evaluation on real images: feature extraction, a kNN, a linear and a few-shot probe.
 
 The real images are scikit-learn's handwritten digits (``sklearn.datasets.load_digits``: 1,797
 8×8 grey scans of digits written by 43 people, shipped inside scikit-learn, so nothing is
@@ -78,12 +78,31 @@ def linear_probe_accuracy(train_x, train_y, test_x, test_y, seed: int = 0) -> fl
     return float(probe.fit(train_x, train_y).score(test_x, test_y))
 
 
-def evaluate_backbone(backbone: torch.nn.Module, data: ProbeData, knn_k: int = 20) -> dict:
-    """kNN and linear-probe test accuracies (fractions in [0, 1]) of a frozen backbone."""
+def few_shot_accuracy(train_x, train_y, test_x, test_y, shots: int = 5, draws: int = 10, seed: int = 0) -> float:
+    """Linear probe fitted on ``shots`` labelled images per class, tested on the whole test split; the mean
+    over ``draws`` random draws of those images (the same draws for every backbone, given ``seed``).
+
+    With all 900 labels, a random network's features (about as good as raw pixels on these digits)
+    leave little room above them; with a few labels per class, what the features group together matters.
+    """
+
+    rng = np.random.default_rng(seed)
+    classes = np.unique(train_y)
+    accuracies = []
+    for _ in range(draws):
+        chosen = np.concatenate([rng.choice(np.flatnonzero(train_y == c), shots, replace=False) for c in classes])
+        accuracies.append(linear_probe_accuracy(train_x[chosen], train_y[chosen], test_x, test_y, seed))
+    return float(np.mean(accuracies))
+
+
+def evaluate_backbone(backbone: torch.nn.Module, data: ProbeData, knn_k: int = 20, shots: int = 5) -> dict:
+    """kNN, linear-probe and ``shots``-shot linear-probe test accuracies (fractions in [0, 1]) of a
+    frozen backbone."""
 
     train_x = extract_features(backbone, data.train_images)
     test_x = extract_features(backbone, data.test_images)
     return {
         "knn_acc": knn_accuracy(train_x, data.train_labels, test_x, data.test_labels, knn_k),
         "linear_acc": linear_probe_accuracy(train_x, data.train_labels, test_x, data.test_labels),
+        "few_shot_acc": few_shot_accuracy(train_x, data.train_labels, test_x, data.test_labels, shots),
     }
