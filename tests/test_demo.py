@@ -28,7 +28,7 @@ def test_captions_name_their_label_digit_and_are_distinct(tmp_path):
     import csv
 
     from data_gen.procedural import parse
-    from solo_stablerep.demo import write_captions
+    from solo_stablerep.demo import NUMBER_WORDS, write_captions
 
     count = write_captions(tmp_path / "captions.csv", captions_per_class=7, seed=0)
     with (tmp_path / "captions.csv").open() as f:
@@ -40,6 +40,13 @@ def test_captions_name_their_label_digit_and_are_distinct(tmp_path):
         # the renderer draws exactly one object: the labelled digit
         assert [thing.digit for thing in things] == [int(row["label"])], row["caption"]
     assert sorted(int(row["label"]) for row in rows) == [d for d in range(10) for _ in range(7)]
+    # every digit gets the same 7 descriptions: no word tells the digits apart but the digit's name
+    templates = {}
+    for row in rows:
+        digit = int(row["label"])
+        template = row["caption"].replace(f"number {NUMBER_WORDS[digit]}", "NAME").replace(f"digit {digit}", "NAME")
+        templates.setdefault(template, set()).add(digit)
+    assert len(templates) == 7 and all(digits == set(range(10)) for digits in templates.values())
 
 
 def test_real_digits_are_normalised_stratified_and_upsampled():
@@ -113,20 +120,51 @@ def test_summary_and_table_report_mean_and_spread():
 def test_demo_overrides_give_every_method_the_same_budget(tmp_path, method):
     from synthetic_helpers import make_manifest_dataset
 
-    from solo_stablerep.demo import DEFAULT_CONFIG_DIR, SIZES_PRESETS, method_overrides
+    from solo_stablerep.demo import DEFAULT_CONFIG_DIR, SIZES_PRESETS, method_overrides, write_per_image_manifest
     from solo_stablerep.pretrain import parse_pretrain_cfg
 
     size = SIZES_PRESETS["default"]
     make_manifest_dataset(tmp_path / "ds", 10 * size.captions_per_class, size.images_per_caption,
                           class_names=[str(d) for d in range(10)])
+    write_per_image_manifest(tmp_path / "ds")
     overrides = method_overrides(method, size, tmp_path / "ds", tmp_path / "run", seed=3, workers=0)
     cfg = parse_pretrain_cfg(compose_cfg(DEFAULT_CONFIG_DIR, f"{method}.yaml", overrides))
     assert cfg.optimizer.batch_size * cfg.data.num_large_crops == size.crops_per_step
     assert cfg.optimizer.lr == pytest.approx(size.lr)  # after solo-learn's batch-size scaling
     assert cfg.max_steps == size.steps
-    assert cfg.max_epochs * (10 * size.captions_per_class // cfg.optimizer.batch_size) >= size.steps
     assert cfg.backbone.name == "resnet18" and cfg.augmentations[0].crop_size == size.crop_size
     assert cfg.seed == 3
+    # StableRep's items are captions (views images each); the others' are images (2 crops each)
+    from solo_stablerep.data.synthetic import CaptionIndex
+
+    items = len(CaptionIndex.from_manifest(cfg.data.train_path))
+    if method == "stablerep":
+        assert (items, cfg.data.synthetic.n_img) == (10 * size.captions_per_class, size.views)
+    else:
+        assert items == 10 * size.captions_per_class * size.images_per_caption
+        assert cfg.data.synthetic.n_img == 1 and cfg.data.num_large_crops == 2
+    assert cfg.max_epochs * (items // cfg.optimizer.batch_size) >= size.steps
+    # the same augmentations for every method: whole digits, never mirrored, at the probe's 8 px
+    assert cfg.augmentations[0].horizontal_flip.prob == 0 and cfg.augmentations[0].rrc.crop_min_scale == 0.3
+    assert cfg.data.synthetic.downsample.prob == 1.0 and list(cfg.data.synthetic.downsample.sizes) == [8]
+
+
+def test_per_image_manifest_lists_every_image_once_as_its_own_item(tmp_path):
+    from synthetic_helpers import make_manifest_dataset
+
+    from solo_stablerep.data.manifest import read_manifest
+    from solo_stablerep.demo import write_per_image_manifest
+
+    make_manifest_dataset(tmp_path / "ds", 3, 4, class_names=["a", "b", "c"])
+    header, captions = read_manifest(tmp_path / "ds")
+    root = write_per_image_manifest(tmp_path / "ds")
+    per_header, items = read_manifest(root)
+    assert per_header["class_names"] == header["class_names"] and len(items) == 12
+    assert sorted((i.caption, i.label, i.images[0]) for i in items) == sorted(
+        (c.caption, c.label, image) for c in captions for image in c.images)
+    # the same files, not copies
+    assert all((root / i.images[0]).resolve() == (tmp_path / "ds" / i.images[0]).resolve() for i in items)
+    assert write_per_image_manifest(tmp_path / "ds") == root  # a rerun replaces it
 
 
 # ---- paper-scale configs: compose and build (ViT-B/16), no training
@@ -187,11 +225,12 @@ def test_demo_runs_end_to_end_and_writes_its_table_plot_and_configs(tmp_path):
     assert list(summary) == ["random init", "stablerep", "simclr", "byol"]
     for entry in summary.values():
         assert all(0.0 < entry[key] <= 1.0 for key in ("knn_acc", "linear_acc", "few_shot_acc"))
-    # StableRep's features transfer to real digits far above chance (0.1). They do NOT beat the
-    # random-init floor at this size (a random resnet18 is strong on 8x8 digits: ~0.91 kNN, ~0.94
-    # linear, ~0.77 5-shot at 16 px; see the README's demo section for what was tried); the floor
-    # is still reported, from the same untrained architecture.
-    assert summary["stablerep"]["linear_acc"] > 0.5
+    # StableRep's features beat the untrained backbone's on real digits with 5 labels per digit
+    # (measured 0.868 vs 0.794), and single-image SimCLR's (0.760): the paper's claim in miniature.
+    # With all labels the floor is about raw pixels (0.93 kNN, 0.96 linear): see the README.
+    floor, stablerep = summary["random init"], summary["stablerep"]
+    assert stablerep["few_shot_acc"] > floor["few_shot_acc"]
+    assert stablerep["few_shot_acc"] > summary["simclr"]["few_shot_acc"]
     assert summary["random init"]["train_seconds"] == 0 and summary["random init"]["images_seen"] == 0
     for method in ("stablerep", "simclr", "byol"):
         assert summary[method]["images_seen"] == results["size"]["steps"] * results["size"]["crops_per_step"]
