@@ -100,16 +100,19 @@ def run_batches(backend, out: Path, todo: list[Caption], settings: GenerationSet
     return truncated
 
 
-def contact_sheet(out: Path, entries: list[dict], thumb: int = 96, text_width: int = 220) -> Image.Image:
-    """Grid of captions (rows, with their text) × their images (columns), read back from disk."""
-    columns = max(len(e["images"]) for e in entries)
+def contact_sheet(
+    out: Path, entries: list[dict], thumb: int = 96, text_width: int = 220, max_columns: int = 12
+) -> Image.Image:
+    """Grid of captions (rows, with their text) × their first ``max_columns`` images (columns), read
+    back from disk (a caption with 100 images would make a sheet 10,000 px wide)."""
+    columns = min(max_columns, max(len(e["images"]) for e in entries))
     sheet = Image.new("RGB", (text_width + columns * (thumb + 4), len(entries) * (thumb + 4)), "white")
     draw = ImageDraw.Draw(sheet)
     for row, entry in enumerate(entries):
         y = row * (thumb + 4)
         lines = textwrap.wrap(entry["caption"], width=text_width // 7)[: thumb // 12]
         draw.multiline_text((4, y + 4), "\n".join(lines), fill="black", spacing=2)
-        for col, relpath in enumerate(entry["images"]):
+        for col, relpath in enumerate(entry["images"][:columns]):
             with Image.open(out / relpath) as image:
                 sheet.paste(image.convert("RGB").resize((thumb, thumb)), (text_width + col * (thumb + 4), y + 2))
     return sheet
