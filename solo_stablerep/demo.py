@@ -66,7 +66,9 @@ LOSS_COLUMNS = {
     "supcon": "train_nce_loss_step",
     "byol": "train_neg_cos_sim_step",
 }
-ACCURACIES = (("knn_acc", "kNN acc"), ("linear_acc", "linear acc"), ("few_shot_acc", "5-shot acc"))
+FEW_SHOTS = 5  # labelled real images per digit for the few-shot probe
+# (result key, short name) of each probe accuracy, in table order
+ACCURACIES = (("knn_acc", "kNN"), ("linear_acc", "linear"), ("few_shot_acc", f"{FEW_SHOTS}-shot"))
 
 
 @dataclass(frozen=True)
@@ -301,7 +303,7 @@ def markdown_table(summary: list) -> str:
         return f"{entry[key]:.3f} ± {entry[key + '_std']:.3f}" if len(entry["seeds"]) > 1 else f"{entry[key]:.3f}"
 
     lines = [
-        "| method | " + " | ".join(title for _, title in ACCURACIES) + " | train time (s) | images seen |",
+        "| method | " + " | ".join(f"{name} acc" for _, name in ACCURACIES) + " | train time (s) | images seen |",
         "|---" * (len(ACCURACIES) + 3) + "|",
     ]
     for entry in summary:
@@ -313,7 +315,7 @@ def markdown_table(summary: list) -> str:
 
 
 def accuracy_text(row: dict) -> str:
-    return " ".join(f"{title.removesuffix(' acc')} {row[key]:.3f}" for key, title in ACCURACIES)
+    return " ".join(f"{name} {row[key]:.3f}" for key, name in ACCURACIES)
 
 
 def plot(summary: list, curves: dict, path: Path) -> None:
@@ -331,7 +333,7 @@ def plot(summary: list, curves: dict, path: Path) -> None:
     for i, (key, label) in enumerate(ACCURACIES):
         offset = (i - (len(ACCURACIES) - 1) / 2) * width
         bars.bar([j + offset for j in x], [e[key] for e in summary], width,
-                 yerr=[e[key + "_std"] for e in summary], capsize=3, label=label.removesuffix(" acc"))
+                 yerr=[e[key + "_std"] for e in summary], capsize=3, label=label)
     bars.set_xticks(list(x), names, rotation=20)
     bars.set_ylim(0, 1)
     bars.set_ylabel("accuracy on real digits (sklearn)")
@@ -404,7 +406,7 @@ def run_demo(
         run_root = output / "runs" / f"seed{seed}"
         backbone = random_backbone(size, config_dir, data_root, run_root / "random", seed)
         rows.append({"method": RANDOM_FLOOR, "seed": seed, "train_seconds": 0.0, "images_seen": 0,
-                     **evaluate_backbone(backbone, probe_data)})
+                     **evaluate_backbone(backbone, probe_data, shots=FEW_SHOTS)})
         log(f"seed {seed} {RANDOM_FLOOR}: {accuracy_text(rows[-1])}")
         for method in methods:
             run_dir = run_root / method
@@ -413,7 +415,7 @@ def run_demo(
                 method, size, config_dir, data_root, run_dir, seed, workers, extra_overrides
             )
             t = time.perf_counter()
-            row.update(evaluate_backbone(backbone, probe_data))
+            row.update(evaluate_backbone(backbone, probe_data, shots=FEW_SHOTS))
             rows.append(row)
             curves[method][seed] = curve
             log(f"seed {seed} {method}: {row['steps']} steps, {row['images_seen']:,} images in "
@@ -432,7 +434,7 @@ def run_demo(
         "seeds": list(seeds),
         "probe": "sklearn.datasets.load_digits, stratified 50/50 split; kNN k=20 cosine; "
                  "logistic regression on standardised features, fitted on all train labels and on "
-                 "5 per class (mean of 10 draws)",
+                 f"{FEW_SHOTS} per class (mean of 10 draws)",
         "summary": summary,
         "runs": rows,
         "loss_curves": {m: {str(s): c for s, c in per_seed.items()} for m, per_seed in curves.items()},
