@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny image folders and solo-learn configs composed from scripts/pretrain."""
+"""Shared fixtures: tiny image folders and solo-learn configs composed from the shipped configs
+(solo_stablerep/configs, linked as scripts/pretrain)."""
 
 import subprocess
 import sys
@@ -8,8 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from solo_stablerep._paths import CONFIGS
+
 REPO = Path(__file__).resolve().parents[1]
-PRETRAIN_CONFIGS = REPO / "scripts" / "pretrain"
+PRETRAIN_CONFIGS = CONFIGS  # scripts/pretrain links to it
 SOLO_MISSING_REASON = (
     "solo-learn (commit 9187ea3) is not importable: integration tests did not run; "
     "install it with `bash scripts/install_solo_learn.sh [SOURCE_DIR]`"
