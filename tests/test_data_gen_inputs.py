@@ -173,3 +173,16 @@ def test_read_only_output_folder_is_one_line_naming_it(tmp_path):
     err = result.stderr.strip()
     assert len(err.splitlines()) == 1 and "not writable" in err and str(locked / "out") in err, err
     assert not (locked / "out").exists()
+
+
+def test_headerless_labels_by_column_number(tmp_path):
+    path = tmp_path / "labelled.tsv"
+    path.write_text("3\ta three\n0\ta zero\n", encoding="utf-8")
+    result = load_captions(path, caption_column="2", label_column="1")
+    assert [(c.text, c.label) for c in result.captions] == [("a three", 3), ("a zero", 0)]
+    with pytest.raises(DataGenError, match="columns are numbers from 1"):
+        load_captions(path, caption_column="2", label_column="label")
+    text = tmp_path / "plain.txt"
+    text.write_text("a cat\n", encoding="utf-8")
+    with pytest.raises(DataGenError, match=r"need a \.csv or \.tsv"):
+        load_captions(text, caption_column="2")
