@@ -142,10 +142,8 @@ def _rows(path: Path, skip_bad_lines: bool, caption_column: str, label_column: s
     else:
         label_number = _column_number(label_column) if label_column else None
         if caption_at < 1 or (label_column and (label_number is None or label_number < 1)):
-            raise DataGenError(
-                f"--caption-column {caption_column} --label-column {label_column}: without a header row, "
-                "columns are numbers from 1"
-            )
+            given = f"--caption-column {caption_column}" + (f" --label-column {label_column}" if label_column else "")
+            raise DataGenError(f"{given}: without a header row, columns are numbers from 1")
         text_at = caption_at - 1
         label_at = label_number - 1 if label_number else None
         width = None  # any number of columns, as long as the ones we read are there
