@@ -1,5 +1,9 @@
 """Read a captions file: plain text (one caption a line) or CSV/TSV with a caption and an optional label column.
 
+One line is one caption. TSV is split at tabs with no quote processing (captions may begin with `"`); CSV uses
+standard quoting within a line, and a quote it cannot close on that line is an error naming the line. A file
+without a header row (cc3m/cc12m's `url<TAB>caption`) is read by column number (`caption_column="2"`).
+
 Captions are normalised (unicode NFC, whitespace collapsed), empty ones skipped, duplicates dropped (the
 first occurrence wins), and each gets a stable id: the first 16 hex characters of the SHA-1 of its
 normalised UTF-8 text.
@@ -82,47 +86,84 @@ def _decoded_lines(path: Path, skip_bad_lines: bool, result: CaptionSet):
         yield number, text
 
 
+def _cells(path: Path, number: int, text: str, tsv: bool) -> list[str]:
+    """One line's cells. TSV: split at tabs, quotes are plain characters (cc3m/cc12m captions begin with
+    them). CSV: standard quoting within the line; a caption cannot span lines, so a quote left open or text
+    after a closing quote is an error naming the line rather than rows silently merged."""
+    if tsv:
+        return text.split("\t")
+    try:
+        return next(csv.reader([text], strict=True), [])
+    except csv.Error as e:
+        raise DataGenError(
+            f"{path}:{number}: bad CSV quoting ({e}): quote the whole caption and double the quotes inside it, "
+            "or use a .tsv file (read without quote processing)"
+        ) from None
+
+
+def _column_number(column: str) -> int | None:
+    """1-based column number given on the command line, or None for a column name."""
+    return int(column) if column.isdigit() else None
+
+
 def _rows(path: Path, skip_bad_lines: bool, caption_column: str, label_column: str | None, result: CaptionSet):
-    """Yield (line number, caption text, raw label or None)."""
+    """Yield (line number, caption text, raw label or None).
+
+    A numeric `caption_column` (1-based) reads a file without a header row, like cc3m/cc12m's `url<TAB>caption`
+    TSVs (`--caption-column 2`); a label column is then a number too.
+    """
     lines = _decoded_lines(path, skip_bad_lines, result)
     suffix = path.suffix.lower()
+    caption_at = _column_number(caption_column)
     if suffix not in (".csv", ".tsv"):
-        if label_column:
-            raise DataGenError(f"--label-column {label_column!r}: labels need a .csv or .tsv captions file")
+        if label_column or caption_at is not None:
+            raise DataGenError(f"{path}: columns (--caption-column/--label-column) need a .csv or .tsv captions file")
         yield from ((number, text, None) for number, text in lines)
         return
-    current = [0]
+    tsv = suffix == ".tsv"
 
-    def tracked():
-        for number, text in lines:
-            current[0] = number
-            yield text + "\n"
+    if caption_at is None:  # a header row names the columns
+        first = next(lines, None)
+        if first is None:
+            return
+        header = [name.strip() for name in _cells(path, first[0], first[1], tsv)]
+        if caption_column not in header:
+            raise DataGenError(
+                f"{path}: no column {caption_column!r} (columns: {', '.join(header)}); see --caption-column "
+                "(a number for a file without a header row)"
+            )
+        if label_column is None:
+            label_column = "label" if "label" in header else None
+        elif label_column not in header:
+            raise DataGenError(f"{path}: no label column {label_column!r} (columns: {', '.join(header)})")
+        text_at = header.index(caption_column)
+        label_at = header.index(label_column) if label_column else None
+        width = len(header)
+    else:
+        label_number = _column_number(label_column) if label_column else None
+        if caption_at < 1 or (label_column and (label_number is None or label_number < 1)):
+            given = f"--caption-column {caption_column}" + (f" --label-column {label_column}" if label_column else "")
+            raise DataGenError(f"{given}: without a header row, columns are numbers from 1")
+        text_at = caption_at - 1
+        label_at = label_number - 1 if label_number else None
+        width = None  # any number of columns, as long as the ones we read are there
+    needed = max(text_at, label_at or 0) + 1
 
-    reader = csv.reader(tracked(), delimiter="\t" if suffix == ".tsv" else ",")
-    header = next(reader, None)
-    if header is None:
-        return
-    header = [name.strip() for name in header]
-    if caption_column not in header:
-        raise DataGenError(f"{path}: no column {caption_column!r} (columns: {', '.join(header)}); see --caption-column")
-    if label_column is None:
-        label_column = "label" if "label" in header else None
-    elif label_column not in header:
-        raise DataGenError(f"{path}: no label column {label_column!r} (columns: {', '.join(header)})")
-    text_at = header.index(caption_column)
-    label_at = header.index(label_column) if label_column else None
-    for row in reader:
+    for number, text in lines:
+        row = _cells(path, number, text, tsv)
         if not any(cell.strip() for cell in row):
-            yield current[0], "", None
+            yield number, "", None
             continue
-        if len(row) != len(header):
-            raise DataGenError(f"{path}:{current[0]}: {len(row)} columns, the header has {len(header)}")
+        if width is not None and len(row) != width:
+            raise DataGenError(f"{path}:{number}: {len(row)} columns, the header has {width}")
+        if len(row) < needed:
+            raise DataGenError(f"{path}:{number}: {len(row)} columns, column {needed} is read")
         label = None
         if label_at is not None:
             label = row[label_at].strip()
             if not label and row[text_at].strip():
-                raise DataGenError(f"{path}:{current[0]}: empty label (every caption needs one in a labelled file)")
-        yield current[0], row[text_at], label
+                raise DataGenError(f"{path}:{number}: empty label (every caption needs one in a labelled file)")
+        yield number, row[text_at], label
 
 
 def load_captions(
@@ -153,6 +194,11 @@ def load_captions(
             result.label_conflicts += kept[cid][1] != label
             continue
         kept[cid] = (text, label)
+    if not kept:
+        raise DataGenError(
+            f"{path}: no captions ({result.lines} lines: {result.empty} blank, "
+            f"{result.bad_utf8_skipped} skipped as not UTF-8)"
+        )
 
     raw_labels = [label for _, label in kept.values()]
     labelled = bool(raw_labels) and raw_labels[0] is not None

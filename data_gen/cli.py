@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
+from pathlib import Path
 
 from .settings import BACKENDS, DEFAULT_MODEL, DTYPES, IMAGE_FORMATS, SCHEDULERS, DataGenError, GenerationSettings
 
@@ -39,12 +41,29 @@ def _generate_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if a GPU is present, else cpu")
     r.add_argument("--overwrite", action="store_true", help="replace a run with other settings found in OUT")
     r.add_argument("--skip-bad-lines", action="store_true", help="skip (and count) non-UTF-8 caption lines")
-    r.add_argument("--caption-column", default="caption")
-    r.add_argument("--label-column", default=None, help="CSV/TSV label column (default: 'label' if present)")
+    r.add_argument("--caption-column", default="caption",
+                   help="CSV/TSV caption column: a name from the header row, or a number from 1 for a file "
+                   "without one (cc3m/cc12m's url<TAB>caption: --caption-column 2)")
+    r.add_argument("--label-column", default=None,
+                   help="CSV/TSV label column, a name or (no header row) a number (default: 'label' if present)")
     r.add_argument("--contact-sheet-captions", type=int, default=6)
     r.add_argument("--no-merge", action="store_true", help="do not write the manifest when the last shard ends")
     r.add_argument("--no-progress", action="store_true")
     return p
+
+
+def check_writable(out: str) -> None:
+    """One clear line now, not a traceback after the model has loaded: can `out` (or the nearest folder above it
+    that exists, where it will be created) take new files? Probed with a temporary file that leaves no trace."""
+    folder = Path(out).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise DataGenError(f"output folder {out}: {folder} is not a folder")
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise DataGenError(f"output folder {out} is not writable ({folder}: {e.strerror or e})") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = GenerationSettings(**{
             name: getattr(args, name) for name in GenerationSettings.__dataclass_fields__
         }).validate()  # before any model loads
+        check_writable(args.out)
         from .runner import RunOptions, generate
 
         summary = generate(args.captions, args.out, settings, RunOptions(

@@ -3,10 +3,13 @@
 # tests (DALI, diffusers, open_clip, matplotlib), and solo-learn at the pinned commit.
 #
 #   bash scripts/setup.sh
+#   PYTHON=/path/to/venv/bin/python bash scripts/setup.sh    # into that venv, without activating it
 #
-# SOLO_LEARN_SRC=/path/to/solo-learn  installs solo-learn from a local source folder (offline).
-# Without network and without SOLO_LEARN_SRC, solo-learn cannot be installed: set-up still
-# finishes, and the test command reports the integration tests as skipped, loudly.
+# solo-learn comes from GitHub, or, when GitHub cannot be reached, from the vendored archive
+# ../shared/vendor/solo-learn-9187ea3.tar.gz (see scripts/install_solo_learn.sh);
+# SOLO_LEARN_SRC=/path/to/solo-learn (a source folder or .tar.gz) installs it from there instead.
+# If neither works, set-up still finishes, and the test command reports the integration tests
+# as skipped, loudly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"
@@ -25,6 +28,6 @@ PY
 then
     echo "solo-learn $("$python" -c 'from importlib import metadata; print(metadata.version("solo-learn"))') already installed"
 elif ! bash scripts/install_solo_learn.sh ${SOLO_LEARN_SRC:+"$SOLO_LEARN_SRC"}; then
-    echo "WARNING: solo-learn could not be installed (no network? set SOLO_LEARN_SRC=/path/to/solo-learn);" >&2
+    echo "WARNING: solo-learn could not be installed (no network and no vendored archive? set SOLO_LEARN_SRC=/path/to/solo-learn);" >&2
     echo "WARNING: the integration tests will be skipped." >&2
 fi

@@ -3,6 +3,7 @@
 #
 #   bash scripts/test.sh            # everything (about 4-6 minutes on 2 idle CPU cores)
 #   bash scripts/test.sh -m "not slow"
+#   PYTHON=/path/to/venv/bin/python bash scripts/test.sh     # that venv, without activating it
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"

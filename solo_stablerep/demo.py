@@ -38,8 +38,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from statistics import mean, stdev
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG_DIR = REPO / "scripts" / "pretrain" / "synthetic"
+from solo_stablerep._paths import pretrain_config_dir
+
+DEFAULT_CONFIG_DIR = pretrain_config_dir("synthetic")
 METHODS = ("stablerep", "simclr", "byol", "supcon")
 DEFAULT_METHODS = ("stablerep", "simclr", "byol")
 RANDOM_FLOOR = "random init"

@@ -35,6 +35,7 @@ register_methods()  # noqa: E402 - solo must be importable for what follows
 
 from solo.args.pretrain import parse_cfg  # noqa: E402
 from solo.data.classification_dataloader import prepare_data as prepare_data_classification  # noqa: E402
+from solo.data.classification_dataloader import prepare_transforms as prepare_transforms_classification  # noqa: E402
 from solo.data.pretrain_dataloader import (  # noqa: E402
     FullTransformPipeline,
     NCropAugmentation,
@@ -49,6 +50,8 @@ from solo.utils.misc import make_contiguous, omegaconf_select  # noqa: E402
 
 # solo-learn's own methods that are not limited to 2 large crops (main_pretrain.py's list)
 _SOLO_ANY_NUMBER_OF_LARGE_CROPS = ("wmse", "mae")
+# data sets read from data.train_path / data.val_path on disk (the others are downloaded there)
+_ON_DISK_DATASETS = ("custom", "synthetic", "imagenet", "imagenet100")
 
 
 def parse_pretrain_cfg(cfg: DictConfig) -> DictConfig:
@@ -61,6 +64,12 @@ def parse_pretrain_cfg(cfg: DictConfig) -> DictConfig:
     for key in ("data.dataset", "data.train_path"):
         if OmegaConf.select(cfg, key, default=None) is None or OmegaConf.is_missing(cfg, key):
             raise ValueError(f"{key} is not set: add {key}=... to the command line or the config")
+    if cfg.data.dataset in _ON_DISK_DATASETS:
+        # solo-learn's parse_cfg would scan a missing train_path with a traceback
+        for key in ("data.train_path", "data.val_path"):
+            path = OmegaConf.select(cfg, key, default=None)
+            if path is not None and not os.path.exists(path):
+                raise ValueError(f"{key}={path}: no such file or folder")
 
     # parse_cfg scales the lr by len(devices); Lightning's CPU accelerator wants an int.
     devices = cfg.devices
@@ -91,15 +100,33 @@ def parse_pretrain_cfg(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def _prepare_val_loader(cfg: DictConfig):
-    # the same cases as solo-learn's script, with synthetic data treated like custom data
+def _prepare_val_loader(cfg: DictConfig) -> Optional[torch.utils.data.DataLoader]:
+    """The online-validation loader of solo-learn's script, or None when there is nothing to validate.
+
+    Synthetic data is validated on ``data.val_path``, an ImageFolder of real images whose sorted class
+    folders are the manifest's ``class_names``. Only that side is built, from solo-learn's own pieces
+    (its ``custom`` evaluation transform, torchvision's ImageFolder, its loader settings): solo-learn's
+    ``prepare_data`` would also read ``data.train_path`` as an ImageFolder, which a synthetic root is not
+    (and at cc12m scale would mean walking 100M files for a set that is thrown away).
+    """
+
     if cfg.data.dataset in ("custom", "synthetic") and (cfg.data.no_labels or not cfg.data.val_path):
         return None
     if cfg.data.dataset in ("imagenet100", "imagenet") and cfg.data.val_path is None:
         return None
+    if cfg.data.dataset == "synthetic":
+        from torchvision.datasets import ImageFolder
+
+        _, val_transform = prepare_transforms_classification("custom")
+        return torch.utils.data.DataLoader(
+            ImageFolder(cfg.data.val_path, val_transform),
+            batch_size=cfg.optimizer.batch_size,
+            num_workers=cfg.data.num_workers,
+            pin_memory=True,
+            drop_last=False,
+        )
     _, val_loader = prepare_data_classification(
-        # synthetic data is validated on a labelled ImageFolder of real images
-        "custom" if cfg.data.dataset == "synthetic" else cfg.data.dataset,
+        cfg.data.dataset,
         train_data_path=cfg.data.train_path,
         val_data_path=cfg.data.val_path,
         data_format="image_folder" if cfg.data.format == "dali" else cfg.data.format,

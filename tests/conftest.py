@@ -1,14 +1,18 @@
-"""Shared fixtures: tiny image folders and solo-learn configs composed from scripts/pretrain."""
+"""Shared fixtures: tiny image folders and solo-learn configs composed from the shipped configs
+(solo_stablerep/configs, linked as scripts/pretrain)."""
 
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from solo_stablerep._paths import CONFIGS
+
 REPO = Path(__file__).resolve().parents[1]
-PRETRAIN_CONFIGS = REPO / "scripts" / "pretrain"
+PRETRAIN_CONFIGS = CONFIGS  # scripts/pretrain links to it
 SOLO_MISSING_REASON = (
     "solo-learn (commit 9187ea3) is not importable: integration tests did not run; "
     "install it with `bash scripts/install_solo_learn.sh [SOURCE_DIR]`"
@@ -33,14 +37,29 @@ CPU_OVERRIDES = [
 ]
 
 
+def console_script(name: str) -> str:
+    """The console script ``name`` installed beside the running Python (its venv's ``bin/``), not the
+    first one on PATH: the venv need not be activated, and PATH may hold another installation."""
+
+    bin_dir = Path(sys.executable).parent
+    for candidate in (bin_dir / name, bin_dir / f"{name}.exe"):
+        if candidate.is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"console script {name!r} is not installed beside {sys.executable}: pip install -e .")
+
+
 def run_pretrain_command(command, config_dir, config_name, cwd, *overrides):
     """Runs the entry point as a user would: ``command --config-path ... key=value ...`` on top of
-    CPU_OVERRIDES (an override given here replaces the CPU one of the same key)."""
+    CPU_OVERRIDES (an override given here replaces the CPU one of the same key). A bare command name
+    is a console script, looked up with :func:`console_script`."""
 
     replaced = {o.split("=")[0] for o in overrides}
     base = [o for o in CPU_OVERRIDES if o.split("=")[0] not in replaced]
+    command = list(command)
+    if len(command) == 1 and "/" not in command[0]:
+        command = [console_script(command[0])]
     return subprocess.run(
-        list(command)
+        command
         + ["--config-path", str(config_dir), "--config-name", config_name]
         + base
         + list(overrides),

@@ -1,7 +1,12 @@
 """Captions parsing, shard resolution and the crash-tolerant shard log (no model needed)."""
 
 import hashlib
+import os
+import shutil
+import subprocess
+import sys
 import unicodedata
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +16,7 @@ from data_gen.settings import DataGenError, GenerationSettings, image_seed, reso
 from data_gen.storage import ShardLog, read_log
 from solo_stablerep.data.manifest import read_manifest
 
+REPO = Path(__file__).resolve().parents[1]
 PROCEDURAL = ["--backend", "procedural", "--resolution", "32", "--image-size", "16", "--images-per-caption", "2",
               "--no-progress", "--device", "cpu"]
 
@@ -103,3 +109,80 @@ def test_procedural_settings_null_the_diffusion_fields():
     assert stored["model"] is None and stored["guidance_scale"] is None and stored["images_per_caption"] == 10
     with pytest.raises(DataGenError, match="--dtype fp16"):
         GenerationSettings(dtype="fp16").validate().resolved("cpu")
+
+
+def test_tsv_keeps_quotes_and_never_merges_rows(tmp_path):
+    # cc12m captions begin with quotes; a csv-style reader would strip them and let the open one swallow rows
+    path = tmp_path / "c.tsv"
+    captions = ['"Hello" said the cat', '"an open quote', "plain", 'a "quoted" word', '"""', "last one"]
+    path.write_text("caption\n" + "".join(f"{c}\n" for c in captions), encoding="utf-8")
+    assert [c.text for c in load_captions(path).captions] == captions
+
+
+def test_ambiguous_csv_quoting_is_an_error_naming_the_line(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text('caption,label\n"a dog, running",dog\n"an open quote,cat\na cat,cat\n', encoding="utf-8")
+    with pytest.raises(DataGenError, match=r"c\.csv:3: bad CSV quoting"):
+        load_captions(path)
+    path.write_text('caption,label\n"Hello" said the cat,cat\n', encoding="utf-8")
+    with pytest.raises(DataGenError, match=r"c\.csv:2: bad CSV quoting"):
+        load_captions(path)
+
+
+def test_headerless_cc12m_tsv_by_column_number(tmp_path):
+    path = tmp_path / "cc12m.tsv"
+    rows = [("https://x.org/1.jpg", '"Sunset" over the <PERSON> lake'), ("https://x.org/2.jpg", "a red bus"),
+            ("https://x.org/3.jpg", "a red bus")]
+    path.write_text("".join(f"{url}\t{caption}\n" for url, caption in rows), encoding="utf-8")
+    result = load_captions(path, caption_column="2")
+    assert [c.text for c in result.captions] == ['"Sunset" over the <PERSON> lake', "a red bus"]
+    assert result.duplicates == 1 and result.class_names is None
+    with pytest.raises(DataGenError, match="no column 'caption'.*a number"):
+        load_captions(path)  # the first row is data, not a header: say how to read it
+    with pytest.raises(DataGenError, match=r"cc12m\.tsv:1: 2 columns, column 3 is read"):
+        load_captions(path, caption_column="3")
+    assert main([str(path), str(tmp_path / "out"), *PROCEDURAL, "--caption-column", "2"]) == 0
+    assert [r.caption for r in read_manifest(tmp_path / "out")[1]] == [c.text for c in result.captions]
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n\t\n", "caption,label\n\n"], ids=["empty", "blank", "header-only"])
+def test_a_file_without_captions_is_an_error(content, tmp_path, capsys):
+    path = tmp_path / ("c.csv" if content.startswith("caption") else "c.txt")
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataGenError, match="no captions"):
+        load_captions(path)
+    assert main([str(path), str(tmp_path / "out"), *PROCEDURAL]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err
+
+
+def test_read_only_output_folder_is_one_line_naming_it(tmp_path):
+    captions = tmp_path / "c.txt"
+    captions.write_text("a cat\n", encoding="utf-8")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    command = [sys.executable, "-m", "data_gen", str(captions), str(locked / "out"), *PROCEDURAL]
+    if os.geteuid() == 0:  # root ignores permission bits unless it gives up the capability to
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: cannot make a folder read-only")
+        command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])))
+    assert result.returncode == 2
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1 and "not writable" in err and str(locked / "out") in err, err
+    assert not (locked / "out").exists()
+
+
+def test_headerless_labels_by_column_number(tmp_path):
+    path = tmp_path / "labelled.tsv"
+    path.write_text("3\ta three\n0\ta zero\n", encoding="utf-8")
+    result = load_captions(path, caption_column="2", label_column="1")
+    assert [(c.text, c.label) for c in result.captions] == [("a three", 3), ("a zero", 0)]
+    with pytest.raises(DataGenError, match="columns are numbers from 1"):
+        load_captions(path, caption_column="2", label_column="label")
+    text = tmp_path / "plain.txt"
+    text.write_text("a cat\n", encoding="utf-8")
+    with pytest.raises(DataGenError, match=r"need a \.csv or \.tsv"):
+        load_captions(text, caption_column="2")

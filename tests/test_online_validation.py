@@ -1,0 +1,105 @@
+"""Online validation on synthetic data, as a user runs it: a labelled captions file -> `python -m data_gen
+--backend procedural` -> one short epoch validated on real images (sklearn's digits saved as an ImageFolder
+whose class folders are the manifest's class_names) -> the validation accuracy is logged."""
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import CPU_OVERRIDES, REPO, compose_cfg, crop_overrides, requires_solo
+from solo_stablerep._paths import pretrain_config_dir
+
+pytestmark = requires_solo
+
+DIGITS = 10
+TINY_TEXT = ["method_kwargs.embed_dim=16", "method_kwargs.text_width=32", "method_kwargs.text_layers=1",
+             "method_kwargs.text_heads=2", "method_kwargs.context_length=12"]
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """A labelled data set written by the generator: 2 captions per digit, 2 images each; labels are digits."""
+    root = tmp_path_factory.mktemp("generated")
+    captions = root / "captions.csv"
+    rows = [f"a white digit {d} on a dark background{' small' if i else ''},{d}" for d in range(DIGITS) for i in (0, 1)]
+    captions.write_text("caption,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    command = [sys.executable, "-m", "data_gen", str(captions), str(root / "data"), "--backend", "procedural",
+               "--images-per-caption", "2", "--image-size", "32", "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # what tripped solo-learn's ImageFolder *train* reader: the generator's own folders beside the images
+    assert {p.name for p in (root / "data").iterdir()} >= {"images", "shards", "manifest.jsonl"}
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def real_digits(tmp_path_factory):
+    """sklearn's 8x8 digit scans as an ImageFolder, 3 per class, class folders "0".."9"."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    root = tmp_path_factory.mktemp("real_digits")
+    for d in range(DIGITS):
+        (root / str(d)).mkdir()
+        for i, image in enumerate(digits.images[digits.target == d][:3]):
+            pixels = np.round(image * (255 / 16)).astype(np.uint8)
+            Image.fromarray(pixels).convert("RGB").resize((32, 32), Image.BILINEAR).save(root / str(d) / f"{i}.png")
+    return root
+
+
+def short_epoch(config_name, data_root, val_root, tmp_path, monkeypatch, *overrides):
+    from solo_stablerep.pretrain import run_pretrain
+
+    cfg = compose_cfg(pretrain_config_dir("synthetic"), config_name, [
+        *CPU_OVERRIDES, *crop_overrides(1), "data.synthetic.n_img=2", "+limit_train_batches=2",
+        "+limit_val_batches=2", "optimizer.batch_size=8", f"data.train_path={data_root}",
+        f"data.val_path={val_root}", f"checkpoint.dir={tmp_path / 'ckpt'}", *overrides,
+    ])
+    monkeypatch.chdir(tmp_path)  # Lightning writes its logs to the working directory
+    trainer = run_pretrain(cfg)
+    assert trainer.global_step == 2
+    return {name: value.item() for name, value in trainer.callback_metrics.items()}
+
+
+def assert_accuracy(metrics, name):
+    assert name in metrics, sorted(metrics)
+    assert math.isfinite(metrics[name]) and 0.0 <= metrics[name] <= 100.0
+
+
+@pytest.mark.slow
+def test_stablerep_logs_val_acc1(generated, real_digits, tmp_path, monkeypatch):
+    metrics = short_epoch("stablerep.yaml", generated, real_digits, tmp_path, monkeypatch)
+    assert_accuracy(metrics, "val_acc1")
+
+
+@pytest.mark.slow
+def test_stablerep_pp_logs_zero_shot_accuracy(generated, real_digits, tmp_path, monkeypatch):
+    metrics = short_epoch("stablerep_pp.yaml", generated, real_digits, tmp_path, monkeypatch, *TINY_TEXT)
+    assert_accuracy(metrics, "val_acc1")
+    assert_accuracy(metrics, "val_zero_shot_acc1")
+
+
+@pytest.mark.slow
+def test_dali_on_cpu_logs_val_acc1(generated, real_digits, tmp_path, monkeypatch):
+    pytest.importorskip("nvidia.dali", reason="data.format=dali needs nvidia-dali")
+    metrics = short_epoch("stablerep.yaml", generated, real_digits, tmp_path, monkeypatch,
+                          "data.format=dali", "dali.device=cpu")
+    assert_accuracy(metrics, "val_acc1")
+
+
+def test_missing_train_path_is_one_line(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "solo_stablerep.pretrain", "--config-path", str(pretrain_config_dir("synthetic")),
+         "--config-name", "stablerep.yaml", *CPU_OVERRIDES, f"data.train_path={tmp_path / 'nowhere'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])),
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == f"solo-stablerep-pretrain: error: data.train_path={tmp_path / 'nowhere'}: no such file or folder"
