@@ -49,10 +49,13 @@ def _configure_output() -> None:
     """Progress lines on stderr; library noise (timm/solo deprecations, Lightning banners) would bury them."""
 
     handler = logging.StreamHandler(sys.stderr)
-    # a filter on the handler, not levels on loggers: Lightning resets its own loggers to INFO on import
+    # a filter on the handler: Lightning sets its loggers to INFO when imported, which may come later
     handler.addFilter(lambda record: record.levelno >= logging.WARNING or record.name.startswith(PROGRESS_LOGGERS))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         handlers=[handler])
+    # ... and if it was imported already, its loggers print through handlers of their own
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*(Overwriting|num_workers|does not have many workers).*")
