@@ -9,6 +9,7 @@ generators, truncation check, resize + encode + atomic write of every image, fsy
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +22,9 @@ from data_gen.captions import Caption, caption_id
 from data_gen.runner import run_batches
 from data_gen.settings import GenerationSettings, image_seed
 from data_gen.storage import ShardLog
-from data_gen.tiny_pipeline import build_tiny_pipeline
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tiny pipeline is a test fixture
+from tiny_pipeline import build_tiny_pipeline  # noqa: E402
 
 
 def main():

@@ -18,12 +18,15 @@ colour chosen from the caption's hash, so distinct captions still look distinct.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import re
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+logger = logging.getLogger(__name__)
 
 COLOURS = {
     "red": (220, 30, 30), "green": (30, 170, 50), "blue": (40, 70, 220), "yellow": (240, 220, 30),
@@ -88,6 +91,7 @@ def parse(caption: str) -> Scene:
     if not things:  # unknown vocabulary: a look fixed by the caption, so captions stay distinguishable
         h = int(hashlib.sha1(caption.encode()).hexdigest(), 16)
         things = [Thing(shape=SHAPES[h % len(SHAPES)], colour=list(COLOURS.values())[(h >> 8) % len(COLOURS)])]
+        logger.debug("%r names no digit or shape: drawing a %s chosen by its hash", caption, things[0].shape)
     return Scene(things, background)
 
 

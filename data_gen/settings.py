@@ -1,4 +1,5 @@
-"""Generation settings, their validation, per-image seeds and shard/device resolution."""
+"""Generation settings, their validation (of the fields the chosen backend reads), per-image seeds and
+shard/device resolution."""
 
 from __future__ import annotations
 
@@ -7,17 +8,15 @@ import hashlib
 import os
 from dataclasses import dataclass
 
+from .backends import BACKENDS, SCHEDULERS
+from .errors import DataGenError
+
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-BACKENDS = ("diffusion", "procedural")
-SCHEDULERS = ("ddim", "dpm++", "dpm++-sde", "euler", "euler-a", "unipc", "pndm")
 IMAGE_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 DTYPES = ("auto", "fp32", "fp16", "bf16")
-# Settings that only the diffusion backend reads; the procedural backend stores them as null.
-DIFFUSION_ONLY = ("model", "scheduler", "guidance_scale", "num_inference_steps", "dtype", "negative_prompt")
-
-
-class DataGenError(Exception):
-    """Bad input or state; the message is one line naming the culprit (the CLI prints only it)."""
+# Settings that only some backends read: each backend lists its own in `settings_fields`; a run
+# validates and stores those, and stores the others as null.
+BACKEND_FIELDS = ("model", "scheduler", "guidance_scale", "num_inference_steps", "dtype", "negative_prompt")
 
 
 @dataclass(frozen=True)
@@ -59,29 +58,34 @@ class GenerationSettings:
             raise DataGenError(f"--quality {self.quality}: must be in [1, 100]")
         if self.seed < 0:
             raise DataGenError(f"--seed {self.seed}: must be >= 0")
-        if self.backend == "procedural":
-            return self
-        if self.guidance_scale < 0:
+        used = self.backend_fields()
+        if "guidance_scale" in used and self.guidance_scale < 0:
             raise DataGenError(f"--guidance-scale {self.guidance_scale}: must be >= 0")
-        if self.num_inference_steps < 1:
+        if "num_inference_steps" in used and self.num_inference_steps < 1:
             raise DataGenError(f"--steps {self.num_inference_steps}: must be >= 1")
-        if self.scheduler not in SCHEDULERS:
+        if "scheduler" in used and self.scheduler not in SCHEDULERS:
             raise DataGenError(f"--scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
-        if self.dtype not in DTYPES:
+        if "dtype" in used and self.dtype not in DTYPES:
             raise DataGenError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
-        if not self.model:
+        if "model" in used and not self.model:
             raise DataGenError("--model: give a hub id or a local folder")
         return self
 
+    def backend_fields(self) -> tuple[str, ...]:
+        """The :data:`BACKEND_FIELDS` the chosen backend reads (its class's ``settings_fields``)."""
+        return BACKENDS[self.backend].settings_fields
+
     def resolved(self, device: str) -> "GenerationSettings":
         """Settings as stored: `auto` dtype made concrete, fields the backend ignores set to None."""
-        if self.backend == "procedural":
-            return dataclasses.replace(self, **{name: None for name in DIFFUSION_ONLY})
+        used = self.backend_fields()
+        settings = dataclasses.replace(self, **{name: None for name in BACKEND_FIELDS if name not in used})
+        if "dtype" not in used:
+            return settings
         on_gpu = device.startswith("cuda")
         dtype = ("fp16" if on_gpu else "fp32") if self.dtype == "auto" else self.dtype
         if not on_gpu and dtype != "fp32":
             raise DataGenError(f"--dtype {dtype}: half precision needs a GPU; use fp32 on {device}")
-        return dataclasses.replace(self, dtype=dtype)
+        return dataclasses.replace(settings, dtype=dtype)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -13,8 +13,8 @@ from PIL import Image
 
 from data_gen.cli import main
 from data_gen.storage import SHARDS_DIR
-from data_gen.tiny_pipeline import build_tiny_pipeline
 from solo_stablerep.data.manifest import read_manifest
+from tiny_pipeline import build_tiny_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--resolution", "32", "--image-size", "16", "--steps", "2", "--images-per-caption", "3",

@@ -27,8 +27,8 @@ def load_run_all():
 def test_captions_name_their_label_digit_and_are_distinct(tmp_path):
     import csv
 
-    from data_gen.procedural import parse
-    from solo_stablerep.demo import NUMBER_WORDS, write_captions
+    from data_gen.procedural import NUMBER_WORDS, parse
+    from solo_stablerep.demo.captions import write_captions
 
     count = write_captions(tmp_path / "captions.csv", captions_per_class=7, seed=0)
     with (tmp_path / "captions.csv").open() as f:
@@ -50,7 +50,7 @@ def test_captions_name_their_label_digit_and_are_distinct(tmp_path):
 
 
 def test_real_digits_are_normalised_stratified_and_upsampled():
-    from solo_stablerep.evaluation import IMAGENET_MEAN, IMAGENET_STD, load_real_digits
+    from solo_stablerep.demo.probes import IMAGENET_MEAN, IMAGENET_STD, load_real_digits
 
     data = load_real_digits(image_size=24)
     assert data.train_images.shape[1:] == (3, 24, 24)
@@ -64,7 +64,7 @@ def test_real_digits_are_normalised_stratified_and_upsampled():
 
 
 def test_probes_score_separable_features_perfectly_and_noise_near_chance():
-    from solo_stablerep.evaluation import few_shot_accuracy, knn_accuracy, linear_probe_accuracy
+    from solo_stablerep.demo.probes import few_shot_accuracy, knn_accuracy, linear_probe_accuracy
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(10), 30)
@@ -81,7 +81,7 @@ def test_probes_score_separable_features_perfectly_and_noise_near_chance():
 
 
 def test_few_shot_probe_draws_are_seeded_and_need_enough_images_per_class():
-    from solo_stablerep.evaluation import few_shot_accuracy
+    from solo_stablerep.demo.probes import few_shot_accuracy
 
     rng = np.random.default_rng(1)
     labels = np.repeat(np.arange(3), 20)
@@ -97,7 +97,7 @@ def test_few_shot_probe_draws_are_seeded_and_need_enough_images_per_class():
 
 
 def test_summary_and_table_report_mean_and_spread():
-    from solo_stablerep.demo import markdown_table, summarise
+    from solo_stablerep.demo.report import markdown_table, summarise
 
     rows = [
         {"method": "stablerep", "seed": s, "knn_acc": a, "linear_acc": a, "few_shot_acc": a / 2,
@@ -120,7 +120,8 @@ def test_summary_and_table_report_mean_and_spread():
 def test_demo_overrides_give_every_method_the_same_budget(tmp_path, method):
     from synthetic_helpers import make_manifest_dataset
 
-    from solo_stablerep.demo import DEFAULT_CONFIG_DIR, SIZES_PRESETS, method_overrides, write_per_image_manifest
+    from solo_stablerep.demo.dataset import write_per_image_manifest
+    from solo_stablerep.demo.runs import SIZES_PRESETS, default_config_dir, method_overrides
     from solo_stablerep.pretrain import parse_pretrain_cfg
 
     size = SIZES_PRESETS["default"]
@@ -128,7 +129,7 @@ def test_demo_overrides_give_every_method_the_same_budget(tmp_path, method):
                           class_names=[str(d) for d in range(10)])
     write_per_image_manifest(tmp_path / "ds")
     overrides = method_overrides(method, size, tmp_path / "ds", tmp_path / "run", seed=3, workers=0)
-    cfg = parse_pretrain_cfg(compose_cfg(DEFAULT_CONFIG_DIR, f"{method}.yaml", overrides))
+    cfg = parse_pretrain_cfg(compose_cfg(default_config_dir(), f"{method}.yaml", overrides))
     assert cfg.optimizer.batch_size * cfg.data.num_large_crops == size.crops_per_step
     assert cfg.optimizer.lr == pytest.approx(size.lr)  # after solo-learn's batch-size scaling
     assert cfg.max_steps == size.steps
@@ -153,7 +154,7 @@ def test_per_image_manifest_lists_every_image_once_as_its_own_item(tmp_path):
     from synthetic_helpers import make_manifest_dataset
 
     from solo_stablerep.data.manifest import read_manifest
-    from solo_stablerep.demo import write_per_image_manifest
+    from solo_stablerep.demo.dataset import write_per_image_manifest
 
     make_manifest_dataset(tmp_path / "ds", 3, 4, class_names=["a", "b", "c"])
     header, captions = read_manifest(tmp_path / "ds")

@@ -1,4 +1,4 @@
-"""A tiny, randomly initialised Stable Diffusion pipeline for tests and CPU benchmarks.
+"""A tiny, randomly initialised Stable Diffusion pipeline: a test fixture, also used by bench/.
 
 It has the real architecture's parts (UNet2DConditionModel, AutoencoderKL, CLIPTextModel, a
 byte-level CLIPTokenizer, DDIMScheduler) at toy sizes, so it exercises exactly the code path that

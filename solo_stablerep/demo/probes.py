@@ -23,6 +23,9 @@ from sklearn.preprocessing import StandardScaler
 # solo-learn's default normalisation for every dataset it has no statistics for (synthetic included)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+FEW_SHOTS = 5  # labelled real images per digit for the few-shot probe
+# (result key of evaluate_backbone, short name) of each probe accuracy, in table order
+ACCURACIES = (("knn_acc", "kNN"), ("linear_acc", "linear"), ("few_shot_acc", f"{FEW_SHOTS}-shot"))
 
 
 @dataclass
@@ -95,9 +98,9 @@ def few_shot_accuracy(train_x, train_y, test_x, test_y, shots: int = 5, draws: i
     return float(np.mean(accuracies))
 
 
-def evaluate_backbone(backbone: torch.nn.Module, data: ProbeData, knn_k: int = 20, shots: int = 5) -> dict:
+def evaluate_backbone(backbone: torch.nn.Module, data: ProbeData, knn_k: int = 20, shots: int = FEW_SHOTS) -> dict:
     """kNN, linear-probe and ``shots``-shot linear-probe test accuracies (fractions in [0, 1]) of a
-    frozen backbone."""
+    frozen backbone, under the keys of :data:`ACCURACIES`."""
 
     train_x = extract_features(backbone, data.train_images)
     test_x = extract_features(backbone, data.test_images)

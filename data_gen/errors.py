@@ -1,0 +1,6 @@
+"""data_gen's error for bad input or state, in a module of its own: every other module raises it,
+and none has to import another (settings, backends) just for it."""
+
+
+class DataGenError(Exception):
+    """Bad input or state; the message is one line naming the culprit (the CLI prints only it)."""

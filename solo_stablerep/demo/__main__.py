@@ -1,0 +1,5 @@
+import sys
+
+from solo_stablerep.demo.cli import main
+
+sys.exit(main())

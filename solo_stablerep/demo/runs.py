@@ -1,0 +1,185 @@
+"""One pretraining run per method: the demo's budget, the overrides that shrink the shipped
+configs to it, the run itself and the loss curve Lightning logged.
+
+Every method sees the same number of crops per step for the same number of steps, with the same
+effective learning rate and the same images: StableRep's crops come from ``views`` images of each
+caption (one crop each), SimCLR's, BYOL's and SupCon's from 2 crops of each image, every image an
+item of its own (:func:`solo_stablerep.demo.dataset.write_per_image_manifest`), as those methods
+know no captions.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from solo_stablerep._paths import pretrain_config_dir
+from solo_stablerep.demo.dataset import per_image_root
+
+METHODS = ("stablerep", "simclr", "byol", "supcon")
+DEFAULT_METHODS = ("stablerep", "simclr", "byol")
+RANDOM_FLOOR = "random init"  # the untrained backbone's name in the results
+# sklearn's digits are 8x8 scans: every training image goes through StableRep's downsample
+# augmentation to this size and back, so training sees the probe's resolution
+SCAN_SIZE = 8
+# the per-step loss each method logs (solo-learn's names; on_step + on_epoch adds "_step")
+LOSS_COLUMNS = {
+    "stablerep": "train_stablerep_loss_step",
+    "simclr": "train_nce_loss_step",
+    "supcon": "train_nce_loss_step",
+    "byol": "train_neg_cos_sim_step",
+}
+
+
+class DemoError(Exception):
+    """Bad options or missing inputs; the message is one line."""
+
+
+def default_config_dir() -> Path:
+    """The solo-learn config folder the demo shrinks: the shipped ``synthetic`` configs."""
+
+    return pretrain_config_dir("synthetic")
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How big the demo is; every method gets ``steps`` steps of ``crops_per_step`` crops."""
+
+    captions_per_class: int
+    images_per_caption: int  # generated per caption (the paper: 10)
+    views: int  # images of a caption StableRep uses per step (the paper: 6)
+    crop_size: int
+    crops_per_step: int  # a multiple of views and of 2 (SimCLR/BYOL: 2 crops of one image)
+    steps: int
+    proj_hidden_dim: int
+    proj_output_dim: int
+    lr: float  # effective AdamW lr for every method (solo-learn's batch scaling is undone below)
+
+
+SIZES_PRESETS = {
+    # one caption per digit x 100 images; ~7 minutes on 2 CPU cores for 3 methods x 1 seed. More
+    # captions per digit make same-digit captions negatives of each other that differ only in
+    # nuisance words, and StableRep then learns those (README: what we tried)
+    "default": DemoSize(1, 100, 8, 32, 64, 200, 512, 128, 2e-3),
+    # the end-to-end test: fewer images and steps
+    "tiny": DemoSize(1, 40, 8, 32, 64, 150, 512, 128, 2e-3),
+}
+
+
+def method_overrides(method: str, size: DemoSize, data_root: Path, run_dir: Path, seed: int, workers: int) -> list:
+    """Command-line overrides that shrink ``scripts/pretrain/synthetic/<method>.yaml`` to the demo.
+    StableRep reads ``data_root``, the other methods its per-image view (:func:`per_image_root`)."""
+
+    # StableRep: an item is a caption, one crop of each of `views` of its images; the others: an
+    # item is an image, 2 crops of it (solo-learn lets only StableRep use more than 2 large crops)
+    per_caption = method == "stablerep"
+    crops_per_item = size.views if per_caption else 2
+    batch_size = size.crops_per_step // crops_per_item  # items per step
+    num_items = 10 * size.captions_per_class * (1 if per_caption else size.images_per_caption)
+    steps_per_epoch = num_items // batch_size  # solo-learn's loader drops the last partial batch
+    if steps_per_epoch == 0:
+        raise DemoError(f"{method}: {batch_size} items per step but only {num_items} items")
+    max_epochs = math.ceil(size.steps / steps_per_epoch)
+    overrides = [
+        "backbone.name=resnet18",
+        "accelerator=cpu",
+        "devices=1",
+        "strategy=auto",
+        "precision=32",
+        "sync_batchnorm=False",
+        "wandb.enabled=False",
+        "auto_resume.enabled=False",
+        "checkpoint.enabled=False",  # the demo probes the in-memory model
+        f"data.train_path={data_root if per_caption else per_image_root(data_root)}",
+        f"data.num_workers={workers}",
+        f"augmentations.0.crop_size={size.crop_size}",
+        "augmentations.0.horizontal_flip.prob=0.0",  # a mirrored 2 is no digit
+        "augmentations.0.rrc.crop_min_scale=0.3",  # 8% of a digit is a stroke, not a digit
+        "data.synthetic.downsample.prob=1.0",
+        f"data.synthetic.downsample.sizes=[{SCAN_SIZE}]",
+        f"method_kwargs.proj_hidden_dim={size.proj_hidden_dim}",
+        f"method_kwargs.proj_output_dim={size.proj_output_dim}",
+        f"optimizer.batch_size={batch_size}",
+        # solo-learn multiplies lr by batch_size / 256: undo it so every method gets size.lr
+        f"optimizer.lr={size.lr * 256 / batch_size:.6g}",
+        f"max_epochs={max_epochs}",
+        f"++max_steps={size.steps}",
+        # warm-up over the first 10% of the steps (solo-learn counts it in epochs of max_epochs)
+        f"scheduler.warmup_epochs={0.1 * max_epochs:.6g}",
+        f"++seed={seed}",
+        f"++default_root_dir={run_dir}",
+        f"++log_every_n_steps={max(1, size.steps // 60)}",
+        "++enable_progress_bar=False",
+        "++enable_model_summary=False",
+    ]
+    if per_caption:
+        overrides.append(f"data.synthetic.n_img={crops_per_item}")
+    if method == "supcon":  # its config takes one crop of each of 2 images of a caption
+        overrides += ["data.synthetic.n_img=1", "augmentations.0.num_crops=2"]
+    if method == "byol":
+        overrides.append(f"method_kwargs.pred_hidden_dim={size.proj_hidden_dim}")
+    return overrides
+
+
+def compose(config_dir: Path, method: str, overrides: list):
+    """``<config_dir>/<method>.yaml`` with ``overrides``, composed by Hydra."""
+
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.2"):
+        return hydra_compose(config_name=f"{method}.yaml", overrides=overrides)
+
+
+def read_loss_curve(run_dir: Path, method: str) -> list:
+    """(step, loss) pairs from the CSV log Lightning writes under ``run_dir``."""
+
+    logs = sorted(run_dir.glob("lightning_logs/version_*/metrics.csv"))
+    if not logs:
+        return []
+    with logs[-1].open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    column = LOSS_COLUMNS.get(method)
+    if not rows or column not in rows[0]:
+        return []
+    return [(int(row["step"]), float(row[column])) for row in rows if row.get(column)]
+
+
+def train_method(method, size, config_dir, data_root, run_dir, seed, workers, extra_overrides):
+    """Pretrains one method; returns (backbone, result row, loss curve, composed config YAML, overrides)."""
+
+    from omegaconf import OmegaConf
+
+    from solo_stablerep.pretrain import run_pretrain
+
+    overrides = method_overrides(method, size, data_root, run_dir, seed, workers) + list(extra_overrides)
+    cfg = compose(config_dir, method, overrides)
+    composed_yaml = OmegaConf.to_yaml(cfg)
+    started = time.perf_counter()
+    trainer = run_pretrain(cfg)
+    seconds = time.perf_counter() - started
+    crops_per_step = cfg.optimizer.batch_size * cfg.data.num_large_crops
+    row = {
+        "method": method,
+        "seed": seed,
+        "train_seconds": seconds,
+        "steps": trainer.global_step,
+        "images_seen": trainer.global_step * crops_per_step,
+    }
+    return trainer.lightning_module.backbone, row, read_loss_curve(run_dir, method), composed_yaml, overrides
+
+
+def random_backbone(size, config_dir, data_root, run_dir, seed):
+    """The floor (:data:`RANDOM_FLOOR`): StableRep's model as built before any training step."""
+
+    from lightning.pytorch import seed_everything
+
+    from solo_stablerep.pretrain import METHODS as SOLO_METHODS
+    from solo_stablerep.pretrain import parse_pretrain_cfg
+
+    cfg = parse_pretrain_cfg(compose(config_dir, "stablerep", method_overrides("stablerep", size, data_root, run_dir, seed, 0)))
+    seed_everything(seed, verbose=False)
+    return SOLO_METHODS["stablerep"](cfg).backbone
