@@ -241,7 +241,7 @@ def test_gradients_reach_the_text_tower_and_the_logit_scale(manifest_root):
 def test_clip_config_skips_the_image_image_loss(manifest_root, monkeypatch):
     from solo.methods import METHODS
 
-    import solo_stablerep.methods.stablerep_pp as pp_module
+    import solo_stablerep.methods.stablerep as stablerep_module
 
     cfg = pp_cfg(manifest_root, config="clip.yaml", n_img=1)
     assert cfg.data.num_large_crops == 1 and cfg.method_kwargs.w1 == 0
@@ -252,7 +252,7 @@ def test_clip_config_skips_the_image_image_loss(manifest_root, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("image-image loss computed with w1 = 0")
 
-    monkeypatch.setattr(pp_module, "multi_positive_contrastive_loss", must_not_run)
+    monkeypatch.setattr(stablerep_module, "multi_positive_contrastive_loss", must_not_run)
     logged = quiet(model)
     loss = model.training_step(fake_batch(model), 0)
     assert "train_stablerep_loss" not in logged
