@@ -43,7 +43,8 @@ class StableRepPP(StableRep):
 
         The image–image term is StableRep's (its projector and temperature: this class extends
         :class:`StableRep`). The image–text term uses a linear projection of the backbone
-        features and a CLIP text tower (open_clip's ``TextTransformer``, CLIP BPE tokenizer)
+        features (initialised from N(0, features_dim^-0.5), as in the authors' code) and a CLIP
+        text tower (open_clip's ``TextTransformer`` with CLIP's QuickGELU, CLIP BPE tokenizer)
         into a shared embedding, a learnable logit scale
         (init 1/0.07, clamped at 100) and is multi-positive in both directions
         (:func:`solo_stablerep.losses.image_text_contrastive_loss`). With ``w1: 0`` it is CLIP
@@ -75,6 +76,8 @@ class StableRepPP(StableRep):
         kwargs = cfg.method_kwargs
         self.w2: float = kwargs.w2
         self.image_projection = nn.Linear(self.features_dim, kwargs.embed_dim, bias=False)
+        # the authors' image projection: a (features_dim, embed_dim) matrix from N(0, width^-0.5)
+        nn.init.normal_(self.image_projection.weight, std=self.features_dim**-0.5)
         self.text_tower = build_text_tower(
             width=kwargs.text_width,
             layers=kwargs.text_layers,
