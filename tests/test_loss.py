@@ -119,6 +119,28 @@ def test_bad_input_is_named(z_shape, labels_shape, temperature, match):
         )
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to detect host syncs")
+def test_no_host_sync_on_cuda():
+    # Every step waiting for the device (an .item(), a boolean-mask index, torch.unique) would
+    # stall the training loop: CUDA's sync debug mode turns any such wait into an error.
+    from solo_stablerep.losses import image_text_contrastive_loss
+
+    g = torch.Generator().manual_seed(7)
+    labels = unequal_groups(g).cuda()
+    z = torch.randn(len(labels), 16, generator=g).cuda().requires_grad_(True)
+    texts = torch.randn(4, 16, generator=g).cuda().requires_grad_(True)
+    text_labels = torch.tensor([2, 0, 3, 1]).cuda()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = multi_positive_contrastive_loss(z, labels) + image_text_contrastive_loss(
+            z, labels, texts, text_labels, 10.0
+        )
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss).item() and z.grad.abs().sum().item() > 0
+
+
 # ---------------------------------------------------------------- torch.distributed (gloo)
 
 
