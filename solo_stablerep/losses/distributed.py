@@ -77,6 +77,9 @@ def gather_labelled_rows(
         return [(rows, labels, 0) for rows, labels in blocks]
     rank = dist.get_rank()
     device, dtype = blocks[0][0].device, blocks[0][0].dtype
+    if any(rows.dtype != dtype for rows, _ in blocks):
+        # torch.cat would promote one block and garble the other's label bytes
+        raise ValueError(f"blocks must share one dtype, got {[rows.dtype for rows, _ in blocks]}")
     local_counts = torch.tensor([rows.shape[0] for rows, _ in blocks], device=device)
     counts = _all_gather(local_counts).tolist()  # [rank][block]: sizes the buffers below
 
