@@ -14,6 +14,7 @@ with the naive one. Without solo-learn only the naive ratio is printed.
 import argparse
 import statistics
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +58,9 @@ def main():
 
     contenders = {"ours": multi_positive_contrastive_loss, "naive": naive_loss}
     try:
-        from solo.losses.simclr import simclr_loss_func
+        with warnings.catch_warnings():  # solo-learn's import-time deprecation noise
+            warnings.simplefilter("ignore")
+            from solo.losses.simclr import simclr_loss_func
     except ImportError as error:
         print(f"solo-learn not importable ({error}): no ratio against its SimCLR loss")
     else:
