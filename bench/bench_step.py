@@ -19,7 +19,7 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-import solo_stablerep  # noqa: F401 - registers stablerep
+import solo_stablerep.methods  # noqa: F401 - registers stablerep
 from solo.methods import METHODS
 
 

@@ -9,8 +9,9 @@ Run it like solo-learn's script::
 methods registered by :mod:`solo_stablerep`. It differs from solo-learn's script only where
 StableRep needs it:
 
-* methods whose class sets ``any_number_of_large_crops`` (StableRep) may use more than the 2
-  large crops solo-learn allows (solo-learn itself only lets ``wmse`` and ``mae`` do that);
+* methods whose class declares ``any_number_of_large_crops``
+  (:class:`~solo_stablerep.methods.EntryPointNeeds`; StableRep) may use more than the 2 large
+  crops solo-learn allows (solo-learn itself only lets ``wmse`` and ``mae`` do that);
 * ``data.dataset: synthetic`` reads the multi-image-per-caption datasets of
   :mod:`solo_stablerep.data`; for methods with ``needs_captions`` (StableRep++) each item also
   carries its caption's token ids (:mod:`solo_stablerep.text`);
@@ -21,7 +22,7 @@ StableRep needs it:
 import inspect
 import os
 import sys
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Type
 
 import hydra
 import torch
@@ -31,7 +32,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from solo_stablerep import register_methods
 
-register_methods()  # noqa: E402 - solo must be importable for what follows
+register_methods()  # adds stablerep & co to solo's METHODS; a one-line error without solo-learn
+
+from solo_stablerep.methods import EntryPointNeeds  # noqa: E402
 
 from solo.args.pretrain import parse_cfg  # noqa: E402
 from solo.data.classification_dataloader import prepare_data as prepare_data_classification  # noqa: E402
@@ -52,6 +55,12 @@ from solo.utils.misc import make_contiguous, omegaconf_select  # noqa: E402
 _SOLO_ANY_NUMBER_OF_LARGE_CROPS = ("wmse", "mae")
 # data sets read from data.train_path / data.val_path on disk (the others are downloaded there)
 _ON_DISK_DATASETS = ("custom", "synthetic", "imagenet", "imagenet100")
+
+
+def _entry_point_needs(method: str) -> Type[EntryPointNeeds]:
+    """The method's declared needs; solo-learn's own methods declare none (the defaults)."""
+    method_class = METHODS[method]
+    return method_class if issubclass(method_class, EntryPointNeeds) else EntryPointNeeds
 
 
 def parse_pretrain_cfg(cfg: DictConfig) -> DictConfig:
@@ -89,10 +98,10 @@ def parse_pretrain_cfg(cfg: DictConfig) -> DictConfig:
         cfg.data.dataset = "synthetic"
         cfg = add_and_assert_synthetic_cfg(cfg)
 
-    any_number_of_large_crops = method in _SOLO_ANY_NUMBER_OF_LARGE_CROPS or getattr(
-        METHODS[method], "any_number_of_large_crops", False
-    )
-    if cfg.data.num_large_crops != 2 and not any_number_of_large_crops:
+    any_number_of_large_crops = _entry_point_needs(method).any_number_of_large_crops
+    if cfg.data.num_large_crops != 2 and not (
+        any_number_of_large_crops or method in _SOLO_ANY_NUMBER_OF_LARGE_CROPS
+    ):
         raise ValueError(
             f"method {method} needs exactly 2 large crops, got {cfg.data.num_large_crops} "
             "(sum of num_crops of the augmentations at the first crop_size)"
@@ -153,7 +162,7 @@ def _build_solo_transform(cfg: DictConfig, dali: bool) -> FullTransformPipeline:
 def prepare_train_data(cfg: DictConfig):
     """The training data: a DataLoader, or a LightningDataModule for DALI."""
 
-    needs_captions = getattr(METHODS[cfg.method], "needs_captions", False)
+    needs_captions = _entry_point_needs(cfg.method).needs_captions
     if needs_captions:
         from solo_stablerep.text import check_caption_data
 

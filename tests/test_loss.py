@@ -12,7 +12,8 @@ from solo_stablerep.losses import multi_positive_contrastive_loss
 
 
 def reference_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
-    """The formula of ../shared/README.md written row by row, in float64, no shortcuts."""
+    """The formula of solo_stablerep/losses/multi_positive.py's docstring (README: "The loss on
+    its own") written row by row, in float64, no shortcuts."""
     z = z.double()
     z = z / z.norm(dim=1, keepdim=True)
     n = z.shape[0]
@@ -118,6 +119,28 @@ def test_bad_input_is_named(z_shape, labels_shape, temperature, match):
         )
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to detect host syncs")
+def test_no_host_sync_on_cuda():
+    # Every step waiting for the device (an .item(), a boolean-mask index, torch.unique) would
+    # stall the training loop: CUDA's sync debug mode turns any such wait into an error.
+    from solo_stablerep.losses import image_text_contrastive_loss
+
+    g = torch.Generator().manual_seed(7)
+    labels = unequal_groups(g).cuda()
+    z = torch.randn(len(labels), 16, generator=g).cuda().requires_grad_(True)
+    texts = torch.randn(4, 16, generator=g).cuda().requires_grad_(True)
+    text_labels = torch.tensor([2, 0, 3, 1]).cuda()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = multi_positive_contrastive_loss(z, labels) + image_text_contrastive_loss(
+            z, labels, texts, text_labels, 10.0
+        )
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss).item() and z.grad.abs().sum().item() > 0
+
+
 # ---------------------------------------------------------------- torch.distributed (gloo)
 
 
@@ -169,3 +192,27 @@ def test_two_gloo_ranks_equal_one_process(splits):
     assert mean_loss.item() == pytest.approx(single_loss.item(), rel=1e-10)
     rank_grads = torch.cat([results[0][1], results[1][1]]) / 2
     torch.testing.assert_close(rank_grads, z_single.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_two_gloo_ranks_compare_large_labels_exactly():
+    # Labels travel as raw bytes inside the rows' float32 buffer: ids beyond float precision
+    # (2**62 + k) and ids whose bytes read as a float NaN or -inf must arrive unchanged, or
+    # positives would merge or vanish and the loss would differ from one process's.
+    big, nan_bits, minus_inf_bits = 2**62, 0x7FC00001, 0xFF800000
+    ids = [big + 1, big + 2, nan_bits, nan_bits << 32, minus_inf_bits, 7]
+    labels = torch.tensor(ids + ids[::-1])
+    z = torch.randn(len(labels), 8, generator=torch.Generator().manual_seed(6))
+
+    z_single = z.clone().requires_grad_(True)
+    single_loss = multi_positive_contrastive_loss(z_single, labels, 0.1)
+    single_loss.backward()
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_rank_worker, args=(2, _free_port(), z, labels, [7, 5], results), nprocs=2, join=True)
+        results = dict(results)
+
+    mean_loss = (results[0][0] + results[1][0]) / 2
+    assert mean_loss.item() == pytest.approx(single_loss.item(), rel=1e-5)
+    rank_grads = torch.cat([results[0][1], results[1][1]]) / 2
+    torch.testing.assert_close(rank_grads, z_single.grad, rtol=1e-4, atol=1e-6)

@@ -6,6 +6,8 @@ import textwrap
 
 import pytest
 
+from conftest import requires_solo
+
 
 def run_python(code: str, tmp_path) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -53,3 +55,30 @@ def test_old_solo_learn_release_is_named_too_old(tmp_path):
     (line,) = [l for l in result.stdout.splitlines() if l.startswith("ERROR:")]
     assert "too old (no solo.args.pretrain.parse_cfg)" in line
     assert "1.0.2 does not work" in line
+
+
+def test_importing_the_losses_loads_no_trainer(tmp_path):
+    # the losses work on plain tensors: neither solo-learn, Lightning nor timm may come along
+    code = """
+        import sys
+        import solo_stablerep
+        from solo_stablerep.losses import image_text_contrastive_loss, multi_positive_contrastive_loss
+        heavy = [m for m in ("solo", "lightning", "pytorch_lightning", "timm") if m in sys.modules]
+        print("HEAVY:", heavy)
+    """
+    result = run_python(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY: []" in result.stdout.splitlines()
+
+
+@requires_solo
+def test_importing_the_methods_registers_them_in_solo_learn(tmp_path):
+    code = """
+        import solo.methods
+        assert "stablerep" not in solo.methods.METHODS
+        import solo_stablerep.methods
+        print("REGISTERED:", solo.methods.METHODS["stablerep_pp"] is solo_stablerep.methods.StableRepPP)
+    """
+    result = run_python(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "REGISTERED: True" in result.stdout.splitlines()

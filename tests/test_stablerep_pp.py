@@ -215,6 +215,22 @@ def test_model_builds_towers_and_parameter_groups(manifest_root):
     assert len(grouped) == len({id(p) for p in grouped}) == len(list(model.parameters()))
 
 
+def test_text_tower_and_image_projection_follow_the_authors_code(manifest_root):
+    # the authors' StableRepMM: CLIP's QuickGELU in the text MLPs, and an image projection
+    # drawn from N(0, width^-0.5) (nn.Linear's default would give std (3 width)^-0.5)
+    from open_clip.transformer import QuickGELU
+    from solo.methods import METHODS
+
+    model = METHODS["stablerep_pp"](pp_cfg(manifest_root))
+    for block in model.text_tower.transformer.resblocks:
+        assert isinstance(block.mlp.gelu, QuickGELU)
+    weight = model.image_projection.weight  # (embed_dim, features_dim) = (16, 512)
+    assert weight.std().item() == pytest.approx(512**-0.5, rel=0.05)
+    assert abs(weight.mean().item()) < 0.05 * 512**-0.5
+    # Gaussian, not uniform: a uniform of this std never exceeds sqrt(3) std
+    assert weight.abs().max().item() > 2.5 * 512**-0.5
+
+
 def test_gradients_reach_the_text_tower_and_the_logit_scale(manifest_root):
     from solo.methods import METHODS
 
@@ -241,7 +257,7 @@ def test_gradients_reach_the_text_tower_and_the_logit_scale(manifest_root):
 def test_clip_config_skips_the_image_image_loss(manifest_root, monkeypatch):
     from solo.methods import METHODS
 
-    import solo_stablerep.methods.stablerep_pp as pp_module
+    import solo_stablerep.methods.stablerep as stablerep_module
 
     cfg = pp_cfg(manifest_root, config="clip.yaml", n_img=1)
     assert cfg.data.num_large_crops == 1 and cfg.method_kwargs.w1 == 0
@@ -252,7 +268,7 @@ def test_clip_config_skips_the_image_image_loss(manifest_root, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("image-image loss computed with w1 = 0")
 
-    monkeypatch.setattr(pp_module, "multi_positive_contrastive_loss", must_not_run)
+    monkeypatch.setattr(stablerep_module, "multi_positive_contrastive_loss", must_not_run)
     logged = quiet(model)
     loss = model.training_step(fake_batch(model), 0)
     assert "train_stablerep_loss" not in logged

@@ -1,14 +1,19 @@
-"""Collectives for losses that contrast local rows against every rank's rows.
+"""Collectives and bookkeeping for losses that contrast local rows against every rank's rows.
 
-Unlike solo-learn's ``gather``, these accept a different number of rows on each rank
-(the last batch of an epoch, uneven shards) and return where the local rows sit in the
-gathered tensor, which the losses need to exclude self-similarities.
+Unlike solo-learn's ``gather``, :func:`gather_labelled_rows` accepts a different number of rows
+on each rank (the last batch of an epoch, uneven shards), carries the rows' labels in the same
+collective, and returns where the local rows sit in the gathered tensor, which the losses need
+to exclude self-similarities. Per step it issues two collectives (the row counts, then every
+block's rows and labels in one buffer) and one host sync: the counts, which the receive
+buffers' shapes depend on. Nothing else in the losses waits for the device.
 """
 
-from typing import Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
+
+_LABEL_DTYPE = torch.int64
 
 
 def is_distributed() -> bool:
@@ -19,68 +24,117 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
-def _gather_row_counts(x: torch.Tensor) -> list:
-    local = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
-    counts = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
-    dist.all_gather(counts, local)
-    return [int(c.item()) for c in counts]
+def _all_gather(x: torch.Tensor) -> torch.Tensor:
+    """(world_size, *x.shape): ``x`` of every rank, stacked in rank order."""
+    chunks = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(chunks, x.contiguous())
+    return torch.stack(chunks)
 
 
-def _all_gather_rows(x: torch.Tensor, counts: list) -> torch.Tensor:
-    # all_gather needs equal shapes: pad every rank to the longest, then drop the padding.
-    padded = x.new_zeros((max(counts),) + tuple(x.shape[1:]))
-    padded[: x.shape[0]] = x
-    chunks = [torch.empty_like(padded) for _ in counts]
-    dist.all_gather(chunks, padded.contiguous())
-    return torch.cat([chunk[:count] for chunk, count in zip(chunks, counts)])
-
-
-class _GatherRowsWithGrad(torch.autograd.Function):
+class _AllGatherWithGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, counts: list, offset: int):
-        ctx.rows = (offset, offset + x.shape[0])
-        return _all_gather_rows(x, counts)
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return _all_gather(x)
 
     @staticmethod
-    def backward(ctx, grad_gathered: torch.Tensor):
+    def backward(ctx, grad_gathered: torch.Tensor) -> torch.Tensor:
         # Every rank's loss depends on our rows: sum their gradients, keep our slice.
         grad_gathered = grad_gathered.contiguous()
         dist.all_reduce(grad_gathered)
-        start, end = ctx.rows
-        return grad_gathered[start:end], None, None
+        return grad_gathered[dist.get_rank()]
 
 
-def gather_rows(x: torch.Tensor, with_grad: bool = True) -> Tuple[torch.Tensor, int]:
-    """Concatenates ``x`` from all ranks along dim 0.
+def _labels_as_columns(labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # The labels' bytes, reinterpreted as columns of the rows' dtype so that they travel in the
+    # rows' buffer; collectives only copy bytes, so they arrive exactly (no float rounding).
+    labels = labels.to(_LABEL_DTYPE).contiguous()
+    columns = _LABEL_DTYPE.itemsize // dtype.itemsize
+    return labels.view(dtype).view(labels.shape[0], columns)
 
-    Returns the gathered tensor and the index of this rank's first row in it. Without
-    ``torch.distributed`` it returns ``(x, 0)``. With ``with_grad`` the gradient flowing
-    into the gathered tensor is summed over ranks and routed back to each rank's rows.
+
+def _columns_as_labels(columns: torch.Tensor) -> torch.Tensor:
+    return columns.detach().contiguous().view(_LABEL_DTYPE).view(-1)
+
+
+def gather_labelled_rows(
+    *blocks: Tuple[torch.Tensor, torch.Tensor],
+) -> List[Tuple[torch.Tensor, torch.Tensor, int]]:
+    """Concatenates each ``(rows, labels)`` block over all ranks, in rank order.
+
+    Args:
+        *blocks: pairs of (n_b, D) floating rows (the same D and dtype for every block; the
+            number of rows may differ between blocks and between ranks) and their (n_b,)
+            integer labels.
+
+    Returns:
+        For each block, ``(all_rows, all_labels, offset)``: the gathered rows (the gradient
+        flowing into them is summed over ranks and routed back to each rank's rows), the
+        gathered labels (int64) and the index of this rank's first row in them. Without
+        ``torch.distributed``: ``(rows, labels, 0)``.
     """
 
     if not is_distributed():
-        return x, 0
-    counts = _gather_row_counts(x)
-    offset = sum(counts[: dist.get_rank()])
-    if with_grad:
-        return _GatherRowsWithGrad.apply(x, counts, offset), offset
-    with torch.no_grad():
-        return _all_gather_rows(x, counts), offset
+        return [(rows, labels, 0) for rows, labels in blocks]
+    rank = dist.get_rank()
+    device, dtype = blocks[0][0].device, blocks[0][0].dtype
+    if any(rows.dtype != dtype for rows, _ in blocks):
+        # torch.cat would promote one block and garble the other's label bytes
+        raise ValueError(f"blocks must share one dtype, got {[rows.dtype for rows, _ in blocks]}")
+    local_counts = torch.tensor([rows.shape[0] for rows, _ in blocks], device=device)
+    counts = _all_gather(local_counts).tolist()  # [rank][block]: sizes the buffers below
+
+    # One buffer per rank: each block padded to its longest rank, label columns on the right.
+    longest = [max(rank_counts[b] for rank_counts in counts) for b in range(len(blocks))]
+    padded = []
+    for (rows, labels), length in zip(blocks, longest):
+        packed = torch.cat([rows, _labels_as_columns(labels, dtype)], dim=1)
+        padded.append(torch.cat([packed, packed.new_zeros(length - rows.shape[0], packed.shape[1])]))
+    gathered = _AllGatherWithGrad.apply(torch.cat(padded))
+
+    results, start = [], 0
+    for b, ((rows, _), length) in enumerate(zip(blocks, longest)):
+        per_rank = [gathered[r, start : start + counts[r][b]] for r in range(len(counts))]
+        all_packed = torch.cat(per_rank)
+        offset = sum(counts[r][b] for r in range(rank))
+        results.append(
+            (all_packed[:, : rows.shape[1]], _columns_as_labels(all_packed[:, rows.shape[1] :]), offset)
+        )
+        start += length
+    return results
 
 
-def global_row_mean(loss_sum: torch.Tensor, n_rows: torch.Tensor) -> torch.Tensor:
-    """Turns a per-rank sum of row losses into this rank's share of the global mean.
+def group_ids(labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Dense ids of equal labels and the size of each id's group.
 
-    Returns ``world_size * loss_sum / n_rows_all_ranks``: the average of this value over
-    ranks (what DDP's gradient averaging computes) is exactly the mean over every row of
-    the global batch, whatever the number of rows on each rank.
+    Returns ``(ids, group_sizes)``: ``ids[i] == ids[j]`` iff ``labels[i] == labels[j]``, ids in
+    ``[0, len(labels))``, and ``group_sizes[ids[i]]`` is the number of rows labelled like
+    ``i``. Built by sorting, so its shapes depend only on ``len(labels)`` (``torch.unique``
+    would wait for the device to learn how many labels there are).
     """
 
-    n_total = n_rows.detach().to(loss_sum.dtype)
-    if is_distributed():
-        n_total = n_total.clone()
-        dist.all_reduce(n_total)
-    if n_total.item() == 0:
-        # Nothing to contrast anywhere: a zero that keeps the graph (and DDP) intact.
-        return loss_sum * 0.0
-    return loss_sum * world_size() / n_total
+    sorted_labels, order = labels.sort()
+    starts_group = torch.ones_like(sorted_labels, dtype=torch.bool)
+    starts_group[1:] = sorted_labels[1:] != sorted_labels[:-1]
+    ids = torch.empty_like(order)
+    ids[order] = starts_group.cumsum(0) - 1
+    return ids, sum_by_group(torch.ones_like(ids), ids, len(ids))
+
+
+def sum_by_group(x: torch.Tensor, ids: torch.Tensor, num_ids: int) -> torch.Tensor:
+    """(num_ids, ...): entry ``g`` is the sum of the entries of ``x`` whose id is ``g`` (with
+    gradient); ``x = ones`` counts the ids."""
+    return x.new_zeros((num_ids,) + tuple(x.shape[1:])).index_add(0, ids, x)
+
+
+def global_row_mean(loss_sum: torch.Tensor, n_rows_global: torch.Tensor) -> torch.Tensor:
+    """Turns this rank's sum of row losses into its share of the mean over the global batch.
+
+    ``n_rows_global`` is the number of rows averaged over on all ranks together (each rank
+    computes it from the gathered labels, so no collective is needed). Returns
+    ``world_size * loss_sum / n_rows_global``: the average of this value over ranks (what DDP's
+    gradient averaging computes) is exactly the mean over every row of the global batch, however
+    the rows are split between ranks. With no row anywhere, ``loss_sum`` is a zero that keeps the
+    graph (and DDP) intact, and so is the result.
+    """
+
+    return loss_sum * world_size() / n_rows_global.to(loss_sum.dtype).clamp(min=1)

@@ -42,25 +42,13 @@ from typing import Union
 import torch
 import torch.nn.functional as F
 
-from solo_stablerep.losses.distributed import gather_rows, global_row_mean
-from solo_stablerep.losses.multi_positive import (
-    _as_float32_if_half,
-    multi_positive_cross_entropy,
+from solo_stablerep.losses.distributed import (
+    gather_labelled_rows,
+    global_row_mean,
+    group_ids,
+    sum_by_group,
 )
-
-
-def _one_direction(
-    rows: torch.Tensor,
-    row_labels: torch.Tensor,
-    cols: torch.Tensor,
-    col_labels: torch.Tensor,
-    logit_scale: torch.Tensor,
-) -> torch.Tensor:
-    all_cols, _ = gather_rows(cols)
-    all_col_labels, _ = gather_rows(col_labels, with_grad=False)
-    logits = logit_scale * rows @ all_cols.T
-    positives = row_labels[:, None] == all_col_labels[None, :]
-    return global_row_mean(*multi_positive_cross_entropy(logits, positives))
+from solo_stablerep.losses.multi_positive import _as_float32_if_half, multi_positive_row_losses
 
 
 def image_text_contrastive_loss(
@@ -100,6 +88,26 @@ def image_text_contrastive_loss(
     if isinstance(logit_scale, torch.Tensor):
         logit_scale = _as_float32_if_half(logit_scale)
 
-    image_to_text = _one_direction(image_z, image_labels, text_z, text_labels, logit_scale)
-    text_to_image = _one_direction(text_z, text_labels, image_z, image_labels, logit_scale)
+    (all_images, all_image_labels, image_offset), (all_texts, all_text_labels, text_offset) = (
+        gather_labelled_rows((image_z, image_labels), (text_z, text_labels))
+    )
+    # one id space for both sides: an image's positives are the texts with its id, and back
+    ids, _ = group_ids(torch.cat([all_image_labels, all_text_labels]))
+    image_ids, text_ids = ids[: len(all_image_labels)], ids[len(all_image_labels) :]
+    image_sums = sum_by_group(all_images, image_ids, len(ids))
+    text_sums = sum_by_group(all_texts, text_ids, len(ids))
+    image_counts = sum_by_group(torch.ones_like(image_ids), image_ids, len(ids))
+    text_counts = sum_by_group(torch.ones_like(text_ids), text_ids, len(ids))
+
+    local_image_ids = image_ids[image_offset : image_offset + image_z.shape[0]]
+    local_text_ids = text_ids[text_offset : text_offset + text_z.shape[0]]
+    image_to_text = multi_positive_row_losses(
+        logit_scale * image_z, all_texts, text_sums[local_image_ids], text_counts[local_image_ids]
+    )
+    text_to_image = multi_positive_row_losses(
+        logit_scale * text_z, all_images, image_sums[local_text_ids], image_counts[local_text_ids]
+    )
+    # each direction is a mean over the global rows that have a positive on the other side
+    image_to_text = global_row_mean(image_to_text, (text_counts[image_ids] > 0).sum())
+    text_to_image = global_row_mean(text_to_image, (image_counts[text_ids] > 0).sum())
     return (image_to_text + text_to_image) / 2

@@ -31,47 +31,64 @@ rank returns is its share of the global mean (see :func:`global_row_mean`): aver
 ranks, as DDP does with gradients, it equals the loss of one process on the whole batch.
 """
 
-from typing import Tuple
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from solo_stablerep.losses.distributed import gather_rows, global_row_mean
+from solo_stablerep.losses.distributed import (
+    gather_labelled_rows,
+    global_row_mean,
+    group_ids,
+    sum_by_group,
+)
 
 
 def _as_float32_if_half(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def multi_positive_cross_entropy(
-    logits: torch.Tensor, positives: torch.Tensor, excluded: torch.Tensor = None
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy between each row's softmax and a uniform target over its positives.
+def multi_positive_row_losses(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    positive_col_sums: torch.Tensor,
+    n_positives: torch.Tensor,
+    self_offset: Optional[int] = None,
+) -> torch.Tensor:
+    r"""Sum over rows with a positive of :math:`H(p_i, \operatorname{softmax}(a_i))`, where
+    :math:`a_{ij} = r_i^\top c_j` and :math:`p_i` is uniform over row ``i``'s positives.
+
+    The positives enter only through their sum: :math:`\sum_{j \in P_i} a_{ij} =
+    r_i^\top \sum_{j \in P_i} c_j`, so no (rows, cols) target or mask is built, and
+    :math:`\ell_i = \operatorname{logsumexp}_j a_{ij} - r_i^\top C_i / |P_i|`.
 
     Args:
-        logits: (rows, cols) scaled similarities.
-        positives: (rows, cols) bool, True where column j is a positive of row i.
-        excluded: optional (rows, cols) bool, columns left out of row i's softmax (self).
+        rows: (R, D) row embeddings, any scale (temperature) already applied.
+        cols: (C, D) column embeddings.
+        positive_col_sums: (R, D) :math:`C_i`, the sum of row ``i``'s positive columns.
+        n_positives: (R,) :math:`|P_i|`; rows with 0 are left out of the sum.
+        self_offset: column ``self_offset + i`` is row ``i`` itself and is left out of its
+            softmax (the positives must already exclude it); None: no column is excluded.
 
     Returns:
-        The sum of the row losses over rows with at least one positive, and the number of
-        such rows. Kept as a sum so that callers can average over the global batch.
+        Scalar: the sum of the row losses of rows with at least one positive.
     """
 
-    if excluded is not None:
+    logits = rows @ cols.T
+    if self_offset is not None:
         # The dtype's lowest finite value rather than -inf: a row with no other column
-        # (a global batch of one) then stays finite instead of turning into NaN.
-        logits = logits.masked_fill(excluded, torch.finfo(logits.dtype).min)
-        positives = positives & ~excluded
-    # Row-max subtraction keeps exp() in range; it changes no softmax value.
-    logits = logits - logits.max(dim=1, keepdim=True).values.detach()
-    log_prob = F.log_softmax(logits, dim=1)
-
-    n_positives = positives.sum(dim=1)
-    has_positive = n_positives > 0
-    positive_log_prob = (log_prob * positives).sum(dim=1)
-    row_loss = -positive_log_prob / n_positives.clamp(min=1)
-    return row_loss[has_positive].sum(), has_positive.sum()
+        # (a global batch of one) then stays finite instead of turning into NaN. Not recorded
+        # by autograd: the softmax gives these entries a gradient of exactly 0 anyway
+        # (exp(lowest - logsumexp) = 0; a row without other columns has no positive and no
+        # gradient), and recording the fill would copy the whole (R, C) gradient.
+        with torch.no_grad():
+            logits.diagonal(self_offset).fill_(torch.finfo(logits.dtype).min)
+    # logsumexp subtracts the row max itself: exp() stays in range for any temperature.
+    row_loss = torch.logsumexp(logits, dim=1) - (rows * positive_col_sums).sum(dim=1) / (
+        n_positives.clamp(min=1)
+    )
+    # where, not boolean indexing: a data-dependent shape would wait for the device
+    return torch.where(n_positives > 0, row_loss, 0.0).sum()
 
 
 def multi_positive_contrastive_loss(
@@ -88,6 +105,11 @@ def multi_positive_contrastive_loss(
     Returns:
         Scalar loss: this rank's share of the mean over all rows that have a positive
         (0 with a graph if no row has one).
+
+    Examples:
+        >>> z = torch.randn(12, 128)  # 3 captions x 4 views, projected
+        >>> labels = torch.arange(3).repeat_interleave(4)
+        >>> loss = multi_positive_contrastive_loss(z, labels, temperature=0.1)
     """
 
     if z.dim() != 2:
@@ -98,14 +120,15 @@ def multi_positive_contrastive_loss(
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
     z = F.normalize(_as_float32_if_half(z), dim=1)
-    all_z, offset = gather_rows(z)
-    all_labels, _ = gather_rows(labels, with_grad=False)
+    ((all_z, all_labels, offset),) = gather_labelled_rows((z, labels))
 
-    logits = z @ all_z.T / temperature
-    rows = torch.arange(z.shape[0], device=z.device)
-    is_self = torch.zeros_like(logits, dtype=torch.bool)
-    is_self[rows, offset + rows] = True
-    positives = labels[:, None] == all_labels[None, :]
+    ids, group_sizes = group_ids(all_labels)
+    local_ids = ids[offset : offset + z.shape[0]]
+    # a row's positives: every gathered row with its label, except itself
+    positive_sums = sum_by_group(all_z, ids, len(ids))[local_ids] - z
+    n_positives = group_sizes[local_ids] - 1
 
-    loss_sum, n_rows = multi_positive_cross_entropy(logits, positives, excluded=is_self)
-    return global_row_mean(loss_sum, n_rows)
+    loss_sum = multi_positive_row_losses(
+        z / temperature, all_z, positive_sums, n_positives, self_offset=offset
+    )
+    return global_row_mean(loss_sum, (group_sizes[ids] > 1).sum())

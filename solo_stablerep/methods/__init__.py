@@ -1,9 +1,15 @@
-"""solo-learn methods added by solo-stablerep (needs solo-learn at commit 9187ea3)."""
+"""solo-learn methods added by solo-stablerep (needs solo-learn at commit 9187ea3).
+
+Importing this package adds them to solo-learn's registry ``solo.methods.METHODS``.
+"""
 
 from solo_stablerep._solo import check_solo_learn
 
 check_solo_learn()
 
+import solo.methods  # noqa: E402
+
+from solo_stablerep.methods.needs import EntryPointNeeds  # noqa: E402
 from solo_stablerep.methods.stablerep import StableRep  # noqa: E402
 from solo_stablerep.methods.stablerep_pp import StableRepPP  # noqa: E402
 
@@ -11,4 +17,13 @@ from solo_stablerep.methods.stablerep_pp import StableRepPP  # noqa: E402
 # identifiers, and a "+" would be read as Hydra's add-key syntax on the command line.
 METHODS = {"stablerep": StableRep, "stablerep_pp": StableRepPP}
 
-__all__ = ["METHODS", "StableRep", "StableRepPP"]
+
+def register() -> None:
+    """Adds :data:`METHODS` to ``solo.methods.METHODS`` (a name already there is kept)."""
+    for name, method in METHODS.items():
+        solo.methods.METHODS.setdefault(name, method)
+
+
+register()
+
+__all__ = ["METHODS", "EntryPointNeeds", "StableRep", "StableRepPP", "register"]

@@ -9,6 +9,7 @@ from solo.utils.metrics import accuracy_at_k
 from solo.utils.misc import omegaconf_select
 
 from solo_stablerep.losses import multi_positive_contrastive_loss
+from solo_stablerep.methods.needs import EntryPointNeeds
 
 # BaseMethod logs these for every batch; without labels they would be a meaningless 0 %.
 _CLASSIFIER_METRICS = ("train_class_loss", "train_acc1", "train_acc5")
@@ -31,14 +32,15 @@ def build_projector(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int)
     return nn.Sequential(*layers)
 
 
-def fill_method_kwargs(cfg: omegaconf.DictConfig, method: str, defaults: Dict[str, Any]) -> None:
+def fill_method_kwargs(cfg: omegaconf.DictConfig, defaults: Dict[str, Any]) -> None:
     """Sets the defaults of ``cfg.method_kwargs``; a key left ``???`` or an unknown key (a typo
     that would otherwise be silently ignored) is a one-line error naming it."""
 
     for key in cfg.method_kwargs:
         if key not in defaults:
             raise ValueError(
-                f"unknown method_kwargs.{key} for method {method}; expected one of {sorted(defaults)}"
+                f"unknown method_kwargs.{key} for method {cfg.method}; expected one of "
+                f"{sorted(defaults)}"
             )
     for key, default in defaults.items():
         if omegaconf.OmegaConf.is_missing(cfg.method_kwargs, key):
@@ -55,18 +57,18 @@ def check_projector_kwargs(cfg: omegaconf.DictConfig) -> None:
             raise ValueError(f"method_kwargs.{key} must be an integer >= 1, got {kwargs[key]}")
 
 
-def require_views(cfg: omegaconf.DictConfig, method: str, minimum: int) -> None:
+def require_views(cfg: omegaconf.DictConfig, minimum: int) -> None:
     num_views = cfg.data.num_large_crops + cfg.data.num_small_crops
     if num_views < minimum:
         raise ValueError(
-            f"{method} needs at least {minimum} views per item to have positives, got {num_views} "
+            f"{cfg.method} needs at least {minimum} views per item to have positives, got {num_views} "
             "(data.num_large_crops + data.num_small_crops): raise augmentations[*].num_crops "
             "or data.synthetic.n_img"
         )
 
 
-class StableRep(BaseMethod):
-    # read by solo_stablerep.pretrain: the loss takes any number of views per item
+class StableRep(EntryPointNeeds, BaseMethod):
+    # the loss takes any number of views per item (see EntryPointNeeds)
     any_number_of_large_crops = True
     KWARGS_DEFAULTS = {
         "proj_hidden_dim": 4096,
@@ -85,6 +87,12 @@ class StableRep(BaseMethod):
         (:func:`solo_stablerep.losses.multi_positive_contrastive_loss`). Any number of large
         views (the paper uses 6) and of small multicrop views can be used.
 
+        This class is also the shared part of StableRep++ (:class:`StableRepPP`): the
+        projector, the online classifier step that stays finite without labels, the metric
+        filtering and the ``method_kwargs`` checks. A subclass adds its own loss through
+        :meth:`contrastive_loss` and may weight (or drop) the image–image term through
+        :meth:`image_image_weight`.
+
         Extra cfg settings:
             method_kwargs:
                 proj_hidden_dim (int): hidden width of the projector. Defaults to 4096.
@@ -98,17 +106,39 @@ class StableRep(BaseMethod):
 
         kwargs = cfg.method_kwargs
         self.temperature: float = kwargs.temperature
-        self.projector = build_projector(
-            self.features_dim, kwargs.proj_hidden_dim, kwargs.proj_output_dim, kwargs.proj_num_layers
-        )
+        # the weight of the image–image loss ("w1" of StableRep++'s total)
+        self.w1: float = self.image_image_weight(cfg)
+        if self.w1 > 0:
+            self.projector = build_projector(
+                self.features_dim,
+                kwargs.proj_hidden_dim,
+                kwargs.proj_output_dim,
+                kwargs.proj_num_layers,
+            )
+        else:
+            # Nothing reads "z" without the image–image term: no projector to train (DDP
+            # refuses parameters that get no gradient).
+            self.projector = nn.Identity()
         # Decided once per run, so every DDP rank logs the same keys.
         self.logs_classifier_metrics: bool = not cfg.data.get("no_labels", False) and (
             cfg.data.num_classes > 1
         )
 
-    @staticmethod
-    def add_and_assert_specific_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictConfig:
-        """Adds method specific default values/checks for config.
+    @classmethod
+    def image_image_weight(cls, cfg: omegaconf.DictConfig) -> float:
+        """Weight of the image–image (multi-positive) loss in the total; 0 drops it and the
+        projector. StableRep: 1. Read from the cfg before the model exists (view checks).
+
+        A model keeps the value of its cfg as ``self.w1``.
+        """
+
+        return 1.0
+
+    @classmethod
+    def add_and_assert_specific_cfg(cls, cfg: omegaconf.DictConfig) -> omegaconf.DictConfig:
+        """Adds method specific default values/checks for config: every key of the class's
+        ``KWARGS_DEFAULTS`` (a subclass's include StableRep's), the projector's, and enough
+        views for the image–image term to have positives.
 
         Args:
             cfg (omegaconf.DictConfig): DictConfig object.
@@ -117,20 +147,23 @@ class StableRep(BaseMethod):
             omegaconf.DictConfig: same as the argument, used to avoid errors.
         """
 
-        cfg = super(StableRep, StableRep).add_and_assert_specific_cfg(cfg)
-        fill_method_kwargs(cfg, "stablerep", StableRep.KWARGS_DEFAULTS)
+        cfg = super().add_and_assert_specific_cfg(cfg)
+        fill_method_kwargs(cfg, cls.KWARGS_DEFAULTS)
         check_projector_kwargs(cfg)
-        require_views(cfg, "stablerep", 2)
+        require_views(cfg, 2 if cls.image_image_weight(cfg) > 0 else 1)
         return cfg
 
     @property
     def learnable_params(self) -> List[dict]:
-        """Adds projector parameters to the parent's learnable parameters.
+        """Adds projector parameters (if there is an image–image term) to the parent's
+        learnable parameters.
 
         Returns:
             List[dict]: list of learnable parameters.
         """
 
+        if self.w1 == 0:
+            return super().learnable_params
         extra_learnable_params = [{"name": "projector", "params": self.projector.parameters()}]
         return super().learnable_params + extra_learnable_params
 
@@ -190,27 +223,46 @@ class StableRep(BaseMethod):
         if dictionary:
             super().log_dict(dictionary, *args, **kwargs)
 
+    def view_labels(self, indexes: torch.Tensor) -> torch.Tensor:
+        """The item index of each row of ``torch.cat`` over the views of a step's outputs:
+        views are concatenated view-major, so row ``v * B + i`` belongs to item ``i``."""
+
+        return indexes.repeat(self.num_crops)
+
+    def contrastive_loss(self, batch: Sequence[Any], out: Dict[str, Any]) -> torch.Tensor:
+        """The method's loss, added to the online classifier's by :meth:`training_step`.
+
+        StableRep: ``w1 *`` the multi-positive loss over every view of the batch (logged as
+        ``train_stablerep_loss``); a zero when ``w1`` is 0. A subclass adds its terms to this.
+
+        Args:
+            batch (Sequence[Any]): the training batch, ``[indexes, [X], Y, ...]``.
+            out (Dict[str, Any]): solo-learn's step outputs: per view, "feats" and "z".
+
+        Returns:
+            torch.Tensor: scalar loss.
+        """
+
+        if self.w1 == 0:
+            return torch.zeros((), device=self.device)
+        z = torch.cat(out["z"])
+        image_loss = multi_positive_contrastive_loss(z, self.view_labels(batch[0]), self.temperature)
+        self.log("train_stablerep_loss", image_loss, on_epoch=True, sync_dist=True)
+        return self.w1 * image_loss
+
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
         """Training step for StableRep reusing BaseMethod training step.
 
         Args:
             batch (Sequence[Any]): a batch of data in the format of [img_indexes, [X], Y], where
                 [X] is a list of size num_crops containing batches of images; all views of
-                one index are positives of each other.
+                one index are positives of each other. Items after these three (StableRep++'s
+                caption tokens) are left to :meth:`contrastive_loss`.
             batch_idx (int): index of the batch.
 
         Returns:
-            torch.Tensor: StableRep loss plus the online classifier's loss.
+            torch.Tensor: the method's loss plus the online classifier's loss.
         """
 
-        indexes = batch[0]
-
-        out = super().training_step(batch, batch_idx)
-        z = torch.cat(out["z"])
-        # views are concatenated view-major, so row v * B + i belongs to item i
-        labels = indexes.repeat(self.num_crops)
-
-        stablerep_loss = multi_positive_contrastive_loss(z, labels, self.temperature)
-        self.log("train_stablerep_loss", stablerep_loss, on_epoch=True, sync_dist=True)
-
-        return stablerep_loss + out["loss"]
+        out = super().training_step(batch[:3], batch_idx)
+        return self.contrastive_loss(batch, out) + out["loss"]

@@ -7,14 +7,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from solo.utils.misc import omegaconf_select
 
-from solo_stablerep.losses import image_text_contrastive_loss, multi_positive_contrastive_loss
+from solo_stablerep.losses import image_text_contrastive_loss
 from solo_stablerep.losses.distributed import is_distributed
-from solo_stablerep.methods.stablerep import (
-    StableRep,
-    check_projector_kwargs,
-    fill_method_kwargs,
-    require_views,
-)
+from solo_stablerep.methods.stablerep import StableRep
 from solo_stablerep.text import CaptionTokenizer, build_text_tower
 
 # CLIP's initial temperature 0.07 and its ceiling on the logit scale (open_clip clamps log s
@@ -24,7 +19,7 @@ LOGIT_SCALE_MAX = math.log(100)
 
 
 class StableRepPP(StableRep):
-    # read by solo_stablerep.pretrain: items come as (index, views, target, caption tokens)
+    # batches are (indexes, views, targets, caption tokens) (see EntryPointNeeds)
     needs_captions = True
     KWARGS_DEFAULTS = {
         **StableRep.KWARGS_DEFAULTS,
@@ -46,9 +41,11 @@ class StableRepPP(StableRep):
         CLIP-style image–text contrastive loss between the images and the caption they were
         generated from, ``w1 * image_image + w2 * image_text``.
 
-        The image–image term is StableRep's (its projector and temperature). The image–text
-        term uses a linear projection of the backbone features and a CLIP text tower (open_clip's
-        ``TextTransformer``, CLIP BPE tokenizer) into a shared embedding, a learnable logit scale
+        The image–image term is StableRep's (its projector and temperature: this class extends
+        :class:`StableRep`). The image–text term uses a linear projection of the backbone
+        features (initialised from N(0, features_dim^-0.5), as in the authors' code) and a CLIP
+        text tower (open_clip's ``TextTransformer`` with CLIP's QuickGELU, CLIP BPE tokenizer)
+        into a shared embedding, a learnable logit scale
         (init 1/0.07, clamped at 100) and is multi-positive in both directions
         (:func:`solo_stablerep.losses.image_text_contrastive_loss`). With ``w1: 0`` it is CLIP
         (one image per caption works; the image–image loss and the projector are dropped).
@@ -77,12 +74,10 @@ class StableRepPP(StableRep):
         super().__init__(cfg)
 
         kwargs = cfg.method_kwargs
-        self.w1: float = kwargs.w1
         self.w2: float = kwargs.w2
-        if self.w1 == 0:
-            # no image–image term: a projector without gradients would break DDP
-            self.projector = nn.Identity()
         self.image_projection = nn.Linear(self.features_dim, kwargs.embed_dim, bias=False)
+        # the authors' image projection: a (features_dim, embed_dim) matrix from N(0, width^-0.5)
+        nn.init.normal_(self.image_projection.weight, std=self.features_dim**-0.5)
         self.text_tower = build_text_tower(
             width=kwargs.text_width,
             layers=kwargs.text_layers,
@@ -100,9 +95,16 @@ class StableRepPP(StableRep):
         self._zero_shot_classifier: Optional[torch.Tensor] = None
         self._zero_shot_hits = torch.zeros(2, dtype=torch.long)  # (correct, seen)
 
-    @staticmethod
-    def add_and_assert_specific_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictConfig:
-        """Adds method specific default values/checks for config.
+    @classmethod
+    def image_image_weight(cls, cfg: omegaconf.DictConfig) -> float:
+        """``method_kwargs.w1``: 0 is CLIP (one image per caption is enough)."""
+
+        return cfg.method_kwargs.w1
+
+    @classmethod
+    def add_and_assert_specific_cfg(cls, cfg: omegaconf.DictConfig) -> omegaconf.DictConfig:
+        """Adds method specific default values/checks for config: StableRep's, then the
+        loss weights, the text tower and the zero-shot settings.
 
         Args:
             cfg (omegaconf.DictConfig): DictConfig object.
@@ -111,26 +113,8 @@ class StableRepPP(StableRep):
             omegaconf.DictConfig: same as the argument, used to avoid errors.
         """
 
-        # BaseMethod's defaults; StableRep's own checks are reused below with this method's keys
-        cfg = super(StableRep, StableRep).add_and_assert_specific_cfg(cfg)
-        fill_method_kwargs(cfg, "stablerep_pp", StableRepPP.KWARGS_DEFAULTS)
-        check_projector_kwargs(cfg)
-        # the ">= 2 views" rule is for the image–image term, which w1 = 0 drops (CLIP)
-        require_views(cfg, "stablerep_pp", 2 if cfg.method_kwargs.w1 > 0 else 1)
-
+        cfg = super().add_and_assert_specific_cfg(cfg)
         kwargs = cfg.method_kwargs
-        for key in ("embed_dim", "text_width", "text_layers", "text_heads"):
-            if not (isinstance(kwargs[key], int) and kwargs[key] >= 1):
-                raise ValueError(f"method_kwargs.{key} must be an integer >= 1, got {kwargs[key]}")
-        if not (isinstance(kwargs.context_length, int) and kwargs.context_length >= 2):
-            raise ValueError(
-                f"method_kwargs.context_length must be an integer >= 2, got {kwargs.context_length}"
-            )
-        if kwargs.text_width % kwargs.text_heads:
-            raise ValueError(
-                f"method_kwargs.text_width ({kwargs.text_width}) must be divisible by "
-                f"method_kwargs.text_heads ({kwargs.text_heads})"
-            )
         if not kwargs.w1 >= 0:
             raise ValueError(f"method_kwargs.w1 must be >= 0, got {kwargs.w1}")
         if not kwargs.w2 > 0:
@@ -138,6 +122,7 @@ class StableRepPP(StableRep):
                 f"method_kwargs.w2 must be > 0, got {kwargs.w2} (without the image-text term use "
                 "method=stablerep)"
             )
+        check_text_tower_kwargs(kwargs)
         names = kwargs.class_names
         if names is not None and (
             isinstance(names, str) or not names or not all(isinstance(n, str) for n in names)
@@ -159,16 +144,13 @@ class StableRepPP(StableRep):
     @property
     def learnable_params(self) -> List[dict]:
         """Adds the text tower, the image projection and the logit scale (no weight decay, as in
-        CLIP) to StableRep's learnable parameters (without the projector when w1 = 0).
+        CLIP) to StableRep's learnable parameters.
 
         Returns:
             List[dict]: list of learnable parameters.
         """
 
-        params = super().learnable_params
-        if self.w1 == 0:
-            params = [group for group in params if group["name"] != "projector"]
-        return params + [
+        return super().learnable_params + [
             {"name": "text_tower", "params": self.text_tower.parameters()},
             {"name": "image_projection", "params": self.image_projection.parameters()},
             {"name": "logit_scale", "params": [self.logit_scale], "weight_decay": 0.0},
@@ -178,8 +160,35 @@ class StableRepPP(StableRep):
         """(B, context_length) token ids -> (B, embed_dim) text embeddings (not normalised)."""
         return self.text_tower(tokens)
 
+    def contrastive_loss(self, batch: Sequence[Any], out: Dict[str, Any]) -> torch.Tensor:
+        """StableRep's ``w1 *`` image–image loss plus ``w2 *`` the image–text loss between
+        every view's image embedding and the caption it was generated from (logged as
+        ``train_image_text_loss``, with ``train_logit_scale``).
+
+        Args:
+            batch (Sequence[Any]): ``[indexes, [X], Y, tokens]``, tokens (B, context_length)
+                the caption's token ids.
+            out (Dict[str, Any]): solo-learn's step outputs: per view, "feats" and "z".
+
+        Returns:
+            torch.Tensor: scalar loss.
+        """
+
+        indexes, tokens = batch[0], batch[3]
+        image_emb = self.image_projection(torch.cat(out["feats"]))
+        logit_scale = self.logit_scale.exp()
+        image_text_loss = image_text_contrastive_loss(
+            image_emb, self.view_labels(indexes), self.encode_text(tokens), indexes, logit_scale
+        )
+        self.log_dict(
+            {"train_image_text_loss": image_text_loss, "train_logit_scale": logit_scale.detach()},
+            on_epoch=True,
+            sync_dist=True,
+        )
+        return super().contrastive_loss(batch, out) + self.w2 * image_text_loss
+
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
-        """Training step for StableRep++.
+        """Training step for StableRep++: StableRep's, on batches that carry caption tokens.
 
         Args:
             batch (Sequence[Any]): a batch of data in the format of [img_indexes, [X], Y, tokens],
@@ -198,31 +207,7 @@ class StableRepPP(StableRep):
                 "stablerep_pp needs batches of (indexes, views, targets, caption tokens), got "
                 f"{len(batch)} items: train through solo_stablerep.pretrain on data.dataset=synthetic"
             )
-        indexes, tokens = batch[0], batch[3]
-
-        # BaseMethod's step (backbone, projector, classifier): StableRep's own step would always
-        # add the image–image loss, which w1 = 0 must skip.
-        out = super(StableRep, self).training_step(batch[:3], batch_idx)
-        # views are concatenated view-major, so row v * B + i belongs to caption i
-        labels = indexes.repeat(self.num_crops)
-        loss = out["loss"]
-
-        if self.w1 > 0:
-            image_loss = multi_positive_contrastive_loss(torch.cat(out["z"]), labels, self.temperature)
-            self.log("train_stablerep_loss", image_loss, on_epoch=True, sync_dist=True)
-            loss = loss + self.w1 * image_loss
-
-        image_emb = self.image_projection(torch.cat(out["feats"]))
-        logit_scale = self.logit_scale.exp()
-        image_text_loss = image_text_contrastive_loss(
-            image_emb, labels, self.encode_text(tokens), indexes, logit_scale
-        )
-        self.log_dict(
-            {"train_image_text_loss": image_text_loss, "train_logit_scale": logit_scale.detach()},
-            on_epoch=True,
-            sync_dist=True,
-        )
-        return loss + self.w2 * image_text_loss
+        return super().training_step(batch, batch_idx)
 
     def on_train_batch_end(self, outputs: Any, batch: Sequence[Any], batch_idx: int):
         """Clamps the logit scale to [1, 100] after the optimizer step, as CLIP does."""
@@ -280,3 +265,22 @@ def _manifest_class_names(cfg: omegaconf.DictConfig) -> Optional[List[str]]:
     # cached: the data loader reads the same index
     names = load_caption_index(cfg).class_names
     return list(names) if names else None
+
+
+def check_text_tower_kwargs(kwargs: omegaconf.DictConfig) -> None:
+    """The one check of the text tower's and the tokenizer's settings (``build_text_tower`` and
+    ``CaptionTokenizer`` take them as given): a one-line error naming the bad key."""
+
+    for key in ("embed_dim", "text_width", "text_layers", "text_heads"):
+        if not (isinstance(kwargs[key], int) and kwargs[key] >= 1):
+            raise ValueError(f"method_kwargs.{key} must be an integer >= 1, got {kwargs[key]}")
+    if not (isinstance(kwargs.context_length, int) and kwargs.context_length >= 2):
+        raise ValueError(
+            f"method_kwargs.context_length must be an integer >= 2 (<sot> and <eot>), got "
+            f"{kwargs.context_length}"
+        )
+    if kwargs.text_width % kwargs.text_heads:
+        raise ValueError(
+            f"method_kwargs.text_width ({kwargs.text_width}) must be divisible by "
+            f"method_kwargs.text_heads ({kwargs.text_heads})"
+        )

@@ -5,7 +5,8 @@ from typing import List, Union
 
 import torch
 
-# CLIP's vocabulary: 49,152 BPE merges + 256 bytes (x2 with the end-of-word form) + <sot>, <eot>
+# CLIP's vocabulary (the text tower's embedding rows): 49,152 BPE merges + 256 bytes (x2 with
+# the end-of-word form) + <sot>, <eot>
 CLIP_VOCAB_SIZE = 49408
 # CLIP's text context: 77 token slots
 DEFAULT_CONTEXT_LENGTH = 77
@@ -19,12 +20,11 @@ class CaptionTokenizer:
     can use it; the BPE tables are built on first use in each process.
 
     Args:
-        context_length (int): number of token slots, ``<sot>`` and ``<eot>`` included (CLIP: 77).
+        context_length (int): number of token slots, ``<sot>`` and ``<eot>`` included, so at
+            least 2 (CLIP: 77; StableRep++ checks its ``method_kwargs.context_length``).
     """
 
     def __init__(self, context_length: int = DEFAULT_CONTEXT_LENGTH):
-        if not (isinstance(context_length, int) and context_length >= 2):
-            raise ValueError(f"context_length must be an integer >= 2, got {context_length!r}")
         self.context_length = context_length
         self._tokenizer = None
 
@@ -35,10 +35,6 @@ class CaptionTokenizer:
 
             self._tokenizer = SimpleTokenizer(context_length=self.context_length)
         return self._tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        return CLIP_VOCAB_SIZE
 
     def __call__(self, texts: Union[str, List[str]]) -> torch.Tensor:
         """(context_length,) ids for one caption, (len(texts), context_length) for a list."""
