@@ -50,7 +50,7 @@ def figure(name, value):
 
 def child_data(work: Path, cpu: bool):
     from solo_stablerep.data.manifest import read_manifest
-    from solo_stablerep.demo import write_captions
+    from solo_stablerep.demo.captions import write_captions
 
     count = write_captions(work / "captions.csv", captions_per_class=CAPTIONS_PER_DIGIT, seed=0)
     command = [sys.executable, "-m", "data_gen", str(work / "captions.csv"), str(work / "data"),
