@@ -20,12 +20,9 @@ from synthetic_helpers import (  # noqa: E402
     view_colour,
 )
 
+from solo_stablerep.data.index import SyntheticDataError  # noqa: E402
 from solo_stablerep.data.manifest import ManifestError  # noqa: E402
-from solo_stablerep.data.synthetic import (  # noqa: E402
-    SyntheticDataError,
-    build_synthetic_dataset,
-    prepare_synthetic_train_data,
-)
+from solo_stablerep.data.synthetic import build_synthetic_dataset, prepare_synthetic_train_data  # noqa: E402
 
 MULTICROP_AUGS = """\
 - {rrc: {enabled: True, crop_min_scale: 0.5, crop_max_scale: 1.0}, color_jitter: {prob: 0.0},
