@@ -43,7 +43,7 @@ import tempfile
 import time
 from array import array
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -215,6 +215,8 @@ def _map_index(path: Path, signature: Optional[dict]) -> Optional[Tuple[dict, di
             buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError):
         return None
+    if hasattr(buffer, "madvise"):  # captions are read at random: no read-ahead, no fault-around
+        buffer.madvise(mmap.MADV_RANDOM)
     start = 16 + length
     arrays = {}
     for name, spec in header["arrays"].items():
