@@ -130,20 +130,25 @@ class _IndexBuilder:
         self.add(record.caption_id, record.caption, record.label, record.images, rule_ext)
 
     def arrays(self) -> dict:
+        """The index arrays, sharing the builder's buffers where no offset column needs a leading 0."""
+
+        def view(buffer, dtype) -> np.ndarray:
+            return np.frombuffer(buffer, dtype) if len(buffer) else np.empty(0, dtype)
+
         def offsets(ends: array) -> np.ndarray:
-            return np.concatenate([np.zeros(1, np.int64), np.frombuffer(ends, np.int64) if ends else []])
+            return np.concatenate([np.zeros(1, np.int64), view(ends, np.int64)])
 
         return {
-            "id_offsets": offsets(self.ids.ends).astype(np.int64),
-            "id_blob": np.frombuffer(bytes(self.ids.blob), np.uint8),
-            "text_offsets": offsets(self.text_ends).astype(np.int64),
-            "text_blob": np.frombuffer(bytes(self.texts), np.uint8),
-            "labels": np.array(self.labels, np.int32),
-            "num_images": np.array(self.num_images, np.int32),
-            "ext_codes": np.array(self.ext_codes, np.uint8),
-            "path_starts": offsets(self.path_counts).astype(np.int64),
-            "path_offsets": offsets(self.path_ends).astype(np.int64),
-            "path_blob": np.frombuffer(bytes(self.paths), np.uint8),
+            "id_offsets": offsets(self.ids.ends),
+            "id_blob": view(self.ids.blob, np.uint8),
+            "text_offsets": offsets(self.text_ends),
+            "text_blob": view(self.texts, np.uint8),
+            "labels": view(self.labels, np.int32),
+            "num_images": view(self.num_images, np.int32),
+            "ext_codes": view(self.ext_codes, np.uint8),
+            "path_starts": offsets(self.path_counts),
+            "path_offsets": offsets(self.path_ends),
+            "path_blob": view(self.paths, np.uint8),
         }
 
 
