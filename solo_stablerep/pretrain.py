@@ -250,7 +250,7 @@ def run_pretrain(cfg: DictConfig) -> Trainer:
     ckpt_path, wandb_run_id = _resume_checkpoint(cfg)
     from solo_stablerep.data import synthetic_callbacks
 
-    trainer = build_trainer(cfg, model, wandb_run_id, callbacks=synthetic_callbacks(cfg, train_data))
+    trainer = build_trainer(cfg, model, wandb_run_id, synthetic_callbacks(cfg, train_data))
 
     if isinstance(train_data, torch.utils.data.DataLoader):
         trainer.fit(model, train_data, val_loader, ckpt_path=ckpt_path)

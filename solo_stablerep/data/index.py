@@ -360,11 +360,12 @@ class CaptionIndex:
         """Raises if the index is empty or a caption has fewer than ``n_img`` images."""
         if len(self) == 0:
             raise SyntheticDataError(f"{self.source}: the data set has no captions")
-        if self._root_per_image:
-            short = [0] if len(self.roots) < n_img else []
+        if self._root_per_image:  # every caption has one image per root
+            too_few = [0] if len(self.roots) < n_img else []
         else:
-            short = np.flatnonzero(self._arrays["num_images"] < n_img)[:1].tolist()
-        for i in short:  # the first such caption, as a reader going through the file would report
+            too_few = np.flatnonzero(self._arrays["num_images"] < n_img)
+        if len(too_few):
+            i = int(too_few[0])  # the first, as a reader going through the file would report
             raise SyntheticDataError(
                 f"{self.source}: caption {self.caption_id(i)} has {self.num_images(i)} images, "
                 f"fewer than data.synthetic.n_img={n_img}"
