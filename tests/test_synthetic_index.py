@@ -133,8 +133,7 @@ def test_concurrent_first_opens_build_one_valid_index(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
         from solo_stablerep.data.index import CaptionIndex
-        while time.time() < {__import__("time").time() + 3}:  # start together
-            pass
+        time.sleep(max(0.0, {__import__("time").time() + 3} - time.time()))  # start together
         index = CaptionIndex.from_manifest(sys.argv[1])
         print(len(index), index.caption_id(19999), index.index_path)
     """)
