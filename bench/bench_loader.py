@@ -54,7 +54,7 @@ def make_data(root: Path, captions: int, images: int, size: int) -> Path:
 
 
 def make_cfg(root: Path, args) -> OmegaConf:
-    from solo_stablerep.data.synthetic import add_and_assert_synthetic_cfg
+    from solo_stablerep.data.config import add_and_assert_synthetic_cfg
 
     cfg = OmegaConf.create({
         "method": "stablerep",
@@ -72,7 +72,8 @@ def make_cfg(root: Path, args) -> OmegaConf:
 def torch_loaders(cfg, root: Path):
     from solo.data.pretrain_dataloader import prepare_dataloader, prepare_datasets
 
-    from solo_stablerep.data.synthetic import build_image_transform, prepare_synthetic_train_data
+    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
+    from solo_stablerep.data.transforms import build_image_transform
 
     multi = prepare_synthetic_train_data(cfg)
     solo_set = prepare_datasets("custom", build_image_transform(cfg), train_data_path=root / "imagefolder",
@@ -87,7 +88,8 @@ def dali_loaders(cfg, root: Path):
     from nvidia.dali.plugin.pytorch import LastBatchPolicy
     from solo.data.dali_dataloader import PretrainPipelineBuilder, PretrainWrapper
 
-    from solo_stablerep.data.synthetic_dali import SyntheticDALIDataModule, build_dali_image_transform
+    from solo_stablerep.data.synthetic_dali import SyntheticDALIDataModule
+    from solo_stablerep.data.transforms import build_image_transform
 
     cfg.data.format = "dali"
     multi = SyntheticDALIDataModule.from_cfg(cfg).build_loader()
@@ -95,7 +97,7 @@ def dali_loaders(cfg, root: Path):
     gpu = cfg.dali.device == "gpu"
     builder = PretrainPipelineBuilder(
         root / "imagefolder", batch_size=images_per_batch, device=cfg.dali.device,
-        transforms=build_dali_image_transform(cfg), num_threads=max(1, cfg.data.num_workers),
+        transforms=build_image_transform(cfg, dali=True), num_threads=max(1, cfg.data.num_workers),
     )
     pipeline = builder.pipeline(batch_size=images_per_batch, num_threads=builder.num_threads,
                                 device_id=0 if gpu else None, seed=builder.seed)

@@ -24,7 +24,8 @@ from .storage import (
     atomic_write_bytes,
     atomic_write_json,
     encode_image,
-    finished_entries,
+    finished_mask,
+    iter_log,
     merge,
     prepare_output,
     shard_name,
@@ -151,14 +152,15 @@ def generate(
     )
 
     name = shard_name(shard_index, num_shards)
+    log_path = out / SHARDS_DIR / f"{name}.jsonl"
     mine = captions.captions[shard_index::num_shards]
-    done = finished_entries(out)
-    todo = [c for c in mine if c.index not in done]
+    done = finished_mask(log_path, len(captions.captions))  # this shard's own log only
+    todo = [c for c in mine if not done[c.index]]
     k = settings.images_per_caption
     truncated = 0
     if todo:
         backend = load_backend(settings, device)
-        log = ShardLog(out / SHARDS_DIR / f"{name}.jsonl")
+        log = ShardLog(log_path)
         progress = _progress_bar(len(mine) * k, (len(mine) - len(todo)) * k, name, options.progress)
         truncated = run_batches(backend, out, todo, settings, options.batch_size, log, progress)
         log.close()
@@ -176,13 +178,15 @@ def generate(
         "seconds": round(time.time() - started, 2),
     }
     atomic_write_json(out / SHARDS_DIR / f"{name}.summary.json", summary)
-    done = finished_entries(out)
-    shown = [done[c.index] for c in mine[: options.contact_sheet_captions] if c.index in done]
+    wanted = {c.index for c in mine[: options.contact_sheet_captions]}
+    shown = [entry for entry in iter_log(log_path) if entry["index"] in wanted] if log_path.exists() else []
     if shown:
         sheet_path = out / CONTACT_SHEETS_DIR / f"{name}.png"
         sheet_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(sheet_path, encode_image(contact_sheet(out, shown), "png", 100))
-    if options.merge and len(done) == len(captions.captions):
+    # a shard's summary is written once all its captions are: the last shard to finish merges
+    summaries = (out / SHARDS_DIR / f"{shard_name(s, num_shards)}.summary.json" for s in range(num_shards))
+    if options.merge and all(path.exists() for path in summaries):
         summary["manifest"] = str(merge(out))
     return summary
 

@@ -10,19 +10,27 @@ Layout (besides the data set itself, ``manifest.jsonl`` + ``images/``)::
 Every file is written under a temporary name in its own folder, then renamed with ``os.replace``, so a
 reader (or a rerun after SIGKILL) sees either the old file or the complete new one. A caption is logged
 as finished only after all its images are in place, so the log never claims a missing image.
+
+Scale: a shard resumes from its own log only, and the merge streams the logs (each in caption order)
+into the manifest and its caption index (``manifest.jsonl.index``) with memory that does not grow with
+the number of captions beyond the index arrays.
 """
 
 from __future__ import annotations
 
+import heapq
 import io
 import json
 import os
 import shutil
 from pathlib import Path
+from typing import Iterator
 
+import numpy as np
 from PIL import Image
 
-from solo_stablerep.data.manifest import MANIFEST_NAME, CaptionRecord, write_manifest
+from solo_stablerep.data.index import INDEX_SUFFIX, write_indexed_manifest
+from solo_stablerep.data.manifest import MANIFEST_NAME, CaptionRecord
 
 from .settings import IMAGE_FORMATS, DataGenError
 
@@ -59,18 +67,23 @@ def encode_image(image: Image.Image, image_format: str, quality: int) -> bytes:
     return buffer.getvalue()
 
 
+def iter_log(path: Path) -> Iterator[dict]:
+    """Entries of a shard log, streamed. A last line without its newline is a write cut short: ignored."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.endswith(b"\n"):
+                return
+            try:
+                yield json.loads(line)
+            except ValueError:
+                raise DataGenError(
+                    f"{path}:{number}: corrupt log line (not JSON); delete the shard log to redo it"
+                ) from None
+
+
 def read_log(path: Path) -> list[dict]:
-    """Entries of a shard log. A last line without its newline is a write cut short: ignored."""
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    lines.pop()  # the part after the last newline: empty, or the cut-short line
-    entries = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            entries.append(json.loads(line))
-        except ValueError:
-            raise DataGenError(f"{path}:{number}: corrupt log line (not JSON); delete the shard log to redo it") from None
-    return entries
+    """Entries of a shard log (see :func:`iter_log`)."""
+    return list(iter_log(path))
 
 
 class ShardLog:
@@ -96,13 +109,13 @@ class ShardLog:
         self._file.close()
 
 
-def finished_entries(out: Path) -> dict[int, dict]:
-    """Finished captions of every shard log in `out`, by caption index (any shard count, any run)."""
-    entries = {}
-    for log in sorted((out / SHARDS_DIR).glob("shard-*.jsonl")):
-        for entry in read_log(log):
-            entries[entry["index"]] = entry
-    return entries
+def finished_mask(log: Path, num_captions: int) -> np.ndarray:
+    """Which captions (by index) a shard log records as finished: one byte per caption."""
+    done = np.zeros(num_captions, dtype=bool)
+    if log.exists():
+        for entry in iter_log(log):
+            done[entry["index"]] = True
+    return done
 
 
 def prepare_output(out: Path, stored: dict, overwrite: bool) -> None:
@@ -125,6 +138,7 @@ def prepare_output(out: Path, stored: dict, overwrite: bool) -> None:
         for name in (SHARDS_DIR, CONTACT_SHEETS_DIR, "images"):
             shutil.rmtree(out / name, ignore_errors=True)
         (out / MANIFEST_NAME).unlink(missing_ok=True)
+        (out / (MANIFEST_NAME + INDEX_SUFFIX)).unlink(missing_ok=True)
     elif (out / MANIFEST_NAME).exists() and not overwrite:
         raise DataGenError(f"{out} holds a data set not made by this tool; pass --overwrite to write over it")
     atomic_write_json(settings_path, stored)
@@ -140,22 +154,37 @@ def _describe(previous: dict, stored: dict) -> str:
 
 
 def merge(out: str | Path) -> Path:
-    """Write `out/manifest.jsonl` from the shard logs; refuses while a caption is unfinished."""
+    """Write `out/manifest.jsonl` and its caption index from the shard logs; refuses while a caption
+    is unfinished. Streams: each log is in caption order, so a k-way merge gives the manifest's order."""
     out = Path(out)
     settings_path = out / SETTINGS_NAME
     if not settings_path.exists():
         raise DataGenError(f"{out}: no {SETTINGS_NAME}; not a stablerep-generate output folder")
     stored = json.loads(settings_path.read_text(encoding="utf-8"))
-    entries = finished_entries(out)
-    missing = [i for i in range(stored["num_captions"]) if i not in entries]
-    if missing:
-        raise DataGenError(
-            f"{out}: {len(missing)} of {stored['num_captions']} captions unfinished (first: index {missing[0]}); "
-            "run (or rerun) the shards that own them"
-        )
-    records = (
-        CaptionRecord(e["caption_id"], e["caption"], e["label"], e["images"])
-        for e in (entries[i] for i in range(stored["num_captions"]))
-    )
+    num_captions = stored["num_captions"]
+    logs = sorted((out / SHARDS_DIR).glob("shard-*.jsonl"))
+    entries = heapq.merge(*(iter_log(log) for log in logs), key=lambda e: e["index"])
+
+    def records():
+        expected = 0
+        for entry in entries:
+            if entry["index"] < expected:
+                continue  # logged twice, by runs with other shard counts: the same caption and images
+            if entry["index"] > expected:
+                break
+            yield CaptionRecord(entry["caption_id"], entry["caption"], entry["label"], entry["images"])
+            expected += 1
+        if expected < num_captions:
+            seen = np.zeros(num_captions, dtype=bool)
+            seen[:expected] = True
+            for entry in entries:
+                seen[entry["index"]] = True
+            missing = np.flatnonzero(~seen)
+            raise DataGenError(
+                f"{out}: {len(missing)} of {num_captions} captions unfinished (first: index {missing[0]}); "
+                "run (or rerun) the shards that own them"
+            )
+
     generator = dict(stored["settings"], captions_digest=stored["captions_digest"], versions=stored["versions"])
-    return write_manifest(out, records, class_names=stored["class_names"], generator=generator)
+    return write_indexed_manifest(out, records(), class_names=stored["class_names"], generator=generator,
+                                  num_captions=num_captions)

@@ -39,13 +39,7 @@ from solo_stablerep.methods import EntryPointNeeds  # noqa: E402
 from solo.args.pretrain import parse_cfg  # noqa: E402
 from solo.data.classification_dataloader import prepare_data as prepare_data_classification  # noqa: E402
 from solo.data.classification_dataloader import prepare_transforms as prepare_transforms_classification  # noqa: E402
-from solo.data.pretrain_dataloader import (  # noqa: E402
-    FullTransformPipeline,
-    NCropAugmentation,
-    build_transform_pipeline,
-    prepare_dataloader,
-    prepare_datasets,
-)
+from solo.data.pretrain_dataloader import prepare_dataloader, prepare_datasets  # noqa: E402
 from solo.methods import METHODS  # noqa: E402
 from solo.utils.auto_resumer import AutoResumer  # noqa: E402
 from solo.utils.checkpointer import Checkpointer  # noqa: E402
@@ -145,20 +139,6 @@ def _prepare_val_loader(cfg: DictConfig) -> Optional[torch.utils.data.DataLoader
     return val_loader
 
 
-def _build_solo_transform(cfg: DictConfig, dali: bool) -> FullTransformPipeline:
-    if dali:
-        from solo.data.dali_dataloader import build_transform_pipeline_dali
-
-        build = lambda aug_cfg: build_transform_pipeline_dali(  # noqa: E731
-            cfg.data.dataset, aug_cfg, dali_device=cfg.dali.device
-        )
-    else:
-        build = lambda aug_cfg: build_transform_pipeline(cfg.data.dataset, aug_cfg)  # noqa: E731
-    return FullTransformPipeline(
-        [NCropAugmentation(build(aug_cfg), aug_cfg.num_crops) for aug_cfg in cfg.augmentations]
-    )
-
-
 def prepare_train_data(cfg: DictConfig):
     """The training data: a DataLoader, or a LightningDataModule for DALI."""
 
@@ -179,13 +159,15 @@ def prepare_train_data(cfg: DictConfig):
             train_data = with_caption_tokens(cfg, train_data)
         return train_data
 
+    from solo_stablerep.data.transforms import build_image_transform
+
     if cfg.data.format == "dali":
         from solo.data.dali_dataloader import PretrainDALIDataModule
 
         return PretrainDALIDataModule(
             dataset=cfg.data.dataset,
             train_data_path=cfg.data.train_path,
-            transforms=_build_solo_transform(cfg, dali=True),
+            transforms=build_image_transform(cfg, dali=True),
             num_large_crops=cfg.data.num_large_crops,
             num_small_crops=cfg.data.num_small_crops,
             num_workers=cfg.data.num_workers,
@@ -196,7 +178,7 @@ def prepare_train_data(cfg: DictConfig):
             encode_indexes_into_labels=cfg.dali.encode_indexes_into_labels,
         )
 
-    transform = _build_solo_transform(cfg, dali=False)
+    transform = build_image_transform(cfg)
     if cfg.debug_augmentations:
         print("Transforms:")
         print(transform)
@@ -231,8 +213,8 @@ def _resume_checkpoint(cfg: DictConfig):
     return ckpt_path, None
 
 
-def build_trainer(cfg: DictConfig, model, wandb_run_id: Optional[str] = None) -> Trainer:
-    callbacks = []
+def build_trainer(cfg: DictConfig, model, wandb_run_id: Optional[str] = None, callbacks=()) -> Trainer:
+    callbacks = list(callbacks)
     if cfg.checkpoint.enabled:
         callbacks.append(
             Checkpointer(
@@ -302,7 +284,9 @@ def run_pretrain(cfg: DictConfig) -> Trainer:
     val_loader = _prepare_val_loader(cfg)
     train_data = prepare_train_data(cfg)
     ckpt_path, wandb_run_id = _resume_checkpoint(cfg)
-    trainer = build_trainer(cfg, model, wandb_run_id)
+    from solo_stablerep.data import synthetic_callbacks
+
+    trainer = build_trainer(cfg, model, wandb_run_id, synthetic_callbacks(cfg, train_data))
 
     if isinstance(train_data, torch.utils.data.DataLoader):
         trainer.fit(model, train_data, val_loader, ckpt_path=ckpt_path)

@@ -2,6 +2,7 @@
 
 import csv
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,12 +21,9 @@ from synthetic_helpers import (  # noqa: E402
     view_colour,
 )
 
+from solo_stablerep.data.index import SyntheticDataError  # noqa: E402
 from solo_stablerep.data.manifest import ManifestError  # noqa: E402
-from solo_stablerep.data.synthetic import (  # noqa: E402
-    SyntheticDataError,
-    build_synthetic_dataset,
-    prepare_synthetic_train_data,
-)
+from solo_stablerep.data.synthetic import build_synthetic_dataset, prepare_synthetic_train_data  # noqa: E402
 
 MULTICROP_AUGS = """\
 - {rrc: {enabled: True, crop_min_scale: 0.5, crop_max_scale: 1.0}, color_jitter: {prob: 0.0},
@@ -330,3 +328,69 @@ def test_the_four_configs_parse_and_share_data_backbone_optimizer(config_dir, tm
         data = dict(cfg.data, synthetic={**cfg.data.synthetic, "n_img": 6}, num_large_crops=6)
         reference = dict(cfgs["stablerep"].data)
         assert data == reference, name
+
+
+def test_worker_errors_stay_one_line(config_dir, tmp_path):
+    make_manifest_dataset(tmp_path, 4, 2)
+    missing = tmp_path / "images" / "ca" / "p0" / "cap0002_01.png"
+    missing.unlink()
+    cfg = _cfg(config_dir, tmp_path, "data.synthetic.n_img=2", "data.num_workers=1")
+    loader = prepare_synthetic_train_data(cfg)
+    assert loader.num_workers == 1
+    with pytest.raises(SyntheticDataError, match=rf"^{missing}: image file missing \(caption cap0002\) "
+                                                 r"\(in DataLoader worker process 0\)$") as e:
+        for _ in loader:
+            pass
+    _one_line(e)
+
+
+def test_skipped_images_are_counted_over_workers_and_logged_per_epoch(config_dir, tmp_path):
+    import lightning.pytorch as pl
+
+    from solo_stablerep.data.synthetic import synthetic_callbacks
+
+    make_manifest_dataset(tmp_path, 4, 3)
+    (tmp_path / "images" / "ca" / "p0" / "cap0001_02.png").write_bytes(b"not an image at all")
+    cfg = _cfg(config_dir, tmp_path, "data.synthetic.n_img=2", "data.synthetic.skip_corrupt=True",
+               "data.num_workers=2")
+    loader = prepare_synthetic_train_data(cfg)
+    callbacks = synthetic_callbacks(cfg, loader)
+    assert len(callbacks) == 1
+
+    class Probe(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(()))
+
+        def training_step(self, batch, _):
+            return (batch[1][0].mean() * self.weight) ** 2
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    torch.manual_seed(0)
+    logger = pl.loggers.CSVLogger(tmp_path / "logs", name="probe")
+    trainer = pl.Trainer(max_epochs=8, accelerator="cpu", devices=1, logger=logger, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
+    with pytest.warns(UserWarning, match=r"epoch \d+: skipped \d+ corrupt images"):
+        trainer.fit(Probe(), loader)
+    total = loader.dataset.skipped.value  # the workers' counts, seen by the training process
+    # caption 1 is drawn once per epoch; its corrupt image is skipped when drawn among the first two
+    assert 1 <= total <= 8
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        logged = [float(row["skipped_corrupt_images"]) for row in csv.DictReader(f)
+                  if row.get("skipped_corrupt_images")]
+    assert len(logged) == 8 and sum(logged) == total  # one value per epoch, adding up
+
+
+def test_downsample_is_the_authors_bilinear_resize():
+    from PIL import Image
+    from torchvision import transforms
+
+    from solo_stablerep.data.transforms import RandomDownsample
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8))
+    ours = RandomDownsample(prob=1.0, sizes=[64])(img)
+    # the authors' DownSampleAndUpsample: transforms.Resize(res) then transforms.Resize(256)
+    authors = transforms.Resize(256)(transforms.Resize(64)(img))
+    assert np.array_equal(np.asarray(ours), np.asarray(authors))

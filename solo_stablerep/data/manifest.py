@@ -31,20 +31,26 @@ Each following line is one caption::
   paths, no ``..`` escaping the root). Writers place image ``k`` at ``image_relpath(caption_id, k, ext)``;
   readers accept any relative path inside the root.
 
-:func:`read_manifest` validates all of this without opening images (the dataset checks that the files
-exist and decode, naming the file and the caption when they do not). Every error is a
-:class:`ManifestError` with a one-line message naming the file, line and caption at fault.
+:func:`read_manifest` (or :func:`scan_manifest`, streaming) validates all of this without opening images
+(the dataset checks that the files exist and decode, naming the file and the caption when they do not).
+Every error is a :class:`ManifestError` with a one-line message naming the file, line and caption at
+fault. Large data sets are read through :mod:`.index`, which validates the manifest once and keeps it
+in memory-mapped arrays.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import tempfile
+from array import array
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
 
 FORMAT_NAME = "stablerep-synthetic"
 FORMAT_VERSION = 1
@@ -53,6 +59,8 @@ MANIFEST_NAME = "manifest.jsonl"
 _HEADER_KEYS = {"format", "version", "num_captions", "class_names", "generator"}
 _RECORD_KEYS = {"caption_id", "caption", "label", "images"}
 _CAPTION_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+# relative paths whose every part starts with neither "." nor "/": valid without further checks
+_PLAIN_RELATIVE = re.compile(r"(?![A-Za-z]:)[^/\\.][^/\\]*(?:/[^/\\.][^/\\]*)*\Z")
 
 
 class ManifestError(ValueError):
@@ -85,6 +93,8 @@ def check_relative_path(path: str, where: str) -> str:
 
     ``where`` names the culprit in the error (file, line, caption).
     """
+    if _PLAIN_RELATIVE.match(path if isinstance(path, str) else ""):
+        return path  # the common case, decided by one regex: no "\\", no leading "/", no "." part
     if not isinstance(path, str) or not path:
         raise ManifestError(f"{where}: image path {path!r} is not a non-empty string")
     if "\\" in path or PurePosixPath(path).is_absolute() or re.match(r"^[A-Za-z]:", path):
@@ -97,6 +107,26 @@ def check_relative_path(path: str, where: str) -> str:
     if depth == 0:
         raise ManifestError(f"{where}: image path {path!r} names the root, not a file")
     return path
+
+
+def rule_extension(caption_id: str, images: List[str]) -> Optional[str]:
+    """The extension ``ext`` if ``images`` is exactly ``[image_relpath(caption_id, k, ext) for k ...]``
+    (the writers' rule, so the paths can be derived from the id and need not be stored), else None."""
+    first = images[0] if images else None
+    if not isinstance(first, str):
+        return None
+    ext = first.rpartition(".")[2]
+    padded = caption_id.ljust(4, "_")
+    prefix = f"images/{padded[0:2]}/{padded[2:4]}/{caption_id}"
+    suffixes = _rule_suffixes(ext, len(images))
+    if suffixes is None or images != [prefix + suffix for suffix in suffixes]:
+        return None
+    return ext
+
+
+@functools.lru_cache(maxsize=64)
+def _rule_suffixes(ext: str, n: int) -> Optional[Tuple[str, ...]]:
+    return None if "/" in ext else tuple(f"_{k:02d}.{ext}" for k in range(n))
 
 
 def _check_header(header: Any, where: str) -> dict:
@@ -124,7 +154,8 @@ def _check_header(header: Any, where: str) -> dict:
     return header
 
 
-def _check_record(obj: Any, where: str, num_classes: Optional[int]) -> CaptionRecord:
+def _check_record(obj: Any, where: str, num_classes: Optional[int]) -> Tuple[CaptionRecord, Optional[str]]:
+    """The validated record, and its images' extension when their paths follow the writers' rule."""
     if not isinstance(obj, dict):
         raise ManifestError(f"{where}: caption line must be a JSON object")
     if obj.keys() != _RECORD_KEYS:
@@ -146,50 +177,117 @@ def _check_record(obj: Any, where: str, num_classes: Optional[int]) -> CaptionRe
     images = obj["images"]
     if not isinstance(images, list) or not images:
         raise ManifestError(f"{where}: images must be a non-empty list of relative paths")
-    for path in images:
-        check_relative_path(path, where)
-    if len(set(images)) != len(images):
-        raise ManifestError(f"{where}: images lists a path twice")
-    return CaptionRecord(cid, obj["caption"], label, list(images))
+    ext = rule_extension(cid, images)
+    if ext is None:  # paths of the writers' rule are valid and distinct by construction
+        for path in images:
+            check_relative_path(path, where)
+        if len(set(images)) != len(images):
+            raise ManifestError(f"{where}: images lists a path twice")
+    return CaptionRecord(cid, obj["caption"], label, list(images)), ext
 
 
-def read_manifest(root: Union[str, Path]) -> Tuple[dict, List[CaptionRecord]]:
-    """Read and validate ``root/manifest.jsonl``; returns (header, caption records in file order)."""
+class CaptionIds:
+    """Caption ids in one byte blob with end offsets (no Python object per id), and their repeats.
+
+    Memory: the ids' UTF-8 bytes + 16 B per id (end offset and a 64-bit hash).
+    """
+
+    def __init__(self):
+        self.blob = bytearray()
+        self.ends = array("q")
+        self._hashes = array("q")
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def add(self, caption_id: str) -> None:
+        self.blob += caption_id.encode()
+        self.ends.append(len(self.blob))
+        self._hashes.append(hash(caption_id))
+
+    def __getitem__(self, i: int) -> str:
+        start = self.ends[i - 1] if i > 0 else 0
+        return self.blob[start : self.ends[i]].decode()
+
+    def first_repeat(self) -> Optional[Tuple[int, int]]:
+        """(first position, repeat position) of the earliest id that repeats an earlier one, or None."""
+        hashes = np.frombuffer(self._hashes, dtype=np.int64) if len(self) else np.empty(0, np.int64)
+        order = np.argsort(hashes)
+        shared = np.flatnonzero(hashes[order[1:]] == hashes[order[:-1]])
+        # ids whose hash is shared: compare the ids themselves (hashes may collide), in file order
+        candidates = np.unique(np.concatenate([order[shared], order[shared + 1]]))
+        first_seen: Dict[str, int] = {}
+        for position in candidates.tolist():
+            first = first_seen.setdefault(self[position], position)
+            if first != position:
+                return first, position
+        return None
+
+
+def scan_manifest(
+    root: Union[str, Path]
+) -> Tuple[Path, dict, Iterator[Tuple[int, CaptionRecord, Optional[str]]]]:
+    """Streams ``root/manifest.jsonl``: (path, validated header, iterator of (line number, record,
+    rule extension or None)). The iterator validates each line as it goes and, at the end, that
+    ``num_captions`` lines were read; repeated ids are left to the caller (:class:`CaptionIds`)."""
     path = Path(root) / MANIFEST_NAME
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
-    header: Optional[dict] = None
+    f = open(path, encoding="utf-8")
+    try:
+        first = f.readline()
+        if not first:
+            raise ManifestError(f"{path}: manifest is empty (no header line)")
+        header = _check_header(_parse_line(first, f"{path}:1"), f"{path}:1")
+    except BaseException:
+        f.close()
+        raise
+    names = header["class_names"]
+    num_classes = None if names is None else len(names)
+
+    def records():
+        count = 0
+        with f:
+            for line_no, line in enumerate(f, start=2):
+                where = f"{path}:{line_no}"
+                record, ext = _check_record(_parse_line(line, where), where, num_classes)
+                count += 1
+                yield line_no, record, ext
+        if header["num_captions"] != count:
+            raise ManifestError(
+                f"{path}: header says num_captions={header['num_captions']} "
+                f"but {count} caption lines follow"
+            )
+
+    return path, header, records()
+
+
+def _parse_line(line: str, where: str) -> Any:
+    if not line.strip():
+        raise ManifestError(f"{where}: empty line")
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{where}: not valid JSON ({e.msg})") from None
+
+
+def read_manifest(root: Union[str, Path]) -> Tuple[dict, List[CaptionRecord]]:
+    """Read and validate ``root/manifest.jsonl``; returns (header, caption records in file order).
+
+    One Python object per caption: for large data sets open a
+    :class:`~solo_stablerep.data.index.CaptionIndex` instead.
+    """
+    path, header, lines = scan_manifest(root)
     records: List[CaptionRecord] = []
     seen_ids: Dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            where = f"{path}:{line_no}"
-            if not line.strip():
-                raise ManifestError(f"{where}: empty line")
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ManifestError(f"{where}: not valid JSON ({e.msg})") from None
-            if header is None:
-                header = _check_header(obj, where)
-                names = header["class_names"]
-                num_classes = None if names is None else len(names)
-                continue
-            record = _check_record(obj, where, num_classes)
-            if record.caption_id in seen_ids:
-                raise ManifestError(
-                    f"{where}: caption_id {record.caption_id!r} "
-                    f"repeats line {seen_ids[record.caption_id]}"
-                )
-            seen_ids[record.caption_id] = line_no
-            records.append(record)
-    if header is None:
-        raise ManifestError(f"{path}: manifest is empty (no header line)")
-    if header["num_captions"] != len(records):
-        raise ManifestError(
-            f"{path}: header says num_captions={header['num_captions']} "
-            f"but {len(records)} caption lines follow"
-        )
+    for line_no, record, _ in lines:
+        if record.caption_id in seen_ids:
+            raise ManifestError(
+                f"{path}:{line_no}: caption_id {record.caption_id!r} "
+                f"repeats line {seen_ids[record.caption_id]}"
+            )
+        seen_ids[record.caption_id] = line_no
+        records.append(record)
     return header, records
 
 
@@ -199,42 +297,50 @@ def write_manifest(
     *,
     class_names: Optional[Sequence[str]] = None,
     generator: Optional[dict] = None,
+    num_captions: Optional[int] = None,
+    on_record: Optional[Callable[[CaptionRecord, Optional[str]], None]] = None,
 ) -> Path:
     """Validate ``records`` and write ``root/manifest.jsonl`` atomically; returns its path.
 
     The file is written to a temporary file in ``root``, fsync'ed, then renamed over the manifest, so a
-    reader never sees a half-written manifest.
+    reader never sees a half-written manifest. With ``num_captions`` given, ``records`` is streamed
+    (memory does not grow with the number of captions beyond 16 B per id) and must yield exactly that
+    many; without it, it is first gathered into a list. ``on_record(record, rule_extension)`` sees
+    each validated record (e.g. to build the caption index while writing).
     """
     root = Path(root)
     path = root / MANIFEST_NAME
+    if num_captions is None:
+        records = list(records)
+        num_captions = len(records)
     header = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
-        "num_captions": 0,
+        "num_captions": num_captions,
         "class_names": None if class_names is None else list(class_names),
         "generator": generator,
     }
-    num_classes = None if class_names is None else len(class_names)
-    lines = []
-    seen = set()
-    for i, record in enumerate(records):
-        where = f"{path}: record {i}"
-        obj = asdict(record)
-        _check_record(obj, where, num_classes)
-        if record.caption_id in seen:
-            raise ManifestError(f"{where}: caption_id {record.caption_id!r} repeats")
-        seen.add(record.caption_id)
-        lines.append(json.dumps(obj, ensure_ascii=False))
-    header["num_captions"] = len(lines)
     _check_header(header, f"{path}: header")
+    num_classes = None if class_names is None else len(class_names)
 
     root.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", suffix=".tmp", dir=root)
     try:
+        ids = CaptionIds()
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(json.dumps(header, ensure_ascii=False) + "\n")
-            for line in lines:
-                f.write(line + "\n")
+            for i, record in enumerate(records):
+                obj = asdict(record)
+                _, ext = _check_record(obj, f"{path}: record {i}", num_classes)
+                ids.add(record.caption_id)
+                if on_record is not None:
+                    on_record(record, ext)
+                f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+            repeat = ids.first_repeat()
+            if repeat is not None:
+                raise ManifestError(f"{path}: record {repeat[1]}: caption_id {ids[repeat[1]]!r} repeats")
+            if len(ids) != num_captions:
+                raise ManifestError(f"{path}: {len(ids)} records given, num_captions={num_captions} announced")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

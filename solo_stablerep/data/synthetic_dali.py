@@ -12,7 +12,8 @@ caption stay on one rank and every caption is seen once per epoch.
 from __future__ import annotations
 
 import io
-from typing import Callable, List, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Optional, Sequence
 
 import lightning.pytorch as pl
 import numpy as np
@@ -22,19 +23,11 @@ import omegaconf
 from nvidia.dali import pipeline_def
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 from PIL import Image
-from solo.data.dali_dataloader import build_transform_pipeline_dali
-from solo.data.pretrain_dataloader import FullTransformPipeline, NCropAugmentation
 
-from solo_stablerep.data.synthetic import (
-    CaptionIndex,
-    SyntheticDataError,
-    check_batch_size,
-    corrupt_image_error,
-    large_crop_slots,
-    load_caption_index,
-    log,
-    order_views,
-)
+from solo_stablerep.data.config import check_batch_size, load_caption_index
+from solo_stablerep.data.index import CaptionIndex, SyntheticDataError
+from solo_stablerep.data.sampling import ReadableImages, SkipCounter, large_crop_slots, order_views
+from solo_stablerep.data.transforms import build_image_transform
 
 
 def shard_epoch(num_items: int, rank: int, world_size: int, epoch: int, seed: int) -> np.ndarray:
@@ -46,6 +39,15 @@ def shard_epoch(num_items: int, rank: int, world_size: int, epoch: int, seed: in
     return order[rank::world_size]
 
 
+def _read_checked_bytes(path: Path) -> np.ndarray:
+    """The file's encoded bytes, after a header check, so that a bad file is named (DALI's decoder
+    error would not name it)."""
+    data = path.read_bytes()
+    with Image.open(io.BytesIO(data)) as img:
+        img.verify()
+    return np.frombuffer(data, dtype=np.uint8)
+
+
 class CaptionBatchSource:
     """Iterable for ``fn.external_source``: each ``next`` gives one batch of ``batch_size`` captions as
     three lists of ``n_img * batch_size`` samples, image-major (sample s = image s // batch_size of
@@ -54,23 +56,19 @@ class CaptionBatchSource:
 
     def __init__(
         self,
-        index: CaptionIndex,
-        n_img: int,
+        images: ReadableImages,
         batch_size: int,
         rank: int = 0,
         world_size: int = 1,
         seed: int = 0,
-        skip_corrupt: bool = False,
     ):
-        index.check(n_img)
-        self.index = index
-        self.n_img = n_img
+        self.images = images
+        self.index = images.index
+        self.n_img = images.n_img
         self.batch_size = batch_size
         self.rank = rank
         self.world_size = world_size
         self.seed = seed
-        self.skip_corrupt = skip_corrupt
-        self.num_corrupt_skipped = 0
         self.epoch = 0
         self._rng = np.random.default_rng([seed, rank, 1])
         self._order = np.empty(0, dtype=np.int64)
@@ -85,96 +83,20 @@ class CaptionBatchSource:
         self.epoch += 1
         return self
 
-    def _read(self, i: int, k: int) -> Optional[np.ndarray]:
-        path = self.index.image_path(i, k)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise SyntheticDataError(
-                f"{path}: image file missing (caption {self.index.caption_ids[i]})"
-            ) from None
-        try:  # header check here, so that a bad file is named (DALI's decoder error would not)
-            with Image.open(io.BytesIO(data)) as img:
-                img.verify()
-        except Exception as e:
-            if not self.skip_corrupt:
-                raise corrupt_image_error(path, self.index.caption_ids[i], e) from None
-            self.num_corrupt_skipped += 1
-            log.warning("skipped corrupt image %s (caption %s), %d skipped so far",
-                        path, self.index.caption_ids[i], self.num_corrupt_skipped)
-            return None
-        return np.frombuffer(data, dtype=np.uint8)
-
-    def _read_caption(self, i: int) -> List[np.ndarray]:
-        images = []
-        for k in self._rng.permutation(self.index.num_images(i)):
-            data = self._read(i, int(k))
-            if data is not None:
-                images.append(data)
-                if len(images) == self.n_img:
-                    return images
-        raise SyntheticDataError(
-            f"caption {self.index.caption_ids[i]}: only {len(images)} readable images, "
-            f"fewer than data.synthetic.n_img={self.n_img}"
-        )
-
     def __next__(self):
         if self._next + self.batch_size > len(self._order):
             raise StopIteration  # the partial last batch is dropped, as in solo-learn
-        ids = self._order[self._next : self._next + self.batch_size]
+        ids = self._order[self._next : self._next + self.batch_size].tolist()
         self._next += self.batch_size
-        per_caption = [self._read_caption(int(i)) for i in ids]
+        per_caption = [
+            self.images.pick(i, self._rng.permutation(self.index.num_images(i)).tolist(), _read_checked_bytes)
+            for i in ids
+        ]
         # image-major, so that the iterator's views are contiguous slices of DALI's output (no copy)
         encoded = [images[k] for k in range(self.n_img) for images in per_caption]
         labels = [np.array([self.index.labels[i]], dtype=np.int64) for i in ids] * self.n_img
         indexes = [np.array([i], dtype=np.int64) for i in ids] * self.n_img
         return encoded, labels, indexes
-
-
-class DALIRandomDownsample:
-    """DALI version of :class:`~solo_stablerep.data.synthetic.RandomDownsample` (needs conditionals)."""
-
-    def __init__(self, prob: float, sizes: Sequence[int], device: str):
-        self.prob = prob
-        self.sizes = np.array(sizes, dtype=np.float32)
-        self.device = device
-
-    def __call__(self, images):
-        if fn.random.coin_flip(probability=self.prob, dtype=types.DALIDataType.BOOL):
-            shape = images.shape(dtype=types.FLOAT)
-            small = fn.resize(images, device=self.device, resize_shorter=fn.random.choice(self.sizes))
-            out = fn.resize(small, device=self.device, resize_x=shape[1], resize_y=shape[0])
-        else:
-            out = images
-        return out
-
-
-class _Then:
-    """Applies ``first`` then ``then``: puts the downsample before each of solo-learn's crops."""
-
-    def __init__(self, first: Callable, then: Callable):
-        self.first, self.then = first, then
-
-    def __call__(self, images):
-        return self.then(self.first(images))
-
-    def __repr__(self) -> str:
-        return f"{self.first} -> {self.then}"
-
-
-def build_dali_image_transform(cfg: omegaconf.DictConfig) -> FullTransformPipeline:
-    """DALI images -> their crops: solo-learn's DALI pipelines from ``cfg.augmentations``."""
-    downsample = cfg.data.synthetic.downsample
-    pipelines = []
-    for aug_cfg in cfg.augmentations:
-        transform = build_transform_pipeline_dali(
-            cfg.data.dataset, aug_cfg, dali_device=cfg.dali.device
-        )
-        if downsample.prob > 0:
-            downsampler = DALIRandomDownsample(downsample.prob, downsample.sizes, cfg.dali.device)
-            transform = _Then(downsampler, transform)
-        pipelines.append(NCropAugmentation(transform, aug_cfg.num_crops))
-    return FullTransformPipeline(pipelines)
 
 
 @pipeline_def(enable_conditionals=True)
@@ -229,6 +151,7 @@ class SyntheticDALIDataModule(pl.LightningDataModule):
         super().__init__()
         if dali_device not in ("gpu", "cpu"):
             raise SyntheticDataError(f"dali.device={dali_device}: choose gpu or cpu")
+        self.images = ReadableImages(index, n_img, skip_corrupt)
         check_batch_size(len(index), batch_size, index.source)
         self.index = index
         self.transform = transform
@@ -238,14 +161,13 @@ class SyntheticDALIDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.dali_device = dali_device
         self.seed = seed
-        self.skip_corrupt = skip_corrupt
         self.train_loader: Optional[SyntheticDALIIterator] = None
 
     @classmethod
     def from_cfg(cls, cfg: omegaconf.DictConfig) -> "SyntheticDALIDataModule":
         return cls(
             load_caption_index(cfg),
-            transform=build_dali_image_transform(cfg),
+            transform=build_image_transform(cfg, dali=True),
             large_slots=large_crop_slots(cfg.augmentations),
             n_img=cfg.data.synthetic.n_img,
             batch_size=cfg.optimizer.batch_size,
@@ -256,8 +178,7 @@ class SyntheticDALIDataModule(pl.LightningDataModule):
         )
 
     def build_loader(self, rank: int = 0, world_size: int = 1, local_rank: int = 0) -> SyntheticDALIIterator:
-        source = CaptionBatchSource(self.index, self.n_img, self.batch_size, rank, world_size,
-                                    self.seed, self.skip_corrupt)
+        source = CaptionBatchSource(self.images, self.batch_size, rank, world_size, self.seed)
         pipeline = synthetic_pipeline(
             source=source,
             transform=self.transform,
@@ -270,6 +191,10 @@ class SyntheticDALIDataModule(pl.LightningDataModule):
         )
         pipeline.build()
         return SyntheticDALIIterator(pipeline, self.n_img, self.large_slots, source.batches_per_epoch())
+
+    @property
+    def skipped(self) -> SkipCounter:
+        return self.images.skipped
 
     def setup(self, stage: Optional[str] = None):
         self.train_loader = self.build_loader(

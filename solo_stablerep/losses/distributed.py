@@ -8,7 +8,7 @@ block's rows and labels in one buffer) and one host sync: the counts, which the 
 buffers' shapes depend on. Nothing else in the losses waits for the device.
 """
 
-from typing import List, Sequence, Tuple
+from typing import List, Tuple
 
 import torch
 import torch.distributed as dist

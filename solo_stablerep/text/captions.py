@@ -5,14 +5,12 @@ where ``index`` is the caption's position in its data set. :class:`CaptionTokens
 it and appends that caption's CLIP token ids: ``(index, views, target, tokens)``, tokenized in
 the DataLoader workers. The DALI loader carries no text, but its batches carry the caption
 indices: :class:`CaptionTokensLoader` appends the tokens to each of its batches (tokenized in
-the training process, one batch of captions per step). The caption texts are read here, from
-the same sources and in the same order as the data set reads its captions: the manifest's
-``caption`` fields (layout ``manifest``) or the second column of the authors' CSV (layout
-``authors``).
+the training process, one batch of captions per step). The caption texts come from the data
+set's own :class:`~solo_stablerep.data.index.CaptionIndex` (the manifest's ``caption`` fields or
+the second column of the authors' CSV), memory-mapped: no second parse of the manifest, and no
+Python string per caption held by the training process or its workers.
 """
 
-import csv
-from pathlib import Path
 from typing import Any, Iterable, List, Sequence, Tuple
 
 import omegaconf
@@ -72,29 +70,17 @@ class CaptionTokensLoader:
 
 
 def load_captions(cfg: omegaconf.DictConfig) -> Tuple[List[str], List[str]]:
-    """(caption ids, caption texts) of the synthetic data set of ``cfg``, in data set order.
+    """(caption ids, caption texts) of the synthetic data set of ``cfg``, in data set order, as lists.
 
-    Ids are the manifest's ``caption_id`` or, for the authors' CSV, the CSV line number (the
-    ids :class:`~solo_stablerep.data.synthetic.CaptionIndex` gives), so callers can check that
-    both lists line up.
+    Ids are the manifest's ``caption_id`` or, for the authors' CSV, the row's position (the ids
+    :class:`~solo_stablerep.data.index.CaptionIndex` gives). Lists hold a Python string per caption:
+    for large data sets use the index's ``captions`` sequence instead (as :func:`with_caption_tokens`).
     """
 
-    from solo_stablerep.data.manifest import read_manifest
+    from solo_stablerep.data.config import load_caption_index
 
-    syn = cfg.data.synthetic
-    base = Path(cfg.data.train_path)
-    if syn.layout == "manifest":
-        _, records = read_manifest(base)
-        return [r.caption_id for r in records], [r.caption for r in records]
-
-    ids, captions = [], []
-    with open(base / syn.csv, newline="", encoding="utf-8") as f:
-        for line_no, row in enumerate(csv.reader(f), start=1):
-            if syn.csv_header and line_no == 1:
-                continue
-            ids.append(str(line_no))
-            captions.append(row[1])
-    return ids, captions
+    index = load_caption_index(cfg)
+    return list(index.caption_ids), list(index.captions)
 
 
 def check_caption_data(cfg: omegaconf.DictConfig) -> None:
@@ -117,13 +103,8 @@ def with_caption_tokens(cfg: omegaconf.DictConfig, train_data: Any) -> Any:
     """
 
     check_caption_data(cfg)
-    ids, captions = load_captions(cfg)
     source = train_data.dataset if isinstance(train_data, DataLoader) else train_data
-    index = getattr(source, "index", None)
-    if index is not None and list(index.caption_ids) != ids:
-        raise ValueError(
-            f"captions of {cfg.data.train_path} do not line up with the data set's caption ids"
-        )
+    captions = source.index.captions  # the data set's own index: the same captions, in its order
     tokenizer = CaptionTokenizer(cfg.method_kwargs.get("context_length", DEFAULT_CONTEXT_LENGTH))
 
     if isinstance(train_data, DataLoader):

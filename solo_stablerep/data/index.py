@@ -1,0 +1,492 @@
+"""Caption index: a data set's captions in flat arrays, memory-mapped by every rank and worker.
+
+A :class:`CaptionIndex` holds, for ``N`` captions, no Python object per caption: ids and caption
+texts as UTF-8 byte blobs with offsets, labels as int32 (-1 = none), image counts as int32, and image
+paths as an extension code per caption when they follow the writers' rule
+(``images/<id[0:2]>/<id[2:4]>/<id>_<k:02d>.<ext>``, derived from the id) or as stored relative paths
+otherwise. It is built once from ``manifest.jsonl`` (or the authors' CSV), validating every row with
+the readers' one-line errors, and saved as one file beside its source::
+
+    ROOT/manifest.jsonl.index        (authors' layout: <csv>.index)
+
+``np.frombuffer`` over a read-only ``mmap`` of that file gives the arrays, so opening costs
+milliseconds, the DDP ranks of a node and all their DataLoader workers share one copy in the page
+cache, and a worker touching captions copies nothing (no reference counts on Python objects).
+
+Index file (version 1)::
+
+    8 bytes  magic b"SRCAPIDX"
+    8 bytes  header length H (little-endian)
+    H bytes  JSON header: version, source signature, class_names, extensions, arrays (dtype, shape,
+             offset), file_size
+    arrays   each at a 64-byte aligned offset
+
+The source signature (size, mtime_ns, SHA-1 of its first line, CSV header flag) says which source the
+index describes: an index whose signature, version, magic or size differ is stale or truncated and is
+rebuilt, never trusted. Builds write a temporary file and ``os.replace`` it, under an exclusive
+``flock`` on the source, so the 8 ranks of a node opening an unindexed manifest at once build it once.
+When the source's folder is not writable, the index goes to ``$XDG_CACHE_HOME/solo-stablerep``
+(default ``~/.cache/solo-stablerep``).
+
+Only the standard library and numpy are imported (``data_gen`` writes indexes without solo-learn).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import mmap
+import os
+import sys
+import tempfile
+import time
+from array import array
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from solo_stablerep.data.manifest import (
+    MANIFEST_NAME,
+    CaptionIds,
+    CaptionRecord,
+    ManifestError,
+    check_relative_path,
+    scan_manifest,
+    write_manifest,
+)
+
+try:
+    import fcntl
+except ImportError:  # Windows: concurrent first opens may build the index twice, still atomically
+    fcntl = None
+
+INDEX_VERSION = 1
+INDEX_SUFFIX = ".index"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+_MAGIC = b"SRCAPIDX"
+_ALIGN = 64
+_CUSTOM_PATHS = 255  # extension code of a caption whose image paths are stored
+
+
+class SyntheticDataError(ValueError):
+    """A synthetic data set or its config is unusable; the message is one line naming the culprit.
+
+    A DataLoader worker's error reaches the training process as ``SyntheticDataError(<worker's whole
+    traceback>)``: the constructor keeps only our one-line message from it, plus the worker's name.
+    """
+
+    def __init__(self, message: str = ""):
+        if message.startswith(f"Caught {type(self).__name__} in DataLoader worker"):
+            where = message.split(".\n", 1)[0][len(f"Caught {type(self).__name__} in ") :]
+            original = message.rstrip().rsplit("\n", 1)[-1]
+            message = f"{original.split(': ', 1)[-1]} (in {where})"
+        super().__init__(message)
+
+
+def cache_dir() -> Path:
+    """Folder for indexes of sources in read-only folders."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "solo-stablerep"
+
+
+class _IndexBuilder:
+    """Accumulates captions into compact growable arrays (about 20 B + text per caption)."""
+
+    def __init__(self):
+        self.ids = CaptionIds()
+        self.texts = bytearray()
+        self.text_ends = array("q")
+        self.labels = array("i")
+        self.num_images = array("i")
+        self.ext_codes = array("B")
+        self.extensions: List[str] = []
+        self.paths = bytearray()
+        self.path_ends = array("q")  # end offset of each stored path in ``paths``
+        self.path_counts = array("q")  # stored paths so far, after each caption
+
+    def add(self, caption_id: str, caption: str, label: Optional[int], images: Sequence[str],
+            rule_ext: Optional[str]) -> None:
+        self.ids.add(caption_id)
+        self.texts += caption.encode()
+        self.text_ends.append(len(self.texts))
+        self.labels.append(-1 if label is None else label)
+        self.num_images.append(len(images))
+        if rule_ext is None:
+            self.ext_codes.append(_CUSTOM_PATHS)
+            for path in images:
+                self.paths += path.encode()
+                self.path_ends.append(len(self.paths))
+        else:
+            if rule_ext not in self.extensions:
+                if len(self.extensions) == _CUSTOM_PATHS:
+                    raise ManifestError(f"caption {caption_id}: more than {_CUSTOM_PATHS} image extensions")
+                self.extensions.append(rule_ext)
+            self.ext_codes.append(self.extensions.index(rule_ext))
+        self.path_counts.append(len(self.path_ends))
+
+    def add_record(self, record: CaptionRecord, rule_ext: Optional[str]) -> None:
+        self.add(record.caption_id, record.caption, record.label, record.images, rule_ext)
+
+    def arrays(self) -> dict:
+        """The index arrays, sharing the builder's buffers where no offset column needs a leading 0."""
+
+        def view(buffer, dtype) -> np.ndarray:
+            return np.frombuffer(buffer, dtype) if len(buffer) else np.empty(0, dtype)
+
+        def offsets(ends: array) -> np.ndarray:
+            return np.concatenate([np.zeros(1, np.int64), view(ends, np.int64)])
+
+        return {
+            "id_offsets": offsets(self.ids.ends),
+            "id_blob": view(self.ids.blob, np.uint8),
+            "text_offsets": offsets(self.text_ends),
+            "text_blob": view(self.texts, np.uint8),
+            "labels": view(self.labels, np.int32),
+            "num_images": view(self.num_images, np.int32),
+            "ext_codes": view(self.ext_codes, np.uint8),
+            "path_starts": offsets(self.path_counts),
+            "path_offsets": offsets(self.path_ends),
+            "path_blob": view(self.paths, np.uint8),
+        }
+
+
+def _signature(source: Path, csv_header: Optional[bool]) -> dict:
+    """What an index must match to describe ``source`` as it is now."""
+    stat = source.stat()
+    with open(source, "rb") as f:
+        first_line = f.readline(1 << 16)
+    return {
+        "name": source.name,
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "first_line_sha1": hashlib.sha1(first_line).hexdigest(),
+        "csv_header": csv_header,
+    }
+
+
+def _write_index(path: Path, arrays: dict, meta: dict) -> None:
+    """Writes the index file atomically: temporary file in the same folder, fsync, ``os.replace``."""
+    layout, offset = {}, 0
+    for name, values in arrays.items():
+        layout[name] = {"dtype": values.dtype.str, "shape": list(values.shape), "offset": offset}
+        offset = -(-(offset + values.nbytes) // _ALIGN) * _ALIGN
+    # array offsets are relative to the end of the (padded) header, so the header can state them
+    header = dict(meta, version=INDEX_VERSION, arrays=layout)
+    text = json.dumps(header, ensure_ascii=False).encode()
+    start = -(-(16 + len(text) + 48) // _ALIGN) * _ALIGN  # room for the file_size field below
+    header["file_size"] = start + offset
+    text = json.dumps(header, ensure_ascii=False).encode()
+    assert 16 + len(text) <= start
+    text += b" " * (start - 16 - len(text))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(_MAGIC + len(text).to_bytes(8, "little") + text)
+            for name, values in arrays.items():
+                f.seek(start + layout[name]["offset"])
+                f.write(memoryview(np.ascontiguousarray(values)).cast("B"))
+            f.truncate(start + offset)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _map_index(path: Path, signature: Optional[dict]) -> Optional[Tuple[dict, dict]]:
+    """(header, arrays) of a valid index file at ``path``, or None if absent, truncated, of another
+    version or (``signature`` given) of another source."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != _MAGIC:
+                return None
+            length = int.from_bytes(f.read(8), "little")
+            size = os.fstat(f.fileno()).st_size
+            if length > size:
+                return None
+            header = json.loads(f.read(length))
+            if (
+                not isinstance(header, dict)
+                or header.get("version") != INDEX_VERSION
+                or header.get("file_size") != size
+                or (signature is not None and header.get("source") != signature)
+            ):
+                return None
+            buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return None
+    if hasattr(buffer, "madvise"):  # captions are read at random: no read-ahead, no fault-around
+        buffer.madvise(mmap.MADV_RANDOM)
+    start = 16 + length
+    arrays = {}
+    for name, spec in header["arrays"].items():
+        dtype = np.dtype(spec["dtype"])
+        count = int(np.prod(spec["shape"], dtype=np.int64))
+        arrays[name] = np.frombuffer(buffer, dtype, count, start + spec["offset"]).reshape(spec["shape"])
+    return header, arrays
+
+
+class _Column(Sequence):
+    """A read-only sequence of one string field of an index (ids or caption texts), decoded on access."""
+
+    def __init__(self, index: "CaptionIndex", field: str):
+        self._index, self._field = index, field
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self._index._string(self._field, i)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and len(other) == len(self) and all(
+            a == b for a, b in zip(self, other)
+        )
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} {self._field}s of {self._index.source}>"
+
+
+class CaptionIndex:
+    """Captions of a synthetic data set, their labels and image paths, memory-mapped.
+
+    Open with :meth:`from_manifest` or :meth:`from_authors_csv` (built and saved on first open, reused
+    after). Image ``k`` of caption ``i`` is ``roots[0] / <its k-th path>`` (manifest layout) or
+    ``roots[k] / <its one path>`` (authors' layout, one root per generation seed). Pickling keeps
+    only the file's path, so DataLoader workers and spawned processes map the same file.
+
+    Attributes:
+        source (str): the manifest or CSV the index describes (named in errors).
+        class_names (Optional[List[str]]): the manifest's class names (None when unlabelled).
+        labels (np.ndarray): int32 label of each caption, -1 when unlabelled.
+        caption_ids, captions (Sequence[str]): ids and caption texts, decoded on access.
+    """
+
+    def __init__(self, index_path: Path, roots: Sequence[Union[str, Path]], root_per_image: bool):
+        mapped = _map_index(index_path, signature=None)
+        if mapped is None:
+            raise SyntheticDataError(f"{index_path}: caption index unreadable or truncated")
+        self.index_path = Path(index_path)
+        self.roots = [Path(r) for r in roots]
+        self._root_per_image = root_per_image
+        self._header, self._arrays = mapped
+        self.source = self._header["source_path"]
+        self.class_names = self._header["class_names"]
+        self._extensions = self._header["extensions"]
+        self.labels = self._arrays["labels"]
+        self.caption_ids = _Column(self, "id")
+        self.captions = _Column(self, "text")
+
+    def __getstate__(self):
+        return {"index_path": self.index_path, "roots": self.roots, "root_per_image": self._root_per_image}
+
+    def __setstate__(self, state):
+        self.__init__(state["index_path"], state["roots"], state["root_per_image"])
+
+    @classmethod
+    def from_manifest(cls, root: Union[str, Path]) -> "CaptionIndex":
+        """The index of ``root/manifest.jsonl``, built (validating every line) if missing or stale."""
+        source = Path(root) / MANIFEST_NAME
+        if not source.is_file():
+            raise ManifestError(f"{source}: manifest not found")
+        return cls(_ensure_index(source, None), [Path(root)], root_per_image=False)
+
+    @classmethod
+    def from_authors_csv(
+        cls, csv_path: Union[str, Path], roots: Sequence[Union[str, Path]], header: bool = False
+    ) -> "CaptionIndex":
+        """The index of the authors' CSV of ``relative image path,caption`` rows; caption id = the
+        row's 1-based position in the CSV (a header row counted); errors give the file's line number."""
+        csv_path = Path(csv_path)
+        if not csv_path.is_file():
+            raise ManifestError(f"{csv_path}: caption CSV (data.synthetic.csv) not found")
+        if not roots:
+            raise ManifestError(f"{csv_path}: data.synthetic.roots is empty (need one root per seed)")
+        for root in roots:
+            if not Path(root).is_dir():
+                raise ManifestError(f"{root}: image root folder (data.synthetic.roots) not found")
+        return cls(_ensure_index(csv_path, bool(header)), roots, root_per_image=True)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _string(self, field: str, i: int) -> str:
+        offsets, blob = self._arrays[f"{field}_offsets"], self._arrays[f"{field}_blob"]
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"caption {i} out of range for {len(self)} captions")
+        i %= len(self)
+        return blob[offsets[i] : offsets[i + 1]].tobytes().decode()
+
+    def caption_id(self, i: int) -> str:
+        return self._string("id", i)
+
+    def caption(self, i: int) -> str:
+        return self._string("text", i)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes for solo-learn's online classifier; 1 when unlabelled (as solo does)."""
+        return len(self.class_names) if self.class_names else 1
+
+    def num_images(self, i: int) -> int:
+        return len(self.roots) if self._root_per_image else int(self._arrays["num_images"][i])
+
+    def _stored_path(self, j: int) -> str:
+        offsets = self._arrays["path_offsets"]
+        return self._arrays["path_blob"][offsets[j] : offsets[j + 1]].tobytes().decode()
+
+    def image_relpath(self, i: int, k: int) -> str:
+        """Path of image ``k`` of caption ``i``, relative to its root."""
+        code = int(self._arrays["ext_codes"][i])
+        if code != _CUSTOM_PATHS:
+            cid = self.caption_id(i)
+            padded = cid.ljust(4, "_")
+            return f"images/{padded[0:2]}/{padded[2:4]}/{cid}_{k:02d}.{self._extensions[code]}"
+        start = int(self._arrays["path_starts"][i])
+        return self._stored_path(start if self._root_per_image else start + k)
+
+    def image_path(self, i: int, k: int) -> Path:
+        root = self.roots[k] if self._root_per_image else self.roots[0]
+        return root / self.image_relpath(i, k)
+
+    def check(self, n_img: int) -> None:
+        """Raises if the index is empty or a caption has fewer than ``n_img`` images."""
+        if len(self) == 0:
+            raise SyntheticDataError(f"{self.source}: the data set has no captions")
+        if self._root_per_image:  # every caption has one image per root
+            too_few = [0] if len(self.roots) < n_img else []
+        else:
+            too_few = np.flatnonzero(self._arrays["num_images"] < n_img)
+        if len(too_few):
+            i = int(too_few[0])  # the first, as a reader going through the file would report
+            raise SyntheticDataError(
+                f"{self.source}: caption {self.caption_id(i)} has {self.num_images(i)} images, "
+                f"fewer than data.synthetic.n_img={n_img}"
+            )
+
+
+def _index_path_beside(source: Path) -> Path:
+    return source.with_name(source.name + INDEX_SUFFIX)
+
+
+def _index_path_in_cache(source: Path) -> Path:
+    key = hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:20]
+    return cache_dir() / f"{source.name}.{key}{INDEX_SUFFIX}"
+
+
+def _ensure_index(source: Path, csv_header: Optional[bool]) -> Path:
+    """Path of a valid index of ``source``: an existing one beside it or in the cache, else built now."""
+    candidates = [_index_path_beside(source), _index_path_in_cache(source)]
+    signature = _signature(source, csv_header)
+    for path in candidates:
+        if _map_index(path, signature) is not None:
+            return path
+    with open(source, "rb") as lock:
+        if fcntl is not None:  # one builder per source; the others wait, then find its index
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        signature = _signature(source, csv_header)
+        for path in candidates:
+            if _map_index(path, signature) is not None:
+                return path
+        builder = _IndexBuilder()
+        meta = {"source": signature, "source_path": str(source)}
+        if csv_header is None:
+            meta.update(_build_from_manifest(source, builder))
+        else:
+            meta.update(_build_from_csv(source, csv_header, builder))
+        if _signature(source, csv_header) != signature:
+            raise ManifestError(f"{source}: changed while it was being indexed; open it again")
+        meta.update(extensions=builder.extensions)
+        arrays = builder.arrays()
+        del builder
+        for path in candidates:
+            try:
+                _write_index(path, arrays, meta)
+                return path
+            except OSError as error:  # read-only data folder: try the cache
+                last_error = error
+        raise SyntheticDataError(
+            f"{source}: cannot write its caption index beside it or in {cache_dir()} ({last_error})"
+        )
+
+
+class _Progress:
+    """A line on stderr every few seconds while a large source is indexed (standard library only)."""
+
+    def __init__(self, source: Path, total: Optional[int], every: float = 5.0):
+        self.source, self.total, self.every = source, total, every
+        self.started = self.shown = time.monotonic()
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self.shown >= self.every:
+            self.shown = now
+            of = f"/{self.total}" if self.total is not None else ""
+            print(f"indexing {self.source}: {done}{of} captions, {now - self.started:.0f} s",
+                  file=sys.stderr, flush=True)
+
+
+def _build_from_manifest(source: Path, builder: _IndexBuilder) -> dict:
+    path, header, lines = scan_manifest(source.parent)
+    progress = _Progress(source, header["num_captions"])
+    for count, (_, record, ext) in enumerate(lines, start=1):
+        builder.add_record(record, ext)
+        if count % 65536 == 0:
+            progress(count)
+    repeat = builder.ids.first_repeat()
+    if repeat is not None:  # no blank lines: caption i is on line i + 2
+        first, again = repeat
+        raise ManifestError(
+            f"{path}:{again + 2}: caption_id {builder.ids[again]!r} repeats line {first + 2}"
+        )
+    return {"class_names": header["class_names"]}
+
+
+def _build_from_csv(source: Path, csv_header: bool, builder: _IndexBuilder) -> dict:
+    progress = _Progress(source, None)
+    with open(source, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        for row_no, row in enumerate(reader):
+            if csv_header and row_no == 0:
+                continue
+            where = f"{source}:{reader.line_num}"  # captions may hold quoted newlines
+            if len(row) != 2:
+                raise ManifestError(f"{where}: expected 2 columns (path,caption), got {len(row)}")
+            path = check_relative_path(row[0], where)
+            if not path.lower().endswith(IMAGE_EXTENSIONS):
+                raise ManifestError(
+                    f"{where}: {path!r} is not an image path ({', '.join(IMAGE_EXTENSIONS)})"
+                )
+            builder.add(str(row_no + 1), row[1], None, (path,), None)
+            if row_no % 65536 == 0:
+                progress(row_no)
+    return {"class_names": None}
+
+
+def write_indexed_manifest(
+    root: Union[str, Path],
+    records: Iterable[CaptionRecord],
+    *,
+    class_names: Optional[Sequence[str]] = None,
+    generator: Optional[dict] = None,
+    num_captions: Optional[int] = None,
+) -> Path:
+    """:func:`~solo_stablerep.data.manifest.write_manifest`, then its index beside it, built from the
+    records as they are written (no second parse). Returns the manifest's path."""
+    builder = _IndexBuilder()
+    path = write_manifest(root, records, class_names=class_names, generator=generator,
+                          num_captions=num_captions, on_record=builder.add_record)
+    meta = {"source": _signature(path, None), "source_path": str(path),
+            "class_names": None if class_names is None else list(class_names), "extensions": builder.extensions}
+    arrays = builder.arrays()
+    del builder
+    _write_index(_index_path_beside(path), arrays, meta)
+    return path
+

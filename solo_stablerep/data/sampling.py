@@ -1,0 +1,117 @@
+"""View sampling shared by both loaders: which images of a caption an item uses, and in what order.
+
+An item is one caption. Each access draws ``n_img`` distinct readable images of it in a fresh random
+order (:class:`ReadableImages`, the one place where a missing or corrupt file becomes a one-line
+error, or is skipped and counted), and each image gives the crops of solo-learn's augmentations,
+ordered as solo-learn's ``BaseMethod`` expects (:func:`order_views`).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from multiprocessing.context import get_spawning_popen
+from pathlib import Path
+from typing import Callable, Iterable, List, Sequence, TypeVar
+
+from solo_stablerep.data.index import CaptionIndex, SyntheticDataError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def large_crop_slots(augmentations) -> List[bool]:
+    """For each crop one image yields (in ``cfg.augmentations`` order), whether it is a large crop.
+
+    Same rule as solo-learn's ``parse_cfg``: large = crop_size equal to the first pipeline's.
+    """
+    big_size = augmentations[0].crop_size
+    return [aug.crop_size == big_size for aug in augmentations for _ in range(aug.num_crops)]
+
+
+def order_views(per_image_crops: Sequence[Sequence], large_slots: Sequence[bool]) -> list:
+    """Flattens the crops of each image into solo-learn's view order: every image's large crops
+    (image-major), then every image's small crops."""
+    return [
+        crops[j]
+        for want_large in (True, False)
+        for crops in per_image_crops
+        for j, large in enumerate(large_slots)
+        if large == want_large
+    ]
+
+
+class SkipCounter:
+    """Images skipped as corrupt, counted across this process and the DataLoader workers it starts
+    (a ``multiprocessing.Value``, inherited by forked or spawned workers)."""
+
+    def __init__(self, value: int = 0):
+        self._shared = multiprocessing.Value("q", value)
+
+    def add(self, n: int = 1) -> int:
+        with self._shared.get_lock():
+            self._shared.value += n
+            return self._shared.value
+
+    @property
+    def value(self) -> int:
+        return self._shared.value
+
+    def __getstate__(self):
+        # a worker being started shares the counter; any other pickling gets a detached copy
+        return {"shared": self._shared} if get_spawning_popen() is not None else {"value": self.value}
+
+    def __setstate__(self, state):
+        self._shared = state["shared"] if "shared" in state else multiprocessing.Value("q", state["value"])
+
+
+def corrupt_image_error(path: Path, caption_id: str, err: Exception) -> SyntheticDataError:
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return SyntheticDataError(
+        f"{path}: corrupt image (caption {caption_id}): {reason}; "
+        "set data.synthetic.skip_corrupt=True to skip such images"
+    )
+
+
+class ReadableImages:
+    """Picks ``n_img`` readable images of a caption.
+
+    Args:
+        index (CaptionIndex): captions and their image paths.
+        n_img (int): images wanted per caption.
+        skip_corrupt (bool): skip an image that fails to decode (counted in ``skipped``, logged) and
+            take the next one of the order, instead of raising.
+    """
+
+    def __init__(self, index: CaptionIndex, n_img: int, skip_corrupt: bool = False):
+        index.check(n_img)
+        self.index = index
+        self.n_img = n_img
+        self.skip_corrupt = skip_corrupt
+        self.skipped = SkipCounter()
+
+    def pick(self, i: int, order: Iterable[int], read: Callable[[Path], T]) -> List[T]:
+        """``read`` (path -> image; raises on a file it cannot decode) applied to the images of
+        caption ``i`` in ``order`` until ``n_img`` succeed."""
+        images: List[T] = []
+        for k in order:
+            path = self.index.image_path(i, k)
+            try:
+                images.append(read(path))
+            except FileNotFoundError:
+                raise SyntheticDataError(
+                    f"{path}: image file missing (caption {self.index.caption_id(i)})"
+                ) from None
+            except Exception as e:  # any failure to decode: the decoders raise many types
+                if not self.skip_corrupt:
+                    raise corrupt_image_error(path, self.index.caption_id(i), e) from None
+                total = self.skipped.add()
+                log.warning("skipped corrupt image %s (caption %s), %d skipped so far",
+                            path, self.index.caption_id(i), total)
+                continue
+            if len(images) == self.n_img:
+                return images
+        raise SyntheticDataError(
+            f"caption {self.index.caption_id(i)}: only {len(images)} readable images, "
+            f"fewer than data.synthetic.n_img={self.n_img}"
+        )
