@@ -8,6 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from solo_stablerep.errors import InputError
+
 from .settings import BACKENDS, DEFAULT_MODEL, DTYPES, IMAGE_FORMATS, SCHEDULERS, DataGenError, GenerationSettings
 
 
@@ -93,6 +95,6 @@ def main(argv: list[str] | None = None) -> int:
         ))
         print(json.dumps(summary, indent=2))
         return 0
-    except DataGenError as e:
+    except InputError as e:  # DataGenError, ManifestError, ...: one line; anything else is a bug
         print(f"stablerep-generate: error: {e}", file=sys.stderr)
         return 2

@@ -31,6 +31,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from solo_stablerep import register_methods
+from solo_stablerep.errors import InputError
 
 register_methods()  # adds stablerep & co to solo's METHODS; a one-line error without solo-learn
 
@@ -63,16 +64,16 @@ def parse_pretrain_cfg(cfg: DictConfig) -> DictConfig:
     OmegaConf.set_struct(cfg, False)
     method = omegaconf_select(cfg, "method", None)
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+        raise InputError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
     for key in ("data.dataset", "data.train_path"):
         if OmegaConf.select(cfg, key, default=None) is None or OmegaConf.is_missing(cfg, key):
-            raise ValueError(f"{key} is not set: add {key}=... to the command line or the config")
+            raise InputError(f"{key} is not set: add {key}=... to the command line or the config")
     if cfg.data.dataset in _ON_DISK_DATASETS:
         # solo-learn's parse_cfg would scan a missing train_path with a traceback
         for key in ("data.train_path", "data.val_path"):
             path = OmegaConf.select(cfg, key, default=None)
             if path is not None and not os.path.exists(path):
-                raise ValueError(f"{key}={path}: no such file or folder")
+                raise InputError(f"{key}={path}: no such file or folder")
 
     # parse_cfg scales the lr by len(devices); Lightning's CPU accelerator wants an int.
     devices = cfg.devices
@@ -96,7 +97,7 @@ def parse_pretrain_cfg(cfg: DictConfig) -> DictConfig:
     if cfg.data.num_large_crops != 2 and not (
         any_number_of_large_crops or method in _SOLO_ANY_NUMBER_OF_LARGE_CROPS
     ):
-        raise ValueError(
+        raise InputError(
             f"method {method} needs exactly 2 large crops, got {cfg.data.num_large_crops} "
             "(sum of num_crops of the augmentations at the first crop_size)"
         )
@@ -302,9 +303,9 @@ def run_pretrain(cfg: DictConfig) -> Trainer:
 def main(cfg: DictConfig) -> None:
     try:
         run_pretrain(cfg)
-    except ValueError as error:
+    except InputError as error:
         # configuration and data errors: one line that names the culprit; Hydra's own switch
-        # brings the traceback back for debugging
+        # brings the traceback back for debugging (any other exception keeps its traceback)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         sys.exit(f"solo-stablerep-pretrain: error: {error}")

@@ -47,6 +47,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from solo_stablerep.errors import InputError
 from solo_stablerep.data.manifest import (
     MANIFEST_NAME,
     CaptionIds,
@@ -70,7 +71,7 @@ _ALIGN = 64
 _CUSTOM_PATHS = 255  # extension code of a caption whose image paths are stored
 
 
-class SyntheticDataError(ValueError):
+class SyntheticDataError(InputError):
     """A synthetic data set or its config is unusable; the message is one line naming the culprit.
 
     A DataLoader worker's error reaches the training process as ``SyntheticDataError(<worker's whole

@@ -52,6 +52,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 import numpy as np
 
+from solo_stablerep.errors import InputError
 FORMAT_NAME = "stablerep-synthetic"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.jsonl"
@@ -63,7 +64,7 @@ _CAPTION_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 _PLAIN_RELATIVE = re.compile(r"(?![A-Za-z]:)[^/\\.][^/\\]*(?:/[^/\\.][^/\\]*)*\Z")
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """A synthetic data set's manifest (or a file it names) is invalid; the message is one line."""
 
 

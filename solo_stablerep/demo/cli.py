@@ -9,8 +9,8 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from data_gen import DataGenError
-from solo_stablerep.demo.runs import DEFAULT_METHODS, METHODS, SIZES_PRESETS, DemoError
+from solo_stablerep.demo.runs import DEFAULT_METHODS, METHODS, SIZES_PRESETS
+from solo_stablerep.errors import InputError
 
 # loggers whose INFO lines are the demo's progress; every other library shows warnings and errors only
 PROGRESS_LOGGERS = ("solo_stablerep.demo", "data_gen")
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         results = run_demo(args.output, size, args.methods, args.seeds,
                            args.config_dir.resolve() if args.config_dir else None, args.workers,
                            args.extra_overrides, args.threads)
-    except (DemoError, DataGenError, ValueError) as error:  # config and data errors: one line
+    except InputError as error:  # config and data errors (DemoError, DataGenError, ...): one line
         print(f"stablerep-demo: error: {error}", file=sys.stderr)
         return 2
     print(markdown_table(results["summary"]), flush=True)  # the result, on stdout

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from solo_stablerep._paths import pretrain_config_dir
 from solo_stablerep.demo.dataset import per_image_root
+from solo_stablerep.errors import InputError
 
 METHODS = ("stablerep", "simclr", "byol", "supcon")
 DEFAULT_METHODS = ("stablerep", "simclr", "byol")
@@ -34,7 +35,7 @@ LOSS_COLUMNS = {
 }
 
 
-class DemoError(Exception):
+class DemoError(InputError):
     """Bad options or missing inputs; the message is one line."""
 
 

@@ -9,6 +9,7 @@ from solo.utils.metrics import accuracy_at_k
 from solo.utils.misc import omegaconf_select
 
 from solo_stablerep.losses import multi_positive_contrastive_loss
+from solo_stablerep.errors import InputError
 from solo_stablerep.methods.needs import EntryPointNeeds
 
 # BaseMethod logs these for every batch; without labels they would be a meaningless 0 %.
@@ -38,29 +39,29 @@ def fill_method_kwargs(cfg: omegaconf.DictConfig, defaults: Dict[str, Any]) -> N
 
     for key in cfg.method_kwargs:
         if key not in defaults:
-            raise ValueError(
+            raise InputError(
                 f"unknown method_kwargs.{key} for method {cfg.method}; expected one of "
                 f"{sorted(defaults)}"
             )
     for key, default in defaults.items():
         if omegaconf.OmegaConf.is_missing(cfg.method_kwargs, key):
-            raise ValueError(f"method_kwargs.{key} is missing (???): set it, e.g. {default}")
+            raise InputError(f"method_kwargs.{key} is missing (???): set it, e.g. {default}")
         cfg.method_kwargs[key] = omegaconf_select(cfg, f"method_kwargs.{key}", default)
 
 
 def check_projector_kwargs(cfg: omegaconf.DictConfig) -> None:
     kwargs = cfg.method_kwargs
     if not kwargs.temperature > 0:
-        raise ValueError(f"method_kwargs.temperature must be > 0, got {kwargs.temperature}")
+        raise InputError(f"method_kwargs.temperature must be > 0, got {kwargs.temperature}")
     for key in ("proj_hidden_dim", "proj_output_dim", "proj_num_layers"):
         if not (isinstance(kwargs[key], int) and kwargs[key] >= 1):
-            raise ValueError(f"method_kwargs.{key} must be an integer >= 1, got {kwargs[key]}")
+            raise InputError(f"method_kwargs.{key} must be an integer >= 1, got {kwargs[key]}")
 
 
 def require_views(cfg: omegaconf.DictConfig, minimum: int) -> None:
     num_views = cfg.data.num_large_crops + cfg.data.num_small_crops
     if num_views < minimum:
-        raise ValueError(
+        raise InputError(
             f"{cfg.method} needs at least {minimum} views per item to have positives, got {num_views} "
             "(data.num_large_crops + data.num_small_crops): raise augmentations[*].num_crops "
             "or data.synthetic.n_img"

@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from solo.utils.misc import omegaconf_select
 
+from solo_stablerep.errors import InputError
 from solo_stablerep.losses import image_text_contrastive_loss
 from solo_stablerep.losses.distributed import is_distributed
 from solo_stablerep.methods.stablerep import StableRep
@@ -116,9 +117,9 @@ class StableRepPP(StableRep):
         cfg = super().add_and_assert_specific_cfg(cfg)
         kwargs = cfg.method_kwargs
         if not kwargs.w1 >= 0:
-            raise ValueError(f"method_kwargs.w1 must be >= 0, got {kwargs.w1}")
+            raise InputError(f"method_kwargs.w1 must be >= 0, got {kwargs.w1}")
         if not kwargs.w2 > 0:
-            raise ValueError(
+            raise InputError(
                 f"method_kwargs.w2 must be > 0, got {kwargs.w2} (without the image-text term use "
                 "method=stablerep)"
             )
@@ -127,15 +128,15 @@ class StableRepPP(StableRep):
         if names is not None and (
             isinstance(names, str) or not names or not all(isinstance(n, str) for n in names)
         ):
-            raise ValueError(f"method_kwargs.class_names must be null or a list of names, got {names}")
+            raise InputError(f"method_kwargs.class_names must be null or a list of names, got {names}")
         num_classes = omegaconf_select(cfg, "data.num_classes", 1)
         if names is not None and num_classes > 1 and len(names) != num_classes:
-            raise ValueError(
+            raise InputError(
                 f"method_kwargs.class_names has {len(names)} names but data.num_classes is "
                 f"{num_classes}"
             )
         if "{name}" not in kwargs.zero_shot_template:
-            raise ValueError(
+            raise InputError(
                 f"method_kwargs.zero_shot_template must contain {{name}}, got "
                 f"{kwargs.zero_shot_template!r}"
             )
@@ -203,7 +204,7 @@ class StableRepPP(StableRep):
         """
 
         if len(batch) != 4:
-            raise ValueError(
+            raise InputError(
                 "stablerep_pp needs batches of (indexes, views, targets, caption tokens), got "
                 f"{len(batch)} items: train through solo_stablerep.pretrain on data.dataset=synthetic"
             )
@@ -273,14 +274,14 @@ def check_text_tower_kwargs(kwargs: omegaconf.DictConfig) -> None:
 
     for key in ("embed_dim", "text_width", "text_layers", "text_heads"):
         if not (isinstance(kwargs[key], int) and kwargs[key] >= 1):
-            raise ValueError(f"method_kwargs.{key} must be an integer >= 1, got {kwargs[key]}")
+            raise InputError(f"method_kwargs.{key} must be an integer >= 1, got {kwargs[key]}")
     if not (isinstance(kwargs.context_length, int) and kwargs.context_length >= 2):
-        raise ValueError(
+        raise InputError(
             f"method_kwargs.context_length must be an integer >= 2 (<sot> and <eot>), got "
             f"{kwargs.context_length}"
         )
     if kwargs.text_width % kwargs.text_heads:
-        raise ValueError(
+        raise InputError(
             f"method_kwargs.text_width ({kwargs.text_width}) must be divisible by "
             f"method_kwargs.text_heads ({kwargs.text_heads})"
         )

@@ -16,6 +16,7 @@ from typing import Any, Iterable, List, Sequence, Tuple
 import omegaconf
 from torch.utils.data import DataLoader, Dataset
 
+from solo_stablerep.errors import InputError
 from solo_stablerep.text.tokenizer import DEFAULT_CONTEXT_LENGTH, CaptionTokenizer
 
 
@@ -84,10 +85,10 @@ def load_captions(cfg: omegaconf.DictConfig) -> Tuple[List[str], List[str]]:
 
 
 def check_caption_data(cfg: omegaconf.DictConfig) -> None:
-    """One-line ValueError unless ``cfg``'s training data can carry captions."""
+    """One-line InputError unless ``cfg``'s training data can carry captions."""
 
     if cfg.data.dataset != "synthetic":
-        raise ValueError(
+        raise InputError(
             f"method {cfg.method} trains on captions: set data.dataset=synthetic (got "
             f"data.dataset={cfg.data.dataset}, which has no captions)"
         )
