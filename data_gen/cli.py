@@ -8,6 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from solo_stablerep.console import configure_logging
 from solo_stablerep.errors import InputError
 
 from .settings import BACKENDS, DEFAULT_MODEL, DTYPES, IMAGE_FORMATS, SCHEDULERS, DataGenError, GenerationSettings
@@ -70,6 +71,7 @@ def check_writable(out: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    configure_logging()
     try:
         if argv[:1] == ["merge"]:
             p = argparse.ArgumentParser(prog="stablerep-generate merge",

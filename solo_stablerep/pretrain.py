@@ -20,6 +20,7 @@ StableRep needs it:
 """
 
 import inspect
+import logging
 import os
 import sys
 from typing import Any, Dict, Optional, Type
@@ -31,6 +32,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from solo_stablerep import register_methods
+from solo_stablerep.console import configure_logging
 from solo_stablerep.errors import InputError
 
 register_methods()  # adds stablerep & co to solo's METHODS; a one-line error without solo-learn
@@ -45,6 +47,8 @@ from solo.methods import METHODS  # noqa: E402
 from solo.utils.auto_resumer import AutoResumer  # noqa: E402
 from solo.utils.checkpointer import Checkpointer  # noqa: E402
 from solo.utils.misc import make_contiguous, omegaconf_select  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 # solo-learn's own methods that are not limited to 2 large crops (main_pretrain.py's list)
 _SOLO_ANY_NUMBER_OF_LARGE_CROPS = ("wmse", "mae")
@@ -181,8 +185,7 @@ def prepare_train_data(cfg: DictConfig):
 
     transform = build_image_transform(cfg)
     if cfg.debug_augmentations:
-        print("Transforms:")
-        print(transform)
+        log.info("Transforms:\n%s", transform)
     train_dataset = prepare_datasets(
         cfg.data.dataset,
         transform,
@@ -206,7 +209,7 @@ def _resume_checkpoint(cfg: DictConfig):
         )
         ckpt_path, wandb_run_id = auto_resumer.find_checkpoint(cfg)
         if ckpt_path is not None:
-            print(f"Resuming from previous checkpoint that matches specifications: '{ckpt_path}'")
+            log.info("Resuming from previous checkpoint that matches specifications: '%s'", ckpt_path)
         return ckpt_path, wandb_run_id
     ckpt_path = cfg.resume_from_checkpoint
     if ckpt_path is not None:
@@ -301,6 +304,7 @@ def run_pretrain(cfg: DictConfig) -> Trainer:
 
 @hydra.main(version_base="1.2", config_path=None, config_name=None)
 def main(cfg: DictConfig) -> None:
+    configure_logging()  # the shipped configs turn Hydra's job logging off
     try:
         run_pretrain(cfg)
     except InputError as error:

@@ -9,11 +9,9 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
+from solo_stablerep.console import configure_logging
 from solo_stablerep.demo.runs import DEFAULT_METHODS, METHODS, SIZES_PRESETS
 from solo_stablerep.errors import InputError
-
-# loggers whose INFO lines are the demo's progress; every other library shows warnings and errors only
-PROGRESS_LOGGERS = ("solo_stablerep.demo", "data_gen")
 
 
 def _parse_args(argv):
@@ -48,11 +46,7 @@ def _parse_args(argv):
 def _configure_output() -> None:
     """Progress lines on stderr; library noise (timm/solo deprecations, Lightning banners) would bury them."""
 
-    handler = logging.StreamHandler(sys.stderr)
-    # a filter on the handler: Lightning sets its loggers to INFO when imported, which may come later
-    handler.addFilter(lambda record: record.levelno >= logging.WARNING or record.name.startswith(PROGRESS_LOGGERS))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        handlers=[handler])
+    configure_logging("%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     # ... and if it was imported already, its loggers print through handlers of their own
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
