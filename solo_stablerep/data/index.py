@@ -39,7 +39,6 @@ import json
 import mmap
 import os
 import sys
-import tempfile
 import time
 from array import array
 from pathlib import Path
@@ -47,16 +46,17 @@ from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from solo_stablerep.errors import InputError
 from solo_stablerep.data.manifest import (
     MANIFEST_NAME,
     CaptionIds,
     CaptionRecord,
     ManifestError,
+    atomic_output,
     check_relative_path,
     scan_manifest,
     write_manifest,
 )
+from solo_stablerep.errors import InputError
 
 try:
     import fcntl
@@ -182,21 +182,12 @@ def _write_index(path: Path, arrays: dict, meta: dict) -> None:
     assert 16 + len(text) <= start
     text += b" " * (start - 16 - len(text))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_MAGIC + len(text).to_bytes(8, "little") + text)
-            for name, values in arrays.items():
-                f.seek(start + layout[name]["offset"])
-                f.write(memoryview(np.ascontiguousarray(values)).cast("B"))
-            f.truncate(start + offset)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path) as f:
+        f.write(_MAGIC + len(text).to_bytes(8, "little") + text)
+        for name, values in arrays.items():
+            f.seek(start + layout[name]["offset"])
+            f.write(memoryview(np.ascontiguousarray(values)).cast("B"))
+        f.truncate(start + offset)
 
 
 def _map_index(path: Path, signature: Optional[dict]) -> Optional[Tuple[dict, dict]]:

@@ -40,6 +40,7 @@ in memory-mapped arrays.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -292,6 +293,27 @@ def read_manifest(root: Union[str, Path]) -> Tuple[dict, List[CaptionRecord]]:
     return header, records
 
 
+@contextlib.contextmanager
+def atomic_output(path: Path, mode: str = "wb", **open_kwargs):
+    """A file that appears at ``path`` only once written in full, fsynced, or not at all.
+
+    It is written under a unique temporary name in the same folder (so that processes writing the
+    same path at once do not collide) and renamed over ``path``; any error removes it.
+    """
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def write_manifest(
     root: Union[str, Path],
     records: Iterable[CaptionRecord],
@@ -325,28 +347,19 @@ def write_manifest(
     num_classes = None if class_names is None else len(class_names)
 
     root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", suffix=".tmp", dir=root)
-    try:
-        ids = CaptionIds()
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(header, ensure_ascii=False) + "\n")
-            for i, record in enumerate(records):
-                obj = asdict(record)
-                _, ext = _check_record(obj, f"{path}: record {i}", num_classes)
-                ids.add(record.caption_id)
-                if on_record is not None:
-                    on_record(record, ext)
-                f.write(json.dumps(obj, ensure_ascii=False) + "\n")
-            repeat = ids.first_repeat()
-            if repeat is not None:
-                raise ManifestError(f"{path}: record {repeat[1]}: caption_id {ids[repeat[1]]!r} repeats")
-            if len(ids) != num_captions:
-                raise ManifestError(f"{path}: {len(ids)} records given, num_captions={num_captions} announced")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    ids = CaptionIds()
+    with atomic_output(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(header, ensure_ascii=False) + "\n")
+        for i, record in enumerate(records):
+            obj = asdict(record)
+            _, ext = _check_record(obj, f"{path}: record {i}", num_classes)
+            ids.add(record.caption_id)
+            if on_record is not None:
+                on_record(record, ext)
+            f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        repeat = ids.first_repeat()
+        if repeat is not None:
+            raise ManifestError(f"{path}: record {repeat[1]}: caption_id {ids[repeat[1]]!r} repeats")
+        if len(ids) != num_captions:
+            raise ManifestError(f"{path}: {len(ids)} records given, num_captions={num_captions} announced")
     return path
