@@ -43,7 +43,7 @@ from solo_stablerep.data.manifest import (
 )
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-LAYOUTS = ("manifest", "authors")
+LAYOUTS = ("manifest", "authors", "webdataset")
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,10 @@ class CaptionIndex:
 def load_caption_index(cfg: omegaconf.DictConfig) -> CaptionIndex:
     """Builds the caption index from ``data.train_path`` and ``data.synthetic`` (layout, csv, roots)."""
     syn = cfg.data.synthetic
+    if syn.layout == "webdataset":  # tar shards: see solo_stablerep.data.webdataset
+        from solo_stablerep.data.webdataset import ShardSet
+
+        return ShardSet(cfg.data.train_path)
     base = Path(cfg.data.train_path)
     if syn.layout == "manifest":
         index_file, roots = base / MANIFEST_NAME, (str(base),)
@@ -422,6 +426,10 @@ def prepare_synthetic_train_data(cfg: omegaconf.DictConfig):
     Under DDP, Lightning swaps the loader's sampler for a ``DistributedSampler`` over captions, so all
     views of a caption stay on one rank; the DALI module shards captions across ranks itself.
     """
+    if cfg.data.synthetic.layout == "webdataset":
+        from solo_stablerep.data.webdataset import prepare_webdataset_train_data
+
+        return prepare_webdataset_train_data(cfg, load_caption_index(cfg))
     if cfg.data.format == "dali":
         from solo_stablerep.data.synthetic_dali import SyntheticDALIDataModule
 

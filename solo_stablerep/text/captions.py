@@ -117,6 +117,8 @@ def with_caption_tokens(cfg: omegaconf.DictConfig, train_data: Any) -> Any:
     """
 
     check_caption_data(cfg)
+    if getattr(train_data, "yields_caption_tokens", False):
+        return train_data  # WebDataset shards: the loader reads each sample's caption itself
     ids, captions = load_captions(cfg)
     source = train_data.dataset if isinstance(train_data, DataLoader) else train_data
     index = getattr(source, "index", None)
