@@ -287,6 +287,11 @@ class ShardLoader(DataLoader):
         self.yields_caption_tokens = stream.tokenizer is not None
         self._epoch = 0
 
+    def __len__(self) -> int:
+        # asked before the first epoch too (schedulers), when DDP has just been set up
+        self.dataset.rank, self.dataset.world_size = _dist_info()
+        return len(self.dataset)
+
     def __iter__(self):
         self.dataset.rank, self.dataset.world_size = _dist_info()
         self.dataset.epoch = self._epoch
