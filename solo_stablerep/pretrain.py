@@ -100,7 +100,9 @@ def _prepare_val_loader(cfg: DictConfig):
     _, val_loader = prepare_data_classification(
         # synthetic data is validated on a labelled ImageFolder of real images
         "custom" if cfg.data.dataset == "synthetic" else cfg.data.dataset,
-        train_data_path=cfg.data.train_path,
+        # solo-learn also opens the train path as an ImageFolder here, unused: synthetic sets
+        # (tar shards above all) are not one, so it gets the val folder
+        train_data_path=cfg.data.val_path if cfg.data.dataset == "synthetic" else cfg.data.train_path,
         val_data_path=cfg.data.val_path,
         data_format="image_folder" if cfg.data.format == "dali" else cfg.data.format,
         batch_size=cfg.optimizer.batch_size,
