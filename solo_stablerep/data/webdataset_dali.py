@@ -53,7 +53,7 @@ def choose_images(encoded: Sequence, n_img: int) -> list:
     return views if isinstance(views, list) else [views]
 
 
-@pipeline_def
+@pipeline_def(enable_conditionals=True)  # solo-learn's DALI augmentations use conditionals
 def shard_pipeline(tars: Sequence[str], num_images: int, image_ext: str, n_img: int, transform: Callable,
                    dali_device: str, shard_id: int, num_shards: int, shuffle_buffer: int):
     """Outputs the crops of each of the ``n_img`` chosen images (image-major), then the samples' JSON."""
