@@ -39,7 +39,7 @@ import os
 import re
 import tarfile
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 FORMAT_NAME = "stablerep-webdataset"
 FORMAT_VERSION = 1
@@ -309,21 +309,3 @@ class ShardWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(finish=exc_type is None)
-
-
-def shard_paths(folder: Path) -> list[Path]:
-    """The finished tars of a folder, in name order."""
-    return sorted(Path(folder).glob("*.tar"))
-
-
-def missing_captions(folder: Path, num_captions: int) -> list[int]:
-    """Caption indices in ``range(num_captions)`` that no finished tar holds."""
-    done = {i for r in read_records(folder) for i in r["captions"]}
-    return [i for i in range(num_captions) if i not in done]
-
-
-def iter_index_samples(tars: Iterable[Path]):
-    """(tar, sample members) for every sample of every tar, read from the index files."""
-    for tar in tars:
-        for members in read_index(index_path(tar)):
-            yield tar, members

@@ -310,7 +310,8 @@ def add_and_assert_synthetic_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictCon
             whose ``class_names`` equal its sorted class folders.
         format (str): ``image_folder`` (PyTorch loader, the default) or ``dali``.
         synthetic.n_img (int): images of a caption per item. Defaults to 6.
-        synthetic.layout (str): ``manifest`` or ``authors``. Defaults to ``manifest``.
+        synthetic.layout (str): ``manifest``, ``authors`` or ``webdataset`` (tar shards, see
+            :mod:`solo_stablerep.data.webdataset`). Defaults to ``manifest``.
         synthetic.csv (Optional[str]): authors' layout: CSV of ``relative path,caption`` rows.
         synthetic.csv_header (bool): authors' layout: the CSV's first row is a header. Defaults to False.
         synthetic.roots (List[str]): authors' layout: one image root per generation seed.
