@@ -77,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"wrote {merge(p.parse_args(argv[1:]).out)}")
             return 0
+        if argv[:1] == ["convert"]:  # manifest / authors' CSV -> WebDataset shards
+            from .convert import main as convert_main
+
+            return convert_main(argv[1:])
         args = _generate_parser().parse_args(argv)
         settings = GenerationSettings(**{
             name: getattr(args, name) for name in GenerationSettings.__dataclass_fields__
