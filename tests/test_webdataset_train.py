@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
@@ -85,6 +86,45 @@ def test_entry_point_trains_on_shards_with_online_eval(tmp_path, data_format):
                "--config-name", "stablerep.yaml", f"data.train_path={tmp_path / 'shards'}",
                f"data.val_path={tmp_path / 'val'}", f"data.format={data_format}",
                f"checkpoint.dir={tmp_path / 'ckpt'}", *TINY_RUN]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert list((tmp_path / "ckpt").rglob("*.ckpt"))
+
+
+TINY_TEXT = ["method_kwargs.embed_dim=16", "method_kwargs.text_width=32", "method_kwargs.text_layers=1",
+             "method_kwargs.text_heads=2", "method_kwargs.context_length=12"]
+
+
+def test_stablerep_pp_batches_carry_the_tokens_of_each_samples_caption(tmp_path):
+    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
+    from solo_stablerep.pretrain import parse_pretrain_cfg
+    from solo_stablerep.text import CaptionTokenizer, with_caption_tokens
+
+    make_manifest_dataset(tmp_path / "ds", 8, 3)
+    convert(tmp_path / "ds", tmp_path / "shards", shard_bytes=6000, progress=False)
+    cfg = parse_pretrain_cfg(compose_cfg(copy_configs(tmp_path / "cfg"), "stablerep_pp.yaml", [
+        f"data.train_path={tmp_path / 'shards'}", "data.synthetic.layout=webdataset", "data.synthetic.n_img=2",
+        *CPU_OVERRIDES, *TINY_TEXT]))
+    loader = with_caption_tokens(cfg, prepare_synthetic_train_data(cfg))
+    tokenizer = CaptionTokenizer(12)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 8 // cfg.optimizer.batch_size
+    for indexes, views, targets, tokens in batches:
+        assert len(views) == cfg.data.num_large_crops + cfg.data.num_small_crops
+        expected = tokenizer([f"caption number {i}" for i in indexes.tolist()])  # make_manifest_dataset's texts
+        assert torch.equal(tokens, expected)
+
+
+@pytest.mark.slow
+def test_entry_point_trains_stablerep_pp_on_labelled_shards(tmp_path):
+    make_manifest_dataset(tmp_path / "ds", 8, 3, class_names=["a", "b"])
+    convert(tmp_path / "ds", tmp_path / "shards", shard_bytes=6000, progress=False)
+    for k, name in enumerate("ab"):
+        solid_image(tmp_path / "val" / name / "0.png", colour(200 + k))
+    command = [sys.executable, "-m", "solo_stablerep.pretrain", "--config-path", str(copy_configs(tmp_path / "cfg")),
+               "--config-name", "stablerep_pp.yaml", f"data.train_path={tmp_path / 'shards'}",
+               f"data.val_path={tmp_path / 'val'}", f"checkpoint.dir={tmp_path / 'ckpt'}", *TINY_RUN, *TINY_TEXT]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
