@@ -19,9 +19,8 @@ from tqdm import tqdm
 
 from data_gen.backends import DiffusionBackend
 from data_gen.captions import Caption, caption_id
-from data_gen.runner import run_batches
+from data_gen.runner import FileSink, run_batches
 from data_gen.settings import GenerationSettings, image_seed
-from data_gen.storage import ShardLog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tiny pipeline is a test fixture
 from tiny_pipeline import build_tiny_pipeline  # noqa: E402
@@ -59,9 +58,9 @@ def main():
 
     def ours(round_index):
         out = work / f"out{round_index}"
-        log = ShardLog(out / "shards" / "bench.jsonl")
-        run_batches(backend, out, captions, settings, args.batch_size, log, tqdm(disable=True))
-        log.close()
+        sink = FileSink(out, "bench", len(captions), settings)
+        run_batches(backend, captions, settings, args.batch_size, sink, tqdm(disable=True))
+        sink.close()
 
     bare()  # warm-up (allocator, thread pools)
     ours(-1)

@@ -20,9 +20,8 @@ from tqdm import tqdm
 
 from data_gen.backends import DiffusionBackend
 from data_gen.captions import Caption, caption_id
-from data_gen.runner import run_batches
+from data_gen.runner import FileSink, run_batches
 from data_gen.settings import GenerationSettings
-from data_gen.storage import ShardLog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tiny pipeline is a test fixture
 from tiny_pipeline import write_tiny_tokenizer  # noqa: E402
@@ -90,19 +89,19 @@ def main():
         texts = [f"a photo of object {i} in batch {batch_size}" for i in range(batch_size * (args.calls + 1))]
         captions = [Caption(i, caption_id(t), t, None) for i, t in enumerate(texts)]
         out = work / f"out_b{batch_size}"
-        log = ShardLog(out / "shards" / "bench.jsonl")
+        sink = FileSink(out, "bench", len(captions), settings)
         try:
-            run_batches(backend, out, captions[:batch_size], settings, batch_size, log, tqdm(disable=True))  # warm-up
+            run_batches(backend, captions[:batch_size], settings, batch_size, sink, tqdm(disable=True))  # warm-up
             torch.cuda.synchronize()
             start = time.perf_counter()
-            run_batches(backend, out, captions[batch_size:], settings, batch_size, log, tqdm(disable=True))
+            run_batches(backend, captions[batch_size:], settings, batch_size, sink, tqdm(disable=True))
             torch.cuda.synchronize()
             seconds = time.perf_counter() - start
         except torch.cuda.OutOfMemoryError:
             print(f"batch {batch_size}: out of memory")
             break
         finally:
-            log.close()
+            sink.close()
         results[batch_size] = batch_size * k * args.calls / seconds
         print(f"batch {batch_size} captions x {k} images: {results[batch_size]:.2f} img/s "
               f"(peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB)", flush=True)

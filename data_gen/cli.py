@@ -1,4 +1,5 @@
-"""`stablerep-generate CAPTIONS OUT [options]` and `stablerep-generate merge OUT`."""
+"""`stablerep-generate CAPTIONS OUT [options]`, `stablerep-generate merge OUT` and
+`stablerep-generate convert SRC OUT` (a manifest or authors' data set into WebDataset shards)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from solo_stablerep.console import configure_logging
 from solo_stablerep.errors import InputError
 
 from .settings import BACKENDS, DEFAULT_MODEL, DTYPES, IMAGE_FORMATS, SCHEDULERS, DataGenError, GenerationSettings
+from .shards import DEFAULT_SHARD_BYTES
 
 
 def _generate_parser() -> argparse.ArgumentParser:
@@ -38,6 +40,11 @@ def _generate_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--negative-prompt", default=None)
     r = p.add_argument_group("how to run (does not change the images)")
+    r.add_argument("--format", choices=("manifest", "webdataset"), default="manifest",
+                   help="manifest: one file per image + manifest.jsonl; webdataset: tar shards, one sample per "
+                   "caption (no merge step)")
+    r.add_argument("--shard-size", type=float, default=DEFAULT_SHARD_BYTES / 1e9,
+                   help="webdataset: GB per tar (default ~1)")
     r.add_argument("--batch-size", type=int, default=4, help="captions per pipeline call (x images-per-caption images)")
     r.add_argument("--num-shards", type=int, default=None, help="default: WORLD_SIZE or SLURM_NTASKS, else 1")
     r.add_argument("--shard-index", type=int, default=None, help="default: RANK or SLURM_PROCID, else 0")
@@ -81,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"wrote {merge(p.parse_args(argv[1:]).out)}")
             return 0
+        if argv[:1] == ["convert"]:  # manifest / authors' CSV -> WebDataset shards
+            from .convert import main as convert_main
+
+            return convert_main(argv[1:])
         args = _generate_parser().parse_args(argv)
         settings = GenerationSettings(**{
             name: getattr(args, name) for name in GenerationSettings.__dataclass_fields__
@@ -89,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         from .runner import RunOptions, generate
 
         summary = generate(args.captions, args.out, settings, RunOptions(
-            batch_size=args.batch_size, num_shards=args.num_shards, shard_index=args.shard_index,
+            batch_size=args.batch_size, format=args.format, shard_bytes=max(1, int(args.shard_size * 1e9)),
+            num_shards=args.num_shards, shard_index=args.shard_index,
             device=args.device, overwrite=args.overwrite, skip_bad_lines=args.skip_bad_lines,
             caption_column=args.caption_column, label_column=args.label_column,
             contact_sheet_captions=args.contact_sheet_captions, merge=not args.no_merge,

@@ -1,7 +1,17 @@
-"""One shard of a generation run: captions in, images + shard log out, merge when every shard is done."""
+"""One shard of a generation run: captions in, images out through a sink chosen by ``--format``.
+
+- ``manifest``: one file per image + the shard's log, merged into ``manifest.jsonl`` (and its caption
+  index) when every shard is done (:mod:`data_gen.storage`);
+- ``webdataset``: tar shards written by :class:`data_gen.shards.ShardWriter`, one writer per process
+  (tar prefix = the shard's name); nothing to merge: the tars are the data set.
+
+The images are the same bytes in both (image k of a caption depends only on seed, caption, k).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 import textwrap
 import time
@@ -13,10 +23,12 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from solo_stablerep.data.manifest import image_relpath
+from solo_stablerep.data.shards import make_header
 
 from .backends import load_backend
 from .captions import Caption, load_captions
 from .settings import DataGenError, GenerationSettings, image_seed, resolve_device, resolve_shard
+from .shards import DEFAULT_SHARD_BYTES, RECORDS_DIR, ShardFormatError, ShardWriter
 from .storage import (
     CONTACT_SHEETS_DIR,
     SHARDS_DIR,
@@ -37,6 +49,8 @@ class RunOptions:
     """How to run; unlike `GenerationSettings`, none of it changes the images."""
 
     batch_size: int = 4  # captions per pipeline call, each giving images_per_caption images
+    format: str = "manifest"  # or "webdataset": tar shards
+    shard_bytes: int = DEFAULT_SHARD_BYTES  # webdataset: a tar is closed once it reaches this size
     num_shards: int | None = None
     shard_index: int | None = None
     device: str | None = None
@@ -59,29 +73,88 @@ def _versions() -> dict:
     return found
 
 
-def _save_caption(out: Path, caption: Caption, images: list[Image.Image], settings: GenerationSettings) -> dict:
-    """Resize, encode and atomically write a caption's images; returns its log entry."""
-    paths = []
-    for k, image in enumerate(images):
-        relpath = image_relpath(caption.caption_id, k, settings.image_format)
-        if image.size != (settings.image_size, settings.image_size):
-            image = image.resize((settings.image_size, settings.image_size), Image.LANCZOS)
-        target = out / relpath
-        target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(target, encode_image(image.convert("RGB"), settings.image_format, settings.quality))
-        paths.append(relpath)
-    return {"index": caption.index, "caption_id": caption.caption_id, "caption": caption.text,
-            "label": caption.label, "images": paths}
+def _encode(image: Image.Image, settings: GenerationSettings) -> bytes:
+    """An image as saved: resized to ``image_size`` and encoded in ``image_format``."""
+    if image.size != (settings.image_size, settings.image_size):
+        image = image.resize((settings.image_size, settings.image_size), Image.LANCZOS)
+    return encode_image(image.convert("RGB"), settings.image_format, settings.quality)
 
 
-def _write_batch(out, batch, images, settings, log: ShardLog) -> None:
-    entries = [_save_caption(out, caption, caption_images, settings) for caption, caption_images in zip(batch, images)]
-    log.append(entries)  # only once every file of the batch is in place
+class FileSink:
+    """Format ``manifest``: each image atomically written to its file, then the caption logged in
+    the shard's log (one fsync per batch); resumes from that log alone."""
+
+    def __init__(self, out: Path, name: str, num_captions: int, settings: GenerationSettings):
+        self.out = out
+        self.settings = settings
+        self.log_path = out / SHARDS_DIR / f"{name}.jsonl"
+        self.summary_path = out / SHARDS_DIR / f"{name}.summary.json"
+        self._done = finished_mask(self.log_path, num_captions)  # this shard's own log only
+        self._log: ShardLog | None = None
+        self._entries: list[dict] = []
+
+    def finished(self, index: int) -> bool:
+        return bool(self._done[index])
+
+    def write(self, caption: Caption, images: list[Image.Image]) -> None:
+        paths = []
+        for k, image in enumerate(images):
+            relpath = image_relpath(caption.caption_id, k, self.settings.image_format)
+            target = self.out / relpath
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(target, _encode(image, self.settings))
+            paths.append(relpath)
+        self._entries.append({"index": caption.index, "caption_id": caption.caption_id, "caption": caption.text,
+                              "label": caption.label, "images": paths})
+
+    def flush(self) -> None:
+        """Logs the captions written since the last flush (only once all their files are in place)."""
+        if self._log is None:
+            self._log = ShardLog(self.log_path)
+        self._log.append(self._entries)
+        self._entries = []
+
+    def close(self, finished: bool = True) -> None:
+        if self._log is not None:
+            self._log.close()
 
 
-def run_batches(backend, out: Path, todo: list[Caption], settings: GenerationSettings, batch_size: int,
-                log: ShardLog, progress) -> int:
-    """Generate and save `todo`, `batch_size` captions per model call; returns how many were truncated."""
+class ShardSink:
+    """Format ``webdataset``: samples appended to this process's tars (prefix = the shard's name),
+    which are renamed and recorded when complete; resumes by skipping the recorded captions."""
+
+    def __init__(self, out: Path, name: str, header: dict, settings: GenerationSettings, options: RunOptions):
+        self.settings = settings
+        self.summary_path = out / RECORDS_DIR / f"{name}.summary.json"
+        try:
+            self.writer = ShardWriter(out, header, prefix=name, max_bytes=options.shard_bytes,
+                                      overwrite=options.overwrite)
+        except ShardFormatError as e:
+            raise DataGenError(str(e)) from None
+
+    def finished(self, index: int) -> bool:
+        return index in self.writer.done
+
+    def write(self, caption: Caption, images: list[Image.Image]) -> None:
+        self.writer.write(caption.index, caption.caption_id, caption.text, caption.label,
+                          [_encode(image, self.settings) for image in images])
+
+    def flush(self) -> None:
+        pass  # a tar is committed when it is full (or at close)
+
+    def close(self, finished: bool = True) -> None:
+        self.writer.close(finish=finished)  # unfinished: the tar in progress is redone by a rerun
+
+
+def _write_batch(sink, batch: list[Caption], images: list[list[Image.Image]]) -> None:
+    for caption, caption_images in zip(batch, images):
+        sink.write(caption, caption_images)
+    sink.flush()
+
+
+def run_batches(backend, todo: list[Caption], settings: GenerationSettings, batch_size: int, sink,
+                progress) -> int:
+    """Generate `todo` into `sink`, `batch_size` captions per model call; returns how many were truncated."""
     k = settings.images_per_caption
     truncated = 0
     # One writer thread encodes and writes batch b while the model computes batch b + 1.
@@ -94,7 +167,7 @@ def run_batches(backend, out: Path, todo: list[Caption], settings: GenerationSet
             images = backend.generate([c.text for c in batch], seeds)
             if pending is not None:
                 pending.result()  # at most one batch waits for the disk; also re-raises its errors
-            pending = writer.submit(_write_batch, out, batch, images, settings, log)
+            pending = writer.submit(_write_batch, sink, batch, images)
             progress.update(len(batch) * k)
         if pending is not None:
             pending.result()
@@ -122,7 +195,8 @@ def contact_sheet(
 def generate(
     captions_path: str | Path, out: str | Path, settings: GenerationSettings, options: RunOptions | None = None
 ) -> dict:
-    """Generate this process's shard into `out`; returns the summary (also written next to the shard log)."""
+    """Generate this process's shard into `out` in ``options.format``; returns the summary (also written
+    next to the shard's log or tar records)."""
     started = time.time()
     options = options or RunOptions()
     out = Path(out)
@@ -138,33 +212,30 @@ def generate(
         caption_column=options.caption_column,
         label_column=options.label_column,
     )
-    prepare_output(
-        out,
-        {
-            "settings": settings.to_dict(),
-            "captions_digest": captions.digest,
-            "num_captions": len(captions.captions),
-            "class_names": captions.class_names,
-            "captions_file": str(captions_path),
-            "versions": _versions(),
-        },
-        options.overwrite,
-    )
-
+    stored = {
+        "settings": settings.to_dict(),
+        "captions_digest": captions.digest,
+        "num_captions": len(captions.captions),
+        "class_names": captions.class_names,
+        "captions_file": str(captions_path),
+        "versions": _versions(),
+    }
     name = shard_name(shard_index, num_shards)
-    log_path = out / SHARDS_DIR / f"{name}.jsonl"
+    sink = _open_sink(out, name, stored, settings, options)
     mine = captions.captions[shard_index::num_shards]
-    done = finished_mask(log_path, len(captions.captions))  # this shard's own log only
-    todo = [c for c in mine if not done[c.index]]
+    todo = [c for c in mine if not sink.finished(c.index)]
     k = settings.images_per_caption
     truncated = 0
-    if todo:
-        backend = load_backend(settings, device)
-        log = ShardLog(log_path)
-        progress = _progress_bar(len(mine) * k, (len(mine) - len(todo)) * k, name, options.progress)
-        truncated = run_batches(backend, out, todo, settings, options.batch_size, log, progress)
-        log.close()
-        progress.close()
+    try:
+        if todo:
+            backend = load_backend(settings, device)
+            progress = _progress_bar(len(mine) * k, (len(mine) - len(todo)) * k, name, options.progress)
+            truncated = run_batches(backend, todo, settings, options.batch_size, sink, progress)
+            progress.close()
+    except BaseException:
+        sink.close(finished=False)
+        raise
+    sink.close()
 
     summary = {
         "shard": name,
@@ -177,8 +248,11 @@ def generate(
         "captions_truncated": truncated,
         "seconds": round(time.time() - started, 2),
     }
-    atomic_write_json(out / SHARDS_DIR / f"{name}.summary.json", summary)
+    atomic_write_json(sink.summary_path, summary)
+    if options.format == "webdataset":
+        return summary  # no contact sheet (images are in tars) and nothing to merge
     wanted = {c.index for c in mine[: options.contact_sheet_captions]}
+    log_path = sink.log_path
     shown = [entry for entry in iter_log(log_path) if entry["index"] in wanted] if log_path.exists() else []
     if shown:
         sheet_path = out / CONTACT_SHEETS_DIR / f"{name}.png"
@@ -189,6 +263,21 @@ def generate(
     if options.merge and all(path.exists() for path in summaries):
         summary["manifest"] = str(merge(out))
     return summary
+
+
+def _open_sink(out: Path, name: str, stored: dict, settings: GenerationSettings, options: RunOptions):
+    """The output of ``options.format``, checked against a run already in ``out`` (same settings and
+    captions: resume; other ones: refused unless ``overwrite``)."""
+    if options.format == "manifest":
+        prepare_output(out, stored, options.overwrite)
+        return FileSink(out, name, stored["num_captions"], settings)
+    if options.format != "webdataset":
+        raise DataGenError(f"--format {options.format}: choose manifest or webdataset")
+    # the run id names what the images depend on: settings and caption list, not versions or paths
+    run = json.dumps({key: stored[key] for key in ("settings", "captions_digest")}, sort_keys=True)
+    header = make_header(hashlib.sha256(run.encode()).hexdigest()[:16], stored["num_captions"],
+                         settings.images_per_caption, settings.image_format, stored["class_names"], stored)
+    return ShardSink(out, name, header, settings, options)
 
 
 def _progress_bar(total: int, initial: int, name: str, enabled: bool):

@@ -1,20 +1,25 @@
 """Config of the synthetic data set (``data.dataset: synthetic``): defaults, checks, and its index.
 
-Two layouts are read (on-disk format in :mod:`solo_stablerep.data.manifest`):
+Three layouts are read (on-disk formats in :mod:`solo_stablerep.data.manifest` and
+:mod:`solo_stablerep.data.shards`):
 
 - ``manifest``: ``data.train_path`` is a root folder holding ``manifest.jsonl`` (format v1).
 - ``authors``: the StableRep authors' layout, one CSV whose rows are ``relative image path,caption``
   plus a list of root folders, one per generation seed; image ``k`` of the caption on a row is
   ``roots[k]/relative_path``. Relative ``csv`` and ``roots`` are resolved against ``data.train_path``.
+- ``webdataset``: tar shards, one sample per caption; ``data.train_path`` is the shard folder or a
+  brace pattern (:mod:`solo_stablerep.data.webdataset`).
 
-Both are read through a :class:`~solo_stablerep.data.index.CaptionIndex` (built on first open).
+The first two are read through a :class:`~solo_stablerep.data.index.CaptionIndex` (built on first
+open), shards through a :class:`~solo_stablerep.data.webdataset.ShardSet` (their ``.idx`` files);
+:func:`load_caption_index` is the one place that maps a layout to its reader.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Union
+from typing import TYPE_CHECKING, List, Union
 
 import omegaconf
 from solo.utils.misc import omegaconf_select
@@ -22,13 +27,21 @@ from solo.utils.misc import omegaconf_select
 from solo_stablerep.data.index import CaptionIndex, SyntheticDataError
 from solo_stablerep.data.sampling import large_crop_slots
 
-LAYOUTS = ("manifest", "authors")
+if TYPE_CHECKING:
+    from solo_stablerep.data.webdataset import ShardSet
+
+LAYOUTS = ("manifest", "authors", "webdataset")
 
 
-def load_caption_index(cfg: omegaconf.DictConfig) -> CaptionIndex:
+def load_caption_index(cfg: omegaconf.DictConfig) -> Union[CaptionIndex, "ShardSet"]:
     """The caption index of ``data.train_path`` and ``data.synthetic`` (layout, csv, csv_header, roots):
-    memory-mapped, built and saved on first open (milliseconds to open again)."""
+    memory-mapped, built and saved on first open (milliseconds to open again); for shards, the
+    checked :class:`~solo_stablerep.data.webdataset.ShardSet`."""
     syn = cfg.data.synthetic
+    if syn.layout == "webdataset":
+        from solo_stablerep.data.webdataset import ShardSet  # torch + webdataset: only when used
+
+        return ShardSet(cfg.data.train_path)
     base = Path(cfg.data.train_path)
     if syn.layout == "manifest":
         return CaptionIndex.from_manifest(base)
@@ -59,12 +72,14 @@ def add_and_assert_synthetic_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictCon
     """Adds defaults and checks for the synthetic data set; call after solo-learn's ``parse_cfg``.
 
     Cfg keys (under ``data``):
-        train_path (str): manifest root (layout ``manifest``) or base folder of ``csv``/``roots``.
+        train_path (str): manifest root (layout ``manifest``), base folder of ``csv``/``roots``
+            (``authors``), or shard folder / brace pattern (``webdataset``).
         val_path (Optional[str]): ImageFolder for online linear evaluation; needs labelled captions
             whose ``class_names`` equal its sorted class folders.
         format (str): ``image_folder`` (PyTorch loader, the default) or ``dali``.
         synthetic.n_img (int): images of a caption per item. Defaults to 6.
-        synthetic.layout (str): ``manifest`` or ``authors``. Defaults to ``manifest``.
+        synthetic.layout (str): ``manifest``, ``authors`` or ``webdataset`` (tar shards, see
+            :mod:`solo_stablerep.data.webdataset`). Defaults to ``manifest``.
         synthetic.csv (Optional[str]): authors' layout: CSV of ``relative path,caption`` rows.
         synthetic.csv_header (bool): authors' layout: the CSV's first row is a header. Defaults to False.
         synthetic.roots (List[str]): authors' layout: one image root per generation seed.
@@ -72,6 +87,8 @@ def add_and_assert_synthetic_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictCon
         synthetic.downsample.sizes (List[int]): shorter-side sizes to downsample to. Defaults to [64, 128].
         synthetic.skip_corrupt (bool): skip images that fail to decode, and log their number at each
             epoch end (``skipped_corrupt_images``). Defaults to False.
+        synthetic.shuffle_buffer (int): layout ``webdataset``: samples held to shuffle, per
+            DataLoader worker or DALI reader. Defaults to 256 (read by the shard loaders).
 
     Sets ``data.num_classes`` (classes in the manifest, 1 if unlabelled), ``data.no_labels`` and
     ``data.num_large_crops`` / ``data.num_small_crops`` (n_img x the crops of one image).

@@ -5,7 +5,8 @@ Every access of an item draws ``n_img`` distinct images of its caption afresh
 augmentation pipeline (all of ``cfg.augmentations``, so each image gives the crops counted by
 solo-learn). Views are ordered as solo-learn's ``BaseMethod`` expects: the large crops of image
 1..n, then the small crops of image 1..n. :func:`prepare_synthetic_train_data` picks this loader or
-the DALI one (:mod:`.synthetic_dali`) from ``data.format``.
+the DALI one (:mod:`.synthetic_dali`) from ``data.format``, or the tar-shard loaders
+(:mod:`.webdataset`) for ``data.synthetic.layout: webdataset``: the one place a loader is chosen.
 """
 
 from __future__ import annotations
@@ -90,12 +91,24 @@ def build_synthetic_dataset(cfg: omegaconf.DictConfig) -> SyntheticMultiViewData
 
 def prepare_synthetic_train_data(cfg: omegaconf.DictConfig):
     """Training data for the synthetic data set: a PyTorch ``DataLoader`` (``data.format`` image_folder)
-    or a :class:`~solo_stablerep.data.synthetic_dali.SyntheticDALIDataModule` (``data.format`` dali).
+    or a :class:`~solo_stablerep.data.synthetic_dali.SyntheticDALIDataModule` (``data.format`` dali);
+    for ``data.synthetic.layout: webdataset`` the shard loaders of :mod:`.webdataset` /
+    :mod:`.webdataset_dali` instead (``data.synthetic.shuffle_buffer`` samples held to shuffle).
 
     Batches hold ``optimizer.batch_size`` captions per process, shuffled, last partial batch dropped.
     Under DDP, Lightning swaps the loader's sampler for a ``DistributedSampler`` over captions, so all
     views of a caption stay on one rank; the DALI module shards captions across ranks itself.
     """
+    if cfg.data.synthetic.layout == "webdataset":
+        shards = load_caption_index(cfg)
+        check_batch_size(len(shards), cfg.optimizer.batch_size, shards.source)
+        if cfg.data.format == "dali":
+            from solo_stablerep.data.webdataset_dali import ShardDALIDataModule
+
+            return ShardDALIDataModule.from_cfg(cfg, shards)
+        from solo_stablerep.data.webdataset import ShardLoader
+
+        return ShardLoader.from_cfg(cfg, shards)
     if cfg.data.format == "dali":
         from solo_stablerep.data.synthetic_dali import SyntheticDALIDataModule
 

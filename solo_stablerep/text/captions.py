@@ -99,14 +99,17 @@ def with_caption_tokens(cfg: omegaconf.DictConfig, train_data: Any) -> Any:
 
     A ``DataLoader`` is rebuilt over :class:`CaptionTokensDataset` (solo-learn's settings:
     shuffled, last partial batch dropped, ``data.num_workers``); a DALI data module (anything
-    with ``train_dataloader``) gets its training iterator wrapped in :class:`CaptionTokensLoader`.
+    with ``train_dataloader``) gets its training iterator wrapped in :class:`CaptionTokensLoader`;
+    the WebDataset shard loaders read each sample's caption themselves (``with_caption_tokens``).
     The context length is ``method_kwargs.context_length`` (default 77).
     """
 
     check_caption_data(cfg)
+    tokenizer = CaptionTokenizer(cfg.method_kwargs.get("context_length", DEFAULT_CONTEXT_LENGTH))
+    if hasattr(train_data, "with_caption_tokens"):  # WebDataset shards: each sample holds its caption
+        return train_data.with_caption_tokens(tokenizer)
     source = train_data.dataset if isinstance(train_data, DataLoader) else train_data
     captions = source.index.captions  # the data set's own index: the same captions, in its order
-    tokenizer = CaptionTokenizer(cfg.method_kwargs.get("context_length", DEFAULT_CONTEXT_LENGTH))
 
     if isinstance(train_data, DataLoader):
         from solo.data.pretrain_dataloader import prepare_dataloader

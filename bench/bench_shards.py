@@ -1,0 +1,106 @@
+"""WebDataset shards vs the manifest layout: decoded multi-view items per second, and files on disk.
+
+The same JPEGs (a manifest data set, then ``stablerep-generate convert`` into tars) are read through
+the same augmentations (``one_crop.yaml``), the same n_img, batch size and worker count, by the
+manifest loaders and the shard loaders, PyTorch and DALI (CPU pipelines unless --dali-device gpu).
+Rounds of the two layouts alternate (AB, BA, ...) so that load on the shared machine affects both
+alike; each RATIO is the median over rounds of shards / manifest items per second (goal >= 1.0).
+
+Files on disk for 10k captions x 10 images: the manifest layout holds one file per image plus the
+manifest; the shard layout holds two files (tar + index) per ~1 GB tar plus a header and a record
+log. The tar count is extrapolated from the bytes per sample measured in this run's shards.
+
+    python bench/bench_shards.py [--captions 96 --images 10 --n-img 6 --workers 2 --rounds 4]
+"""
+
+import argparse
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from bench_loader import make_cfg, make_data  # same data and cfg as the loader benchmark
+
+from data_gen.convert import convert
+from data_gen.shards import DEFAULT_SHARD_BYTES, read_records
+
+
+def items_per_second(loader, batches: int, warmup: int) -> float:
+    """Captions (multi-view items) per second over ``batches`` batches after ``warmup`` batches."""
+    done, items = -warmup, 0
+    while done < batches:
+        for indexes, _, _ in loader:
+            done += 1
+            if done == 0:
+                start = time.perf_counter()
+                continue
+            if done > 0:
+                items += len(indexes)
+            if done == batches:
+                break
+    return items / (time.perf_counter() - start)
+
+
+def compare(name: str, manifest, shards, rounds: int, batches: int, warmup: int) -> None:
+    ratios = []
+    for r in range(rounds):
+        order = [("manifest", manifest), ("shards", shards)][:: 1 if r % 2 == 0 else -1]
+        rate = {key: items_per_second(loader, batches, warmup) for key, loader in order}
+        ratios.append(rate["shards"] / rate["manifest"])
+        print(f"{name} round {r}: manifest {rate['manifest']:.1f} items/s, shards {rate['shards']:.1f} "
+              f"items/s, ratio {ratios[-1]:.3f}")
+    print(f"RATIO shards_vs_manifest_{name} {statistics.median(ratios):.3f} (goal >= 1.0)")
+
+
+def loaders(cfg, manifest_root: Path, shard_root: Path, dali: bool):
+    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
+
+    built = []
+    for root, layout in ((manifest_root, "manifest"), (shard_root, "webdataset")):
+        cfg.data.train_path, cfg.data.synthetic.layout = str(root), layout
+        data = prepare_synthetic_train_data(cfg)
+        built.append(data.build_loader() if dali else data)
+    return built
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--captions", type=int, default=96)
+    parser.add_argument("--images", type=int, default=10, help="images per caption")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--n-img", type=int, default=6)
+    parser.add_argument("--batch-captions", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--batches", type=int, default=4, help="timed batches per round")
+    parser.add_argument("--dali-device", default="cpu", choices=["cpu", "gpu"])
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest_root = make_data(Path(tmp) / "manifest", args.captions, args.images, args.size)
+        shard_root = Path(tmp) / "shards"
+        convert(manifest_root, shard_root, shard_bytes=8 << 20, progress=False)
+        cfg = make_cfg(manifest_root, args)
+        print(f"{args.captions} captions x {args.images} JPEGs of {args.size} px, n_img {args.n_img}, "
+              f"{args.batch_captions} captions per batch, {args.workers} workers")
+        compare(f"pytorch-{args.workers}-workers", *loaders(cfg, manifest_root, shard_root, dali=False),
+                args.rounds, args.batches, warmup=1)
+        cfg.data.format = "dali"
+        # DALI iterators keep their prefetch queue running between rounds: warm up past it
+        compare(f"dali-{args.dali_device}", *loaders(cfg, manifest_root, shard_root, dali=True),
+                args.rounds, args.batches, warmup=4)
+
+        sample_bytes = sum(r["bytes"] for r in read_records(shard_root)) / args.captions
+        captions, images = 10_000, 10
+        sample_bytes *= images / args.images
+        tars = math.ceil(captions * sample_bytes / DEFAULT_SHARD_BYTES)
+        shard_files, manifest_files = 2 * tars + 2, captions * images + 1
+        print(f"10k captions x 10 images at {sample_bytes / 1e3:.0f} kB per caption: manifest layout "
+              f"{manifest_files} files, shards {shard_files} files ({tars} tars of ~1 GB + indexes, "
+              "header, record log)")
+        print(f"RATIO shards_files_vs_manifest {shard_files / manifest_files:.5f} (goal <= 0.01)")
+
+
+if __name__ == "__main__":
+    main()

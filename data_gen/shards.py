@@ -1,0 +1,215 @@
+"""Writing WebDataset tar shards of a StableRep data set: one sample per caption, crash-safe and resumable.
+
+The format (header, sample naming, index files) is :mod:`solo_stablerep.data.shards`. Besides it the
+writer keeps, per writer prefix, the list of its finished tars::
+
+    OUT/records/<prefix>.jsonl     finished tars of writer ``<prefix>``, one JSON line per tar
+
+Crash safety: a tar is written as ``.<name>.tar.tmp`` and renamed when complete (after its index),
+then recorded in ``records/<prefix>.jsonl`` (one fsynced line). A writer that starts again deletes
+its temporary tar and any of its tars that are not recorded, and skips the captions recorded as
+done, so a SIGKILL loses at most the tar in progress and a rerun finishes the set with no caption
+missing or duplicated. Several writers (processes) share a folder by using different prefixes.
+
+No torch and no image decoding: images arrive encoded.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tarfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+from solo_stablerep.data.shards import (
+    HEADER_NAME,
+    ShardFormatError,
+    image_member,
+    index_path,
+    index_text,
+    read_header,
+)
+
+from .storage import atomic_write_bytes, atomic_write_json
+
+RECORDS_DIR = "records"
+DEFAULT_SHARD_BYTES = 1 << 30  # ~1 GB: large sequential reads, yet many shards per rank at 100M images
+_BLOCK = tarfile.BLOCKSIZE
+_PREFIX = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def tar_name(prefix: str, number: int) -> str:
+    return f"{prefix}-{number:06d}.tar"
+
+
+def read_records(folder: Path) -> list[dict]:
+    """Every writer's finished-tar records. A last line without its newline is a write cut short."""
+    entries = []
+    for log in sorted((Path(folder) / RECORDS_DIR).glob("*.jsonl")):
+        lines = log.read_bytes().split(b"\n")
+        lines.pop()  # empty, or a line cut short by a crash
+        for number, line in enumerate(lines, start=1):
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                raise ShardFormatError(f"{log}:{number}: corrupt record line (not JSON)") from None
+    return entries
+
+
+class _OpenTar:
+    """The tar being written: its temporary file, members' offsets (for the index) and captions."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.tmp")
+        self.file = open(self.tmp, "wb")
+        self.tar = tarfile.open(fileobj=self.file, mode="w", format=tarfile.USTAR_FORMAT)
+        self.samples: list[list[tuple[str, int, int, str]]] = []
+        self.captions: list[int] = []
+
+    def add_member(self, name: str, data: bytes) -> tuple[str, int, int, str]:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mode = 0o644
+        self.tar.addfile(info, io.BytesIO(data))
+        # the data ends at the (512-padded) current offset; it starts right after the header
+        offset = self.tar.offset - -(-len(data) // _BLOCK) * _BLOCK
+        return name.split(".", 1)[1], offset, len(data), name
+
+    @property
+    def size(self) -> int:
+        return self.tar.offset
+
+    def finish(self) -> None:
+        """Closes the tar (end-of-archive blocks), fsyncs it, writes its index, renames it."""
+        self.tar.close()
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        atomic_write_bytes(index_path(self.path), index_text(self.samples).encode(), fsync=True)
+        os.replace(self.tmp, self.path)
+
+    def abandon(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class ShardWriter:
+    """Writes samples (one caption + its encoded images) into tars of about ``max_bytes``.
+
+    Args:
+        out (Path): shard folder; created if needed.
+        header (dict): from :func:`solo_stablerep.data.shards.make_header`. A folder holding another run (other ``run_id``) is
+            refused unless ``overwrite``, which deletes that run's shards first; the same run resumes.
+        prefix (str): tar name prefix of this writer; concurrent writers need different prefixes.
+        max_bytes (int): a tar is closed once it reaches this size (a sample is never split).
+
+    ``done`` holds the caption indices already in finished tars (of every writer of the folder):
+    skip them. Use as a context manager; leaving it normally finishes the last, partial tar, while
+    an exception leaves that tar unfinished (deleted by the next writer with this prefix).
+
+    Examples:
+        >>> header = make_header("run1", 1, 2, "jpg", None, None)
+        >>> with ShardWriter(out, header) as writer:  # doctest: +SKIP
+        ...     if 0 not in writer.done:
+        ...         writer.write(0, "abcd", "a photo of a cat", None, [jpeg0, jpeg1])
+    """
+
+    def __init__(self, out, header: dict, prefix: str = "shard", max_bytes: int = DEFAULT_SHARD_BYTES,
+                 overwrite: bool = False):
+        if not _PREFIX.match(prefix):
+            raise ShardFormatError(f"shard prefix {prefix!r}: use only letters, digits, '_' or '-'")
+        if max_bytes < 1:
+            raise ShardFormatError(f"shard size {max_bytes}: must be >= 1 byte")
+        self.out = Path(out)
+        self.header = header
+        self.prefix = prefix
+        self.max_bytes = max_bytes
+        self.ext = header["image_ext"]
+        self._prepare(overwrite)
+        records = read_records(self.out)
+        self.done = {i for r in records for i in r["captions"]}
+        recorded = {r["tar"] for r in records}
+        mine = [r for r in records if r["tar"].startswith(f"{prefix}-")]
+        self._next_number = 1 + max((int(r["tar"][-10:-4]) for r in mine), default=-1)
+        # leftovers of a crash: the temporary tar, and a tar renamed but never recorded
+        for stale in self.out.glob(f".{prefix}-*.tar.tmp"):
+            stale.unlink()
+        for tar in self.out.glob(f"{prefix}-*.tar"):
+            if tar.name not in recorded:
+                tar.unlink()
+                index_path(tar).unlink(missing_ok=True)
+        (self.out / RECORDS_DIR).mkdir(exist_ok=True)
+        self._log = open(self.out / RECORDS_DIR / f"{prefix}.jsonl", "ab")
+        self._tar: Optional[_OpenTar] = None
+
+    def _prepare(self, overwrite: bool) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / HEADER_NAME
+        if path.exists():
+            previous = read_header(self.out)
+            if previous["run_id"] == self.header["run_id"]:
+                return
+            if not overwrite:
+                raise ShardFormatError(
+                    f"{self.out} holds shards of run {previous['run_id']}, not {self.header['run_id']}; "
+                    "pass --overwrite to replace them"
+                )
+            for tar in self.out.glob("*.tar"):
+                tar.unlink()
+                index_path(tar).unlink(missing_ok=True)
+            for log in (self.out / RECORDS_DIR).glob("*.jsonl"):
+                log.unlink()
+        elif any(self.out.glob("*.tar")) and not overwrite:
+            raise ShardFormatError(f"{self.out} holds tars not written by this tool; pass --overwrite")
+        atomic_write_json(path, self.header)
+
+    def write(self, index: int, caption_id: str, caption: str, label: Optional[int],
+              images: Sequence[bytes]) -> None:
+        """Adds one caption's sample: its metadata and its encoded images in order k = 0, 1, ..."""
+        if index in self.done:
+            raise ShardFormatError(f"caption {caption_id} (index {index}) is already in a finished shard")
+        if "." in caption_id or "/" in caption_id or not caption_id:
+            raise ShardFormatError(f"caption {caption_id!r}: a sample key may not be empty or hold '.' or '/'")
+        if self._tar is None:
+            self._tar = _OpenTar(self.out / tar_name(self.prefix, self._next_number))
+            self._next_number += 1
+        meta = {"caption_id": caption_id, "caption": caption, "label": label, "index": index,
+                "run_id": self.header["run_id"], "num_images": len(images)}
+        members = [self._tar.add_member(f"{caption_id}.json", json.dumps(meta, ensure_ascii=False).encode())]
+        members += [self._tar.add_member(image_member(caption_id, k, self.ext), data)
+                    for k, data in enumerate(images)]
+        self._tar.samples.append(members)
+        self._tar.captions.append(index)
+        if self._tar.size >= self.max_bytes:
+            self.finish_tar()
+
+    def finish_tar(self) -> None:
+        """Finishes the tar in progress (if any) and records its captions as done."""
+        if self._tar is None or not self._tar.captions:
+            return
+        tar, self._tar = self._tar, None
+        tar.finish()
+        record = {"tar": tar.path.name, "captions": tar.captions, "samples": len(tar.captions),
+                  "bytes": tar.path.stat().st_size}
+        self._log.write((json.dumps(record) + "\n").encode())
+        self._log.flush()
+        os.fsync(self._log.fileno())
+        self.done.update(tar.captions)
+
+    def close(self, finish: bool = True) -> None:
+        if finish:
+            self.finish_tar()
+        elif self._tar is not None:
+            self._tar.abandon()
+            self._tar = None
+        self._log.close()
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(finish=exc_type is None)

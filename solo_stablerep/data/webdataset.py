@@ -1,0 +1,326 @@
+"""Training from WebDataset tar shards (``data.synthetic.layout: webdataset``), PyTorch or DALI.
+
+``data.train_path`` is a shard folder written by ``stablerep-generate`` (``--format webdataset`` or
+``convert``; format in :mod:`solo_stablerep.data.shards`) or a brace pattern such as
+``/data/cc12m/shard-{000000..002499}.tar`` (the header ``webdataset.json`` is then read from the
+folder of the first tar). One sample = one caption with its m images; each visit of a sample draws
+``n_img`` distinct images of it afresh, each through solo-learn's augmentations, and yields
+solo-learn's item ``[index, [views...], target]`` (index = the caption's position in the source
+caption list, target = its label or -1).
+
+Epoch length: with N samples, W processes (DDP ranks) and B captions per batch, every rank yields
+exactly ``N // (W * B)`` batches per epoch, so no rank waits for another at an epoch's end.
+
+- PyTorch (``data.format: image_folder``): the shards are dealt out, in a new order every epoch,
+  to the W x K (rank, DataLoader worker) pairs; each pair streams its tars through a shuffle buffer
+  (``data.synthetic.shuffle_buffer`` samples) and starts over on them if its share of the epoch's
+  batches needs more samples than they hold. With shards of unequal sizes a few captions are
+  therefore seen twice in an epoch and others wait for the next one; over epochs each caption is
+  seen once per epoch on average. Use many more shards than W x K.
+- DALI (``data.format: dali``): ``fn.readers.webdataset`` with the shards' index files splits the
+  samples themselves evenly across ranks (padded to equal counts), shuffles them through a buffer
+  of the same size, picks ``n_img`` of the m images of each sample inside the pipeline and decodes
+  only those (``mixed`` on GPU, ``cpu`` with ``dali.device: cpu``).
+
+Every shard's index file is read when the set is opened, so a missing or truncated tar, a sample
+lacking images or holding fewer than ``n_img``, and tars of two generation runs are reported before
+training starts, each in one line naming the shard and the sample. A sample that cannot be read
+while training (corrupt tar or image) stops training with such a line as well, unless
+``data.synthetic.skip_corrupt`` is set: then it is skipped, counted and logged.
+
+Methods that need captions (StableRep++) get each sample's caption tokens appended to the batch,
+read from the sample's JSON (``with_caption_tokens`` of either loader, called by
+:func:`solo_stablerep.text.with_caption_tokens`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import random
+import tarfile
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+import omegaconf
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, default_collate
+
+from solo_stablerep.data.sampling import SkipCounter, large_crop_slots, order_views
+from solo_stablerep.data.shards import (
+    HEADER_NAME,
+    ShardFormatError,
+    image_component,
+    index_path,
+    read_header,
+    read_index,
+)
+from solo_stablerep.data.transforms import build_image_transform
+
+log = logging.getLogger(__name__)
+DEFAULT_SHUFFLE_BUFFER = 256  # samples (raw bytes of m images each) held per worker to shuffle
+
+
+class ShardDataError(ValueError):
+    """Shards unusable for training; the message is one line naming the shard and the sample."""
+
+
+def _expand(train_path: str) -> tuple[list[Path], Path]:
+    """(tars, folder holding the header) for a shard folder or a brace pattern."""
+    path = Path(train_path)
+    if path.is_dir():
+        tars = sorted(path.glob("*.tar"))
+        if not tars:
+            raise ShardDataError(f"data.train_path={train_path}: no .tar shards in this folder")
+        return tars, path
+    tars = [Path(p) for p in wds.shardlists.expand_urls(str(train_path))]
+    missing = [t for t in tars if not t.is_file()]
+    if len(missing) == len(tars):
+        raise ShardDataError(f"data.train_path={train_path}: the pattern matches no shard file")
+    if missing:
+        raise ShardDataError(f"{missing[0]}: shard named by data.train_path={train_path} not found "
+                             f"({len(missing)} of {len(tars)} missing)")
+    return tars, tars[0].parent
+
+
+class ShardSet:
+    """The shards of a training set, checked through their index files; what the cfg checks and the
+    loaders need (the shard counterpart of the manifest's caption index).
+
+    Args:
+        train_path (str): shard folder or brace pattern.
+    """
+
+    def __init__(self, train_path: str):
+        self.tars, folder = _expand(train_path)
+        self.source = str(train_path)
+        header = read_header(folder)
+        self.run_id = header["run_id"]
+        self.class_names = header["class_names"]
+        self.image_ext = header["image_ext"]
+        self.sample_counts: List[int] = []
+        self.fewest_images = None  # (count, tar, caption id) of the sample with the fewest images
+        self.most_images = 0
+        for tar in self.tars:
+            self._check_tar(tar)
+        if Path(train_path).is_dir() and sum(self.sample_counts) != header["num_captions"]:
+            raise ShardDataError(
+                f"{folder}: the tars hold {sum(self.sample_counts)} samples, {folder / HEADER_NAME} says "
+                f"{header['num_captions']} captions (unfinished writing? rerun the writer to finish it)"
+            )
+
+    def _check_tar(self, tar: Path) -> None:
+        try:
+            samples = read_index(index_path(tar))
+        except ShardFormatError as e:
+            raise ShardDataError(str(e)) from None
+        if not samples:
+            raise ShardDataError(f"{tar}: shard holds no sample")
+        end = max(offset + size for members in samples for _, offset, size, _ in members)
+        if tar.stat().st_size < end:
+            raise ShardDataError(f"{tar}: truncated ({tar.stat().st_size} bytes, its index reaches {end})")
+        for members in samples:
+            key = members[0][3].split(".", 1)[0]
+            components = [m[0] for m in members]
+            if components[0] != "json":
+                raise ShardDataError(f"{tar}: sample {key} has no .json metadata first")
+            count = len(components) - 1
+            if components[1:] != [image_component(k, self.image_ext) for k in range(count)]:
+                raise ShardDataError(f"{tar}: sample {key} lacks some of its images (has {components[1:]})")
+            self.most_images = max(self.most_images, count)
+            if self.fewest_images is None or count < self.fewest_images[0]:
+                self.fewest_images = (count, tar, key)
+        _, offset, size, name = samples[0][0]
+        with open(tar, "rb") as f:
+            f.seek(offset)
+            meta = json.loads(f.read(size))
+        if meta.get("run_id") != self.run_id:
+            raise ShardDataError(f"{tar}: sample {name[:-5]} is from generation run {meta.get('run_id')}, "
+                                 f"the header from run {self.run_id}: shards of two runs are mixed")
+        self.sample_counts.append(len(samples))
+
+    def __len__(self) -> int:
+        return sum(self.sample_counts)
+
+    @property
+    def num_classes(self) -> int:
+        """Classes for solo-learn's online classifier; 1 when unlabelled (as solo-learn does)."""
+        return len(self.class_names) if self.class_names else 1
+
+    def check(self, n_img: int) -> None:
+        count, tar, key = self.fewest_images
+        if count < n_img:
+            raise ShardDataError(f"{tar}: sample {key} has {count} images, fewer than data.synthetic.n_img={n_img}")
+
+    def batches_per_epoch(self, world_size: int, batch_size: int) -> int:
+        return len(self) // (world_size * batch_size)
+
+
+def _dist_info() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class ShardStream(IterableDataset):
+    """Batches ``[indexes, views, targets(, tokens)]`` of one (rank, worker) pair; see the module
+    docstring for how shards and batches are dealt out. ``rank``, ``world_size`` and ``epoch`` are
+    set by :class:`ShardLoader` before each epoch.
+
+    Args:
+        shards (ShardSet): the training shards.
+        n_img (int): images of a caption per item.
+        image_transform (Callable): PIL image -> list of crops (solo-learn's ``FullTransformPipeline``).
+        large_slots (Sequence[bool]): which of an image's crops are large.
+        batch_size (int): captions per batch.
+        seed (int): seeds shard order, shuffle buffer and image choice (with rank, worker, epoch).
+        shuffle_buffer (int): samples held to shuffle.
+        skip_corrupt (bool): skip and count unreadable samples instead of raising.
+        tokenizer (Optional[Callable]): caption -> token ids; set (by
+            :meth:`ShardLoader.with_caption_tokens`) for methods that need captions.
+    """
+
+    def __init__(self, shards: ShardSet, n_img: int, image_transform: Callable, large_slots: Sequence[bool],
+                 batch_size: int, seed: int = 0, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+                 skip_corrupt: bool = False, tokenizer: Optional[Callable] = None):
+        shards.check(n_img)
+        self.shards = shards
+        self.n_img = n_img
+        self.image_transform = image_transform
+        self.large_slots = list(large_slots)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
+        self.skip_corrupt = skip_corrupt
+        self.tokenizer = tokenizer
+        self.skipped = SkipCounter()  # shared with the DataLoader workers
+        self.rank, self.world_size, self.epoch = 0, 1, 0
+
+    @property
+    def num_corrupt_skipped(self) -> int:
+        return self.skipped.value
+
+    def __len__(self) -> int:
+        return self.shards.batches_per_epoch(self.world_size, self.batch_size)
+
+    def _my_tars(self, slot: int, slots: int, rng: np.random.Generator) -> list[Path]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.shards.tars))
+        mine = order[slot::slots] if len(order) >= slots else order[[slot % len(order)]]
+        return [self.shards.tars[i] for i in rng.permutation(mine)]
+
+    def _read_tar(self, tar: Path):
+        """The samples of one tar, as dicts of components; a broken tar is one error line."""
+        expected = len(read_index(index_path(tar)))
+        key, count = None, 0
+        try:
+            with open(tar, "rb") as f:
+                files = wds.tariterators.tar_file_iterator(f)
+                for sample in wds.tariterators.group_by_keys({**x, "__url__": str(tar)} for x in files):
+                    key, count = sample["__key__"], count + 1
+                    yield sample
+        except (tarfile.TarError, OSError, ValueError) as e:
+            self._corrupt(f"{tar}: corrupt or truncated tar after sample {key} ({str(e).splitlines()[0]})")
+            return
+        if count != expected:  # tarfile ends quietly at a broken header past the first one
+            self._corrupt(f"{tar}: corrupt or truncated tar after sample {key} "
+                          f"({count} samples read, its index lists {expected})")
+
+    def _corrupt(self, message: str) -> None:
+        if not self.skip_corrupt:
+            raise ShardDataError(message + "; set data.synthetic.skip_corrupt=True to skip such samples")
+        log.warning("%s: skipped (%d skipped so far)", message, self.skipped.add())
+
+    def _samples(self, slot: int, slots: int, rng: np.random.Generator):
+        """This pair's tars' samples, endlessly (the next pass over them in another order)."""
+        while True:
+            for tar in self._my_tars(slot, slots, rng):
+                yield from self._read_tar(tar)
+
+    def _item(self, sample: dict, rng: np.random.Generator):
+        tar, key = sample["__url__"], sample["__key__"]
+        meta = json.loads(sample["json"])
+        if meta["run_id"] != self.shards.run_id:
+            raise ShardDataError(f"{tar}: sample {key} is from generation run {meta['run_id']}, "
+                                 f"not {self.shards.run_id}: shards of two runs are mixed")
+        names = [image_component(k, self.shards.image_ext) for k in range(meta["num_images"])]
+        per_image_crops = []
+        for k in rng.permutation(len(names)):
+            try:
+                with Image.open(io.BytesIO(sample[names[k]])) as img:
+                    per_image_crops.append(self.image_transform(img.convert("RGB")))
+            except KeyError:  # the index lists every image: the tar is damaged
+                self._corrupt(f"{tar}: sample {key} lacks image {names[k]} (corrupt tar?)")
+                continue
+            except (OSError, SyntaxError, ValueError) as e:
+                self._corrupt(f"{tar}: sample {key}: corrupt image {names[k]} ({str(e).splitlines()[0]})")
+                continue
+            if len(per_image_crops) == self.n_img:
+                label = -1 if meta["label"] is None else meta["label"]
+                item = (meta["index"], order_views(per_image_crops, self.large_slots), label)
+                return item + (self.tokenizer(meta["caption"]),) if self.tokenizer else item
+        self._corrupt(f"{tar}: sample {key}: {len(per_image_crops)} readable images, "
+                      f"fewer than data.synthetic.n_img={self.n_img}")
+        return None
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        slot, slots = self.rank * workers + worker, self.world_size * workers
+        rng = np.random.default_rng([self.seed, self.epoch, slot])
+        total = len(self)
+        quota = total // workers + (worker < total % workers)
+        samples = wds.filters.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
+                                      rng=random.Random(int(rng.integers(2**63))))(self._samples(slot, slots, rng))
+        batch = []
+        while quota > 0:
+            item = self._item(next(samples), rng)
+            if item is not None:
+                batch.append(item)
+            if len(batch) == self.batch_size:
+                yield default_collate(batch)
+                batch, quota = [], quota - 1
+
+
+class ShardLoader(DataLoader):
+    """DataLoader over a :class:`ShardStream`; sets its rank, world size and epoch at each ``iter``.
+    ``len`` is the batches per epoch of each rank."""
+
+    def __init__(self, stream: ShardStream, num_workers: int):
+        super().__init__(stream, batch_size=None, num_workers=num_workers, pin_memory=True)
+        self._epoch = 0
+
+    def with_caption_tokens(self, tokenizer: Callable) -> "ShardLoader":
+        """Appends each sample's caption tokens to the batches (StableRep++)."""
+        self.dataset.tokenizer = tokenizer
+        return self
+
+    @classmethod
+    def from_cfg(cls, cfg: omegaconf.DictConfig, shards: ShardSet) -> "ShardLoader":
+        """The loader of a cfg that went through ``add_and_assert_synthetic_cfg``; reads
+        ``data.synthetic.*``, ``augmentations``, ``optimizer.batch_size``, ``data.num_workers``, ``seed``."""
+        stream = ShardStream(
+            shards, n_img=cfg.data.synthetic.n_img, image_transform=build_image_transform(cfg),
+            large_slots=large_crop_slots(cfg.augmentations), batch_size=cfg.optimizer.batch_size,
+            seed=cfg.seed, shuffle_buffer=shuffle_buffer(cfg), skip_corrupt=cfg.data.synthetic.skip_corrupt,
+        )
+        return cls(stream, num_workers=cfg.data.num_workers)
+
+    def __len__(self) -> int:
+        # asked before the first epoch too (schedulers), when DDP has just been set up
+        self.dataset.rank, self.dataset.world_size = _dist_info()
+        return len(self.dataset)
+
+    def __iter__(self):
+        self.dataset.rank, self.dataset.world_size = _dist_info()
+        self.dataset.epoch = self._epoch
+        self._epoch += 1
+        return super().__iter__()
+
+
+def shuffle_buffer(cfg: omegaconf.DictConfig) -> int:
+    return omegaconf.OmegaConf.select(cfg, "data.synthetic.shuffle_buffer", default=DEFAULT_SHUFFLE_BUFFER)

@@ -1,0 +1,194 @@
+"""Training loaders on WebDataset shards (data.synthetic.layout=webdataset): item format, n of m
+images per visit, epoch length, DALI CPU pipeline, and every bad input as a one-line error."""
+
+import io
+import shutil
+import tarfile
+
+import pytest
+
+pytest.importorskip("solo", reason="the loaders build on solo-learn's augmentations")
+
+from data_gen.convert import convert  # noqa: E402
+from data_gen.shards import ShardWriter  # noqa: E402
+from solo_stablerep.data.shards import make_header  # noqa: E402
+from synthetic_helpers import (  # noqa: E402
+    CPU_OVERRIDES,
+    compose_cfg,
+    copy_configs,
+    make_manifest_dataset,
+    nearest_colour,
+    view_colour,
+)
+
+NUM_CAPTIONS, IMAGES, N_IMG = 10, 4, 3
+
+
+@pytest.fixture
+def shards(tmp_path):
+    colours = make_manifest_dataset(tmp_path / "ds", NUM_CAPTIONS, IMAGES, class_names=["a", "b"])
+    convert(tmp_path / "ds", tmp_path / "shards", shard_bytes=12000, progress=False)
+    return tmp_path / "shards", colours
+
+
+def cfg_for(tmp_path, train_path, *extra):
+    config_dir = tmp_path / "cfg"
+    if not config_dir.exists():
+        copy_configs(config_dir)
+    return compose_cfg(config_dir, "stablerep.yaml", [
+        f"data.train_path={train_path}", "data.synthetic.layout=webdataset", *CPU_OVERRIDES,
+        f"data.synthetic.n_img={N_IMG}", "data.synthetic.shuffle_buffer=4", *extra])
+
+
+def check_batches(loader, colours, epochs=2):
+    """Every row's views are N_IMG distinct images of its own caption; returns captions per epoch."""
+    seen = []
+    for _ in range(epochs):
+        captions, batches = [], 0
+        for indexes, views, targets in loader:
+            batches += 1
+            assert len(views) == N_IMG and all(v.shape[0] == 4 for v in views)
+            for row, i in enumerate(indexes.tolist()):
+                own = colours[f"cap{i:04d}"]
+                images = [nearest_colour(view_colour(v[row]), own) for v in views]
+                assert len(set(images)) == N_IMG
+                assert targets[row].item() == i % 2
+                captions.append((i, tuple(images)))
+        assert batches == len(loader) == NUM_CAPTIONS // 4
+        seen.append(captions)
+    return seen
+
+
+def test_pytorch_loader_items_and_fresh_images(tmp_path, shards):
+    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
+
+    folder, colours = shards
+    # a buffer of 1 sample: no mixing across the passes over the tars, so an epoch's 8 items are
+    # 8 distinct captions (with a larger buffer the next pass's samples mix in)
+    cfg = cfg_for(tmp_path, folder, "data.synthetic.shuffle_buffer=1")
+    assert cfg.data.num_classes == 2 and cfg.data.num_large_crops == N_IMG
+    loader = prepare_synthetic_train_data(cfg)
+    seen = check_batches(loader, colours)
+    assert len({i for i, _ in seen[0]}) == 8
+    assert seen[0] != seen[1]  # another tar order and other images in the next epoch
+    assert check_batches(prepare_synthetic_train_data(cfg_for(tmp_path, folder)), colours, epochs=1)
+
+
+def test_dali_cpu_loader(tmp_path, shards):
+    pytest.importorskip("nvidia.dali", reason="data.format=dali needs nvidia-dali")
+    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
+
+    folder, colours = shards
+    cfg = cfg_for(tmp_path, folder, "data.format=dali")
+    loader = prepare_synthetic_train_data(cfg).build_loader()
+    seen = check_batches(loader, colours)
+    assert seen[0] != seen[1]
+
+
+def test_brace_pattern(tmp_path, shards):
+    from solo_stablerep.data.webdataset import ShardDataError, ShardSet
+
+    folder, _ = shards
+    count = len(list(folder.glob("*.tar")))
+    assert len(ShardSet(f"{folder}/shard-{{000000..{count - 1:06d}}}.tar")) == NUM_CAPTIONS
+    assert len(ShardSet(f"{folder}/shard-{{000000..000001}}.tar")) < NUM_CAPTIONS
+    with pytest.raises(ShardDataError, match="the pattern matches no shard file"):
+        ShardSet(f"{folder}/other-{{000000..000003}}.tar")
+    with pytest.raises(ShardDataError, match="shard-000999.tar: shard named by .* not found"):
+        ShardSet(f"{folder}/shard-{{000000,000999}}.tar")
+
+
+def test_truncated_tar(tmp_path, shards):
+    from solo_stablerep.data.webdataset import ShardDataError, ShardSet
+
+    folder, _ = shards
+    tar = folder / "shard-000001.tar"
+    tar.write_bytes(tar.read_bytes()[:3000])
+    with pytest.raises(ShardDataError, match=r"shard-000001.tar: truncated \(3000 bytes"):
+        ShardSet(str(folder))
+
+
+def test_corrupt_tar_error_or_opt_in_skip(tmp_path, shards):
+    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
+    from solo_stablerep.data.webdataset import ShardDataError
+
+    folder, colours = shards
+    tar = folder / "shard-000000.tar"
+    data = bytearray(tar.read_bytes())
+    second = 5 * 1024  # a sample = 5 members of one header block and one data block each
+    data[second + 100 : second + 140] = b"\xff" * 40  # the second sample's first header: bad checksum
+    tar.write_bytes(bytes(data))
+    loader = prepare_synthetic_train_data(cfg_for(tmp_path, folder))
+    with pytest.raises(ShardDataError, match=r"shard-000000.tar: corrupt or truncated tar after sample"):
+        for _ in loader:
+            pass
+    loader = prepare_synthetic_train_data(cfg_for(tmp_path, folder, "data.synthetic.skip_corrupt=True"))
+    assert sum(1 for _ in loader) == len(loader)  # the rest of the shards fill the epoch
+    assert loader.dataset.num_corrupt_skipped >= 1
+
+
+def test_corrupt_image_names_shard_and_sample(tmp_path):
+    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
+    from solo_stablerep.data.webdataset import ShardDataError
+
+    make_manifest_dataset(tmp_path / "ds", 4, IMAGES)
+    victim = sorted((tmp_path / "ds" / "images").rglob("cap0002_*.png"))
+    for path in victim:
+        path.write_bytes(b"not a png" * 10)
+    convert(tmp_path / "ds", tmp_path / "shards", progress=False)
+    loader = prepare_synthetic_train_data(cfg_for(tmp_path, tmp_path / "shards"))
+    with pytest.raises(ShardDataError, match=r"shard-000000.tar: sample cap0002: corrupt image"):
+        for _ in loader:
+            pass
+
+
+def write_tar_by_hand(folder, members, run_id="run-x"):
+    """A shard whose samples hold the given members (name -> bytes), with its DALI index."""
+    import json
+
+    wds2idx = pytest.importorskip("wds2idx", reason="DALI's wds2idx tool builds the index")
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = sorted({name.split(".")[0] for name in members})
+    (folder / "webdataset.json").write_text(json.dumps(
+        make_header(run_id, len(keys), IMAGES, "png", None, None)))
+    with tarfile.open(folder / "shard-000000.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with wds2idx.IndexCreator(str(folder / "shard-000000.tar"), str(folder / "shard-000000.idx"),
+                              verbose=False) as creator:
+        creator.create_index()
+
+
+def test_sample_missing_an_image(tmp_path):
+    from solo_stablerep.data.webdataset import ShardDataError, ShardSet
+
+    meta = b'{"caption_id": "c1", "caption": "x", "label": null, "index": 0, "run_id": "run-x", "num_images": 3}'
+    write_tar_by_hand(tmp_path, {"c1.json": meta, "c1.00.png": b"a", "c1.02.png": b"c"})
+    with pytest.raises(ShardDataError, match=r"shard-000000.tar: sample c1 lacks some of its images"):
+        ShardSet(str(tmp_path))
+
+
+def test_sample_with_fewer_than_n_images(tmp_path):
+    from solo_stablerep.data.webdataset import ShardDataError, ShardSet
+
+    with ShardWriter(tmp_path, make_header("run-a", 2, 4, "png", None, None)) as writer:
+        writer.write(0, "full", "c", None, [b"x"] * 4)
+        writer.write(1, "short", "c", None, [b"x"] * 2)
+    with pytest.raises(ShardDataError, match=r"shard-000000.tar: sample short has 2 images, fewer than data.synthetic.n_img=3"):
+        ShardSet(str(tmp_path)).check(3)
+
+
+def test_shards_of_two_runs_mixed(tmp_path):
+    from solo_stablerep.data.webdataset import ShardDataError, ShardSet
+
+    for run in ("a", "b"):
+        with ShardWriter(tmp_path / run, make_header(f"run-{run}", 1, 2, "png", None, None), prefix=run) as writer:
+            writer.write(0, f"cap{run}", "c", None, [b"x"] * 2)
+    for suffix in (".tar", ".idx"):
+        shutil.copy(tmp_path / "b" / f"b-000000{suffix}", tmp_path / "a")
+    with pytest.raises(ShardDataError, match=r"b-000000.tar: sample capb is from generation run run-b, .*mixed"):
+        ShardSet(f"{tmp_path / 'a'}/{{a,b}}-000000.tar")
+    with pytest.raises(ShardDataError, match=r"b-000000.tar: sample capb .*two runs are mixed"):
+        ShardSet(str(tmp_path / "a"))
