@@ -8,11 +8,13 @@ from data_gen import DataGenError
 from data_gen import cli as generate_cli
 from solo_stablerep.data.index import SyntheticDataError
 from solo_stablerep.data.manifest import ManifestError
+from solo_stablerep.data.shards import ShardFormatError
+from solo_stablerep.data.webdataset import ShardDataError
 from solo_stablerep.demo.runs import DemoError
 from solo_stablerep.errors import InputError
 
 
-@pytest.mark.parametrize("error", [ManifestError, SyntheticDataError, DataGenError, DemoError])
+@pytest.mark.parametrize("error", [ManifestError, SyntheticDataError, ShardFormatError, ShardDataError, DataGenError, DemoError])
 def test_user_facing_errors_share_one_base(error):
     assert issubclass(error, InputError)
 

@@ -31,6 +31,8 @@ import json
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+from solo_stablerep.errors import InputError
+
 FORMAT_NAME = "stablerep-webdataset"
 FORMAT_VERSION = 1
 HEADER_NAME = "webdataset.json"
@@ -40,7 +42,7 @@ INDEX_VERSION = "v1.2"
 IndexMember = Tuple[str, int, int, str]
 
 
-class ShardFormatError(ValueError):
+class ShardFormatError(InputError):
     """A shard folder, tar or sample is invalid; the message is one line naming the shard and sample."""
 
 

@@ -61,12 +61,13 @@ from solo_stablerep.data.shards import (
     read_index,
 )
 from solo_stablerep.data.transforms import build_image_transform
+from solo_stablerep.errors import InputError
 
 log = logging.getLogger(__name__)
 DEFAULT_SHUFFLE_BUFFER = 256  # samples (raw bytes of m images each) held per worker to shuffle
 
 
-class ShardDataError(ValueError):
+class ShardDataError(InputError):
     """Shards unusable for training; the message is one line naming the shard and the sample."""
 
 
