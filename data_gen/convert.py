@@ -108,7 +108,7 @@ def convert(src, out, layout: str = "manifest", csv_name: Optional[str] = None, 
                                      source.class_names, {"converted_from": str(src), **source.description})
                 writer = ShardWriter(out, header, max_bytes=shard_bytes, overwrite=overwrite)
             bar.update()
-            if index in writer.done:
+            if writer.done[index]:
                 skipped += 1
                 continue
             if any(p.suffix.lstrip(".").lower() != ext for p in caption.images):

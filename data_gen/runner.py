@@ -133,7 +133,7 @@ class ShardSink:
             raise DataGenError(str(e)) from None
 
     def finished(self, index: int) -> bool:
-        return index in self.writer.done
+        return bool(self.writer.done[index])
 
     def write(self, caption: Caption, images: list[Image.Image]) -> None:
         self.writer.write(caption.index, caption.caption_id, caption.text, caption.label,

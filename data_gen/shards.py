@@ -22,7 +22,9 @@ import os
 import re
 import tarfile
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
 
 from solo_stablerep.data.shards import (
     HEADER_NAME,
@@ -45,18 +47,22 @@ def tar_name(prefix: str, number: int) -> str:
     return f"{prefix}-{number:06d}.tar"
 
 
-def read_records(folder: Path) -> list[dict]:
-    """Every writer's finished-tar records. A last line without its newline is a write cut short."""
-    entries = []
+def iter_records(folder: Path) -> Iterator[dict]:
+    """Every writer's finished-tar records, streamed. A last line without its newline is a write cut short."""
     for log in sorted((Path(folder) / RECORDS_DIR).glob("*.jsonl")):
-        lines = log.read_bytes().split(b"\n")
-        lines.pop()  # empty, or a line cut short by a crash
-        for number, line in enumerate(lines, start=1):
-            try:
-                entries.append(json.loads(line))
-            except ValueError:
-                raise ShardFormatError(f"{log}:{number}: corrupt record line (not JSON)") from None
-    return entries
+        with open(log, "rb") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.endswith(b"\n"):
+                    break
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    raise ShardFormatError(f"{log}:{number}: corrupt record line (not JSON)") from None
+
+
+def read_records(folder: Path) -> list[dict]:
+    """:func:`iter_records` as a list."""
+    return list(iter_records(folder))
 
 
 class _OpenTar:
@@ -107,14 +113,14 @@ class ShardWriter:
         prefix (str): tar name prefix of this writer; concurrent writers need different prefixes.
         max_bytes (int): a tar is closed once it reaches this size (a sample is never split).
 
-    ``done`` holds the caption indices already in finished tars (of every writer of the folder):
-    skip them. Use as a context manager; leaving it normally finishes the last, partial tar, while
+    ``done[i]`` is True for caption index ``i`` already in a finished tar (of any writer of the
+    folder): skip those. A boolean array, one byte per caption, not a Python object per caption. Use as a context manager; leaving it normally finishes the last, partial tar, while
     an exception leaves that tar unfinished (deleted by the next writer with this prefix).
 
     Examples:
         >>> header = make_header("run1", 1, 2, "jpg", None, None)
         >>> with ShardWriter(out, header) as writer:  # doctest: +SKIP
-        ...     if 0 not in writer.done:
+        ...     if not writer.done[0]:
         ...         writer.write(0, "abcd", "a photo of a cat", None, [jpeg0, jpeg1])
     """
 
@@ -130,11 +136,14 @@ class ShardWriter:
         self.max_bytes = max_bytes
         self.ext = header["image_ext"]
         self._prepare(overwrite)
-        records = read_records(self.out)
-        self.done = {i for r in records for i in r["captions"]}
-        recorded = {r["tar"] for r in records}
-        mine = [r for r in records if r["tar"].startswith(f"{prefix}-")]
-        self._next_number = 1 + max((int(r["tar"][-10:-4]) for r in mine), default=-1)
+        self.done = np.zeros(header["num_captions"], dtype=bool)
+        recorded = set()  # tar names: one per ~1 GB of images
+        self._next_number = 0
+        for record in iter_records(self.out):
+            self.done[record["captions"]] = True
+            recorded.add(record["tar"])
+            if record["tar"].startswith(f"{prefix}-"):
+                self._next_number = max(self._next_number, int(record["tar"][-10:-4]) + 1)
         # leftovers of a crash: the temporary tar, and a tar renamed but never recorded
         for stale in self.out.glob(f".{prefix}-*.tar.tmp"):
             stale.unlink()
@@ -170,7 +179,7 @@ class ShardWriter:
     def write(self, index: int, caption_id: str, caption: str, label: Optional[int],
               images: Sequence[bytes]) -> None:
         """Adds one caption's sample: its metadata and its encoded images in order k = 0, 1, ..."""
-        if index in self.done:
+        if self.done[index]:
             raise ShardFormatError(f"caption {caption_id} (index {index}) is already in a finished shard")
         if "." in caption_id or "/" in caption_id or not caption_id:
             raise ShardFormatError(f"caption {caption_id!r}: a sample key may not be empty or hold '.' or '/'")
@@ -198,7 +207,7 @@ class ShardWriter:
         self._log.write((json.dumps(record) + "\n").encode())
         self._log.flush()
         os.fsync(self._log.fileno())
-        self.done.update(tar.captions)
+        self.done[tar.captions] = True
 
     def close(self, finish: bool = True) -> None:
         if finish:
