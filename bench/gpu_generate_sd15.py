@@ -24,7 +24,7 @@ from data_gen.runner import run_batches
 from data_gen.settings import GenerationSettings
 from data_gen.storage import ShardLog
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tiny pipeline is a test fixture
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "generation"))  # the tiny pipeline is a test fixture
 from tiny_pipeline import write_tiny_tokenizer  # noqa: E402
 
 UNET = dict(  # runwayml/stable-diffusion-v1-5 unet/config.json
