@@ -22,7 +22,7 @@ from data_gen.captions import Caption, caption_id
 from data_gen.runner import FileSink, run_batches
 from data_gen.settings import GenerationSettings, image_seed
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tiny pipeline is a test fixture
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "generation"))  # the tiny pipeline is a test fixture
 from tiny_pipeline import build_tiny_pipeline  # noqa: E402
 
 

@@ -23,7 +23,7 @@ from data_gen.captions import Caption, caption_id
 from data_gen.runner import FileSink, run_batches
 from data_gen.settings import GenerationSettings
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tiny pipeline is a test fixture
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "generation"))  # the tiny pipeline is a test fixture
 from tiny_pipeline import write_tiny_tokenizer  # noqa: E402
 
 UNET = dict(  # runwayml/stable-diffusion-v1-5 unet/config.json

@@ -2,7 +2,7 @@
 exception (a bug) keep its traceback."""
 
 import pytest
-from conftest import requires_solo
+from helpers import requires_solo
 
 from data_gen import DataGenError
 from data_gen import cli as generate_cli

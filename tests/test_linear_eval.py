@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import PRETRAIN_CONFIGS, REPO, crop_overrides, requires_solo, run_pretrain_command, write_image_folder
+from helpers import PRETRAIN_CONFIGS, REPO, crop_overrides, requires_solo, run_pretrain_command, write_image_folder
 
 pytestmark = [pytest.mark.slow, requires_solo]
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CPU_OVERRIDES, REPO, compose_cfg, crop_overrides, requires_solo
+from helpers import SMOKE_OVERRIDES, REPO, compose_raw_cfg, crop_overrides, requires_solo
 from solo_stablerep._paths import pretrain_config_dir
 
 pytestmark = requires_solo
@@ -56,8 +56,8 @@ def real_digits(tmp_path_factory):
 def short_epoch(config_name, data_root, val_root, tmp_path, monkeypatch, *overrides):
     from solo_stablerep.pretrain import run_pretrain
 
-    cfg = compose_cfg(pretrain_config_dir("synthetic"), config_name, [
-        *CPU_OVERRIDES, *crop_overrides(1), "data.synthetic.n_img=2", "+limit_train_batches=2",
+    cfg = compose_raw_cfg(pretrain_config_dir("synthetic"), config_name, [
+        *SMOKE_OVERRIDES, *crop_overrides(1), "data.synthetic.n_img=2", "+limit_train_batches=2",
         "+limit_val_batches=2", "optimizer.batch_size=8", f"data.train_path={data_root}",
         f"data.val_path={val_root}", f"checkpoint.dir={tmp_path / 'ckpt'}", *overrides,
     ])
@@ -96,7 +96,7 @@ def test_dali_on_cpu_logs_val_acc1(generated, real_digits, tmp_path, monkeypatch
 def test_missing_train_path_is_one_line(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "solo_stablerep.pretrain", "--config-path", str(pretrain_config_dir("synthetic")),
-         "--config-name", "stablerep.yaml", *CPU_OVERRIDES, f"data.train_path={tmp_path / 'nowhere'}"],
+         "--config-name", "stablerep.yaml", *SMOKE_OVERRIDES, f"data.train_path={tmp_path / 'nowhere'}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
         env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])),
     )

@@ -11,7 +11,15 @@ import math
 import pytest
 import torch
 
-from conftest import PRETRAIN_CONFIGS, compose_cfg, requires_solo
+from helpers import (
+    CPU_OVERRIDES,
+    PRETRAIN_CONFIGS,
+    SMALL_BATCH_OVERRIDE,
+    compose_parsed_cfg,
+    compose_raw_cfg,
+    make_manifest_dataset,
+    requires_solo,
+)
 
 pytestmark = requires_solo
 
@@ -70,19 +78,13 @@ PAPER_CLAIMING = [
 
 @pytest.fixture(scope="module")
 def manifest_root(tmp_path_factory):
-    from synthetic_helpers import make_manifest_dataset
-
     root = tmp_path_factory.mktemp("manifest")
     make_manifest_dataset(root, num_captions=40, images_per_caption=6, class_names=["a", "b"])
     return root
 
 
 def parsed(folder: str, name: str, train_path, overrides=()):
-    from solo_stablerep.pretrain import parse_pretrain_cfg
-
-    return parse_pretrain_cfg(
-        compose_cfg(PRETRAIN_CONFIGS / folder, name, [f"data.train_path={train_path}", *overrides])
-    )
+    return compose_parsed_cfg(PRETRAIN_CONFIGS / folder, name, [f"data.train_path={train_path}", *overrides])
 
 
 def views_of_an_item(cfg):
@@ -157,19 +159,13 @@ def num_crops(cfg) -> int:
 
 # the real paper config, shrunk to a CPU run (ViT-Tiny at 32 px keeps the ViT's parameter kinds:
 # patch embedding, cls token, position embedding, LayerNorms, biases)
-TINY_CPU = [
+TINY_CPU = CPU_OVERRIDES + [
+    SMALL_BATCH_OVERRIDE,
     "backbone.name=vit_tiny",
     "+backbone.kwargs.img_size=32",
     "augmentations.0.crop_size=32",
     "data.format=image_folder",
-    "data.num_workers=0",
-    "accelerator=cpu",
-    "devices=1",
     "++num_nodes=1",
-    "strategy=auto",
-    "precision=32",
-    "sync_batchnorm=False",
-    "optimizer.batch_size=4",
     "method_kwargs.proj_hidden_dim=32",
     "method_kwargs.proj_output_dim=16",
     "auto_resume.enabled=False",
@@ -206,7 +202,7 @@ def test_paper_config_run_decays_only_matrices_and_follows_the_authors_schedule(
     from solo_stablerep.pretrain import run_pretrain
 
     monkeypatch.chdir(tmp_path)
-    cfg = compose_cfg(
+    cfg = compose_raw_cfg(
         PRETRAIN_CONFIGS / "synthetic-paper", "stablerep.yaml", [f"data.train_path={manifest_root}", *TINY_CPU]
     )
     trainer = run_pretrain(cfg)  # two short epochs through the entry point

@@ -4,9 +4,7 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
-from conftest import requires_solo
+from helpers import requires_solo
 
 
 def run_python(code: str, tmp_path) -> subprocess.CompletedProcess:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CONFIGS, REPO, requires_solo
+from helpers import CONFIGS, REPO, requires_solo
 
 # what `git ls-files` would not hold, or what a build leaves behind
 _NOT_SOURCE = shutil.ignore_patterns(".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",

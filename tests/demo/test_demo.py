@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, compose_cfg, requires_solo
+from helpers import REPO, compose_parsed_cfg, make_manifest_dataset, requires_solo
 
 PAPER_CONFIGS = REPO / "scripts" / "pretrain" / "synthetic-paper"
 
@@ -118,18 +118,15 @@ def test_summary_and_table_report_mean_and_spread():
 @requires_solo
 @pytest.mark.parametrize("method", ["stablerep", "simclr", "byol", "supcon"])
 def test_demo_overrides_give_every_method_the_same_budget(tmp_path, method):
-    from synthetic_helpers import make_manifest_dataset
-
     from solo_stablerep.demo.dataset import write_per_image_manifest
     from solo_stablerep.demo.runs import SIZES_PRESETS, default_config_dir, method_overrides
-    from solo_stablerep.pretrain import parse_pretrain_cfg
 
     size = SIZES_PRESETS["default"]
     make_manifest_dataset(tmp_path / "ds", 10 * size.captions_per_class, size.images_per_caption,
                           class_names=[str(d) for d in range(10)])
     write_per_image_manifest(tmp_path / "ds")
     overrides = method_overrides(method, size, tmp_path / "ds", tmp_path / "run", seed=3, workers=0)
-    cfg = parse_pretrain_cfg(compose_cfg(default_config_dir(), f"{method}.yaml", overrides))
+    cfg = compose_parsed_cfg(default_config_dir(), f"{method}.yaml", overrides)
     assert cfg.optimizer.batch_size * cfg.data.num_large_crops == size.crops_per_step
     assert cfg.optimizer.lr == pytest.approx(size.lr)  # after solo-learn's batch-size scaling
     assert cfg.max_steps == size.steps
@@ -151,8 +148,6 @@ def test_demo_overrides_give_every_method_the_same_budget(tmp_path, method):
 
 
 def test_per_image_manifest_lists_every_image_once_as_its_own_item(tmp_path):
-    from synthetic_helpers import make_manifest_dataset
-
     from solo_stablerep.data.manifest import read_manifest
     from solo_stablerep.demo.dataset import write_per_image_manifest
 
@@ -174,13 +169,10 @@ def test_per_image_manifest_lists_every_image_once_as_its_own_item(tmp_path):
 @requires_solo
 @pytest.mark.parametrize("method, images_per_item", [("stablerep", 6), ("simclr", 2)])
 def test_paper_scale_configs_build_vit_base(tmp_path, method, images_per_item):
-    from synthetic_helpers import make_manifest_dataset
-
     from solo.methods import METHODS
-    from solo_stablerep.pretrain import parse_pretrain_cfg
 
     make_manifest_dataset(tmp_path / "ds", 4, 10, class_names=["a", "b"])
-    cfg = parse_pretrain_cfg(compose_cfg(PAPER_CONFIGS, f"{method}.yaml", [f"data.train_path={tmp_path / 'ds'}"]))
+    cfg = compose_parsed_cfg(PAPER_CONFIGS, f"{method}.yaml", [f"data.train_path={tmp_path / 'ds'}"])
 
     gpus = len(cfg.devices) * cfg.num_nodes
     images_per_step = cfg.optimizer.batch_size * cfg.data.num_large_crops * gpus
@@ -204,10 +196,9 @@ def test_paper_scale_configs_build_vit_base(tmp_path, method, images_per_item):
 
 @requires_solo
 def test_paper_scale_config_refuses_a_missing_train_path():
-    from solo_stablerep.pretrain import parse_pretrain_cfg
 
     with pytest.raises(ValueError, match="data.train_path is not set"):
-        parse_pretrain_cfg(compose_cfg(PAPER_CONFIGS, "stablerep.yaml", []))
+        compose_parsed_cfg(PAPER_CONFIGS, "stablerep.yaml", [])
 
 
 # ---- the whole demo, tiny

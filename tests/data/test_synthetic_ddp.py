@@ -13,9 +13,9 @@ import torch.multiprocessing as mp
 pytest.importorskip("solo", reason="the synthetic dataset builds on solo-learn's augmentations")
 
 from omegaconf import OmegaConf  # noqa: E402
-from synthetic_helpers import (  # noqa: E402
-    CPU_OVERRIDES,
-    compose_cfg,
+from helpers import (  # noqa: E402
+    SYNTHETIC_CPU_OVERRIDES,
+    compose_parsed_cfg,
     copy_configs,
     make_manifest_dataset,
     nearest_colour,
@@ -86,7 +86,7 @@ def test_ddp_keeps_captions_whole_and_loses_none(tmp_path):
     root = tmp_path / "ds"
     colours = make_manifest_dataset(root, NUM_CAPTIONS, 4)
     config_dir = copy_configs(tmp_path / "cfg")
-    cfg = compose_cfg(config_dir, "stablerep.yaml", [f"data.train_path={root}", *CPU_OVERRIDES,
+    cfg = compose_parsed_cfg(config_dir, "stablerep.yaml", [f"data.train_path={root}", *SYNTHETIC_CPU_OVERRIDES,
                                                       "data.synthetic.n_img=3"])
     assert cfg.optimizer.batch_size == BATCH_SIZE
 

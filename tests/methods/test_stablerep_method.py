@@ -6,14 +6,14 @@ import sys
 import pytest
 import torch
 
-from conftest import (
-    CPU_OVERRIDES,
+from helpers import (
     PRETRAIN_CONFIGS,
-    REPO,
-    compose_cfg,
+    SMOKE_OVERRIDES,
+    compose_parsed_cfg,
     crop_overrides,
     requires_solo,
     run_pretrain_command,
+    write_image_folder,
 )
 
 pytestmark = requires_solo
@@ -22,15 +22,13 @@ CUSTOM = PRETRAIN_CONFIGS / "custom"
 
 
 def stablerep_cfg(train_path, *extra, num_views=4):
-    from solo_stablerep.pretrain import parse_pretrain_cfg
-
-    overrides = CPU_OVERRIDES + crop_overrides(1) + [
+    overrides = SMOKE_OVERRIDES + crop_overrides(1) + [
         f"data.train_path={train_path}",
         f"augmentations.0.num_crops={num_views}",
         "checkpoint.enabled=False",
         *extra,
     ]
-    return parse_pretrain_cfg(compose_cfg(CUSTOM, "stablerep.yaml", overrides))
+    return compose_parsed_cfg(CUSTOM, "stablerep.yaml", overrides)
 
 
 def test_import_registers_stablerep_once():
@@ -107,7 +105,6 @@ def test_fit_with_labels_trains_and_logs_finite_metrics(image_folder, tmp_path, 
 
 @pytest.mark.slow
 def test_fit_without_labels_is_finite_and_logs_no_accuracy(tmp_path, monkeypatch):
-    from conftest import write_image_folder
 
     flat = tmp_path / "flat"
     write_image_folder(tmp_path / "nested", num_classes=1)

@@ -7,10 +7,10 @@ import pickle
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
+from helpers import REPO
 from solo_stablerep.data.index import INDEX_SUFFIX, CaptionIndex, write_indexed_manifest
 from solo_stablerep.data.manifest import (
     MANIFEST_NAME,
@@ -20,8 +20,6 @@ from solo_stablerep.data.manifest import (
     read_manifest,
     write_manifest,
 )
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _records():

@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("solo", reason="the entry point runs solo-learn's training")
 
-from synthetic_helpers import (  # noqa: E402
-    CPU_OVERRIDES,
+from helpers import (  # noqa: E402
+    SYNTHETIC_CPU_OVERRIDES,
     REPO,
     colour,
     copy_configs,
@@ -26,7 +26,7 @@ TINY_RUN = [
     "method_kwargs.proj_hidden_dim=32",
     "method_kwargs.proj_output_dim=16",
     "data.synthetic.n_img=2",
-    *CPU_OVERRIDES,
+    *SYNTHETIC_CPU_OVERRIDES,
 ]
 
 

@@ -5,13 +5,19 @@ import math
 import pickle
 import socket
 
-import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
-from PIL import Image
 
-from conftest import CPU_OVERRIDES, PRETRAIN_CONFIGS, compose_cfg, requires_solo, run_pretrain_command
+from helpers import (
+    PRETRAIN_CONFIGS,
+    SMOKE_OVERRIDES,
+    compose_parsed_cfg,
+    compose_raw_cfg,
+    make_manifest_dataset,
+    requires_solo,
+    run_pretrain_command,
+)
 
 pytestmark = requires_solo
 
@@ -72,25 +78,16 @@ def test_tokenizer_pickles_for_dataloader_workers():
 # --------------------------------------------------------------------------------- captions
 
 
-def write_tiny_manifest(root, num_captions=8, images_per_caption=2, class_names=("class0", "class1")):
-    """A manifest data set of random 32 px PNGs; caption 3 is longer than the context length."""
-    from solo_stablerep.data.manifest import CaptionRecord, image_relpath, write_manifest
+def tiny_caption(c: int) -> str:
+    """Caption c of the tiny manifest: caption 3 is longer than the context length."""
+    return LONG_CAPTION if c == 3 else f"a photo of thing number {c}"
 
-    rng = np.random.default_rng(0)
-    records = []
-    for c in range(num_captions):
-        cid = f"cap{c:03d}"
-        paths = []
-        for k in range(images_per_caption):
-            rel = image_relpath(cid, k, "png")
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / rel)
-            paths.append(rel)
-        caption = LONG_CAPTION if c == 3 else f"a photo of thing number {c}"
-        label = None if class_names is None else c % len(class_names)
-        records.append(CaptionRecord(cid, caption, label, paths))
-    write_manifest(root, records, class_names=class_names)
-    return [r.caption for r in records]
+
+def write_tiny_manifest(root, num_captions=8, images_per_caption=2):
+    """A labelled manifest data set of 32 px images captioned by :func:`tiny_caption`; returns its captions."""
+    make_manifest_dataset(root, num_captions, images_per_caption, class_names=["class0", "class1"], size=32,
+                          caption=tiny_caption, caption_id="cap{:03d}".format)
+    return [tiny_caption(c) for c in range(num_captions)]
 
 
 @pytest.fixture(scope="module")
@@ -148,16 +145,14 @@ def test_caption_wrapper_appends_the_tokens_of_each_items_caption():
 
 
 def pp_cfg(train_path, *extra, config="stablerep_pp.yaml", n_img=2):
-    from solo_stablerep.pretrain import parse_pretrain_cfg
-
-    overrides = CPU_OVERRIDES + TINY_TEXT + [
+    overrides = SMOKE_OVERRIDES + TINY_TEXT + [
         "augmentations.0.crop_size=32",
         f"data.train_path={train_path}",
         f"data.synthetic.n_img={n_img}",
         "checkpoint.enabled=False",
         *extra,
     ]
-    return parse_pretrain_cfg(compose_cfg(SYNTHETIC, config, overrides))
+    return compose_parsed_cfg(SYNTHETIC, config, overrides)
 
 
 def quiet(model):
@@ -179,7 +174,7 @@ def fake_batch(model, batch_size=4, num_views=None):
 
 def test_shipped_configs_use_the_papers_settings(manifest_root):
     composed = {
-        name: compose_cfg(SYNTHETIC, f"{name}.yaml", [f"data.train_path={manifest_root}"])
+        name: compose_raw_cfg(SYNTHETIC, f"{name}.yaml", [f"data.train_path={manifest_root}"])
         for name in ("stablerep_pp", "clip", "stablerep")
     }
     pp, clip, shared = composed["stablerep_pp"], composed["clip"], composed["stablerep"]
@@ -418,10 +413,10 @@ def test_fit_through_the_entry_point(
         pytest.importorskip("nvidia.dali")
 
     monkeypatch.chdir(tmp_path)
-    cfg = compose_cfg(
+    cfg = compose_raw_cfg(
         SYNTHETIC,
         config,
-        CPU_OVERRIDES
+        SMOKE_OVERRIDES
         + TINY_TEXT
         + [
             "augmentations.0.crop_size=32",

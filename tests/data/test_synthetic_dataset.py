@@ -10,10 +10,10 @@ import torch
 
 pytest.importorskip("solo", reason="the synthetic dataset builds on solo-learn's augmentations")
 
-from synthetic_helpers import (  # noqa: E402
-    CPU_OVERRIDES,
+from helpers import (  # noqa: E402
+    SYNTHETIC_CPU_OVERRIDES,
     colour,
-    compose_cfg,
+    compose_parsed_cfg,
     copy_configs,
     make_manifest_dataset,
     nearest_colour,
@@ -50,7 +50,7 @@ def dataset_dir(tmp_path_factory):
 
 
 def _cfg(config_dir, root, *overrides, name="stablerep.yaml"):
-    return compose_cfg(config_dir, name, [f"data.train_path={root}", *CPU_OVERRIDES, *overrides])
+    return compose_parsed_cfg(config_dir, name, [f"data.train_path={root}", *SYNTHETIC_CPU_OVERRIDES, *overrides])
 
 
 def _loaders(cfg):

@@ -1,6 +1,5 @@
 """data_gen with the diffusion backend, on a tiny random Stable Diffusion saved and reloaded via from_pretrained."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,10 +12,10 @@ from PIL import Image
 
 from data_gen.cli import main
 from data_gen.storage import SHARDS_DIR
+from helpers import REPO
 from solo_stablerep.data.manifest import read_manifest
 from tiny_pipeline import build_tiny_pipeline
 
-REPO = Path(__file__).resolve().parents[1]
 FAST = ["--resolution", "32", "--image-size", "16", "--steps", "2", "--images-per-caption", "3",
         "--image-format", "png", "--no-progress", "--device", "cpu"]
 

@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 import unicodedata
-from pathlib import Path
 
 import pytest
 
@@ -14,9 +13,9 @@ from data_gen.captions import load_captions
 from data_gen.cli import main
 from data_gen.settings import DataGenError, GenerationSettings, image_seed, resolve_shard
 from data_gen.storage import ShardLog, read_log
+from helpers import REPO
 from solo_stablerep.data.manifest import read_manifest
 
-REPO = Path(__file__).resolve().parents[1]
 PROCEDURAL = ["--backend", "procedural", "--resolution", "32", "--image-size", "16", "--images-per-caption", "2",
               "--no-progress", "--device", "cpu"]
 
