@@ -23,7 +23,7 @@ from solo_stablerep.data.shards import (
     make_header,
     read_index,
 )
-from synthetic_helpers import REPO, make_manifest_dataset
+from helpers import REPO, make_manifest_dataset
 
 
 def png(value: int, size: int = 8) -> bytes:

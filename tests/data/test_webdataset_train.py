@@ -15,11 +15,11 @@ pytest.importorskip("solo", reason="the loaders build on solo-learn's augmentati
 from omegaconf import OmegaConf  # noqa: E402
 
 from data_gen.convert import convert  # noqa: E402
-from synthetic_helpers import (  # noqa: E402
-    CPU_OVERRIDES,
+from helpers import (  # noqa: E402
+    SYNTHETIC_CPU_OVERRIDES,
     REPO,
     colour,
-    compose_cfg,
+    compose_parsed_cfg,
     copy_configs,
     make_manifest_dataset,
     solid_image,
@@ -55,8 +55,8 @@ def test_ddp_uneven_shards_same_batches_on_every_rank(tmp_path):
     convert(tmp_path / "ds", tmp_path / "shards", shard_bytes=16000, progress=False)  # 4 samples a tar
     tars = sorted((tmp_path / "shards").glob("*.tar"))
     assert len(tars) % WORLD_SIZE == 1, "the test needs more tars on one rank than on the other"
-    cfg = compose_cfg(copy_configs(tmp_path / "cfg"), "stablerep.yaml", [
-        f"data.train_path={tmp_path / 'shards'}", "data.synthetic.layout=webdataset", *CPU_OVERRIDES,
+    cfg = compose_parsed_cfg(copy_configs(tmp_path / "cfg"), "stablerep.yaml", [
+        f"data.train_path={tmp_path / 'shards'}", "data.synthetic.layout=webdataset", *SYNTHETIC_CPU_OVERRIDES,
         "data.synthetic.n_img=2", "data.num_workers=2"])
     results = mp.get_context("spawn").SimpleQueue()
     port = 29500 + (os.getpid() + 7) % 1000
@@ -69,7 +69,7 @@ def test_ddp_uneven_shards_same_batches_on_every_rank(tmp_path):
 
 TINY_RUN = ["max_epochs=1", "+limit_train_batches=2", "+limit_val_batches=1", "+num_sanity_val_steps=0",
             "method_kwargs.proj_hidden_dim=32", "method_kwargs.proj_output_dim=16", "data.synthetic.n_img=2",
-            "data.synthetic.layout=webdataset", *CPU_OVERRIDES]
+            "data.synthetic.layout=webdataset", *SYNTHETIC_CPU_OVERRIDES]
 
 
 @pytest.mark.slow
@@ -98,14 +98,13 @@ TINY_TEXT = ["method_kwargs.embed_dim=16", "method_kwargs.text_width=32", "metho
 
 def test_stablerep_pp_batches_carry_the_tokens_of_each_samples_caption(tmp_path):
     from solo_stablerep.data.synthetic import prepare_synthetic_train_data
-    from solo_stablerep.pretrain import parse_pretrain_cfg
     from solo_stablerep.text import CaptionTokenizer, with_caption_tokens
 
     make_manifest_dataset(tmp_path / "ds", 8, 3)
     convert(tmp_path / "ds", tmp_path / "shards", shard_bytes=6000, progress=False)
-    cfg = parse_pretrain_cfg(compose_cfg(copy_configs(tmp_path / "cfg"), "stablerep_pp.yaml", [
+    cfg = compose_parsed_cfg(copy_configs(tmp_path / "cfg"), "stablerep_pp.yaml", [
         f"data.train_path={tmp_path / 'shards'}", "data.synthetic.layout=webdataset", "data.synthetic.n_img=2",
-        *CPU_OVERRIDES, *TINY_TEXT]))
+        *SYNTHETIC_CPU_OVERRIDES, *TINY_TEXT])
     loader = with_caption_tokens(cfg, prepare_synthetic_train_data(cfg))
     tokenizer = CaptionTokenizer(12)
     batches = list(loader)

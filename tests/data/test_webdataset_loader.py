@@ -12,9 +12,9 @@ pytest.importorskip("solo", reason="the loaders build on solo-learn's augmentati
 from data_gen.convert import convert  # noqa: E402
 from data_gen.shards import ShardWriter  # noqa: E402
 from solo_stablerep.data.shards import make_header  # noqa: E402
-from synthetic_helpers import (  # noqa: E402
-    CPU_OVERRIDES,
-    compose_cfg,
+from helpers import (  # noqa: E402
+    SYNTHETIC_CPU_OVERRIDES,
+    compose_parsed_cfg,
     copy_configs,
     make_manifest_dataset,
     nearest_colour,
@@ -35,8 +35,8 @@ def cfg_for(tmp_path, train_path, *extra):
     config_dir = tmp_path / "cfg"
     if not config_dir.exists():
         copy_configs(config_dir)
-    return compose_cfg(config_dir, "stablerep.yaml", [
-        f"data.train_path={train_path}", "data.synthetic.layout=webdataset", *CPU_OVERRIDES,
+    return compose_parsed_cfg(config_dir, "stablerep.yaml", [
+        f"data.train_path={train_path}", "data.synthetic.layout=webdataset", *SYNTHETIC_CPU_OVERRIDES,
         f"data.synthetic.n_img={N_IMG}", "data.synthetic.shuffle_buffer=4", *extra])
 
 
