@@ -3,12 +3,13 @@
 Unlike solo-learn's ``gather``, :func:`gather_labelled_rows` accepts a different number of rows
 on each rank (the last batch of an epoch, uneven shards), carries the rows' labels in the same
 collective, and returns where the local rows sit in the gathered tensor, which the losses need
-to exclude self-similarities. Per step it issues two collectives (the row counts, then every
-block's rows and labels in one buffer) and one host sync: the counts, which the receive
-buffers' shapes depend on. Nothing else in the losses waits for the device.
+to exclude self-similarities. Given an upper bound on any rank's rows (``max_rows``, e.g. the
+batch size times the views), every rank pads its rows to that bound and one collective carries
+rows, labels and a validity flag: nothing waits for the device. Without it, the row counts are
+exchanged first (a second collective and a host sync: the receive buffers' shapes depend on them).
 """
 
-from typing import List, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -58,57 +59,81 @@ def _columns_as_labels(columns: torch.Tensor) -> torch.Tensor:
 
 def gather_labelled_rows(
     *blocks: Tuple[torch.Tensor, torch.Tensor],
-) -> List[Tuple[torch.Tensor, torch.Tensor, int]]:
+    max_rows: Optional[Sequence[int]] = None,
+) -> List[Tuple[torch.Tensor, torch.Tensor, int, Optional[torch.Tensor]]]:
     """Concatenates each ``(rows, labels)`` block over all ranks, in rank order.
 
     Args:
         *blocks: pairs of (n_b, D) floating rows (the same D and dtype for every block; the
             number of rows may differ between blocks and between ranks) and their (n_b,)
             integer labels.
+        max_rows: per block, an upper bound on n_b on every rank. Given, each rank's block is
+            padded to it and no host sync is needed; the padding rows come back marked invalid.
 
     Returns:
-        For each block, ``(all_rows, all_labels, offset)``: the gathered rows (the gradient
+        For each block, ``(all_rows, all_labels, offset, valid)``: the gathered rows (the gradient
         flowing into them is summed over ranks and routed back to each rank's rows), the
-        gathered labels (int64) and the index of this rank's first row in them. Without
-        ``torch.distributed``: ``(rows, labels, 0)``.
+        gathered labels (int64), the index of this rank's first row in them, and ``valid``, a
+        bool mask of the real rows among them when ``max_rows`` padded them (None when every
+        row is real; padding rows are zeros labelled 0). Without ``torch.distributed``:
+        ``(rows, labels, 0, None)``.
     """
 
     if not is_distributed():
-        return [(rows, labels, 0) for rows, labels in blocks]
+        return [(rows, labels, 0, None) for rows, labels in blocks]
     rank = dist.get_rank()
     device, dtype = blocks[0][0].device, blocks[0][0].dtype
     if any(rows.dtype != dtype for rows, _ in blocks):
         # torch.cat would promote one block and garble the other's label bytes
         raise ValueError(f"blocks must share one dtype, got {[rows.dtype for rows, _ in blocks]}")
-    local_counts = torch.tensor([rows.shape[0] for rows, _ in blocks], device=device)
-    counts = _all_gather(local_counts).tolist()  # [rank][block]: sizes the buffers below
+    if max_rows is None:
+        local_counts = torch.tensor([rows.shape[0] for rows, _ in blocks], device=device)
+        counts = _all_gather(local_counts).tolist()  # [rank][block]: sizes the buffers below
+        longest = [max(rank_counts[b] for rank_counts in counts) for b in range(len(blocks))]
+    else:
+        for (rows, _), bound in zip(blocks, max_rows):
+            if rows.shape[0] > bound:
+                raise ValueError(f"{rows.shape[0]} rows on rank {rank}, more than max_rows={bound}")
+        longest = list(max_rows)
 
-    # One buffer per rank: each block padded to its longest rank, label columns on the right.
-    longest = [max(rank_counts[b] for rank_counts in counts) for b in range(len(blocks))]
+    # One buffer per rank: each block padded to its longest rank, label columns (and, when
+    # padded to a bound, a column flagging real rows) on the right.
     padded = []
     for (rows, labels), length in zip(blocks, longest):
-        packed = torch.cat([rows, _labels_as_columns(labels, dtype)], dim=1)
+        columns = [rows, _labels_as_columns(labels, dtype)]
+        if max_rows is not None:
+            columns.append(rows.new_ones(rows.shape[0], 1))
+        packed = torch.cat(columns, dim=1)
         padded.append(torch.cat([packed, packed.new_zeros(length - rows.shape[0], packed.shape[1])]))
     gathered = _AllGatherWithGrad.apply(torch.cat(padded))
 
     results, start = [], 0
     for b, ((rows, _), length) in enumerate(zip(blocks, longest)):
-        per_rank = [gathered[r, start : start + counts[r][b]] for r in range(len(counts))]
-        all_packed = torch.cat(per_rank)
-        offset = sum(counts[r][b] for r in range(rank))
-        results.append(
-            (all_packed[:, : rows.shape[1]], _columns_as_labels(all_packed[:, rows.shape[1] :]), offset)
-        )
+        width = rows.shape[1]
+        if max_rows is None:
+            per_rank = [gathered[r, start : start + counts[r][b]] for r in range(len(counts))]
+            all_packed, valid = torch.cat(per_rank), None
+            offset = sum(counts[r][b] for r in range(rank))
+        else:
+            all_packed = gathered[:, start : start + length].reshape(-1, gathered.shape[-1])
+            valid, offset = all_packed[:, -1].detach() > 0.5, rank * length
+            all_packed = all_packed[:, :-1]
+        results.append((all_packed[:, :width], _columns_as_labels(all_packed[:, width:]), offset, valid))
         start += length
     return results
 
 
-def group_ids(labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def row_weights(ids: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+    """1 for each real row, 0 for padding (``valid`` from :func:`gather_labelled_rows`)."""
+    return torch.ones_like(ids) if valid is None else valid.to(ids.dtype)
+
+
+def group_ids(labels: torch.Tensor, valid: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Dense ids of equal labels and the size of each id's group.
 
     Returns ``(ids, group_sizes)``: ``ids[i] == ids[j]`` iff ``labels[i] == labels[j]``, ids in
-    ``[0, len(labels))``, and ``group_sizes[ids[i]]`` is the number of rows labelled like
-    ``i``. Built by sorting, so its shapes depend only on ``len(labels)`` (``torch.unique``
+    ``[0, len(labels))``, and ``group_sizes[ids[i]]`` is the number of real rows (``valid``;
+    default all) labelled like ``i``. Built by sorting, so its shapes depend only on ``len(labels)`` (``torch.unique``
     would wait for the device to learn how many labels there are).
     """
 
@@ -117,7 +142,7 @@ def group_ids(labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     starts_group[1:] = sorted_labels[1:] != sorted_labels[:-1]
     ids = torch.empty_like(order)
     ids[order] = starts_group.cumsum(0) - 1
-    return ids, sum_by_group(torch.ones_like(ids), ids, len(ids))
+    return ids, sum_by_group(row_weights(ids, valid), ids, len(ids))
 
 
 def sum_by_group(x: torch.Tensor, ids: torch.Tensor, num_ids: int) -> torch.Tensor:

@@ -37,7 +37,7 @@ indices). Each direction returns this rank's share of its global mean (see
 does with gradients, gives the loss of one process on the whole batch.
 """
 
-from typing import Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,7 @@ from solo_stablerep.losses.distributed import (
     gather_labelled_rows,
     global_row_mean,
     group_ids,
+    row_weights,
     sum_by_group,
 )
 from solo_stablerep.losses.multi_positive import _as_float32_if_half, multi_positive_row_losses
@@ -57,6 +58,7 @@ def image_text_contrastive_loss(
     text_z: torch.Tensor,
     text_labels: torch.Tensor,
     logit_scale: Union[torch.Tensor, float],
+    max_rows_per_rank: Optional[Tuple[int, int]] = None,
 ) -> torch.Tensor:
     """Symmetric multi-positive image–text contrastive loss (formula in the module docstring).
 
@@ -68,6 +70,9 @@ def image_text_contrastive_loss(
         text_labels: (M,) caption id of each text.
         logit_scale: the multiplier :math:`s` of the cosine similarities (already
             exponentiated and clamped; a tensor keeps its gradient).
+        max_rows_per_rank: under ``torch.distributed``, upper bounds on (N, M) on every rank;
+            given, the all-gather pads to them and never waits for the device (see
+            :func:`~solo_stablerep.losses.multi_positive_contrastive_loss`).
 
     Returns:
         Scalar: this rank's share of ``(L_i2t + L_t2i) / 2`` over the global batch.
@@ -88,26 +93,33 @@ def image_text_contrastive_loss(
     if isinstance(logit_scale, torch.Tensor):
         logit_scale = _as_float32_if_half(logit_scale)
 
-    (all_images, all_image_labels, image_offset), (all_texts, all_text_labels, text_offset) = (
-        gather_labelled_rows((image_z, image_labels), (text_z, text_labels))
+    images, texts = gather_labelled_rows(
+        (image_z, image_labels), (text_z, text_labels), max_rows=max_rows_per_rank
     )
+    all_images, all_image_labels, image_offset, image_valid = images
+    all_texts, all_text_labels, text_offset, text_valid = texts
     # one id space for both sides: an image's positives are the texts with its id, and back
     ids, _ = group_ids(torch.cat([all_image_labels, all_text_labels]))
     image_ids, text_ids = ids[: len(all_image_labels)], ids[len(all_image_labels) :]
     image_sums = sum_by_group(all_images, image_ids, len(ids))
     text_sums = sum_by_group(all_texts, text_ids, len(ids))
-    image_counts = sum_by_group(torch.ones_like(image_ids), image_ids, len(ids))
-    text_counts = sum_by_group(torch.ones_like(text_ids), text_ids, len(ids))
+    # padding rows (zeros, from max_rows_per_rank) add nothing to the sums and count nowhere
+    image_counts = sum_by_group(row_weights(image_ids, image_valid), image_ids, len(ids))
+    text_counts = sum_by_group(row_weights(text_ids, text_valid), text_ids, len(ids))
 
     local_image_ids = image_ids[image_offset : image_offset + image_z.shape[0]]
     local_text_ids = text_ids[text_offset : text_offset + text_z.shape[0]]
     image_to_text = multi_positive_row_losses(
-        logit_scale * image_z, all_texts, text_sums[local_image_ids], text_counts[local_image_ids]
+        logit_scale * image_z, all_texts, text_sums[local_image_ids], text_counts[local_image_ids],
+        valid_cols=text_valid,
     )
     text_to_image = multi_positive_row_losses(
-        logit_scale * text_z, all_images, image_sums[local_text_ids], image_counts[local_text_ids]
+        logit_scale * text_z, all_images, image_sums[local_text_ids], image_counts[local_text_ids],
+        valid_cols=image_valid,
     )
-    # each direction is a mean over the global rows that have a positive on the other side
-    image_to_text = global_row_mean(image_to_text, (text_counts[image_ids] > 0).sum())
-    text_to_image = global_row_mean(text_to_image, (image_counts[text_ids] > 0).sum())
+    # each direction is a mean over the global (real) rows that have a positive on the other side
+    images_with_text = (text_counts[image_ids] > 0) & row_weights(image_ids, image_valid).bool()
+    texts_with_image = (image_counts[text_ids] > 0) & row_weights(text_ids, text_valid).bool()
+    image_to_text = global_row_mean(image_to_text, images_with_text.sum())
+    text_to_image = global_row_mean(text_to_image, texts_with_image.sum())
     return (image_to_text + text_to_image) / 2

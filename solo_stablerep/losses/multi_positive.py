@@ -54,6 +54,7 @@ def multi_positive_row_losses(
     positive_col_sums: torch.Tensor,
     n_positives: torch.Tensor,
     self_offset: Optional[int] = None,
+    valid_cols: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     r"""Sum over rows with a positive of :math:`H(p_i, \operatorname{softmax}(a_i))`, where
     :math:`a_{ij} = r_i^\top c_j` and :math:`p_i` is uniform over row ``i``'s positives.
@@ -69,20 +70,25 @@ def multi_positive_row_losses(
         n_positives: (R,) :math:`|P_i|`; rows with 0 are left out of the sum.
         self_offset: column ``self_offset + i`` is row ``i`` itself and is left out of its
             softmax (the positives must already exclude it); None: no column is excluded.
+        valid_cols: (C,) bool, False for padding columns, which are left out of every softmax;
+            None: every column is real.
 
     Returns:
         Scalar: the sum of the row losses of rows with at least one positive.
     """
 
     logits = rows @ cols.T
-    if self_offset is not None:
-        # The dtype's lowest finite value rather than -inf: a row with no other column
-        # (a global batch of one) then stays finite instead of turning into NaN. Not recorded
-        # by autograd: the softmax gives these entries a gradient of exactly 0 anyway
-        # (exp(lowest - logsumexp) = 0; a row without other columns has no positive and no
-        # gradient), and recording the fill would copy the whole (R, C) gradient.
-        with torch.no_grad():
-            logits.diagonal(self_offset).fill_(torch.finfo(logits.dtype).min)
+    # Excluded entries get the dtype's lowest finite value rather than -inf: a row with no other
+    # column (a global batch of one) then stays finite instead of turning into NaN. Not recorded
+    # by autograd: the softmax gives these entries a gradient of exactly 0 anyway
+    # (exp(lowest - logsumexp) = 0; a row without other columns has no positive and no
+    # gradient), and recording the fill would copy the whole (R, C) gradient.
+    with torch.no_grad():
+        lowest = torch.finfo(logits.dtype).min
+        if self_offset is not None:
+            logits.diagonal(self_offset).fill_(lowest)
+        if valid_cols is not None:
+            logits.masked_fill_(~valid_cols, lowest)
     # logsumexp subtracts the row max itself: exp() stays in range for any temperature.
     row_loss = torch.logsumexp(logits, dim=1) - (rows * positive_col_sums).sum(dim=1) / (
         n_positives.clamp(min=1)
@@ -92,7 +98,10 @@ def multi_positive_row_losses(
 
 
 def multi_positive_contrastive_loss(
-    z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 0.1,
+    max_rows_per_rank: Optional[int] = None,
 ) -> torch.Tensor:
     """StableRep's multi-positive contrastive loss (formula in the module docstring).
 
@@ -101,6 +110,10 @@ def multi_positive_contrastive_loss(
             computed in float32.
         labels: (N,) integer group ids: views with equal labels are positives of each other.
         temperature: softmax temperature tau (paper: 0.1).
+        max_rows_per_rank: under ``torch.distributed``, an upper bound on N on every rank (a
+            method knows it: batch size times views). Given, the all-gather pads to it and the
+            loss never waits for the device; without it, the ranks first exchange their N.
+            The value is the same either way.
 
     Returns:
         Scalar loss: this rank's share of the mean over all rows that have a positive
@@ -120,15 +133,19 @@ def multi_positive_contrastive_loss(
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
     z = F.normalize(_as_float32_if_half(z), dim=1)
-    ((all_z, all_labels, offset),) = gather_labelled_rows((z, labels))
+    bounds = None if max_rows_per_rank is None else [max_rows_per_rank]
+    ((all_z, all_labels, offset, valid),) = gather_labelled_rows((z, labels), max_rows=bounds)
 
-    ids, group_sizes = group_ids(all_labels)
+    ids, group_sizes = group_ids(all_labels, valid)  # padding rows (zeros) count in no group
     local_ids = ids[offset : offset + z.shape[0]]
     # a row's positives: every gathered row with its label, except itself
     positive_sums = sum_by_group(all_z, ids, len(ids))[local_ids] - z
     n_positives = group_sizes[local_ids] - 1
 
     loss_sum = multi_positive_row_losses(
-        z / temperature, all_z, positive_sums, n_positives, self_offset=offset
+        z / temperature, all_z, positive_sums, n_positives, self_offset=offset, valid_cols=valid
     )
-    return global_row_mean(loss_sum, (group_sizes[ids] > 1).sum())
+    rows_with_positive = group_sizes[ids] > 1
+    if valid is not None:
+        rows_with_positive &= valid
+    return global_row_mean(loss_sum, rows_with_positive.sum())

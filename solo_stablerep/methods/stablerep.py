@@ -230,6 +230,13 @@ class StableRep(EntryPointNeeds, BaseMethod):
 
         return indexes.repeat(self.num_crops)
 
+    @property
+    def max_views_per_step(self) -> int:
+        """Rows of a step's view outputs on one rank at most: the losses pad their all-gather to
+        it, so no step waits for the device to learn how many rows each rank has."""
+
+        return self.batch_size * self.num_crops
+
     def contrastive_loss(self, batch: Sequence[Any], out: Dict[str, Any]) -> torch.Tensor:
         """The method's loss, added to the online classifier's by :meth:`training_step`.
 
@@ -247,7 +254,9 @@ class StableRep(EntryPointNeeds, BaseMethod):
         if self.w1 == 0:
             return torch.zeros((), device=self.device)
         z = torch.cat(out["z"])
-        image_loss = multi_positive_contrastive_loss(z, self.view_labels(batch[0]), self.temperature)
+        image_loss = multi_positive_contrastive_loss(
+            z, self.view_labels(batch[0]), self.temperature, max_rows_per_rank=self.max_views_per_step
+        )
         self.log("train_stablerep_loss", image_loss, on_epoch=True, sync_dist=True)
         return self.w1 * image_loss
 

@@ -179,7 +179,8 @@ class StableRepPP(StableRep):
         image_emb = self.image_projection(torch.cat(out["feats"]))
         logit_scale = self.logit_scale.exp()
         image_text_loss = image_text_contrastive_loss(
-            image_emb, self.view_labels(indexes), self.encode_text(tokens), indexes, logit_scale
+            image_emb, self.view_labels(indexes), self.encode_text(tokens), indexes, logit_scale,
+            max_rows_per_rank=(self.max_views_per_step, self.batch_size),
         )
         self.log_dict(
             {"train_image_text_loss": image_text_loss, "train_logit_scale": logit_scale.detach()},

@@ -143,6 +143,8 @@ def _free_port() -> int:
 
 
 SPLITS = {"equal": ((6, 6), (3, 3)), "uneven": ((8, 4), (2, 4))}
+# None: the ranks exchange their row counts; a bound: every rank pads to it (no host sync)
+MAX_ROWS = {"counts exchanged": None, "padded to a bound": (9, 5)}
 
 
 def _rank_worker(rank, world_size, port, data, results):
@@ -152,14 +154,16 @@ def _rank_worker(rank, world_size, port, data, results):
         image_z, image_labels, text_z, text_labels, log_scale = data
         # one process group for every split (spawning is the slow part of this test)
         for name, (image_splits, text_splits) in SPLITS.items():
-            i0, t0 = sum(image_splits[:rank]), sum(text_splits[:rank])
-            i1, t1 = i0 + image_splits[rank], t0 + text_splits[rank]
-            u = image_z[i0:i1].clone().requires_grad_(True)
-            v = text_z[t0:t1].clone().requires_grad_(True)
-            t = log_scale.clone().requires_grad_(True)
-            loss = image_text_contrastive_loss(u, image_labels[i0:i1], v, text_labels[t0:t1], t.exp())
-            loss.backward()
-            results[(name, rank)] = (loss.detach(), u.grad, v.grad, t.grad)
+            for gather, max_rows in MAX_ROWS.items():
+                i0, t0 = sum(image_splits[:rank]), sum(text_splits[:rank])
+                i1, t1 = i0 + image_splits[rank], t0 + text_splits[rank]
+                u = image_z[i0:i1].clone().requires_grad_(True)
+                v = text_z[t0:t1].clone().requires_grad_(True)
+                t = log_scale.clone().requires_grad_(True)
+                loss = image_text_contrastive_loss(u, image_labels[i0:i1], v, text_labels[t0:t1], t.exp(),
+                                                   max_rows_per_rank=max_rows)
+                loss.backward()
+                results[(name, gather, rank)] = (loss.detach(), u.grad, v.grad, t.grad)
     finally:
         dist.destroy_process_group()
 
@@ -185,8 +189,8 @@ def test_two_gloo_ranks_equal_one_process_with_equal_and_uneven_splits():
         mp.spawn(_rank_worker, args=(2, _free_port(), data, results), nprocs=2, join=True)
         results = dict(results)
 
-    for name in SPLITS:
-        r0, r1 = results[(name, 0)], results[(name, 1)]
+    for name in [(split, gather) for split in SPLITS for gather in MAX_ROWS]:
+        r0, r1 = results[(*name, 0)], results[(*name, 1)]
         # DDP averages gradients over ranks: the rank mean is the one-process value
         assert ((r0[0] + r1[0]) / 2).item() == pytest.approx(single.item(), rel=1e-10), name
         torch.testing.assert_close(torch.cat([r0[1], r1[1]]) / 2, u.grad, rtol=1e-9, atol=1e-12)

@@ -150,22 +150,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_worker(rank, world_size, port, z_global, labels_global, splits, results):
+def _rank_worker(rank, world_size, port, z_global, labels_global, splits, results, max_rows=None):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         start = sum(splits[:rank])
         z = z_global[start : start + splits[rank]].clone().requires_grad_(True)
         labels = labels_global[start : start + splits[rank]]
-        loss = multi_positive_contrastive_loss(z, labels, 0.1)
+        loss = multi_positive_contrastive_loss(z, labels, 0.1, max_rows_per_rank=max_rows)
         loss.backward()
         results[rank] = (loss.detach(), z.grad.detach())
     finally:
         dist.destroy_process_group()
 
 
+# max_rows None: the ranks exchange their row counts; 8: every rank pads to it (no host sync)
+@pytest.mark.parametrize("max_rows", [None, 8], ids=["counts-exchanged", "padded-to-8"])
 @pytest.mark.parametrize("splits", [(6, 6), (7, 5)], ids=["equal", "uneven"])
-def test_two_gloo_ranks_equal_one_process(splits):
+def test_two_gloo_ranks_equal_one_process(splits, max_rows):
     g = torch.Generator().manual_seed(5)
     # Same-caption views land on both ranks, so cross-rank positives are exercised.
     labels = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 2])
@@ -179,7 +181,7 @@ def test_two_gloo_ranks_equal_one_process(splits):
         results = manager.dict()
         mp.spawn(
             _rank_worker,
-            args=(2, _free_port(), z, labels, list(splits), results),
+            args=(2, _free_port(), z, labels, list(splits), results, max_rows),
             nprocs=2,
             join=True,
         )
