@@ -35,7 +35,7 @@ from solo_stablerep.data.shards import (
     read_header,
 )
 
-from .storage import atomic_write_bytes, atomic_write_json
+from .storage import atomic_write_bytes, atomic_write_json, iter_log
 
 RECORDS_DIR = "records"
 DEFAULT_SHARD_BYTES = 1 << 30  # ~1 GB: large sequential reads, yet many shards per rank at 100M images
@@ -48,16 +48,9 @@ def tar_name(prefix: str, number: int) -> str:
 
 
 def iter_records(folder: Path) -> Iterator[dict]:
-    """Every writer's finished-tar records, streamed. A last line without its newline is a write cut short."""
+    """Every writer's finished-tar records, streamed (a line cut short by a crash is ignored)."""
     for log in sorted((Path(folder) / RECORDS_DIR).glob("*.jsonl")):
-        with open(log, "rb") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.endswith(b"\n"):
-                    break
-                try:
-                    yield json.loads(line)
-                except ValueError:
-                    raise ShardFormatError(f"{log}:{number}: corrupt record line (not JSON)") from None
+        yield from iter_log(log)
 
 
 def read_records(folder: Path) -> list[dict]:
