@@ -25,9 +25,10 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 from PIL import Image
 
 from solo_stablerep.data.config import check_batch_size, load_caption_index
-from solo_stablerep.data.index import CaptionIndex, SyntheticDataError
+from solo_stablerep.data.index import CaptionIndex
 from solo_stablerep.data.sampling import ReadableImages, SkipCounter, large_crop_slots, order_views
 from solo_stablerep.data.transforms import build_image_transform
+from solo_stablerep.errors import InputError
 
 
 def shard_epoch(num_items: int, rank: int, world_size: int, epoch: int, seed: int) -> np.ndarray:
@@ -138,7 +139,39 @@ class SyntheticDALIIterator(DALIGenericIterator):
         return [batch["index"][:b].flatten().long(), views, batch["label"][:b].flatten().long()]
 
 
-class SyntheticDALIDataModule(pl.LightningDataModule):
+class DALIDataModule(pl.LightningDataModule):
+    """What the DALI data modules share: the settings of one training pipeline per rank, built in
+    :meth:`setup` by the subclass's ``build_loader(rank, world_size, local_rank)``."""
+
+    def __init__(self, transform: Callable, large_slots: Sequence[bool], n_img: int, batch_size: int,
+                 num_workers: int, dali_device: str, seed: int):
+        super().__init__()
+        if dali_device not in ("gpu", "cpu"):
+            raise InputError(f"dali.device={dali_device}: choose gpu or cpu")
+        self.transform = transform
+        self.large_slots = list(large_slots)
+        self.n_img = n_img
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.dali_device = dali_device
+        self.seed = seed
+        self.train_loader = None
+
+    def pipeline_options(self, rank: int, local_rank: int) -> dict:
+        """The DALI pipeline arguments that depend on the device and the rank."""
+        return dict(num_threads=max(1, self.num_workers), seed=self.seed + rank, prefetch_queue_depth=2,
+                    device_id=local_rank if self.dali_device == "gpu" else None)
+
+    def setup(self, stage: Optional[str] = None):
+        self.train_loader = self.build_loader(
+            self.trainer.global_rank, self.trainer.world_size, self.trainer.local_rank
+        )
+
+    def train_dataloader(self):
+        return self.train_loader
+
+
+class SyntheticDALIDataModule(DALIDataModule):
     """Training data of the synthetic data set with DALI; built by :meth:`from_cfg`.
 
     Cfg keys read: ``data.synthetic.*`` (see ``add_and_assert_synthetic_cfg``), ``augmentations``,
@@ -148,20 +181,10 @@ class SyntheticDALIDataModule(pl.LightningDataModule):
 
     def __init__(self, index: CaptionIndex, transform: Callable, large_slots: Sequence[bool], n_img: int,
                  batch_size: int, num_workers: int, dali_device: str, seed: int, skip_corrupt: bool):
-        super().__init__()
-        if dali_device not in ("gpu", "cpu"):
-            raise SyntheticDataError(f"dali.device={dali_device}: choose gpu or cpu")
+        super().__init__(transform, large_slots, n_img, batch_size, num_workers, dali_device, seed)
         self.images = ReadableImages(index, n_img, skip_corrupt)
         check_batch_size(len(index), batch_size, index.source)
         self.index = index
-        self.transform = transform
-        self.large_slots = list(large_slots)
-        self.n_img = n_img
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.dali_device = dali_device
-        self.seed = seed
-        self.train_loader: Optional[SyntheticDALIIterator] = None
 
     @classmethod
     def from_cfg(cls, cfg: omegaconf.DictConfig) -> "SyntheticDALIDataModule":
@@ -184,10 +207,7 @@ class SyntheticDALIDataModule(pl.LightningDataModule):
             transform=self.transform,
             dali_device=self.dali_device,
             batch_size=self.batch_size * self.n_img,
-            num_threads=max(1, self.num_workers),
-            device_id=local_rank if self.dali_device == "gpu" else None,
-            seed=self.seed + rank,
-            prefetch_queue_depth=2,
+            **self.pipeline_options(rank, local_rank),
         )
         pipeline.build()
         return SyntheticDALIIterator(pipeline, self.n_img, self.large_slots, source.batches_per_epoch())
@@ -195,11 +215,3 @@ class SyntheticDALIDataModule(pl.LightningDataModule):
     @property
     def skipped(self) -> SkipCounter:
         return self.images.skipped
-
-    def setup(self, stage: Optional[str] = None):
-        self.train_loader = self.build_loader(
-            self.trainer.global_rank, self.trainer.world_size, self.trainer.local_rank
-        )
-
-    def train_dataloader(self) -> SyntheticDALIIterator:
-        return self.train_loader

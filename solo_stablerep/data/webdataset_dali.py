@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from typing import Callable, Optional, Sequence
 
-import lightning.pytorch as pl
 import numpy as np
 import nvidia.dali.fn as fn
 import nvidia.dali.types as types
@@ -24,6 +23,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from solo_stablerep.data.sampling import large_crop_slots, order_views
 from solo_stablerep.data.shards import image_component, index_path
+from solo_stablerep.data.synthetic_dali import DALIDataModule
 from solo_stablerep.data.transforms import build_image_transform
 from solo_stablerep.data.webdataset import ShardDataError, ShardSet, shuffle_buffer
 
@@ -102,7 +102,7 @@ class ShardDALIIterator(DALIGenericIterator):
         return out
 
 
-class ShardDALIDataModule(pl.LightningDataModule):
+class ShardDALIDataModule(DALIDataModule):
     """Training data from shards with DALI; built by :meth:`from_cfg`.
 
     Cfg keys read: ``data.synthetic.*``, ``augmentations``, ``optimizer.batch_size`` (captions per
@@ -112,21 +112,11 @@ class ShardDALIDataModule(pl.LightningDataModule):
     def __init__(self, shards: ShardSet, transform: Callable, large_slots: Sequence[bool], n_img: int,
                  batch_size: int, num_workers: int, dali_device: str, seed: int, shuffle_buffer: int,
                  tokenizer: Optional[Callable] = None):
-        super().__init__()
-        if dali_device not in ("gpu", "cpu"):
-            raise ShardDataError(f"dali.device={dali_device}: choose gpu or cpu")
+        super().__init__(transform, large_slots, n_img, batch_size, num_workers, dali_device, seed)
         shards.check(n_img)
         self.shards = shards
-        self.transform = transform
-        self.large_slots = list(large_slots)
-        self.n_img = n_img
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.dali_device = dali_device
-        self.seed = seed
         self.shuffle_buffer = shuffle_buffer
         self.tokenizer = tokenizer
-        self.train_loader: Optional[ShardDALIIterator] = None
 
     @classmethod
     def from_cfg(cls, cfg: omegaconf.DictConfig, shards: ShardSet) -> "ShardDALIDataModule":
@@ -148,16 +138,7 @@ class ShardDALIDataModule(pl.LightningDataModule):
             tars=[str(t) for t in self.shards.tars], num_images=self.shards.most_images,
             image_ext=self.shards.image_ext, n_img=self.n_img, transform=self.transform,
             dali_device=self.dali_device, shard_id=rank, num_shards=world_size,
-            shuffle_buffer=self.shuffle_buffer, batch_size=self.batch_size,
-            num_threads=max(1, self.num_workers), device_id=local_rank if self.dali_device == "gpu" else None,
-            seed=self.seed + rank, prefetch_queue_depth=2,
+            shuffle_buffer=self.shuffle_buffer, batch_size=self.batch_size, **self.pipeline_options(rank, local_rank),
         )
         pipeline.build()
         return ShardDALIIterator(pipeline, self.n_img, self.large_slots, self.shards.run_id, self.tokenizer)
-
-    def setup(self, stage: Optional[str] = None):
-        self.train_loader = self.build_loader(self.trainer.global_rank, self.trainer.world_size,
-                                              self.trainer.local_rank)
-
-    def train_dataloader(self) -> ShardDALIIterator:
-        return self.train_loader
