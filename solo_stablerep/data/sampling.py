@@ -8,11 +8,15 @@ ordered as solo-learn's ``BaseMethod`` expects (:func:`order_views`).
 
 from __future__ import annotations
 
+import io
 import logging
 import multiprocessing
 from multiprocessing.context import get_spawning_popen
 from pathlib import Path
 from typing import Callable, Iterable, List, Sequence, TypeVar
+
+import numpy as np
+from PIL import Image
 
 from solo_stablerep.data.index import CaptionIndex, SyntheticDataError
 
@@ -115,3 +119,11 @@ class ReadableImages:
             f"caption {self.index.caption_id(i)}: only {len(images)} readable images, "
             f"fewer than data.synthetic.n_img={self.n_img}"
         )
+
+
+def checked_encoded_image(data: bytes) -> np.ndarray:
+    """An encoded image's bytes for a decoder elsewhere (DALI), after a header check here, so that a
+    corrupt image raises an error this package names (DALI's decoder error would not)."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.verify()
+    return np.frombuffer(data, dtype=np.uint8)

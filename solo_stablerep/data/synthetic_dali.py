@@ -11,7 +11,6 @@ caption stay on one rank and every caption is seen once per epoch.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -22,11 +21,16 @@ import nvidia.dali.types as types
 import omegaconf
 from nvidia.dali import pipeline_def
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
-from PIL import Image
 
 from solo_stablerep.data.config import check_batch_size, load_caption_index
 from solo_stablerep.data.index import CaptionIndex
-from solo_stablerep.data.sampling import ReadableImages, SkipCounter, large_crop_slots, order_views
+from solo_stablerep.data.sampling import (
+    ReadableImages,
+    SkipCounter,
+    checked_encoded_image,
+    large_crop_slots,
+    order_views,
+)
 from solo_stablerep.data.transforms import build_image_transform
 from solo_stablerep.errors import InputError
 
@@ -41,12 +45,7 @@ def shard_epoch(num_items: int, rank: int, world_size: int, epoch: int, seed: in
 
 
 def _read_checked_bytes(path: Path) -> np.ndarray:
-    """The file's encoded bytes, after a header check, so that a bad file is named (DALI's decoder
-    error would not name it)."""
-    data = path.read_bytes()
-    with Image.open(io.BytesIO(data)) as img:
-        img.verify()
-    return np.frombuffer(data, dtype=np.uint8)
+    return checked_encoded_image(path.read_bytes())
 
 
 class CaptionBatchSource:

@@ -17,10 +17,9 @@ exactly ``N // (W * B)`` batches per epoch, so no rank waits for another at an e
   batches needs more samples than they hold. With shards of unequal sizes a few captions are
   therefore seen twice in an epoch and others wait for the next one; over epochs each caption is
   seen once per epoch on average. Use many more shards than W x K.
-- DALI (``data.format: dali``): ``fn.readers.webdataset`` with the shards' index files splits the
-  samples themselves evenly across ranks (padded to equal counts), shuffles them through a buffer
-  of the same size, picks ``n_img`` of the m images of each sample inside the pipeline and decodes
-  only those (``mixed`` on GPU, ``cpu`` with ``dali.device: cpu``).
+- DALI (``data.format: dali``, :mod:`.webdataset_dali`): the same stream on each rank (no
+  DataLoader workers) hands the n encoded images of each caption to the manifest layout's DALI
+  pipeline, which decodes (``mixed`` on GPU, ``cpu`` with ``dali.device: cpu``) and augments them.
 
 Every shard's index file is read when the set is opened, so a missing or truncated tar, a sample
 lacking images or holding fewer than ``n_img``, and tars of two generation runs are reported before
@@ -42,7 +41,7 @@ import os
 import random
 import tarfile
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
 import omegaconf
@@ -51,7 +50,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
-from solo_stablerep.data.sampling import SkipCounter, large_crop_slots, order_views
+from solo_stablerep.data.sampling import SkipCounter, checked_encoded_image, large_crop_slots, order_views
 from solo_stablerep.data.shards import (
     HEADER_NAME,
     ShardFormatError,
@@ -242,31 +241,64 @@ class ShardStream(IterableDataset):
             for tar in self._my_tars(slot, slots, rng):
                 yield from self._read_tar(tar)
 
-    def _item(self, sample: dict, rng: np.random.Generator):
+    def _pick(self, sample: dict, rng: np.random.Generator, read: Callable[[bytes], Any]):
+        """``(meta, [read(image bytes)] * n_img)`` for ``n_img`` of the sample's images drawn afresh
+        in random order, skipping unreadable ones (an error unless ``skip_corrupt``); None when fewer
+        than ``n_img`` are readable (counted)."""
         tar, key = sample["__url__"], sample["__key__"]
         meta = json.loads(sample["json"])
         if meta["run_id"] != self.shards.run_id:
             raise ShardDataError(f"{tar}: sample {key} is from generation run {meta['run_id']}, "
                                  f"not {self.shards.run_id}: shards of two runs are mixed")
         names = [image_component(k, self.shards.image_ext) for k in range(meta["num_images"])]
-        per_image_crops = []
+        picked = []
         for k in rng.permutation(len(names)):
             try:
-                with Image.open(io.BytesIO(sample[names[k]])) as img:
-                    per_image_crops.append(self.image_transform(img.convert("RGB")))
+                picked.append(read(sample[names[k]]))
             except KeyError:  # the index lists every image: the tar is damaged
                 self._corrupt(f"{tar}: sample {key} lacks image {names[k]} (corrupt tar?)")
                 continue
             except (OSError, SyntaxError, ValueError) as e:
                 self._corrupt(f"{tar}: sample {key}: corrupt image {names[k]} ({str(e).splitlines()[0]})")
                 continue
-            if len(per_image_crops) == self.n_img:
-                label = -1 if meta["label"] is None else meta["label"]
-                item = (meta["index"], order_views(per_image_crops, self.large_slots), label)
-                return item + (self.tokenizer(meta["caption"]),) if self.tokenizer else item
-        self._corrupt(f"{tar}: sample {key}: {len(per_image_crops)} readable images, "
+            if len(picked) == self.n_img:
+                return meta, picked
+        self._corrupt(f"{tar}: sample {key}: {len(picked)} readable images, "
                       f"fewer than data.synthetic.n_img={self.n_img}")
         return None
+
+    def _crops(self, data: bytes) -> list:
+        with Image.open(io.BytesIO(data)) as img:
+            return self.image_transform(img.convert("RGB"))
+
+    def _item(self, sample: dict, rng: np.random.Generator):
+        """solo-learn's item (plus tokens) of a sample, its images decoded and augmented here."""
+        picked = self._pick(sample, rng, self._crops)
+        if picked is None:
+            return None
+        meta, per_image_crops = picked
+        label = -1 if meta["label"] is None else meta["label"]
+        item = (meta["index"], order_views(per_image_crops, self.large_slots), label)
+        return item + (self.tokenizer(meta["caption"]),) if self.tokenizer else item
+
+    def encoded_item(self, sample: dict, rng: np.random.Generator):
+        """``(index, [encoded image] * n_img, label, caption)`` of a sample, for a decoder elsewhere
+        (DALI); each image's header is checked here, so that a corrupt one is named."""
+        picked = self._pick(sample, rng, checked_encoded_image)
+        if picked is None:
+            return None
+        meta, images = picked
+        return meta["index"], images, -1 if meta["label"] is None else meta["label"], meta["caption"]
+
+    def items(self, slot: int, slots: int, rng: np.random.Generator, make_item: Callable):
+        """``make_item`` of every sample of (rank, worker) pair ``slot`` of ``slots``, endlessly,
+        through the shuffle buffer; samples it returns None for are left out."""
+        samples = wds.filters.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
+                                      rng=random.Random(int(rng.integers(2**63))))(self._samples(slot, slots, rng))
+        for sample in samples:
+            item = make_item(sample, rng)
+            if item is not None:
+                yield item
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -275,16 +307,9 @@ class ShardStream(IterableDataset):
         rng = np.random.default_rng([self.seed, self.epoch, slot])
         total = len(self)
         quota = total // workers + (worker < total % workers)
-        samples = wds.filters.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
-                                      rng=random.Random(int(rng.integers(2**63))))(self._samples(slot, slots, rng))
-        batch = []
-        while quota > 0:
-            item = self._item(next(samples), rng)
-            if item is not None:
-                batch.append(item)
-            if len(batch) == self.batch_size:
-                yield default_collate(batch)
-                batch, quota = [], quota - 1
+        items = self.items(slot, slots, rng, self._item)
+        for _ in range(quota):
+            yield default_collate([next(items) for _ in range(self.batch_size)])
 
 
 class ShardLoader(DataLoader):

@@ -1,105 +1,98 @@
 """DALI loader for WebDataset shards (``data.synthetic.layout: webdataset``, ``data.format: dali``).
 
-``fn.readers.webdataset`` reads each sample's JSON and its m encoded images using the shards' index
-files, split evenly across ranks (``pad_last_batch``: equal sample counts, so equal batch counts) and
-shuffled through a buffer. The pipeline then picks ``n_img`` distinct images per sample, uniformly
-(sequential draws with ``fn.random.choice``, each excluding the images already drawn), so only those
-are decoded (``mixed`` on GPU, ``cpu`` otherwise) and passed through solo-learn's DALI augmentations.
-The iterator reads index, label (and, for StableRep++, caption) from each sample's JSON.
+The shards are read as the PyTorch loader reads them (:class:`~solo_stablerep.data.webdataset.ShardStream`:
+this rank's share of the tars streamed through a shuffle buffer, ``n_img`` of a sample's m images
+drawn afresh at each visit, each image's header checked so that a corrupt one is named, or skipped
+and counted with ``data.synthetic.skip_corrupt``). The n encoded images of each caption then go to
+the same DALI pipeline as the manifest layout's (:func:`~solo_stablerep.data.synthetic_dali.synthetic_pipeline`):
+one batch of n x B images, decoded (``mixed`` on GPU) and augmented by one chain of operators.
+
+Why not ``fn.readers.webdataset``: it yields one sample per caption, so the n views took n chains
+of operators of batch B each, and ran at 0.86x the manifest loader's items per second on CPU
+(``bench/bench_shards.py``); reading the tars here costs one sequential pass over each tar.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Callable, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
-import nvidia.dali.fn as fn
-import nvidia.dali.types as types
 import omegaconf
-import torch
-from nvidia.dali import pipeline_def
-from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-from solo_stablerep.data.sampling import large_crop_slots, order_views
-from solo_stablerep.data.shards import image_component, index_path
-from solo_stablerep.data.synthetic_dali import DALIDataModule
+from solo_stablerep.data.sampling import large_crop_slots
+from solo_stablerep.data.synthetic_dali import DALIDataModule, SyntheticDALIIterator, synthetic_pipeline
 from solo_stablerep.data.transforms import build_image_transform
-from solo_stablerep.data.webdataset import ShardDataError, ShardSet, shuffle_buffer
-
-_SPACE = 32  # pads each batch's JSON texts to one length; JSON ignores trailing spaces
+from solo_stablerep.data.webdataset import ShardSet, ShardStream, shuffle_buffer
 
 
-def choose_images(encoded: Sequence, n_img: int) -> list:
-    """``n_img`` of a sample's images, a uniformly random subset in random order, as DALI nodes.
+class ShardBatchSource:
+    """Iterable for ``fn.external_source`` (the shard counterpart of ``CaptionBatchSource``): each
+    ``next`` gives one batch of B captions as three image-major lists of n x B samples (encoded
+    images, labels, caption indices); one ``iter`` is one epoch of ``len(stream)`` batches.
 
-    ``encoded[k]`` is image k's bytes (empty when the sample has fewer images). Each draw is
-    ``fn.random.choice`` over the images not drawn yet; the chosen bytes are taken from the images
-    zero-padded to the sample's longest one and stacked (decoders ignore bytes after the image's end).
+    With ``keep_captions`` it remembers the caption of each index it has handed to DALI until
+    :meth:`caption_of` is asked for it (StableRep++'s tokens; DALI runs ahead of the iterator).
     """
-    m = len(encoded)
-    ks = types.Constant(np.arange(m, dtype=np.int32))
-    available = fn.cast(fn.stack(*[e.shape()[0] > 0 for e in encoded]), dtype=types.FLOAT)
-    drawn = []
-    for _ in range(n_img):
-        k = fn.random.choice(m, p=available / fn.reductions.sum(available))
-        available = available * fn.cast(ks != k, dtype=types.FLOAT)
-        drawn.append(k)
-    longest = fn.cast(fn.reductions.max(fn.stack(*[e.shape()[0] for e in encoded])), dtype=types.INT32)
-    padded = [fn.pad(e, axes=(0,), shape=fn.stack(longest), fill_value=0) for e in encoded]
-    stacked = fn.stack(*padded)
-    chosen = fn.sequence_rearrange(stacked, new_order=fn.stack(*drawn))
-    views = fn.element_extract(chosen, element_map=list(range(n_img)))
-    return views if isinstance(views, list) else [views]
 
+    def __init__(self, stream: ShardStream, rank: int, world_size: int, keep_captions: bool = False):
+        self.stream = stream
+        self.rank, self.world_size = rank, world_size
+        self.keep_captions = keep_captions
+        self.epoch = 0
+        self._in_flight: Dict[int, List] = {}  # index -> [caption, batches holding it not yet read]
 
-@pipeline_def(enable_conditionals=True)  # solo-learn's DALI augmentations use conditionals
-def shard_pipeline(tars: Sequence[str], num_images: int, image_ext: str, n_img: int, transform: Callable,
-                   dali_device: str, shard_id: int, num_shards: int, shuffle_buffer: int):
-    """Outputs the crops of each of the ``n_img`` chosen images (image-major), then the samples' JSON."""
-    meta, *encoded = fn.readers.webdataset(
-        paths=list(tars), index_paths=[str(index_path(t)) for t in tars],
-        ext=["json"] + [image_component(k, image_ext) for k in range(num_images)],
-        missing_component_behavior="empty", random_shuffle=True, initial_fill=shuffle_buffer,
-        shard_id=shard_id, num_shards=num_shards, pad_last_batch=True, name="Reader",
-    )
-    chosen = choose_images(encoded, n_img)
-    decoder_device = "mixed" if dali_device == "gpu" else "cpu"
-    crops = [c for image in chosen
-             for c in transform(fn.decoders.image(image, device=decoder_device, output_type=types.RGB))]
-    return (*crops, fn.pad(meta, fill_value=_SPACE))
+    def batches_per_epoch(self) -> int:
+        self.stream.rank, self.stream.world_size = self.rank, self.world_size
+        return len(self.stream)
 
-
-class ShardDALIIterator(DALIGenericIterator):
-    """Yields solo-learn's ``[indexes, [views...], targets]`` (plus caption tokens when a tokenizer
-    is given) from :func:`shard_pipeline`."""
-
-    def __init__(self, pipeline, n_img: int, large_slots: Sequence[bool], run_id: str,
-                 tokenizer: Optional[Callable] = None):
-        self.n_img = n_img
-        self.large_slots = list(large_slots)
-        self.run_id = run_id
-        self.tokenizer = tokenizer
-        crops = [f"img{i}_crop{j}" for i in range(n_img) for j in range(len(self.large_slots))]
-        super().__init__(pipeline, crops + ["json"], reader_name="Reader",
-                         last_batch_policy=LastBatchPolicy.DROP, auto_reset=True)
+    def __iter__(self):
+        stream = self.stream
+        stream.rank, stream.world_size, stream.epoch = self.rank, self.world_size, self.epoch
+        rng = np.random.default_rng([stream.seed, self.epoch, self.rank])
+        self._items = stream.items(self.rank, self.world_size, rng, stream.encoded_item)
+        self._left = len(stream)
+        self.epoch += 1
+        return self
 
     def __next__(self):
-        batch = super().__next__()[0]
-        per_image_crops = [[batch[f"img{i}_crop{j}"] for j in range(len(self.large_slots))]
-                           for i in range(self.n_img)]
-        metas = [json.loads(bytes(row.cpu().numpy())) for row in batch["json"]]
-        for meta in metas:
-            if meta["run_id"] != self.run_id:
-                raise ShardDataError(f"sample {meta['caption_id']} is from generation run {meta['run_id']}, "
-                                     f"not {self.run_id}: shards of two runs are mixed")
-        device = per_image_crops[0][0].device
-        indexes = torch.tensor([m["index"] for m in metas], device=device)
-        labels = torch.tensor([-1 if m["label"] is None else m["label"] for m in metas], device=device)
-        out = [indexes, order_views(per_image_crops, self.large_slots), labels]
+        if self._left == 0:
+            raise StopIteration
+        self._left -= 1
+        items = [next(self._items) for _ in range(self.stream.batch_size)]
+        if self.keep_captions:
+            for index, _, _, caption in items:
+                self._in_flight.setdefault(index, [caption, 0])[1] += 1
+        n = self.stream.n_img
+        encoded = [images[k] for k in range(n) for _, images, _, _ in items]
+        labels = [np.array([label], dtype=np.int64) for _, _, label, _ in items] * n
+        indexes = [np.array([index], dtype=np.int64) for index, _, _, _ in items] * n
+        return encoded, labels, indexes
+
+    def caption_of(self, index: int) -> str:
+        entry = self._in_flight[index]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self._in_flight[index]
+        return entry[0]
+
+
+class ShardDALIIterator(SyntheticDALIIterator):
+    """:class:`SyntheticDALIIterator` over a :class:`ShardBatchSource`, plus each caption's token ids
+    when a tokenizer is given (StableRep++)."""
+
+    def __init__(self, pipeline, n_img: int, large_slots: Sequence[bool], source: ShardBatchSource,
+                 tokenizer: Optional[Callable] = None):
+        super().__init__(pipeline, n_img, large_slots, source.batches_per_epoch())
+        self.source = source
+        self.tokenizer = tokenizer
+
+    def __next__(self):
+        batch = super().__next__()
         if self.tokenizer is not None:
-            out.append(self.tokenizer([m["caption"] for m in metas]).to(device))
-        return out
+            indexes = batch[0]
+            captions = [self.source.caption_of(i) for i in indexes.tolist()]
+            batch.append(self.tokenizer(captions).to(indexes.device))
+        return batch
 
 
 class ShardDALIDataModule(DALIDataModule):
@@ -111,22 +104,25 @@ class ShardDALIDataModule(DALIDataModule):
 
     def __init__(self, shards: ShardSet, transform: Callable, large_slots: Sequence[bool], n_img: int,
                  batch_size: int, num_workers: int, dali_device: str, seed: int, shuffle_buffer: int,
-                 tokenizer: Optional[Callable] = None):
+                 skip_corrupt: bool = False, tokenizer: Optional[Callable] = None):
         super().__init__(transform, large_slots, n_img, batch_size, num_workers, dali_device, seed)
-        shards.check(n_img)
-        self.shards = shards
-        self.shuffle_buffer = shuffle_buffer
+        # the stream only reads, checks and draws images here: DALI decodes and augments them
+        self.stream = ShardStream(shards, n_img, image_transform=None, large_slots=large_slots,
+                                  batch_size=batch_size, seed=seed, shuffle_buffer=shuffle_buffer,
+                                  skip_corrupt=skip_corrupt)
         self.tokenizer = tokenizer
+
+    @property
+    def skipped(self):
+        return self.stream.skipped
 
     @classmethod
     def from_cfg(cls, cfg: omegaconf.DictConfig, shards: ShardSet) -> "ShardDALIDataModule":
-        if cfg.data.synthetic.skip_corrupt:  # DALI's reader and decoder stop at a broken sample
-            raise ShardDataError("data.synthetic.skip_corrupt=True: not available for shards with "
-                                 "data.format=dali; use the PyTorch loader (data.format=image_folder)")
-        return cls(shards, transform=build_image_transform(cfg, dali=True), large_slots=large_crop_slots(cfg.augmentations),
-                   n_img=cfg.data.synthetic.n_img, batch_size=cfg.optimizer.batch_size,
-                   num_workers=cfg.data.num_workers, dali_device=cfg.dali.device, seed=cfg.seed,
-                   shuffle_buffer=shuffle_buffer(cfg))
+        return cls(shards, transform=build_image_transform(cfg, dali=True),
+                   large_slots=large_crop_slots(cfg.augmentations), n_img=cfg.data.synthetic.n_img,
+                   batch_size=cfg.optimizer.batch_size, num_workers=cfg.data.num_workers,
+                   dali_device=cfg.dali.device, seed=cfg.seed, shuffle_buffer=shuffle_buffer(cfg),
+                   skip_corrupt=cfg.data.synthetic.skip_corrupt)
 
     def with_caption_tokens(self, tokenizer: Callable) -> "ShardDALIDataModule":
         """Appends each sample's caption tokens to the batches (StableRep++); call before ``setup``."""
@@ -134,11 +130,10 @@ class ShardDALIDataModule(DALIDataModule):
         return self
 
     def build_loader(self, rank: int = 0, world_size: int = 1, local_rank: int = 0) -> ShardDALIIterator:
-        pipeline = shard_pipeline(
-            tars=[str(t) for t in self.shards.tars], num_images=self.shards.most_images,
-            image_ext=self.shards.image_ext, n_img=self.n_img, transform=self.transform,
-            dali_device=self.dali_device, shard_id=rank, num_shards=world_size,
-            shuffle_buffer=self.shuffle_buffer, batch_size=self.batch_size, **self.pipeline_options(rank, local_rank),
+        source = ShardBatchSource(self.stream, rank, world_size, keep_captions=self.tokenizer is not None)
+        pipeline = synthetic_pipeline(
+            source=source, transform=self.transform, dali_device=self.dali_device,
+            batch_size=self.batch_size * self.n_img, **self.pipeline_options(rank, local_rank),
         )
         pipeline.build()
-        return ShardDALIIterator(pipeline, self.n_img, self.large_slots, self.shards.run_id, self.tokenizer)
+        return ShardDALIIterator(pipeline, self.n_img, self.large_slots, source, self.tokenizer)

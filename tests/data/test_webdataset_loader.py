@@ -192,3 +192,23 @@ def test_shards_of_two_runs_mixed(tmp_path):
         ShardSet(f"{tmp_path / 'a'}/{{a,b}}-000000.tar")
     with pytest.raises(ShardDataError, match=r"b-000000.tar: sample capb .*two runs are mixed"):
         ShardSet(str(tmp_path / "a"))
+
+
+def test_dali_loader_names_a_corrupt_image_or_skips_it_when_asked(tmp_path):
+    pytest.importorskip("nvidia.dali", reason="data.format=dali needs nvidia-dali")
+    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
+    from solo_stablerep.data.webdataset import ShardDataError
+
+    make_manifest_dataset(tmp_path / "ds", 8, IMAGES)
+    for path in sorted((tmp_path / "ds" / "images").rglob("cap0002_*.png")):
+        path.write_bytes(b"not a png" * 10)
+    convert(tmp_path / "ds", tmp_path / "shards", progress=False)
+    data = prepare_synthetic_train_data(cfg_for(tmp_path, tmp_path / "shards", "data.format=dali"))
+    with pytest.raises(ShardDataError, match=r"shard-000000.tar: sample cap0002: corrupt image"):
+        for _ in data.build_loader():  # DALI prefetches its first batches when the loader is built
+            pass
+    data = prepare_synthetic_train_data(
+        cfg_for(tmp_path, tmp_path / "shards", "data.format=dali", "data.synthetic.skip_corrupt=True"))
+    loader = data.build_loader()
+    assert sum(1 for _ in loader) == len(loader) == 2  # the other captions fill the epoch
+    assert data.skipped.value >= 1

@@ -96,7 +96,8 @@ TINY_TEXT = ["method_kwargs.embed_dim=16", "method_kwargs.text_width=32", "metho
              "method_kwargs.text_heads=2", "method_kwargs.context_length=12"]
 
 
-def test_stablerep_pp_batches_carry_the_tokens_of_each_samples_caption(tmp_path):
+@pytest.mark.parametrize("data_format", ["image_folder", "dali"])
+def test_stablerep_pp_batches_carry_the_tokens_of_each_samples_caption(tmp_path, data_format):
     from solo_stablerep.data.synthetic import prepare_synthetic_train_data
     from solo_stablerep.text import CaptionTokenizer, with_caption_tokens
 
@@ -104,15 +105,18 @@ def test_stablerep_pp_batches_carry_the_tokens_of_each_samples_caption(tmp_path)
     convert(tmp_path / "ds", tmp_path / "shards", shard_bytes=6000, progress=False)
     cfg = compose_parsed_cfg(copy_configs(tmp_path / "cfg"), "stablerep_pp.yaml", [
         f"data.train_path={tmp_path / 'shards'}", "data.synthetic.layout=webdataset", "data.synthetic.n_img=2",
-        *SYNTHETIC_CPU_OVERRIDES, *TINY_TEXT])
+        *SYNTHETIC_CPU_OVERRIDES, *TINY_TEXT, f"data.format={data_format}"])
     loader = with_caption_tokens(cfg, prepare_synthetic_train_data(cfg))
+    if data_format == "dali":
+        loader = loader.build_loader()
     tokenizer = CaptionTokenizer(12)
-    batches = list(loader)
-    assert len(batches) == len(loader) == 8 // cfg.optimizer.batch_size
-    for indexes, views, targets, tokens in batches:
-        assert len(views) == cfg.data.num_large_crops + cfg.data.num_small_crops
-        expected = tokenizer([f"caption number {i}" for i in indexes.tolist()])  # make_manifest_dataset's texts
-        assert torch.equal(tokens, expected)
+    for _ in range(2):  # DALI runs ahead of the iterator: the second epoch checks nothing is mixed up
+        batches = list(loader)
+        assert len(batches) == len(loader) == 8 // cfg.optimizer.batch_size
+        for indexes, views, targets, tokens in batches:
+            assert len(views) == cfg.data.num_large_crops + cfg.data.num_small_crops
+            expected = tokenizer([f"caption number {i}" for i in indexes.tolist()])  # make_manifest_dataset's texts
+            assert torch.equal(tokens, expected)
 
 
 @pytest.mark.slow
