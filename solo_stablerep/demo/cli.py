@@ -47,9 +47,14 @@ def _configure_output() -> None:
     """Progress lines on stderr; library noise (timm/solo deprecations, Lightning banners) would bury them."""
 
     configure_logging("%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    # ... and if it was imported already, its loggers print through handlers of their own
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # Lightning gives its loggers handlers of their own when imported ("lightning" always,
+    # "lightning.pytorch"/"lightning.fabric" if logging was not configured yet), which print its INFO
+    # banners whatever our filter says: import it now and quiet those handlers
+    import lightning.pytorch  # noqa: F401
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            handler.setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*(Overwriting|num_workers|does not have many workers).*")

@@ -263,3 +263,15 @@ def test_bench_runner_discovers_every_benchmark_but_itself():
     names = [p.name for p in load_run_all().discover()]
     assert "run_all.py" not in names
     assert names == sorted(p.name for p in (REPO / "bench").glob("*.py") if p.name != "run_all.py")
+
+
+def test_cli_output_hides_lightnings_info_banners():
+    # Lightning prints "Seed set to 0", "GPU available" ... at INFO through a handler of its own;
+    # the demo's progress lines would drown in them
+    script = ("import logging, lightning.pytorch as pl; from solo_stablerep.demo.cli import _configure_output; "
+              "_configure_output(); pl.seed_everything(0); "
+              "logging.getLogger('solo_stablerep.demo.pipeline').info('progress line')")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "progress line" in result.stderr
+    assert "Seed set" not in result.stderr
