@@ -28,8 +28,10 @@ The writer (crash safety, resuming) is :mod:`data_gen.shards`; the loaders are
 from __future__ import annotations
 
 import json
+import mmap
+from collections.abc import Mapping
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 from solo_stablerep.errors import InputError
 
@@ -91,8 +93,8 @@ def read_header(folder: Path) -> dict:
     return header
 
 
-def read_index(path: Path) -> List[List[IndexMember]]:
-    """Samples of a DALI index file: per sample, its members as (component, offset, size, name)."""
+def _index_lines(path: Path) -> List[str]:
+    """The sample lines of a DALI index file, after checking its header line."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
@@ -100,16 +102,22 @@ def read_index(path: Path) -> List[List[IndexMember]]:
     head = lines[0].split() if lines else []
     if len(head) != 2 or head[0] != INDEX_VERSION or not head[1].isdigit():
         raise ShardFormatError(f"{path}:1: not a {INDEX_VERSION} webdataset index header")
-    samples = []
-    for number, line in enumerate(lines[1:], start=2):
-        fields = line.split()
-        if not fields or len(fields) % 4:
-            raise ShardFormatError(f"{path}:{number}: expected groups of 4 fields (ext offset size name)")
-        samples.append([(fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3])
-                        for i in range(0, len(fields), 4)])
-    if len(samples) != int(head[1]):
-        raise ShardFormatError(f"{path}: header says {head[1]} samples, {len(samples)} lines follow")
-    return samples
+    if len(lines) - 1 != int(head[1]):
+        raise ShardFormatError(f"{path}: header says {head[1]} samples, {len(lines) - 1} lines follow")
+    return lines[1:]
+
+
+def read_index(path: Path) -> List[List[IndexMember]]:
+    """Samples of a DALI index file: per sample, its members as (component, offset, size, name)."""
+    return [index_members(line, f"{path}:{number}") for number, line in enumerate(_index_lines(path), start=2)]
+
+
+def index_members(line: str, where: str) -> List[IndexMember]:
+    """The members of the sample of one index line; ``where`` (file:line) names it in the error."""
+    fields = line.split()
+    if not fields or len(fields) % 4:
+        raise ShardFormatError(f"{where}: expected groups of 4 fields (ext offset size name)")
+    return [(fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3]) for i in range(0, len(fields), 4)]
 
 
 def index_text(samples: Sequence[Sequence[IndexMember]]) -> str:
@@ -117,3 +125,51 @@ def index_text(samples: Sequence[Sequence[IndexMember]]) -> str:
     lines = [f"{INDEX_VERSION} {len(samples)}"]
     lines += [" ".join(f"{ext} {offset} {size} {name}" for ext, offset, size, name in s) for s in samples]
     return "\n".join(lines) + "\n"
+
+
+class IndexedSample(Mapping):
+    """One sample of a tar, read through its index line as DALI's reader reads it: a mapping of the
+    WebDataset package's shape (``__key__``, ``__url__``, then component -> bytes) whose members are
+    copied out of the tar's memory map only when asked for, so a loader that uses n of m images reads
+    n of them, and a shuffle buffer holds index lines rather than images.
+
+    Raises ShardFormatError (naming tar and sample) for a member that lies past the tar's end.
+    """
+
+    def __init__(self, tar: mmap.mmap, url: str, line: str, where: str):
+        self._tar, self._url, self._line, self._where = tar, url, line, where
+        self._members: Optional[dict] = None
+
+    def _parsed(self) -> dict:
+        if self._members is None:  # parsed on first use: most of a buffer's lines wait a while
+            self._members = {ext: (offset, size) for ext, offset, size, _ in index_members(self._line, self._where)}
+            self._key = self._line.split(None, 4)[3].split(".", 1)[0]
+        return self._members
+
+    def __getitem__(self, component: str):
+        members = self._parsed()
+        if component == "__key__":
+            return self._key
+        if component == "__url__":
+            return self._url
+        offset, size = members[component]
+        if offset + size > len(self._tar):
+            raise ShardFormatError(f"{self._url}: sample {self._key}: member {component} lies past the tar's "
+                                   f"end ({len(self._tar)} bytes; truncated after its index was written?)")
+        return self._tar[offset : offset + size]
+
+    def __iter__(self):
+        return iter(["__key__", "__url__", *self._parsed()])
+
+    def __len__(self) -> int:
+        return 2 + len(self._parsed())
+
+
+def iter_indexed_samples(tar_path: Path) -> Iterator[IndexedSample]:
+    """The samples of a tar in index order, each an :class:`IndexedSample`."""
+    path = index_path(tar_path)
+    lines = _index_lines(path)
+    with open(tar_path, "rb") as f:
+        tar = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # keeps its own handle once f is closed
+    for number, line in enumerate(lines, start=2):
+        yield IndexedSample(tar, str(tar_path), line, f"{path}:{number}")

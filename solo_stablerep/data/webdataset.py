@@ -18,8 +18,9 @@ exactly ``N // (W * B)`` batches per epoch, so no rank waits for another at an e
   therefore seen twice in an epoch and others wait for the next one; over epochs each caption is
   seen once per epoch on average. Use many more shards than W x K.
 - DALI (``data.format: dali``, :mod:`.webdataset_dali`): the same stream on each rank (no
-  DataLoader workers) hands the n encoded images of each caption to the manifest layout's DALI
-  pipeline, which decodes (``mixed`` on GPU, ``cpu`` with ``dali.device: cpu``) and augments them.
+  DataLoader workers), reading samples through the tars' index files as DALI's reader does, hands
+  the n encoded images of each caption to the manifest layout's DALI pipeline, which decodes
+  (``mixed`` on GPU, ``cpu`` with ``dali.device: cpu``) and augments them.
 
 Every shard's index file is read when the set is opened, so a missing or truncated tar, a sample
 lacking images or holding fewer than ``n_img``, and tars of two generation runs are reported before
@@ -56,6 +57,7 @@ from solo_stablerep.data.shards import (
     ShardFormatError,
     image_component,
     index_path,
+    iter_indexed_samples,
     read_header,
     read_index,
 )
@@ -183,11 +185,15 @@ class ShardStream(IterableDataset):
         skip_corrupt (bool): skip and count unreadable samples instead of raising.
         tokenizer (Optional[Callable]): caption -> token ids; set (by
             :meth:`ShardLoader.with_caption_tokens`) for methods that need captions.
+        read_through_index (bool): read samples by their index lines' offsets, n of m images each
+            (:class:`~solo_stablerep.data.shards.IndexedSample`), instead of streaming whole tars
+            through the webdataset package; the DALI loader's way.
     """
 
     def __init__(self, shards: ShardSet, n_img: int, image_transform: Callable, large_slots: Sequence[bool],
                  batch_size: int, seed: int = 0, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
-                 skip_corrupt: bool = False, tokenizer: Optional[Callable] = None):
+                 skip_corrupt: bool = False, tokenizer: Optional[Callable] = None,
+                 read_through_index: bool = False):
         shards.check(n_img)
         self.shards = shards
         self.n_img = n_img
@@ -198,6 +204,7 @@ class ShardStream(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.skip_corrupt = skip_corrupt
         self.tokenizer = tokenizer
+        self.read_tar = self._read_tar_indexed if read_through_index else self._read_tar
         self.skipped = SkipCounter()  # shared with the DataLoader workers
         self.rank, self.world_size, self.epoch = 0, 1, 0
 
@@ -230,6 +237,14 @@ class ShardStream(IterableDataset):
             self._corrupt(f"{tar}: corrupt or truncated tar after sample {key} "
                           f"({count} samples read, its index lists {expected})")
 
+    def _read_tar_indexed(self, tar: Path):
+        """The samples of one tar as index lines over its memory map; a tar that cannot be mapped
+        is one error line (a member past its end is named when read, in :meth:`_pick`)."""
+        try:
+            yield from iter_indexed_samples(tar)
+        except (ShardFormatError, OSError, ValueError) as e:
+            self._corrupt(f"{tar}: unreadable ({str(e).splitlines()[0]})")
+
     def _corrupt(self, message: str) -> None:
         if not self.skip_corrupt:
             raise ShardDataError(message + "; set data.synthetic.skip_corrupt=True to skip such samples")
@@ -239,14 +254,18 @@ class ShardStream(IterableDataset):
         """This pair's tars' samples, endlessly (the next pass over them in another order)."""
         while True:
             for tar in self._my_tars(slot, slots, rng):
-                yield from self._read_tar(tar)
+                yield from self.read_tar(tar)
 
     def _pick(self, sample: dict, rng: np.random.Generator, read: Callable[[bytes], Any]):
         """``(meta, [read(image bytes)] * n_img)`` for ``n_img`` of the sample's images drawn afresh
         in random order, skipping unreadable ones (an error unless ``skip_corrupt``); None when fewer
         than ``n_img`` are readable (counted)."""
         tar, key = sample["__url__"], sample["__key__"]
-        meta = json.loads(sample["json"])
+        try:
+            meta = json.loads(sample["json"])
+        except (KeyError, ValueError) as e:  # ShardFormatError included
+            self._corrupt(f"{tar}: sample {key}: unreadable metadata ({str(e).splitlines()[0]})")
+            return None
         if meta["run_id"] != self.shards.run_id:
             raise ShardDataError(f"{tar}: sample {key} is from generation run {meta['run_id']}, "
                                  f"not {self.shards.run_id}: shards of two runs are mixed")
@@ -257,6 +276,9 @@ class ShardStream(IterableDataset):
                 picked.append(read(sample[names[k]]))
             except KeyError:  # the index lists every image: the tar is damaged
                 self._corrupt(f"{tar}: sample {key} lacks image {names[k]} (corrupt tar?)")
+                continue
+            except ShardFormatError as e:  # already names tar and sample
+                self._corrupt(str(e))
                 continue
             except (OSError, SyntaxError, ValueError) as e:
                 self._corrupt(f"{tar}: sample {key}: corrupt image {names[k]} ({str(e).splitlines()[0]})")
