@@ -82,15 +82,15 @@ def test_parser_reads_objects_words_and_background():
 def test_contact_sheet_shows_at_most_max_columns_images_per_caption(tmp_path):
     from data_gen.runner import contact_sheet
 
-    entries = []
+    rows = []
     for c, colour in enumerate(((255, 0, 0), (0, 0, 255))):
         images = []
         for k in range(30):
-            name = f"c{c}_{k:02d}.png"
-            Image.new("RGB", (8, 8), colour).save(tmp_path / name)
-            images.append(name)
-        entries.append({"caption": f"caption {c}", "images": images})
-    sheet = np.asarray(contact_sheet(tmp_path, entries, thumb=10, text_width=20, max_columns=4))
+            path = tmp_path / f"c{c}_{k:02d}.png"
+            Image.new("RGB", (8, 8), colour).save(path)
+            images.append(path)
+        rows.append((f"caption {c}", images))
+    sheet = np.asarray(contact_sheet(rows, thumb=10, text_width=20, max_columns=4))
     assert sheet.shape == (2 * 14, 20 + 4 * 14, 3)
     # row 0 shows caption 0's (red) images, row 1 caption 1's (blue)
     assert tuple(sheet[5, 20 + 5]) == (255, 0, 0) and tuple(sheet[14 + 5, 20 + 3 * 14 + 5]) == (0, 0, 255)

@@ -202,6 +202,12 @@ def test_convert_missing_image_is_one_line(tmp_path):
 
 PROCEDURAL = dict(backend="procedural", images_per_caption=3, resolution=48, image_size=24)
 DIGITS = "".join(f"a {c} digit {d} on a dark background\n" for d in range(6) for c in ("red", "blue"))
+SHEET = "contact_sheets/shard-00000-of-00001.png"  # of a run in one process
+
+
+def sheet_pixels(path):
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 def generate_shards(captions, out, num_shards=1, shard_bytes=6000, **settings):
@@ -243,6 +249,30 @@ def test_generate_as_shards_and_as_manifest_gives_the_same_bytes(tmp_path):
         generate_shards(captions, tmp_path / "shards", seed=1)
 
 
+def test_shard_generation_writes_the_same_contact_sheet_as_the_manifest_layout(tmp_path):
+    from data_gen.runner import RunOptions, generate
+    from solo_stablerep.data.manifest import read_manifest
+
+    captions = tmp_path / "captions.txt"
+    captions.write_text(DIGITS)
+    for layout in ("manifest", "webdataset"):
+        generate(captions, tmp_path / layout, GenerationSettings(**PROCEDURAL), RunOptions(
+            format=layout, shard_bytes=3000, num_shards=1, shard_index=0, batch_size=2,
+            contact_sheet_captions=5, progress=False))
+    sheet = sheet_pixels(tmp_path / "webdataset" / SHEET)
+    thumb, text_width = 96, 220  # contact_sheet's defaults; a cell is the thumbnail + 4 px
+    assert sheet.shape == (5 * (thumb + 4), text_width + 3 * (thumb + 4), 3)  # 5 captions x 3 images
+    # the last caption shown lies in a later tar than the first: its images are read at their offsets
+    tar_of = {i: r["tar"] for r in read_records(tmp_path / "webdataset") for i in r["captions"]}
+    assert tar_of[4] != tar_of[0]
+    _, records = read_manifest(tmp_path / "manifest")
+    with Image.open(tmp_path / "manifest" / records[4].images[2]) as image:
+        expected = np.asarray(image.convert("RGB").resize((thumb, thumb)))
+    y, x = 4 * (thumb + 4) + 2, text_width + 2 * (thumb + 4)
+    np.testing.assert_array_equal(sheet[y : y + thumb, x : x + thumb], expected)
+    np.testing.assert_array_equal(sheet, sheet_pixels(tmp_path / "manifest" / SHEET))  # text rows too
+
+
 KILLED_GENERATION = textwrap.dedent("""
     import os, signal, sys
     from data_gen import shards
@@ -270,6 +300,7 @@ def test_sigkill_during_shard_generation_then_rerun_has_every_caption_once(tmp_p
     assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
     done = {i for r in read_records(out) for i in r["captions"]}
     assert done and max(done) < 9, "the kill should come after some tars and before the end"
+    assert not (out / SHEET).exists()  # written at the end of a run
 
     rerun = subprocess.run([sys.executable, str(script), str(captions), str(out), "-1"], env=env, capture_output=True)
     assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
@@ -278,3 +309,6 @@ def test_sigkill_during_shard_generation_then_rerun_has_every_caption_once(tmp_p
     # tar_samples fails on a caption written twice; the dicts hold every image's bytes
     assert tar_samples(out) == tar_samples(tmp_path / "clean")
     assert sorted(i for r in read_records(out) for i in r["captions"]) == list(range(12))
+    # the rerun's sheet (first 6 captions) shows captions the killed run generated, read from its tars
+    assert done & set(range(6))
+    np.testing.assert_array_equal(sheet_pixels(out / SHEET), sheet_pixels(tmp_path / "clean" / SHEET))
