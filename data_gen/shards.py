@@ -32,8 +32,8 @@ from solo_stablerep.data.shards import (
     image_member,
     index_path,
     index_text,
+    iter_indexed_samples,
     read_header,
-    read_index,
 )
 
 from .storage import atomic_write_bytes, atomic_write_json, iter_log
@@ -62,23 +62,18 @@ def read_records(folder: Path) -> list[dict]:
 def read_images(folder: Path, indices: Sequence[int]) -> dict[int, list[bytes]]:
     """Encoded images (in order k = 0, 1, ...) of the captions at positions ``indices`` of the caption
     list, read back from the finished tars of any writer: the records name each caption's tar and its
-    sample number there, the tar's index the members' offsets, so only those bytes are read. Captions
+    sample number there, and only those samples' images are read (through the tar's index). Captions
     in no finished tar are left out."""
     wanted = set(indices)
     found: dict[int, list[bytes]] = {}
     for record in iter_records(folder):
-        here = [(sample, index) for sample, index in enumerate(record["captions"]) if index in wanted]
+        here = {sample: index for sample, index in enumerate(record["captions"]) if index in wanted}
         if not here:
             continue
-        tar = Path(folder) / record["tar"]
-        samples = read_index(index_path(tar))
-        with open(tar, "rb") as f:
-            for sample, index in here:
-                found[index] = []
-                for component, offset, size, _ in samples[sample]:
-                    if component != "json":  # the sample's metadata; the rest are its images, in order
-                        f.seek(offset)
-                        found[index].append(f.read(size))
+        for number, sample in enumerate(iter_indexed_samples(Path(folder) / record["tar"])):
+            if number in here:  # its members: the metadata, then the images in order
+                found[here[number]] = [sample[component] for component in sample
+                                       if not component.startswith("__") and component != "json"]
         if len(found) == len(wanted):
             break
     return found
