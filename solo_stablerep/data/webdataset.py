@@ -253,8 +253,18 @@ class ShardStream(IterableDataset):
     def _samples(self, slot: int, slots: int, rng: np.random.Generator):
         """This pair's tars' samples, endlessly (the next pass over them in another order)."""
         while True:
+            read = 0
             for tar in self._my_tars(slot, slots, rng):
-                yield from self.read_tar(tar)
+                for sample in self.read_tar(tar):
+                    read += 1
+                    yield sample
+            if read == 0:  # every tar skipped as corrupt: another pass would find nothing either
+                raise self._nothing_readable(slot, slots, rng)
+
+    def _nothing_readable(self, slot: int, slots: int, rng: np.random.Generator) -> ShardDataError:
+        tars = self._my_tars(slot, slots, rng)
+        return ShardDataError(f"{tars[0]}: no usable sample in it or the {len(tars) - 1} other tars this "
+                              f"process reads ({self.skipped.value} skipped as corrupt): training cannot go on")
 
     def _pick(self, sample: dict, rng: np.random.Generator, read: Callable[[bytes], Any]):
         """``(meta, [read(image bytes)] * n_img)`` for ``n_img`` of the sample's images drawn afresh
@@ -317,10 +327,14 @@ class ShardStream(IterableDataset):
         through the shuffle buffer; samples it returns None for are left out."""
         samples = wds.filters.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
                                       rng=random.Random(int(rng.integers(2**63))))(self._samples(slot, slots, rng))
+        unusable = 0  # in a row: more than the whole set's samples means none is usable
         for sample in samples:
             item = make_item(sample, rng)
             if item is not None:
+                unusable = 0
                 yield item
+            elif (unusable := unusable + 1) > len(self.shards):
+                raise self._nothing_readable(slot, slots, rng)
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()

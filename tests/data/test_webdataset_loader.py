@@ -212,3 +212,26 @@ def test_dali_loader_names_a_corrupt_image_or_skips_it_when_asked(tmp_path):
     loader = data.build_loader()
     assert sum(1 for _ in loader) == len(loader) == 2  # the other captions fill the epoch
     assert data.skipped.value >= 1
+
+
+@pytest.mark.parametrize("data_format", ["image_folder", "dali"])
+@pytest.mark.parametrize("damage", ["tar", "images"])
+def test_nothing_readable_with_skip_corrupt_is_an_error_not_a_hang(tmp_path, data_format, damage):
+    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
+    from solo_stablerep.data.webdataset import ShardDataError
+
+    if data_format == "dali":
+        pytest.importorskip("nvidia.dali", reason="data.format=dali needs nvidia-dali")
+    make_manifest_dataset(tmp_path / "ds", 8, IMAGES)
+    if damage == "images":  # every sample then has no readable image
+        for path in (tmp_path / "ds" / "images").rglob("*.png"):
+            path.write_bytes(b"not a png" * 10)
+    convert(tmp_path / "ds", tmp_path / "shards", shard_bytes=12000, progress=False)
+    data = prepare_synthetic_train_data(cfg_for(tmp_path, tmp_path / "shards", f"data.format={data_format}",
+                                                "data.synthetic.skip_corrupt=True", "data.num_workers=0"))
+    if damage == "tar":  # emptied after the set was opened and checked: no tar is readable
+        for tar in (tmp_path / "shards").glob("*.tar"):
+            tar.write_bytes(b"")
+    with pytest.raises(ShardDataError, match=r"shard-\d+.tar: no usable sample in it or the \d+ other tars"):
+        for _ in data.build_loader() if data_format == "dali" else data:
+            pass
