@@ -104,10 +104,12 @@ def derived_file_paths(source: Path, suffix: str) -> List[Path]:
 def exclusive_lock(path: Path) -> Iterator[None]:
     """An exclusive ``flock`` on ``path`` (a file or a folder, opened read-only), held in the block:
     processes building the same derived file take turns, so that it is built once."""
+    if fcntl is None:  # no flock (Windows): builders may overlap, each still writing atomically
+        yield
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # releases the lock
