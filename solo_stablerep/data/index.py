@@ -41,8 +41,9 @@ import os
 import sys
 import time
 from array import array
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -87,9 +88,44 @@ class SyntheticDataError(InputError):
 
 
 def cache_dir() -> Path:
-    """Folder for indexes of sources in read-only folders."""
+    """Folder for indexes (and shard summaries) of sources in read-only folders."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "solo-stablerep"
+
+
+def derived_file_paths(source: Path, suffix: str) -> List[Path]:
+    """Where a file derived from ``source`` (an index, a summary) is looked for and written, in that
+    order: beside it (``<source><suffix>``), then in :func:`cache_dir` under a name unique to it."""
+    key = hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:20]
+    return [source.with_name(source.name + suffix), cache_dir() / f"{source.name}.{key}{suffix}"]
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (a file or a folder, opened read-only), held in the block:
+    processes building the same derived file take turns, so that it is built once."""
+    if fcntl is None:  # no flock (Windows): builders may overlap, each still writing atomically
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def write_first_writable(paths: Sequence[Path], write: Callable[[Path], None]) -> Path:
+    """Calls ``write(path)`` (an atomic write) on each of ``paths`` in turn until one succeeds; returns
+    it. A read-only data folder falls through to the cache. Raises the last ``OSError`` if none does."""
+    for path in paths:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write(path)
+            return path
+        except OSError as error:
+            last_error = error
+    raise last_error
 
 
 class _IndexBuilder:
@@ -181,7 +217,6 @@ def _write_index(path: Path, arrays: dict, meta: dict) -> None:
     text = json.dumps(header, ensure_ascii=False).encode()
     assert 16 + len(text) <= start
     text += b" " * (start - 16 - len(text))
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as f:
         f.write(_MAGIC + len(text).to_bytes(8, "little") + text)
         for name, values in arrays.items():
@@ -364,25 +399,14 @@ class CaptionIndex:
             )
 
 
-def _index_path_beside(source: Path) -> Path:
-    return source.with_name(source.name + INDEX_SUFFIX)
-
-
-def _index_path_in_cache(source: Path) -> Path:
-    key = hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:20]
-    return cache_dir() / f"{source.name}.{key}{INDEX_SUFFIX}"
-
-
 def _ensure_index(source: Path, csv_header: Optional[bool]) -> Path:
     """Path of a valid index of ``source``: an existing one beside it or in the cache, else built now."""
-    candidates = [_index_path_beside(source), _index_path_in_cache(source)]
+    candidates = derived_file_paths(source, INDEX_SUFFIX)
     signature = _signature(source, csv_header)
     for path in candidates:
         if _map_index(path, signature) is not None:
             return path
-    with open(source, "rb") as lock:
-        if fcntl is not None:  # one builder per source; the others wait, then find its index
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+    with exclusive_lock(source):  # one builder per source; the others wait, then find its index
         signature = _signature(source, csv_header)
         for path in candidates:
             if _map_index(path, signature) is not None:
@@ -398,22 +422,21 @@ def _ensure_index(source: Path, csv_header: Optional[bool]) -> Path:
         meta.update(extensions=builder.extensions)
         arrays = builder.arrays()
         del builder
-        for path in candidates:
-            try:
-                _write_index(path, arrays, meta)
-                return path
-            except OSError as error:  # read-only data folder: try the cache
-                last_error = error
-        raise SyntheticDataError(
-            f"{source}: cannot write its caption index beside it or in {cache_dir()} ({last_error})"
-        )
+        try:
+            return write_first_writable(candidates, lambda path: _write_index(path, arrays, meta))
+        except OSError as error:
+            raise SyntheticDataError(
+                f"{source}: cannot write its caption index beside it or in {cache_dir()} ({error})"
+            ) from None
 
 
-class _Progress:
-    """A line on stderr every few seconds while a large source is indexed (standard library only)."""
+class Progress:
+    """A line on stderr every few seconds while a large source is read (standard library only):
+    ``<doing> <source>: <done>/<total> <unit>, <seconds> s``."""
 
-    def __init__(self, source: Path, total: Optional[int], every: float = 5.0):
-        self.source, self.total, self.every = source, total, every
+    def __init__(self, source: Path, total: Optional[int], every: float = 5.0, doing: str = "indexing",
+                 unit: str = "captions"):
+        self.source, self.total, self.every, self.doing, self.unit = source, total, every, doing, unit
         self.started = self.shown = time.monotonic()
 
     def __call__(self, done: int) -> None:
@@ -421,13 +444,13 @@ class _Progress:
         if now - self.shown >= self.every:
             self.shown = now
             of = f"/{self.total}" if self.total is not None else ""
-            print(f"indexing {self.source}: {done}{of} captions, {now - self.started:.0f} s",
+            print(f"{self.doing} {self.source}: {done}{of} {self.unit}, {now - self.started:.0f} s",
                   file=sys.stderr, flush=True)
 
 
 def _build_from_manifest(source: Path, builder: _IndexBuilder) -> dict:
     path, header, lines = scan_manifest(source.parent)
-    progress = _Progress(source, header["num_captions"])
+    progress = Progress(source, header["num_captions"])
     for count, (_, record, ext) in enumerate(lines, start=1):
         builder.add_record(record, ext)
         if count % 65536 == 0:
@@ -442,7 +465,7 @@ def _build_from_manifest(source: Path, builder: _IndexBuilder) -> dict:
 
 
 def _build_from_csv(source: Path, csv_header: bool, builder: _IndexBuilder) -> dict:
-    progress = _Progress(source, None)
+    progress = Progress(source, None)
     with open(source, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         for row_no, row in enumerate(reader):
@@ -479,6 +502,6 @@ def write_indexed_manifest(
             "class_names": None if class_names is None else list(class_names), "extensions": builder.extensions}
     arrays = builder.arrays()
     del builder
-    _write_index(_index_path_beside(path), arrays, meta)
+    _write_index(derived_file_paths(path, INDEX_SUFFIX)[0], arrays, meta)
     return path
 

@@ -21,24 +21,50 @@ The index file is DALI's ``wds2idx`` format: a line ``v1.2 <num_samples>``, then
 sample listing each member as ``<ext> <data offset> <size> <member name>`` (offsets in bytes from
 the start of the tar, past the member's 512-byte header).
 
+Shard summary: what opening a shard set needs of each tar (sample count, fewest and most images,
+where its index ends, its first sample's ``run_id``), checked once from its index and kept in one
+JSON file per shard folder, beside the header or, when the folder is read-only, in
+``$XDG_CACHE_HOME/solo-stablerep`` (the caption index's rules, :mod:`solo_stablerep.data.index`)::
+
+    OUT/webdataset.json.summary    {"format", "version", "image_ext", "tars": {<tar name>: entry}}
+    entry                          {"key": [tar size, tar mtime_ns, idx size, idx mtime_ns],
+                                    "samples", "fewest": [images, caption id], "most", "end",
+                                    "first": caption id, "run_id"}
+
+An entry whose key differs from the tar and index on disk (one ``stat`` each) is stale: that tar is
+summarised again, so a tar truncated or rewritten after its summary was cached is checked again. A
+folder's summary is updated under an exclusive ``flock`` on the folder, so the ranks of a node
+opening it at once summarise each tar once; it is written atomically, also when a tar turns out to
+be bad (the tars checked before it are kept).
+
 The writer (crash safety, resuming) is :mod:`data_gen.shards`; the loaders are
-:mod:`solo_stablerep.data.webdataset`. Only the standard library is used.
+:mod:`solo_stablerep.data.webdataset`. Only the standard library is used, and the caption index's
+cache helpers.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import mmap
+import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
+from solo_stablerep.data.index import Progress, derived_file_paths, exclusive_lock, write_first_writable
+from solo_stablerep.data.manifest import atomic_output
 from solo_stablerep.errors import InputError
+
+log = logging.getLogger(__name__)
 
 FORMAT_NAME = "stablerep-webdataset"
 FORMAT_VERSION = 1
 HEADER_NAME = "webdataset.json"
 INDEX_VERSION = "v1.2"
+SUMMARY_SUFFIX = ".summary"
+SUMMARY_FORMAT = "stablerep-webdataset-summary"
+SUMMARY_VERSION = 1
 
 # one member of a sample in an index file: (component, data offset, size, member name)
 IndexMember = Tuple[str, int, int, str]
@@ -93,8 +119,8 @@ def read_header(folder: Path) -> dict:
     return header
 
 
-def _index_lines(path: Path) -> List[str]:
-    """The sample lines of a DALI index file, after checking its header line."""
+def index_lines(path: Path) -> Tuple[int, List[str]]:
+    """(samples its header line announces, the sample lines) of a DALI index file."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
@@ -102,22 +128,31 @@ def _index_lines(path: Path) -> List[str]:
     head = lines[0].split() if lines else []
     if len(head) != 2 or head[0] != INDEX_VERSION or not head[1].isdigit():
         raise ShardFormatError(f"{path}:1: not a {INDEX_VERSION} webdataset index header")
-    if len(lines) - 1 != int(head[1]):
-        raise ShardFormatError(f"{path}: header says {head[1]} samples, {len(lines) - 1} lines follow")
-    return lines[1:]
+    return int(head[1]), lines[1:]
+
+
+def _member_fields(path: Path, number: int, line: str) -> List[str]:
+    fields = line.split()
+    if not fields or len(fields) % 4:
+        raise ShardFormatError(f"{path}:{number}: expected groups of 4 fields (ext offset size name)")
+    return fields
+
+
+def _check_count(path: Path, announced: int, lines: Sequence[str]) -> None:
+    if len(lines) != announced:
+        raise ShardFormatError(f"{path}: header says {announced} samples, {len(lines)} lines follow")
 
 
 def read_index(path: Path) -> List[List[IndexMember]]:
     """Samples of a DALI index file: per sample, its members as (component, offset, size, name)."""
-    return [index_members(line, f"{path}:{number}") for number, line in enumerate(_index_lines(path), start=2)]
-
-
-def index_members(line: str, where: str) -> List[IndexMember]:
-    """The members of the sample of one index line; ``where`` (file:line) names it in the error."""
-    fields = line.split()
-    if not fields or len(fields) % 4:
-        raise ShardFormatError(f"{where}: expected groups of 4 fields (ext offset size name)")
-    return [(fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3]) for i in range(0, len(fields), 4)]
+    announced, lines = index_lines(path)
+    samples = []
+    for number, line in enumerate(lines, start=2):
+        fields = _member_fields(path, number, line)
+        samples.append([(fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3])
+                        for i in range(0, len(fields), 4)])
+    _check_count(path, announced, samples)
+    return samples
 
 
 def index_text(samples: Sequence[Sequence[IndexMember]]) -> str:
@@ -125,6 +160,142 @@ def index_text(samples: Sequence[Sequence[IndexMember]]) -> str:
     lines = [f"{INDEX_VERSION} {len(samples)}"]
     lines += [" ".join(f"{ext} {offset} {size} {name}" for ext, offset, size, name in s) for s in samples]
     return "\n".join(lines) + "\n"
+
+
+def _summary_key(tar: Path) -> Optional[list]:
+    """[tar size, tar mtime_ns, idx size, idx mtime_ns]; None when the index is missing."""
+    try:
+        tar_stat, idx_stat = tar.stat(), index_path(tar).stat()
+    except FileNotFoundError:
+        return None
+    return [tar_stat.st_size, tar_stat.st_mtime_ns, idx_stat.st_size, idx_stat.st_mtime_ns]
+
+
+def summarise_tar(tar: Path, image_ext: str) -> dict:
+    """The summary entry of one tar, from its index and its first sample's JSON; raises
+    :class:`ShardFormatError` naming the tar (and sample, or index line) if either is unusable: index
+    missing or malformed, no sample, tar shorter than its index says, a sample without its JSON first
+    or lacking images (components ``00.<ext>``, ``01.<ext>``, ... in order)."""
+    key = _summary_key(tar)  # taken before reading: a tar changed meanwhile is stale at the next open
+    path = index_path(tar)
+    announced, lines = index_lines(path)
+    expected: Dict[int, List[str]] = {}  # image count -> its components
+    end, most, fewest, problem = 0, 0, None, None
+    for number, line in enumerate(lines, start=2):
+        fields = _member_fields(path, number, line)
+        # a sample's members are stored in order (WebDataset groups them): its last one ends it
+        end = max(end, int(fields[-3]) + int(fields[-2]))
+        if problem is not None:
+            continue
+        caption_id = fields[3].split(".", 1)[0]
+        count = len(fields) // 4 - 1
+        if count not in expected:
+            expected[count] = [image_component(k, image_ext) for k in range(count)]
+        if fields[0] != "json":
+            problem = f"{tar}: sample {caption_id} has no .json metadata first"
+        elif fields[4::4] != expected[count]:
+            problem = f"{tar}: sample {caption_id} lacks some of its images (has {fields[4::4]})"
+        most = max(most, count)
+        if fewest is None or count < fewest[0]:
+            fewest = [count, caption_id]
+    _check_count(path, announced, lines)
+    if not lines:
+        raise ShardFormatError(f"{tar}: shard holds no sample")
+    size = tar.stat().st_size
+    if size < end:
+        raise ShardFormatError(f"{tar}: truncated ({size} bytes, its index reaches {end})")
+    if problem is not None:
+        raise ShardFormatError(problem)
+    _, offset, length, name = lines[0].split()[:4]
+    first = name.split(".", 1)[0]
+    with open(tar, "rb") as f:
+        f.seek(int(offset))
+        try:
+            meta = json.loads(f.read(int(length)))
+        except ValueError:
+            raise ShardFormatError(f"{tar}: sample {first}: its .json metadata is not valid JSON") from None
+    return {"key": key, "samples": len(lines), "fewest": fewest, "most": most, "end": end, "first": first,
+            "run_id": meta.get("run_id")}
+
+
+def _load_summary(path: Path, image_ext: str) -> Dict[str, dict]:
+    """Entries of a summary file; none if it is missing, unreadable, of another version or image
+    extension (a valid summary's entries are still checked against their tars)."""
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if (not isinstance(summary, dict) or summary.get("format") != SUMMARY_FORMAT
+            or summary.get("version") != SUMMARY_VERSION or summary.get("image_ext") != image_ext
+            or not isinstance(summary.get("tars"), dict)):
+        return {}
+    return summary["tars"]
+
+
+def _matching_entries(candidates: Sequence[Path], tars: Sequence[Path], keys: Sequence[Optional[list]],
+                      image_ext: str) -> Tuple[Dict[str, dict], Dict[str, dict]]:
+    """(all entries of a folder's summary files, those of ``tars`` whose key is the tar's ``keys``)."""
+    loaded = [_load_summary(path, image_ext) for path in candidates]
+    known: Dict[str, dict] = {}
+    for entries in reversed(loaded):
+        known.update(entries)
+    current = {}
+    for tar, key in zip(tars, keys):
+        for entries in loaded:  # beside the folder, else (read-only folder) in the cache
+            entry = entries.get(tar.name)
+            if key is not None and isinstance(entry, dict) and entry.get("key") == key:
+                current[tar.name] = entry
+                break
+    return known, current
+
+
+def _save_summary(candidates: Sequence[Path], folder: Path, entries: Dict[str, dict], image_ext: str) -> None:
+    """Writes the entries of the folder's tars still there; only warns if no place is writable (the
+    summary saves time, the tars were checked)."""
+    present = set(os.listdir(folder))
+    summary = {"format": SUMMARY_FORMAT, "version": SUMMARY_VERSION, "image_ext": image_ext,
+               "tars": {name: entry for name, entry in sorted(entries.items()) if name in present}}
+
+    def write(path: Path) -> None:
+        with atomic_output(path, "w", encoding="utf-8") as f:
+            json.dump(summary, f, separators=(",", ":"))
+
+    try:
+        write_first_writable(candidates, write)
+    except OSError as error:
+        log.warning("%s: cannot save its shard summary beside it or in the cache (%s); the next open "
+                    "checks its tars again", folder, error)
+
+
+def _folder_summaries(folder: Path, tars: Sequence[Path], image_ext: str) -> Dict[str, dict]:
+    """Entries of ``tars`` (all in ``folder``) by tar name, cached or summarised now (and saved)."""
+    candidates = derived_file_paths(folder / HEADER_NAME, SUMMARY_SUFFIX)
+    keys = [_summary_key(tar) for tar in tars]
+    _, current = _matching_entries(candidates, tars, keys, image_ext)
+    if len(current) == len(tars):
+        return current
+    with exclusive_lock(folder):  # one summariser per folder; the others wait, then find its entries
+        known, current = _matching_entries(candidates, tars, keys, image_ext)
+        stale = [tar for tar in tars if tar.name not in current]
+        progress = Progress(folder, len(stale), doing="checking the shard indexes of", unit="tars")
+        try:
+            for done, tar in enumerate(stale, start=1):
+                current[tar.name] = summarise_tar(tar, image_ext)
+                progress(done)
+        finally:  # also when a tar is bad: the ones checked before it are kept
+            if len(current) > len(tars) - len(stale):
+                _save_summary(candidates, folder, {**known, **current}, image_ext)
+    return current
+
+
+def tar_summaries(tars: Sequence[Path], image_ext: str) -> List[dict]:
+    """The summary entry of each tar, in order (see the module docstring): one ``stat`` of each tar
+    and index when the cached summaries are current, else the stale tars' indexes are read."""
+    by_folder: Dict[Path, List[Path]] = {}
+    for tar in tars:
+        by_folder.setdefault(tar.parent, []).append(tar)
+    entries = {folder: _folder_summaries(folder, group, image_ext) for folder, group in by_folder.items()}
+    return [entries[tar.parent][tar.name] for tar in tars]
 
 
 class IndexedSample(Mapping):
@@ -136,14 +307,15 @@ class IndexedSample(Mapping):
     Raises ShardFormatError (naming tar and sample) for a member that lies past the tar's end.
     """
 
-    def __init__(self, tar: mmap.mmap, url: str, line: str, where: str):
-        self._tar, self._url, self._line, self._where = tar, url, line, where
+    def __init__(self, tar: mmap.mmap, url: str, index: Path, number: int, line: str):
+        self._tar, self._url, self._index, self._number, self._line = tar, url, index, number, line
         self._members: Optional[dict] = None
 
     def _parsed(self) -> dict:
         if self._members is None:  # parsed on first use: most of a buffer's lines wait a while
-            self._members = {ext: (offset, size) for ext, offset, size, _ in index_members(self._line, self._where)}
-            self._key = self._line.split(None, 4)[3].split(".", 1)[0]
+            fields = _member_fields(self._index, self._number, self._line)
+            self._members = {fields[i]: (int(fields[i + 1]), int(fields[i + 2])) for i in range(0, len(fields), 4)}
+            self._key = fields[3].split(".", 1)[0]
         return self._members
 
     def __getitem__(self, component: str):
@@ -168,8 +340,9 @@ class IndexedSample(Mapping):
 def iter_indexed_samples(tar_path: Path) -> Iterator[IndexedSample]:
     """The samples of a tar in index order, each an :class:`IndexedSample`."""
     path = index_path(tar_path)
-    lines = _index_lines(path)
+    announced, lines = index_lines(path)
+    _check_count(path, announced, lines)
     with open(tar_path, "rb") as f:
         tar = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # keeps its own handle once f is closed
     for number, line in enumerate(lines, start=2):
-        yield IndexedSample(tar, str(tar_path), line, f"{path}:{number}")
+        yield IndexedSample(tar, str(tar_path), path, number, line)

@@ -22,11 +22,14 @@ exactly ``N // (W * B)`` batches per epoch, so no rank waits for another at an e
   the n encoded images of each caption to the manifest layout's DALI pipeline, which decodes
   (``mixed`` on GPU, ``cpu`` with ``dali.device: cpu``) and augments them.
 
-Every shard's index file is read when the set is opened, so a missing or truncated tar, a sample
+Opening the set checks every shard through its index file, so a missing or truncated tar, a sample
 lacking images or holding fewer than ``n_img``, and tars of two generation runs are reported before
-training starts, each in one line naming the shard and the sample. A sample that cannot be read
-while training (corrupt tar or image) stops training with such a line as well, unless
-``data.synthetic.skip_corrupt`` is set: then it is skipped, counted and logged.
+training starts, each in one line naming the shard and the sample. Each index is read once: what
+the checks and loaders need of a tar is cached in a small summary per folder
+(:func:`~solo_stablerep.data.shards.tar_summaries`), so later opens (every rank, every run) cost a
+``stat`` of each tar and index, and only tars added or changed since are read again. A sample that
+cannot be read while training (corrupt tar or image) stops training with such a line as well,
+unless ``data.synthetic.skip_corrupt`` is set: then it is skipped, counted and logged.
 
 Methods that need captions (StableRep++) get each sample's caption tokens appended to the batch,
 read from the sample's JSON (``with_caption_tokens`` of either loader, called by
@@ -56,10 +59,9 @@ from solo_stablerep.data.shards import (
     HEADER_NAME,
     ShardFormatError,
     image_component,
-    index_path,
     iter_indexed_samples,
     read_header,
-    read_index,
+    tar_summaries,
 )
 from solo_stablerep.data.transforms import build_image_transform
 from solo_stablerep.errors import InputError
@@ -94,6 +96,11 @@ class ShardSet:
     """The shards of a training set, checked through their index files; what the cfg checks and the
     loaders need (the shard counterpart of the manifest's caption index).
 
+    Each tar's index is read once: its summary (sample count, fewest and most images, where the
+    index ends, first sample's run id) is cached per folder (:func:`~solo_stablerep.data.shards.tar_summaries`),
+    so a later open costs one ``stat`` per tar and index, and reads again only the tars added or
+    changed since (a tar truncated after it was cached is checked, and named, again).
+
     Args:
         train_path (str): shard folder or brace pattern.
     """
@@ -105,46 +112,29 @@ class ShardSet:
         self.run_id = header["run_id"]
         self.class_names = header["class_names"]
         self.image_ext = header["image_ext"]
-        self.sample_counts: List[int] = []
-        self.fewest_images = None  # (count, tar, caption id) of the sample with the fewest images
-        self.most_images = 0
-        for tar in self.tars:
-            self._check_tar(tar)
+        try:
+            summaries = tar_summaries(self.tars, self.image_ext)
+        except ShardFormatError as e:
+            raise ShardDataError(str(e)) from None
+        for tar, summary in zip(self.tars, summaries):
+            if summary["run_id"] != self.run_id:
+                raise ShardDataError(f"{tar}: sample {summary['first']} is from generation run {summary['run_id']}, "
+                                     f"the header from run {self.run_id}: shards of two runs are mixed")
+        self.sample_counts: List[int] = [summary["samples"] for summary in summaries]
+        self._samples_in = {str(tar): count for tar, count in zip(self.tars, self.sample_counts)}
+        # (count, tar, caption id) of the sample with the fewest images, the first such one
+        count, position, key = min((s["fewest"][0], i, s["fewest"][1]) for i, s in enumerate(summaries))
+        self.fewest_images = (count, self.tars[position], key)
+        self.most_images = max(summary["most"] for summary in summaries)
         if Path(train_path).is_dir() and sum(self.sample_counts) != header["num_captions"]:
             raise ShardDataError(
                 f"{folder}: the tars hold {sum(self.sample_counts)} samples, {folder / HEADER_NAME} says "
                 f"{header['num_captions']} captions (unfinished writing? rerun the writer to finish it)"
             )
 
-    def _check_tar(self, tar: Path) -> None:
-        try:
-            samples = read_index(index_path(tar))
-        except ShardFormatError as e:
-            raise ShardDataError(str(e)) from None
-        if not samples:
-            raise ShardDataError(f"{tar}: shard holds no sample")
-        end = max(offset + size for members in samples for _, offset, size, _ in members)
-        if tar.stat().st_size < end:
-            raise ShardDataError(f"{tar}: truncated ({tar.stat().st_size} bytes, its index reaches {end})")
-        for members in samples:
-            key = members[0][3].split(".", 1)[0]
-            components = [m[0] for m in members]
-            if components[0] != "json":
-                raise ShardDataError(f"{tar}: sample {key} has no .json metadata first")
-            count = len(components) - 1
-            if components[1:] != [image_component(k, self.image_ext) for k in range(count)]:
-                raise ShardDataError(f"{tar}: sample {key} lacks some of its images (has {components[1:]})")
-            self.most_images = max(self.most_images, count)
-            if self.fewest_images is None or count < self.fewest_images[0]:
-                self.fewest_images = (count, tar, key)
-        _, offset, size, name = samples[0][0]
-        with open(tar, "rb") as f:
-            f.seek(offset)
-            meta = json.loads(f.read(size))
-        if meta.get("run_id") != self.run_id:
-            raise ShardDataError(f"{tar}: sample {name[:-5]} is from generation run {meta.get('run_id')}, "
-                                 f"the header from run {self.run_id}: shards of two runs are mixed")
-        self.sample_counts.append(len(samples))
+    def samples_in(self, tar: Path) -> int:
+        """Samples of one of the set's tars, as its index lists them."""
+        return self._samples_in[str(tar)]
 
     def __len__(self) -> int:
         return sum(self.sample_counts)
@@ -222,7 +212,7 @@ class ShardStream(IterableDataset):
 
     def _read_tar(self, tar: Path):
         """The samples of one tar, as dicts of components; a broken tar is one error line."""
-        expected = len(read_index(index_path(tar)))
+        expected = self.shards.samples_in(tar)
         key, count = None, 0
         try:
             with open(tar, "rb") as f:
