@@ -6,6 +6,9 @@ manifest loaders and the shard loaders, PyTorch and DALI (CPU pipelines unless -
 Rounds of the two layouts alternate (AB, BA, ...) so that load on the shared machine affects both
 alike; each RATIO is the median over rounds of shards / manifest items per second (goal >= 1.0).
 
+The DALI sources (the Python code that reads and checks the encoded images, in the training
+process) are also timed alone, in CPU time per batch.
+
 Files on disk for 10k captions x 10 images: the manifest layout holds one file per image plus the
 manifest; the shard layout holds two files (tar + index) per ~1 GB tar plus a header and a record
 log. The tar count is extrapolated from the bytes per sample measured in this run's shards.
@@ -53,6 +56,38 @@ def compare(name: str, manifest, shards, rounds: int, batches: int, warmup: int)
     print(f"RATIO shards_vs_manifest_{name} {statistics.median(ratios):.3f} (goal >= 1.0)")
 
 
+def source_ms_per_batch(source, batches: int) -> float:
+    """CPU milliseconds a DALI external source spends per batch: it runs in the training process
+    beside DALI's threads, so on a busy CPU its time comes out of decoding's."""
+    done, start = 0, time.thread_time()
+    while done < batches:
+        for _ in iter(source):
+            done += 1
+            if done == batches:
+                break
+    return (time.thread_time() - start) / batches * 1e3
+
+
+def compare_dali_sources(cfg, manifest_root: Path, shard_root: Path, rounds: int, batches: int) -> None:
+    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
+    from solo_stablerep.data.synthetic_dali import CaptionBatchSource
+    from solo_stablerep.data.webdataset_dali import ShardBatchSource
+
+    sources = {}
+    for key, root, layout in (("manifest", manifest_root, "manifest"), ("shards", shard_root, "webdataset")):
+        cfg.data.train_path, cfg.data.synthetic.layout = str(root), layout
+        data = prepare_synthetic_train_data(cfg)
+        sources[key] = (CaptionBatchSource(data.images, data.batch_size) if key == "manifest"
+                        else ShardBatchSource(data.stream, rank=0, world_size=1))
+    ratios = []
+    for r in range(rounds):
+        ms = {key: source_ms_per_batch(sources[key], batches) for key in ("manifest", "shards")[:: 1 - 2 * (r % 2)]}
+        ratios.append(ms["shards"] / ms["manifest"])
+        print(f"dali source round {r}: manifest {ms['manifest']:.2f} ms, shards {ms['shards']:.2f} ms CPU per "
+              f"batch, ratio {ratios[-1]:.3f}")
+    print(f"RATIO shards_vs_manifest_dali_source_cpu_per_batch {statistics.median(ratios):.3f} (lower is better)")
+
+
 def loaders(cfg, manifest_root: Path, shard_root: Path, dali: bool):
     from solo_stablerep.data.synthetic import prepare_synthetic_train_data
 
@@ -90,6 +125,7 @@ def main():
         # DALI iterators keep their prefetch queue running between rounds: warm up past it
         compare(f"dali-{args.dali_device}", *loaders(cfg, manifest_root, shard_root, dali=True),
                 args.rounds, args.batches, warmup=4)
+        compare_dali_sources(cfg, manifest_root, shard_root, args.rounds, 4 * args.batches)
 
         sample_bytes = sum(r["bytes"] for r in read_records(shard_root)) / args.captions
         captions, images = 10_000, 10

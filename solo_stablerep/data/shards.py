@@ -46,8 +46,8 @@ from __future__ import annotations
 
 import json
 import logging
-import mmap
 import os
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -298,17 +298,35 @@ def tar_summaries(tars: Sequence[Path], image_ext: str) -> List[dict]:
     return [entries[tar.parent][tar.name] for tar in tars]
 
 
+class _TarReader:
+    """Reads byte ranges of one tar with ``pread`` on a descriptor held while any sample of the tar
+    is (plain reads from the page cache: memory-mapping the tars cost DALI's threads page-table
+    work and measurably slowed the loader)."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+        self._fd = os.open(path, os.O_RDONLY)
+        weakref.finalize(self, os.close, self._fd)
+        self.size = os.fstat(self._fd).st_size
+
+    def read(self, offset: int, size: int, key: str, component: str) -> bytes:
+        if offset + size > self.size:
+            raise ShardFormatError(f"{self.path}: sample {key}: member {component} lies past the tar's "
+                                   f"end ({self.size} bytes; truncated after its index was written?)")
+        return os.pread(self._fd, size, offset)
+
+
 class IndexedSample(Mapping):
     """One sample of a tar, read through its index line as DALI's reader reads it: a mapping of the
     WebDataset package's shape (``__key__``, ``__url__``, then component -> bytes) whose members are
-    copied out of the tar's memory map only when asked for, so a loader that uses n of m images reads
-    n of them, and a shuffle buffer holds index lines rather than images.
+    read only when asked for, so a loader that uses n of m images reads n of them, and a shuffle
+    buffer holds index lines rather than images.
 
     Raises ShardFormatError (naming tar and sample) for a member that lies past the tar's end.
     """
 
-    def __init__(self, tar: mmap.mmap, url: str, index: Path, number: int, line: str):
-        self._tar, self._url, self._index, self._number, self._line = tar, url, index, number, line
+    def __init__(self, tar: _TarReader, index: Path, number: int, line: str):
+        self._tar, self._index, self._number, self._line = tar, index, number, line
         self._members: Optional[dict] = None
 
     def _parsed(self) -> dict:
@@ -323,12 +341,8 @@ class IndexedSample(Mapping):
         if component == "__key__":
             return self._key
         if component == "__url__":
-            return self._url
-        offset, size = members[component]
-        if offset + size > len(self._tar):
-            raise ShardFormatError(f"{self._url}: sample {self._key}: member {component} lies past the tar's "
-                                   f"end ({len(self._tar)} bytes; truncated after its index was written?)")
-        return self._tar[offset : offset + size]
+            return self._tar.path
+        return self._tar.read(*members[component], self._key, component)
 
     def __iter__(self):
         return iter(["__key__", "__url__", *self._parsed()])
@@ -342,7 +356,6 @@ def iter_indexed_samples(tar_path: Path) -> Iterator[IndexedSample]:
     path = index_path(tar_path)
     announced, lines = index_lines(path)
     _check_count(path, announced, lines)
-    with open(tar_path, "rb") as f:
-        tar = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # keeps its own handle once f is closed
+    tar = _TarReader(tar_path)
     for number, line in enumerate(lines, start=2):
-        yield IndexedSample(tar, str(tar_path), path, number, line)
+        yield IndexedSample(tar, path, number, line)

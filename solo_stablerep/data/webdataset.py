@@ -12,15 +12,22 @@ Epoch length: with N samples, W processes (DDP ranks) and B captions per batch, 
 exactly ``N // (W * B)`` batches per epoch, so no rank waits for another at an epoch's end.
 
 - PyTorch (``data.format: image_folder``): the shards are dealt out, in a new order every epoch,
-  to the W x K (rank, DataLoader worker) pairs; each pair streams its tars through a shuffle buffer
-  (``data.synthetic.shuffle_buffer`` samples) and starts over on them if its share of the epoch's
-  batches needs more samples than they hold. With shards of unequal sizes a few captions are
-  therefore seen twice in an epoch and others wait for the next one; over epochs each caption is
-  seen once per epoch on average. Use many more shards than W x K.
+  to the W x K (rank, DataLoader worker) pairs; each pair streams its tars through the webdataset
+  package's shuffle buffer (``data.synthetic.shuffle_buffer`` samples) and starts over on them if
+  its share of the epoch's batches needs more samples than they hold. With shards of unequal sizes
+  a few captions are therefore seen twice in an epoch and others wait for the next one; over
+  epochs each caption is seen once per epoch on average. Use many more shards than W x K.
 - DALI (``data.format: dali``, :mod:`.webdataset_dali`): the same stream on each rank (no
-  DataLoader workers), reading samples through the tars' index files as DALI's reader does, hands
-  the n encoded images of each caption to the manifest layout's DALI pipeline, which decodes
-  (``mixed`` on GPU, ``cpu`` with ``dali.device: cpu``) and augments them.
+  DataLoader workers) hands the n encoded images of each caption to the manifest layout's DALI
+  pipeline, which decodes (``mixed`` on GPU, ``cpu`` with ``dali.device: cpu``) and augments them.
+
+Both read a tar as DALI's own reader does, through its index file
+(:func:`~solo_stablerep.data.shards.iter_indexed_samples`): the shuffle buffer holds index lines,
+and a visit reads the sample's JSON and the n images drawn, each with one ``pread`` at its offset,
+in tar order within the buffer's window. The webdataset package's tar stream parses every member
+header in Python and keeps whole samples (m images) in the buffer: it gave 0.95-0.98x the
+manifest layout's items per second with DataLoader workers and cost the DALI source 6 ms a batch
+against 1.2 ms (``bench/bench_shards.py``).
 
 Opening the set checks every shard through its index file, so a missing or truncated tar, a sample
 lacking images or holding fewer than ``n_img``, and tars of two generation runs are reported before
@@ -43,7 +50,6 @@ import json
 import logging
 import os
 import random
-import tarfile
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence
 
@@ -121,7 +127,6 @@ class ShardSet:
                 raise ShardDataError(f"{tar}: sample {summary['first']} is from generation run {summary['run_id']}, "
                                      f"the header from run {self.run_id}: shards of two runs are mixed")
         self.sample_counts: List[int] = [summary["samples"] for summary in summaries]
-        self._samples_in = {str(tar): count for tar, count in zip(self.tars, self.sample_counts)}
         # (count, tar, caption id) of the sample with the fewest images, the first such one
         count, position, key = min((s["fewest"][0], i, s["fewest"][1]) for i, s in enumerate(summaries))
         self.fewest_images = (count, self.tars[position], key)
@@ -131,10 +136,6 @@ class ShardSet:
                 f"{folder}: the tars hold {sum(self.sample_counts)} samples, {folder / HEADER_NAME} says "
                 f"{header['num_captions']} captions (unfinished writing? rerun the writer to finish it)"
             )
-
-    def samples_in(self, tar: Path) -> int:
-        """Samples of one of the set's tars, as its index lists them."""
-        return self._samples_in[str(tar)]
 
     def __len__(self) -> int:
         return sum(self.sample_counts)
@@ -175,15 +176,11 @@ class ShardStream(IterableDataset):
         skip_corrupt (bool): skip and count unreadable samples instead of raising.
         tokenizer (Optional[Callable]): caption -> token ids; set (by
             :meth:`ShardLoader.with_caption_tokens`) for methods that need captions.
-        read_through_index (bool): read samples by their index lines' offsets, n of m images each
-            (:class:`~solo_stablerep.data.shards.IndexedSample`), instead of streaming whole tars
-            through the webdataset package; the DALI loader's way.
     """
 
     def __init__(self, shards: ShardSet, n_img: int, image_transform: Callable, large_slots: Sequence[bool],
                  batch_size: int, seed: int = 0, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
-                 skip_corrupt: bool = False, tokenizer: Optional[Callable] = None,
-                 read_through_index: bool = False):
+                 skip_corrupt: bool = False, tokenizer: Optional[Callable] = None):
         shards.check(n_img)
         self.shards = shards
         self.n_img = n_img
@@ -194,7 +191,6 @@ class ShardStream(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.skip_corrupt = skip_corrupt
         self.tokenizer = tokenizer
-        self.read_tar = self._read_tar_indexed if read_through_index else self._read_tar
         self.skipped = SkipCounter()  # shared with the DataLoader workers
         self.rank, self.world_size, self.epoch = 0, 1, 0
 
@@ -211,25 +207,9 @@ class ShardStream(IterableDataset):
         return [self.shards.tars[i] for i in rng.permutation(mine)]
 
     def _read_tar(self, tar: Path):
-        """The samples of one tar, as dicts of components; a broken tar is one error line."""
-        expected = self.shards.samples_in(tar)
-        key, count = None, 0
-        try:
-            with open(tar, "rb") as f:
-                files = wds.tariterators.tar_file_iterator(f)
-                for sample in wds.tariterators.group_by_keys({**x, "__url__": str(tar)} for x in files):
-                    key, count = sample["__key__"], count + 1
-                    yield sample
-        except (tarfile.TarError, OSError, ValueError) as e:
-            self._corrupt(f"{tar}: corrupt or truncated tar after sample {key} ({str(e).splitlines()[0]})")
-            return
-        if count != expected:  # tarfile ends quietly at a broken header past the first one
-            self._corrupt(f"{tar}: corrupt or truncated tar after sample {key} "
-                          f"({count} samples read, its index lists {expected})")
-
-    def _read_tar_indexed(self, tar: Path):
-        """The samples of one tar as index lines over its memory map; a tar that cannot be mapped
-        is one error line (a member past its end is named when read, in :meth:`_pick`)."""
+        """The samples of one tar, read through its index (DALI's way: each member by its offset,
+        when asked for); a tar or index that cannot be opened is one error line, a member past
+        the tar's end or unreadable bytes are named when read, in :meth:`_pick`."""
         try:
             yield from iter_indexed_samples(tar)
         except (ShardFormatError, OSError, ValueError) as e:
@@ -245,7 +225,7 @@ class ShardStream(IterableDataset):
         while True:
             read = 0
             for tar in self._my_tars(slot, slots, rng):
-                for sample in self.read_tar(tar):
+                for sample in self._read_tar(tar):
                     read += 1
                     yield sample
             if read == 0:  # every tar skipped as corrupt: another pass would find nothing either

@@ -108,23 +108,32 @@ def test_truncated_tar(tmp_path, shards):
         ShardSet(str(folder))
 
 
-def test_corrupt_tar_error_or_opt_in_skip(tmp_path, shards):
+@pytest.mark.parametrize("data_format", ["image_folder", "dali"])
+def test_corrupt_sample_metadata_error_or_opt_in_skip(tmp_path, shards, data_format):
+    from solo_stablerep.data.shards import read_index
     from solo_stablerep.data.synthetic import prepare_synthetic_train_data
     from solo_stablerep.data.webdataset import ShardDataError
 
-    folder, colours = shards
+    if data_format == "dali":
+        pytest.importorskip("nvidia.dali", reason="data.format=dali needs nvidia-dali")
+    folder, _ = shards
     tar = folder / "shard-000000.tar"
+    _, offset, size, name = read_index(tar.with_suffix(".idx"))[1][0]  # the second sample's JSON
     data = bytearray(tar.read_bytes())
-    second = 5 * 1024  # a sample = 5 members of one header block and one data block each
-    data[second + 100 : second + 140] = b"\xff" * 40  # the second sample's first header: bad checksum
+    data[offset : offset + size] = b"\xff" * size  # garbled on disk after the set was written
     tar.write_bytes(bytes(data))
-    loader = prepare_synthetic_train_data(cfg_for(tmp_path, folder))
-    with pytest.raises(ShardDataError, match=r"shard-000000.tar: corrupt or truncated tar after sample"):
-        for _ in loader:
-            pass
-    loader = prepare_synthetic_train_data(cfg_for(tmp_path, folder, "data.synthetic.skip_corrupt=True"))
-    assert sum(1 for _ in loader) == len(loader)  # the rest of the shards fill the epoch
-    assert loader.dataset.num_corrupt_skipped >= 1
+    cfg = [f"data.format={data_format}", "data.num_workers=0"]
+    loader = prepare_synthetic_train_data(cfg_for(tmp_path, folder, *cfg))
+    loader = loader.build_loader() if data_format == "dali" else loader
+    with pytest.raises(ShardDataError, match=rf"shard-000000.tar: sample {name[:-5]}: unreadable metadata"):
+        for _ in range(4):  # an epoch reads 8 of the 10 samples
+            for _ in loader:
+                pass
+    data = prepare_synthetic_train_data(cfg_for(tmp_path, folder, *cfg, "data.synthetic.skip_corrupt=True"))
+    loader = data.build_loader() if data_format == "dali" else data
+    for _ in range(4):  # the other samples fill each epoch
+        assert sum(1 for _ in loader) == len(loader)
+    assert (data.skipped if data_format == "dali" else data.dataset.skipped).value >= 1
 
 
 def test_corrupt_image_names_shard_and_sample(tmp_path):
