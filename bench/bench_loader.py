@@ -151,17 +151,23 @@ def compare(name: str, multi, solo, rounds: int, batches: int, cpu_counts_all: b
     print(f"RATIO loader_{name} {statistics.median(wall_ratios):.3f} (goal >= 0.95)")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--captions", type=int, default=128)
+def data_parser(description: str, captions: int, rounds: int, batches: int) -> argparse.ArgumentParser:
+    """The arguments of the data (:func:`make_data`), the cfg (:func:`make_cfg`) and the rounds."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--captions", type=int, default=captions)
     parser.add_argument("--images", type=int, default=10, help="images per caption")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels")
     parser.add_argument("--n-img", type=int, default=6)
     parser.add_argument("--batch-captions", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--batches", type=int, default=5, help="timed batches per round")
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--batches", type=int, default=batches, help="timed batches per round")
     parser.add_argument("--dali-device", default="cpu", choices=["cpu", "gpu"])
+    return parser
+
+
+def main():
+    parser = data_parser(__doc__.splitlines()[0], captions=128, rounds=6, batches=5)
     parser.add_argument("--loaders", default="all", choices=["all", "pytorch", "dali"])
     args = parser.parse_args()
 

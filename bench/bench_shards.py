@@ -19,14 +19,13 @@ Rounds of 64 batches: with 16, single rounds of two identical loaders (an A/A ru
 0.97-1.03, too wide to tell a 2 % difference; the defaults take ~4 minutes on 2 cores.
 """
 
-import argparse
 import math
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from bench_loader import make_cfg, make_data  # same data and cfg as the loader benchmark
+from bench_loader import data_parser, make_cfg, make_data  # same data and cfg as the loader benchmark
 
 from data_gen.convert import convert
 from data_gen.shards import DEFAULT_SHARD_BYTES, read_records
@@ -103,16 +102,7 @@ def loaders(cfg, manifest_root: Path, shard_root: Path, dali: bool):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--captions", type=int, default=256)
-    parser.add_argument("--images", type=int, default=10, help="images per caption")
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--n-img", type=int, default=6)
-    parser.add_argument("--batch-captions", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--batches", type=int, default=64, help="timed batches per round")
-    parser.add_argument("--dali-device", default="cpu", choices=["cpu", "gpu"])
+    parser = data_parser(__doc__.splitlines()[0], captions=256, rounds=8, batches=64)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
