@@ -15,8 +15,11 @@ import csv
 import hashlib
 import re
 import unicodedata
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from .settings import DataGenError
 
@@ -33,8 +36,9 @@ class Caption:
 
 @dataclass
 class CaptionSet:
-    captions: list[Caption]
+    captions: list[Caption]  # this process's share (all of them unless a shard was asked for)
     class_names: list[str] | None
+    num_captions: int = 0  # after de-duplication, in all shards
     lines: int = 0
     empty: int = 0
     bad_utf8_skipped: int = 0
@@ -45,7 +49,7 @@ class CaptionSet:
     def stats(self) -> dict:
         return {
             "lines": self.lines,
-            "captions": len(self.captions),
+            "captions": self.num_captions,
             "empty_skipped": self.empty,
             "bad_utf8_skipped": self.bad_utf8_skipped,
             "duplicates_dropped": self.duplicates,
@@ -62,28 +66,26 @@ def caption_id(normalized: str) -> str:
 
 
 def _decoded_lines(path: Path, skip_bad_lines: bool, result: CaptionSet):
-    """Yield (line number, text) with line endings stripped; non-UTF-8 lines raise or are counted."""
+    """Yield (line number, text) with line endings stripped, streamed; non-UTF-8 lines raise or are counted."""
     try:
-        data = path.read_bytes()
+        f = open(path, "rb")
     except OSError as e:
         raise DataGenError(f"captions file {path}: {e.strerror or e}") from None
-    raw_lines = data.split(b"\n")
-    if raw_lines and raw_lines[-1] == b"":
-        raw_lines.pop()
-    if raw_lines and raw_lines[0].startswith(b"\xef\xbb\xbf"):
-        raw_lines[0] = raw_lines[0][3:]  # a UTF-8 byte-order mark is not part of the caption
-    result.lines = len(raw_lines)
-    for number, raw in enumerate(raw_lines, start=1):
-        try:
-            text = raw.rstrip(b"\r").decode("utf-8")
-        except UnicodeDecodeError:
-            if not skip_bad_lines:
-                raise DataGenError(
-                    f"{path}:{number}: not valid UTF-8 (fix the file or pass --skip-bad-lines)"
-                ) from None
-            result.bad_utf8_skipped += 1
-            continue
-        yield number, text
+    with f:
+        for number, raw in enumerate(f, start=1):
+            result.lines = number
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 byte-order mark is not part of the caption
+            try:
+                text = raw.rstrip(b"\n").rstrip(b"\r").decode("utf-8")
+            except UnicodeDecodeError:
+                if not skip_bad_lines:
+                    raise DataGenError(
+                        f"{path}:{number}: not valid UTF-8 (fix the file or pass --skip-bad-lines)"
+                    ) from None
+                result.bad_utf8_skipped += 1
+                continue
+            yield number, text
 
 
 def _cells(path: Path, number: int, text: str, tsv: bool) -> list[str]:
@@ -172,51 +174,99 @@ def load_captions(
     skip_bad_lines: bool = False,
     caption_column: str = "caption",
     label_column: str | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> CaptionSet:
     """Read, normalise and de-duplicate the captions of `path`; labels become integer ids.
 
     Integer labels stay as they are (class names "0".."max"); other labels are class names, mapped to
-    their index in the sorted list of names.
+    their index in the sorted list of names. With ``shard=(i, n)`` only the captions of process i of
+    n (index % n == i) become :class:`Caption` objects; counts, class names and digest cover them all.
+
+    Memory: the file is streamed twice. The first pass keeps 20 bytes per caption (its id, label code
+    and row ordinal, in arrays) to find duplicates and labels; the second builds the shard's captions
+    and compares the texts of duplicates (a caption id shared by two texts is an error).
     """
     path = Path(path)
+    shard_index, num_shards = shard
     result = CaptionSet(captions=[], class_names=None)
-    kept: dict[str, tuple[str, str | None]] = {}
-    for number, text, label in _rows(path, skip_bad_lines, caption_column, label_column, result):
+
+    def rows(counts: CaptionSet):
+        return _rows(path, skip_bad_lines, caption_column, label_column, counts)
+
+    ids, label_codes, ordinals = array("Q"), array("i"), array("q")
+    label_code: dict[str, int] = {}  # label text -> code, in order of first appearance
+    for ordinal, (_, text, label) in enumerate(rows(result)):
         text = normalize_caption(text)
         if not text:
             result.empty += 1
             continue
-        cid = caption_id(text)
-        if cid in kept:
-            if kept[cid][0] != text:
-                raise DataGenError(f"{path}:{number}: caption id {cid} collides with a different caption")
-            result.duplicates += 1
-            result.label_conflicts += kept[cid][1] != label
-            continue
-        kept[cid] = (text, label)
-    if not kept:
+        ids.append(int(caption_id(text), 16))
+        label_codes.append(-1 if label is None else label_code.setdefault(label, len(label_code)))
+        ordinals.append(ordinal)
+    if not ids:
         raise DataGenError(
             f"{path}: no captions ({result.lines} lines: {result.empty} blank, "
             f"{result.bad_utf8_skipped} skipped as not UTF-8)"
         )
 
-    raw_labels = [label for _, label in kept.values()]
-    labelled = bool(raw_labels) and raw_labels[0] is not None
-    if labelled and all(_INTEGER.match(label) for label in raw_labels):
-        ids = [int(label) for label in raw_labels]
-        if min(ids) < 0:
-            raise DataGenError(f"{path}: label {min(ids)} is negative; integer labels must be >= 0")
-        result.class_names = [str(i) for i in range(max(ids) + 1)]
-    elif labelled:
-        result.class_names = sorted(set(raw_labels))
-        to_id = {name: i for i, name in enumerate(result.class_names)}
-        ids = [to_id[label] for label in raw_labels]
-    else:
-        ids = [None] * len(raw_labels)
+    ids_array, codes = np.frombuffer(ids, dtype=np.uint64), np.frombuffer(label_codes, dtype=np.int32)
+    _, first, inverse = np.unique(ids_array, return_index=True, return_inverse=True)
+    first_of = first[inverse.ravel()]  # each row's first occurrence: the one kept
+    kept = np.zeros(len(ids_array), dtype=bool)
+    kept[first] = True
+    result.num_captions = len(first)
+    result.duplicates = len(ids_array) - len(first)
+    result.label_conflicts = int(np.count_nonzero(codes != codes[first_of]))
+    labels = _class_ids(path, result, codes[kept], list(label_code))  # -1: unlabelled
 
     digest = hashlib.sha256(repr(result.class_names).encode())
-    for index, ((cid, (text, _)), label) in enumerate(zip(kept.items(), ids)):
-        result.captions.append(Caption(index, cid, text, label))
-        digest.update(f"{cid}\t{label}\n".encode())
+    kept_ids, step = ids_array[kept], 1 << 16
+    for start in range(0, len(kept_ids), step):
+        chunk = zip(kept_ids[start : start + step].tolist(), labels[start : start + step].tolist())
+        digest.update("".join(f"{cid:016x}\t{_label(label)}\n" for cid, label in chunk).encode())
     result.digest = digest.hexdigest()
+
+    index = np.cumsum(kept) - 1  # a kept row's position among the kept ones
+    mine = kept & (index % num_shards == shard_index)
+    with_duplicates = np.zeros(len(ids_array), dtype=bool)
+    with_duplicates[first_of[~kept]] = True
+    needed = mine | ~kept | with_duplicates
+    texts_of_first: dict[int, str] = {}  # row -> text, for rows whose caption repeats later
+    row_at = dict(zip(np.frombuffer(ordinals, dtype=np.int64)[needed].tolist(), np.flatnonzero(needed).tolist()))
+    for ordinal, (number, text, _) in enumerate(rows(CaptionSet(captions=[], class_names=None))):
+        row = row_at.get(ordinal)
+        if row is None:
+            continue
+        text = normalize_caption(text)
+        if with_duplicates[row]:
+            texts_of_first[row] = text
+        if not kept[row]:
+            if texts_of_first[first_of[row]] != text:
+                raise DataGenError(f"{path}:{number}: caption id {int(ids_array[row]):016x} collides with a "
+                                   "different caption")
+        elif mine[row]:
+            position = int(index[row])
+            cid = f"{int(ids_array[row]):016x}"
+            result.captions.append(Caption(position, cid, text, _label(int(labels[position]))))
     return result
+
+
+def _label(class_id: int) -> int | None:
+    return None if class_id < 0 else class_id
+
+
+def _class_ids(path: Path, result: CaptionSet, kept_codes: np.ndarray, label_texts: list[str]) -> np.ndarray:
+    """The class id of each kept caption (-1 when unlabelled); sets ``result.class_names``."""
+    if kept_codes[0] < 0:
+        return np.full(len(kept_codes), -1, dtype=np.int64)
+    used = [label_texts[code] for code in np.unique(kept_codes).tolist()]
+    if all(_INTEGER.match(label) for label in used):
+        values = {label: int(label) for label in used}
+        if min(values.values()) < 0:
+            raise DataGenError(f"{path}: label {min(values.values())} is negative; integer labels must be >= 0")
+        result.class_names = [str(i) for i in range(max(values.values()) + 1)]
+    else:
+        result.class_names = sorted(used)
+        values = {name: i for i, name in enumerate(result.class_names)}
+    to_class = np.array([values.get(label, -1) for label in label_texts], dtype=np.int64)
+    return to_class[kept_codes]

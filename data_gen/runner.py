@@ -229,18 +229,19 @@ def generate(
         skip_bad_lines=options.skip_bad_lines,
         caption_column=options.caption_column,
         label_column=options.label_column,
+        shard=(shard_index, num_shards),  # Caption objects for this process's captions only
     )
     stored = {
         "settings": settings.to_dict(),
         "captions_digest": captions.digest,
-        "num_captions": len(captions.captions),
+        "num_captions": captions.num_captions,
         "class_names": captions.class_names,
         "captions_file": str(captions_path),
         "versions": _versions(),
     }
     name = shard_name(shard_index, num_shards)
     sink = _open_sink(out, name, stored, settings, options)
-    mine = captions.captions[shard_index::num_shards]
+    mine = captions.captions
     todo = [c for c in mine if not sink.finished(c.index)]
     k = settings.images_per_caption
     truncated = 0

@@ -185,3 +185,26 @@ def test_headerless_labels_by_column_number(tmp_path):
     text.write_text("a cat\n", encoding="utf-8")
     with pytest.raises(DataGenError, match=r"need a \.csv or \.tsv"):
         load_captions(text, caption_column="2")
+
+
+def test_a_shard_holds_its_captions_only_with_the_counts_and_digest_of_all(tmp_path):
+    path = tmp_path / "c.tsv"
+    rows = [f"caption {i % 7} {'x' * (i % 3)}\t{'ab'[i % 2]}" for i in range(40)]  # duplicates, label conflicts
+    path.write_text("caption\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    whole = load_captions(path)
+    shards = [load_captions(path, shard=(i, 3)) for i in range(3)]
+    for i, part in enumerate(shards):
+        assert part.captions == whole.captions[i::3]
+        assert (part.digest, part.stats(), part.class_names) == (whole.digest, whole.stats(), whole.class_names)
+    assert whole.num_captions == len(whole.captions) == 21 and whole.duplicates == 19
+    assert whole.label_conflicts > 0
+
+
+def test_two_captions_with_one_id_are_an_error_naming_the_line(tmp_path, monkeypatch):
+    import data_gen.captions
+
+    path = tmp_path / "c.txt"
+    path.write_text("first\nfirst\nsecond\n", encoding="utf-8")
+    monkeypatch.setattr(data_gen.captions, "caption_id", lambda text: "00000000000000ab")  # a forced collision
+    with pytest.raises(DataGenError, match=r"c\.txt:3: caption id 00000000000000ab collides with a different caption"):
+        load_captions(path)
