@@ -3,9 +3,11 @@
 Each check runs in its own process with a time limit and prints one ``PASS``/``FAIL`` line with its
 figures; a crash or a hang in one check does not stop the others.
 
-1. ``data``: a tiny labelled data set from the procedural backend (stablerep-generate, CPU)
+1. ``data``: a tiny labelled data set from the procedural backend (stablerep-generate, CPU), and
+   the same converted into tar shards
 2. ``dali_mixed``: one epoch of the synthetic DALI loader with ``dali.device=gpu`` (decoder
-   ``mixed``): views on the GPU, their shapes, images/s
+   ``mixed``), from the manifest layout and from the same data as WebDataset shards: views on the
+   GPU, their shapes, images/s
 3. ``train_16mixed``: StableRep through the entry point, ``precision=16-mixed`` (GradScaler), DALI gpu
 4. ``train_bf16``: StableRep through the entry point, ``precision=bf16-mixed``, PyTorch DataLoader
 5. ``train_pp_bf16``: StableRep++ (CLIP-size text tower) through the entry point, bf16-mixed, DALI gpu
@@ -59,6 +61,8 @@ def child_data(work: Path, cpu: bool):
     subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     header, captions = read_manifest(work / "data")
     assert len(captions) == count and all(len(c.images) == IMAGES_PER_CAPTION for c in captions)
+    subprocess.run([sys.executable, "-m", "data_gen", "convert", str(work / "data"), str(work / "shards"),
+                    "--shard-size", "0.0002"], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     figure("captions", count)
     figure("images", count * IMAGES_PER_CAPTION)
 
@@ -100,13 +104,19 @@ def compose(config_name: str, overrides: list):
 
 
 def child_dali_mixed(work: Path, cpu: bool):
+    for layout, path in (("manifest", work / "data"), ("webdataset", work / "shards")):
+        overrides = [*train_overrides(work, cpu, "dali", "32"), f"data.train_path={path}",
+                     f"data.synthetic.layout={layout}"]
+        dali_epoch(overrides, cpu, layout)
+
+
+def dali_epoch(overrides: list, cpu: bool, layout: str):
     import torch
 
-    from solo_stablerep.data.synthetic_dali import SyntheticDALIDataModule
+    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
     from solo_stablerep.pretrain import parse_pretrain_cfg
 
-    cfg = parse_pretrain_cfg(compose("stablerep.yaml", train_overrides(work, cpu, "dali", "32")))
-    loader = SyntheticDALIDataModule.from_cfg(cfg).build_loader()
+    loader = prepare_synthetic_train_data(parse_pretrain_cfg(compose("stablerep.yaml", overrides))).build_loader()
     device = "cpu" if cpu else "cuda"
     start, images, batches = time.perf_counter(), 0, 0
     for indexes, views, targets in loader:
@@ -120,10 +130,10 @@ def child_dali_mixed(work: Path, cpu: bool):
         images += N_IMG * len(indexes)
         batches += 1
     seconds = time.perf_counter() - start
-    assert batches == loader.batches_per_epoch == CAPTIONS_PER_DIGIT * 10 // 8
-    figure("decoder", "cpu" if cpu else "mixed")
-    figure("batches", batches)
-    figure("images_per_s", f"{images / seconds:.0f}")
+    assert batches == len(loader) == CAPTIONS_PER_DIGIT * 10 // 8
+    figure(f"{layout}_decoder", "cpu" if cpu else "mixed")
+    figure(f"{layout}_batches", batches)
+    figure(f"{layout}_images_per_s", f"{images / seconds:.0f}")
 
 
 def child_train(work: Path, cpu: bool, config_name: str, data_format: str, precision: str, extra=()):
