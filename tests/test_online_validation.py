@@ -1,6 +1,7 @@
 """Online validation on synthetic data, as a user runs it: a labelled captions file -> `python -m data_gen
---backend procedural` -> one short epoch validated on real images (sklearn's digits saved as an ImageFolder
-whose class folders are the manifest's class_names) -> the validation accuracy is logged."""
+--backend procedural` (files and manifest, or `--format webdataset` tar shards) -> one short epoch validated
+on real images (sklearn's digits saved as an ImageFolder whose class folders are the data set's
+class_names) -> the validation accuracy is logged."""
 
 import math
 import os
@@ -21,21 +22,27 @@ TINY_TEXT = ["method_kwargs.embed_dim=16", "method_kwargs.text_width=32", "metho
              "method_kwargs.text_heads=2", "method_kwargs.context_length=12"]
 
 
-@pytest.fixture(scope="module")
-def generated(tmp_path_factory):
-    """A labelled data set written by the generator: 2 captions per digit, 2 images each; labels are digits."""
-    root = tmp_path_factory.mktemp("generated")
+@pytest.fixture(scope="module", params=["manifest", "webdataset"])
+def generated(tmp_path_factory, request):
+    """A labelled data set written by the generator in each layout: 2 captions per digit, 2 images each;
+    labels are digits. Returns its folder and the overrides that read it."""
+    layout = request.param
+    root = tmp_path_factory.mktemp(f"generated_{layout}")
     captions = root / "captions.csv"
     rows = [f"a white digit {d} on a dark background{' small' if i else ''},{d}" for d in range(DIGITS) for i in (0, 1)]
     captions.write_text("caption,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
     command = [sys.executable, "-m", "data_gen", str(captions), str(root / "data"), "--backend", "procedural",
-               "--images-per-caption", "2", "--image-size", "32", "--no-progress"]
+               "--images-per-caption", "2", "--image-size", "32", "--no-progress", "--format", layout,
+               "--shard-size", "0.00003"]  # a few tars of ~30 kB
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    # what tripped solo-learn's ImageFolder *train* reader: the generator's own folders beside the images
-    assert {p.name for p in (root / "data").iterdir()} >= {"images", "shards", "manifest.jsonl"}
-    return root / "data"
+    if layout == "manifest":
+        # what tripped solo-learn's ImageFolder *train* reader: the generator's own folders beside the images
+        assert {p.name for p in (root / "data").iterdir()} >= {"images", "shards", "manifest.jsonl"}
+    else:
+        assert len(list((root / "data").glob("*.tar"))) > 1
+    return root / "data", [f"data.synthetic.layout={layout}"]
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +60,11 @@ def real_digits(tmp_path_factory):
     return root
 
 
-def short_epoch(config_name, data_root, val_root, tmp_path, monkeypatch, *overrides):
+def short_epoch(config_name, generated, val_root, tmp_path, monkeypatch, *overrides):
     from solo_stablerep.pretrain import run_pretrain
 
-    cfg = compose_raw_cfg(pretrain_config_dir("synthetic"), config_name, [
+    data_root, layout_overrides = generated
+    cfg = compose_raw_cfg(pretrain_config_dir("synthetic"), config_name, [*layout_overrides,
         *SMOKE_OVERRIDES, *crop_overrides(1), "data.synthetic.n_img=2", "+limit_train_batches=2",
         "+limit_val_batches=2", "optimizer.batch_size=8", f"data.train_path={data_root}",
         f"data.val_path={val_root}", f"checkpoint.dir={tmp_path / 'ckpt'}", *overrides,

@@ -50,6 +50,7 @@ import json
 import logging
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence
 
@@ -325,6 +326,9 @@ class ShardLoader(DataLoader):
     def __init__(self, stream: ShardStream, num_workers: int):
         super().__init__(stream, batch_size=None, num_workers=num_workers, pin_memory=True)
         self._epoch = 0
+        # Lightning warns that an IterableDataset's len may count duplicates across workers; here each
+        # worker takes its own tars and its own share of the batches, so len is exact (tested under DDP)
+        warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined", category=UserWarning)
 
     def with_caption_tokens(self, tokenizer: Callable) -> "ShardLoader":
         """Appends each sample's caption tokens to the batches (StableRep++)."""
