@@ -37,6 +37,10 @@ folder's summary is updated under an exclusive ``flock`` on the folder, so the r
 opening it at once summarise each tar once; it is written atomically, also when a tar turns out to
 be bad (the tars checked before it are kept).
 
+Reading: :func:`iter_indexed_samples` gives a tar's samples through its index lines, each member
+read with one ``pread`` at its offset when asked for, as DALI's reader reads them; both training
+loaders and the generator's contact sheets read tars this way.
+
 The writer (crash safety, resuming) is :mod:`data_gen.shards`; the loaders are
 :mod:`solo_stablerep.data.webdataset`. Only the standard library is used, and the caption index's
 cache helpers.
