@@ -142,6 +142,12 @@ def _member_fields(path: Path, number: int, line: str) -> List[str]:
     return fields
 
 
+def _members(path: Path, number: int, line: str) -> List[IndexMember]:
+    """The members (component, offset, size, name) of the sample on line ``number`` of index ``path``."""
+    fields = _member_fields(path, number, line)
+    return [(fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3]) for i in range(0, len(fields), 4)]
+
+
 def _check_count(path: Path, announced: int, lines: Sequence[str]) -> None:
     if len(lines) != announced:
         raise ShardFormatError(f"{path}: header says {announced} samples, {len(lines)} lines follow")
@@ -150,11 +156,7 @@ def _check_count(path: Path, announced: int, lines: Sequence[str]) -> None:
 def read_index(path: Path) -> List[List[IndexMember]]:
     """Samples of a DALI index file: per sample, its members as (component, offset, size, name)."""
     announced, lines = index_lines(path)
-    samples = []
-    for number, line in enumerate(lines, start=2):
-        fields = _member_fields(path, number, line)
-        samples.append([(fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3])
-                        for i in range(0, len(fields), 4)])
+    samples = [_members(path, number, line) for number, line in enumerate(lines, start=2)]
     _check_count(path, announced, samples)
     return samples
 
@@ -335,9 +337,9 @@ class IndexedSample(Mapping):
 
     def _parsed(self) -> dict:
         if self._members is None:  # parsed on first use: most of a buffer's lines wait a while
-            fields = _member_fields(self._index, self._number, self._line)
-            self._members = {fields[i]: (int(fields[i + 1]), int(fields[i + 2])) for i in range(0, len(fields), 4)}
-            self._key = fields[3].split(".", 1)[0]
+            members = _members(self._index, self._number, self._line)
+            self._members = {component: (offset, size) for component, offset, size, _ in members}
+            self._key = members[0][3].split(".", 1)[0]
         return self._members
 
     def __getitem__(self, component: str):
