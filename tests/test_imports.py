@@ -90,6 +90,7 @@ def test_bench_imports_nothing_from_tests():
                 names = {node.module.split(".")[0]}
             else:
                 names = set()
-            assert not names & test_modules, f"{script.name} imports {names & test_modules} from tests/"
+            found = names & test_modules
+            assert not found, f"{script.name} imports {found} from tests/"
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
                 assert node.value != "tests", f"{script.name} builds a path into tests/"
