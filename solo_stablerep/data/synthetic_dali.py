@@ -24,7 +24,7 @@ from nvidia.dali import pipeline_def
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from solo_stablerep.data.config import check_batch_size, load_caption_index
-from solo_stablerep.data.index import CaptionIndex
+from solo_stablerep.data.index import CaptionIndex, SyntheticDataError
 from solo_stablerep.data.sampling import (
     ReadableImages,
     SkipCounter,
@@ -161,7 +161,7 @@ class SyntheticDALIIterator(DALIGenericIterator):
         try:  # DALI's iterator runs the pipeline for its first batch already
             super().__init__(pipeline, output_map, last_batch_policy=LastBatchPolicy.DROP, auto_reset=True)
         except RuntimeError as error:
-            raise self._failure(error)
+            raise self._failure(error) from None
 
     def _failure(self, error: RuntimeError) -> Exception:
         return self.source.decode_failure(error) if "decoders.image" in str(error) else error
