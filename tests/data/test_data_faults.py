@@ -299,3 +299,18 @@ def test_files_the_loaders_write_get_the_umask_permissions(data):
     for path in (data / "ds" / "manifest.jsonl.index", data / "shards" / "webdataset.json.summary"):
         assert oct(path.stat().st_mode & 0o777) == oct(0o664), path
     assert not list(data.rglob("*.tmp"))
+
+
+def test_authors_csv_with_a_long_caption_or_not_utf8(data):
+    from solo_stablerep.data.index import CaptionIndex
+
+    images = sorted((data / "ds").rglob("*_00.jpg"))
+    long = "a very long caption " * 10000  # 200k characters: above the csv module's 128 KiB limit
+    rows = [f'{p.relative_to(data / "ds")},"{long if i == 1 else f"caption {i}"}"' for i, p in enumerate(images)]
+    (data / "ds" / "rows.csv").write_text("\n".join(rows) + "\n")
+    authors = ["data.synthetic.layout=authors", "data.synthetic.csv=rows.csv", "data.synthetic.roots=[.,.]"]
+    assert len(loader_batches(data, data / "ds", *authors, epochs=1)) == NUM_CAPTIONS // 4
+    assert CaptionIndex.from_authors_csv(data / "ds" / "rows.csv", [data / "ds"] * 2).caption(1) == long
+    (data / "ds" / "rows.csv").write_bytes(b"\n".join(r.encode() for r in rows[:3]) + b"\nbad\xff.jpg,x\n")
+    message = entry(data, data / "ds", *authors)
+    assert "rows.csv:" in message and "not valid UTF-8" in message
