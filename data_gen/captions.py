@@ -84,8 +84,8 @@ def _decoded_lines(path: Path, skip_bad_lines: bool, result: CaptionSet):
                 raise DataGenError(f"{path}: UTF-16 text (byte-order mark); save it as UTF-8")
             line = raw.rstrip(b"\n").rstrip(b"\r")
             if b"\r" in line:
-                raise DataGenError(f"{path}:{number}: a carriage return inside the line (CR-only line endings?); "
-                                   "save the file with LF (or CRLF) line endings")
+                raise DataGenError(f"{path}:{number}: a carriage return inside the line (CR-only "
+                                   "line endings?); save the file with LF (or CRLF) line endings")
             problem = None
             if b"\0" in line:
                 problem = "a NUL byte (UTF-16 without a byte-order mark, or a binary file?)"
@@ -96,8 +96,8 @@ def _decoded_lines(path: Path, skip_bad_lines: bool, result: CaptionSet):
                     problem = "not valid UTF-8"
             if problem is not None:
                 if not skip_bad_lines:
-                    raise DataGenError(f"{path}:{number}: {problem}; save the captions as UTF-8 text or pass "
-                                       "--skip-bad-lines")
+                    raise DataGenError(f"{path}:{number}: {problem}; save the captions as UTF-8 "
+                                       "text or pass --skip-bad-lines")
                 result.bad_utf8_skipped += 1
                 continue
             yield number, text

@@ -10,7 +10,7 @@ import sys
 from solo_stablerep.console import configure_logging
 from solo_stablerep.errors import InputError
 
-from .settings import BACKENDS, DEFAULT_MODEL, DTYPES, IMAGE_FORMATS, SCHEDULERS, DataGenError, GenerationSettings
+from .settings import BACKENDS, DEFAULT_MODEL, DTYPES, IMAGE_FORMATS, SCHEDULERS, GenerationSettings
 from .shards import DEFAULT_SHARD_BYTES, shard_bytes
 from .storage import check_writable
 
@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         from .runner import RunOptions, generate
 
         summary = generate(args.captions, args.out, settings, RunOptions(
-            batch_size=args.batch_size, format=args.format, shard_bytes=shard_bytes(args.shard_size),
+            batch_size=args.batch_size, format=args.format,
+            shard_bytes=shard_bytes(args.shard_size),
             num_shards=args.num_shards, shard_index=args.shard_index,
             device=args.device, overwrite=args.overwrite, skip_bad_lines=args.skip_bad_lines,
             caption_column=args.caption_column, label_column=args.label_column,

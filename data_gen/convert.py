@@ -5,11 +5,11 @@
 The source is read through its caption index (:mod:`solo_stablerep.data.index`) and the images' bytes
 are copied unchanged (no re-encoding), one caption at a time, so memory does not grow with the
 captions or the images; a killed conversion resumes where its last finished tar ended (see
-:mod:`data_gen.shards`). The shard run id is a digest of the source's description (the SHA-256 of the
-manifest's or CSV's content, streamed, and the roots), so converting the same source again resumes,
-and another source, or the same one edited (a caption or a label changed, even keeping the file's
-size), is refused (or, with ``--overwrite``, converted afresh). The images are not hashed: an image
-replaced in the source is not noticed, convert into a new folder then.
+:mod:`data_gen.shards`). The shard run id is a digest of the source's description (the SHA-256
+of the manifest's or CSV's content, streamed, and the roots), so converting the same source again
+resumes, and another source, or the same one edited (a caption or a label changed, even keeping
+the file's size), is refused (or, with ``--overwrite``, converted afresh). The images are not
+hashed: an image replaced in the source is not noticed, convert into a new folder then.
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ class Source:
 
 
 def _identity(path: Path) -> dict:
-    """What identifies a source file: its size and the SHA-256 of its content, read in 1 MiB blocks
-    (about 1 s per GB: a manifest of 10M captions is a few GB, its images' copy takes far longer)."""
+    """What identifies a source file: its size and the SHA-256 of its content, read in 1 MiB
+    blocks (about 1 s per GB: a manifest of 10M captions is a few GB, copying its images takes
+    far longer)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -191,13 +191,14 @@ class ShardWriter:
             self._remove_shards()
         elif any(self.out.glob("*.tar")):
             if not overwrite:
-                raise ShardFormatError(f"{self.out} holds tars not written by this tool; pass --overwrite "
-                                       "to delete them")
+                raise ShardFormatError(f"{self.out} holds tars not written by this tool; pass "
+                                       "--overwrite to delete them")
             self._remove_shards()  # the loaders read every tar of the folder: none may stay
         atomic_write_json(path, self.header)
 
     def _remove_shards(self) -> None:
-        """Deletes the folder's tars (ours or not), their indexes and temporaries, and the records."""
+        """Deletes the folder's tars (ours or not), their indexes and temporaries, and the
+        records."""
         for tar in [*self.out.glob("*.tar"), *self.out.glob(".*.tar.tmp")]:
             tar.unlink()
             index_path(tar).unlink(missing_ok=True)

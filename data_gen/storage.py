@@ -61,8 +61,9 @@ def atomic_write_json(path: Path, obj) -> None:
 
 
 def check_writable(out) -> None:
-    """One clear line now, not a traceback after the model has loaded: can `out` (or the nearest folder above it
-    that exists, where it will be created) take new files? Probed with a temporary file that leaves no trace."""
+    """One clear line now, not a traceback after the model has loaded (or a copy has begun): can
+    `out` (or the nearest folder above it that exists, where it will be created) take new files?
+    Probed with a temporary file that leaves no trace."""
     folder = Path(out).absolute()
     while not folder.exists():
         folder = folder.parent
@@ -71,7 +72,8 @@ def check_writable(out) -> None:
     try:
         tempfile.TemporaryFile(dir=folder).close()
     except OSError as e:
-        raise DataGenError(f"output folder {out} is not writable ({folder}: {e.strerror or e})") from None
+        raise DataGenError(
+            f"output folder {out} is not writable ({folder}: {e.strerror or e})") from None
 
 
 def encode_image(image: Image.Image, image_format: str, quality: int) -> bytes:
@@ -137,15 +139,17 @@ _SETTINGS_KEYS = ("settings", "captions_digest", "num_captions", "class_names", 
 
 
 def read_settings(path: Path, overwrite_hint: bool) -> dict:
-    """A run's ``generation.json``, checked; a damaged one (not JSON, not the writer's object) is one
-    line naming it and what to do: pass --overwrite (a generation), or rerun the generation."""
-    todo = "pass --overwrite to start the run afresh" if overwrite_hint else "rerun the generation into it"
+    """A run's ``generation.json``, checked; a damaged one (not JSON, not the writer's object) is
+    one line naming it and what to do: pass --overwrite (a generation), or rerun the generation."""
+    todo = ("pass --overwrite to start the run afresh" if overwrite_hint
+            else "rerun the generation into it")
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise DataGenError(f"{path}: damaged, not valid JSON ({e}); {todo}") from None
     if not isinstance(stored, dict) or any(key not in stored for key in _SETTINGS_KEYS):
-        raise DataGenError(f"{path}: damaged, not a generation record (needs {', '.join(_SETTINGS_KEYS)}); {todo}")
+        raise DataGenError(f"{path}: damaged, not a generation record (needs "
+                           f"{', '.join(_SETTINGS_KEYS)}); {todo}")
     return stored
 
 

@@ -77,8 +77,9 @@ def parse_pretrain_cfg(cfg: DictConfig) -> DictConfig:
         # solo-learn's parse_cfg would scan a missing train_path with a traceback
         for key in ("data.train_path", "data.val_path"):
             path = OmegaConf.select(cfg, key, default=None)
-            shard_pattern = cfg.data.dataset == "synthetic" and key == "data.train_path" and "{" in str(path)
-            if path is not None and not os.path.exists(path) and not shard_pattern:  # patterns: checked by ShardSet
+            # a brace pattern of tars is checked (and named) when the shards are opened
+            synthetic_pattern = cfg.data.dataset == "synthetic" and "{" in str(path)
+            if path is not None and not synthetic_pattern and not os.path.exists(path):
                 raise InputError(f"{key}={path}: no such file or folder")
 
     # parse_cfg scales the lr by len(devices); Lightning's CPU accelerator wants an int.
@@ -336,12 +337,13 @@ def unquoted_brace_override(argv: List[str]) -> Optional[str]:
 
 
 def main() -> None:
-    """``solo-stablerep-pretrain``: Hydra's command line, with one hint Hydra's parser cannot give."""
+    """``solo-stablerep-pretrain``: Hydra's command line, plus a hint Hydra's parser cannot give."""
     override = unquoted_brace_override(sys.argv[1:])
     if override is not None:
         key, _, value = override.partition("=")
-        sys.exit(f"solo-stablerep-pretrain: error: {override}: Hydra reads a brace as the start of a dict; "
-                 f"quote the value for Hydra, inside the shell's quotes: '{key}=\"{value}\"'")
+        quoted = f"'{key}=\"{value}\"'"
+        sys.exit(f"solo-stablerep-pretrain: error: {override}: Hydra reads a brace as the start of "
+                 f"a dict; quote the value for Hydra, inside the shell's quotes: {quoted}")
     hydra_main()
 
 

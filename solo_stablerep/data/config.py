@@ -48,7 +48,8 @@ def _check_known_keys(syn: omegaconf.DictConfig) -> None:
                         f"unknown data.synthetic.{key}.{sub_key}; expected one of {list(sub_keys)}")
     for key in syn:
         if key not in SYNTHETIC_KEYS:
-            raise SyntheticDataError(f"unknown data.synthetic.{key}; expected one of {sorted(SYNTHETIC_KEYS)}")
+            raise SyntheticDataError(
+                f"unknown data.synthetic.{key}; expected one of {sorted(SYNTHETIC_KEYS)}")
 
 
 def load_caption_index(cfg: omegaconf.DictConfig) -> Union[CaptionIndex, "ShardSet"]:

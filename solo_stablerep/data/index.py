@@ -249,10 +249,11 @@ def _map_index(path: Path, signature: Optional[dict]) -> Optional[Tuple[dict, di
         for name, spec in header["arrays"].items():
             dtype = np.dtype(spec["dtype"])
             count = int(np.prod(spec["shape"], dtype=np.int64))
-            arrays[name] = np.frombuffer(buffer, dtype, count, start + spec["offset"]).reshape(spec["shape"])
+            array = np.frombuffer(buffer, dtype, count, start + spec["offset"])
+            arrays[name] = array.reshape(spec["shape"])
         if not isinstance(header.get("extensions"), list):
             return None
-    except (AttributeError, KeyError, TypeError, ValueError):  # a damaged header: rebuilt like a stale one
+    except (AttributeError, KeyError, TypeError, ValueError):  # damaged header: rebuilt, as stale
         return None
     return header, arrays
 
@@ -301,8 +302,8 @@ class CaptionIndex:
                  source: Union[str, Path]):
         mapped = _map_index(index_path, signature=None)
         if mapped is None:
-            raise SyntheticDataError(f"{index_path}: caption index unreadable or truncated (of {source}); "
-                                     "delete it: it is rebuilt at the next open")
+            raise SyntheticDataError(f"{index_path}: caption index of {source} unreadable or "
+                                     "truncated; delete it: it is rebuilt at the next open")
         self.index_path = Path(index_path)
         self.roots = [Path(r) for r in roots]
         self._root_per_image = root_per_image
@@ -315,8 +316,8 @@ class CaptionIndex:
         self.captions = _Column(self, "text")
 
     def __getstate__(self):
-        return {"index_path": self.index_path, "roots": self.roots, "root_per_image": self._root_per_image,
-                "source": self.source}
+        return {"index_path": self.index_path, "roots": self.roots,
+                "root_per_image": self._root_per_image, "source": self.source}
 
     def __setstate__(self, state):
         self.__init__(state["index_path"], state["roots"], state["root_per_image"], state["source"])
@@ -343,7 +344,8 @@ class CaptionIndex:
         for root in roots:
             if not Path(root).is_dir():
                 raise ManifestError(f"{root}: image root folder (data.synthetic.roots) not found")
-        return cls(_ensure_index(csv_path, bool(header)), roots, root_per_image=True, source=csv_path)
+        return cls(_ensure_index(csv_path, bool(header)), roots, root_per_image=True,
+                   source=csv_path)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -359,8 +361,8 @@ class CaptionIndex:
             raise self._corrupt(f"{field} of caption {i} is not UTF-8") from None
 
     def _corrupt(self, what: str) -> SyntheticDataError:
-        return SyntheticDataError(f"{self.index_path}: caption index of {self.source} is corrupt ({what}); "
-                                  "delete it: it is rebuilt at the next open")
+        return SyntheticDataError(f"{self.index_path}: caption index of {self.source} is corrupt "
+                                  f"({what}); delete it: it is rebuilt at the next open")
 
     def caption_id(self, i: int) -> str:
         return self._string("id", i)
@@ -426,7 +428,8 @@ def _consistency_problem(header: dict, arrays: dict) -> Optional[str]:
             if offsets[0] != 0 or offsets[-1] != len(blob) or np.any(offsets[1:] < offsets[:-1]):
                 return f"{field} offsets"
         starts, counts, codes = arrays["path_starts"], arrays["num_images"], arrays["ext_codes"]
-        lengths = {len(arrays["id_offsets"]), len(arrays["text_offsets"]), len(starts), len(counts) + 1}
+        lengths = {len(arrays["id_offsets"]), len(arrays["text_offsets"]), len(starts),
+                   len(counts) + 1}
         if lengths != {n + 1}:
             return "array lengths"
         if n == 0:
@@ -471,7 +474,7 @@ def _ensure_index(source: Path, csv_header: Optional[bool]) -> Path:
         for path in candidates:
             if _valid_index(path, signature):
                 return path
-        for path in candidates:  # a build killed before its rename (SIGKILL) left its temporary file
+        for path in candidates:  # left by a build killed (SIGKILL) before its rename
             if path.parent.is_dir():
                 remove_stale_temps(path)
         builder = _IndexBuilder()
@@ -529,7 +532,8 @@ def _build_from_manifest(source: Path, builder: _IndexBuilder) -> dict:
 
 @contextmanager
 def unlimited_csv_fields() -> Iterator[None]:
-    """Lifts the csv module's 128 KiB field limit in the block: a long caption is not a quoting error."""
+    """Lifts the csv module's 128 KiB field limit in the block: a long caption is no quoting
+    error."""
     previous = csv.field_size_limit()
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     try:
@@ -547,7 +551,8 @@ def _build_from_csv(source: Path, csv_header: bool, builder: _IndexBuilder) -> d
             _add_csv_rows(source, csv_header, reader, builder, progress)
     except UnicodeDecodeError:
         line = reader.line_num + 1 if reader is not None else 1
-        raise ManifestError(f"{source}:{line}: not valid UTF-8 (near this line); save the CSV as UTF-8") from None
+        raise ManifestError(
+            f"{source}:{line}: not valid UTF-8 (near this line); save the CSV as UTF-8") from None
     except csv.Error as e:
         raise ManifestError(f"{source}:{reader.line_num}: unreadable CSV ({e})") from None
     return {"class_names": None}

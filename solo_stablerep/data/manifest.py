@@ -300,9 +300,9 @@ def _temp_path(path: Path) -> Path:
 
 
 def remove_stale_temps(path: Path) -> None:
-    """Removes the temporary files :func:`atomic_output` left beside ``path`` when a writer was killed
-    (SIGKILL, power loss); call it only while no other process may be writing ``path`` (under the
-    lock its writers take)."""
+    """Removes the temporary files :func:`atomic_output` left beside ``path`` when a writer was
+    killed (SIGKILL, power loss); call it only while no other process may be writing ``path``
+    (under the lock its writers take)."""
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.{'[0-9a-f]' * 12}.tmp"):
         tmp.unlink(missing_ok=True)
 

@@ -136,7 +136,8 @@ def index_lines(path: Path) -> Tuple[int, List[str]]:
         lines = data.decode("utf-8").splitlines()
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        raise ShardFormatError(f"{path}:{line}: not UTF-8 text (a damaged index?); {_REWRITE}") from None
+        raise ShardFormatError(
+            f"{path}:{line}: not UTF-8 text (a damaged index?); {_REWRITE}") from None
     head = lines[0].split() if lines else []
     if len(head) != 2 or head[0] != INDEX_VERSION or not head[1].isdigit():
         raise ShardFormatError(f"{path}:1: not a {INDEX_VERSION} webdataset index header")
@@ -146,13 +147,15 @@ def index_lines(path: Path) -> Tuple[int, List[str]]:
 def _member_fields(path: Path, number: int, line: str) -> List[str]:
     fields = line.split()
     if not fields or len(fields) % 4:
-        raise ShardFormatError(f"{path}:{number}: expected groups of 4 fields (ext offset size name); {_REWRITE}")
+        raise ShardFormatError(
+            f"{path}:{number}: expected groups of 4 fields (ext offset size name); {_REWRITE}")
     return fields
 
 
 def _bad_number(path: Path, number: int, fields: Sequence[str]) -> ShardFormatError:
     bad = next(f for f in fields[1::4] + fields[2::4] if not f.isdigit())
-    return ShardFormatError(f"{path}:{number}: offset or size {bad!r} is not a non-negative integer; {_REWRITE}")
+    return ShardFormatError(
+        f"{path}:{number}: offset or size {bad!r} is not a non-negative integer; {_REWRITE}")
 
 
 def _members(path: Path, number: int, line: str) -> List[IndexMember]:
@@ -262,7 +265,8 @@ def sample_meta(data: bytes, tar, key: str) -> dict:
             raise ShardFormatError(f"{tar}: sample {key}: its .json metadata lacks {field} "
                                    f"(or it is not a {kind.__name__})")
     if "label" not in meta or meta["label"] is not None and not isinstance(meta["label"], int):
-        raise ShardFormatError(f"{tar}: sample {key}: its .json metadata lacks label (null or an integer)")
+        raise ShardFormatError(
+            f"{tar}: sample {key}: its .json metadata lacks label (null or an integer)")
     return meta
 
 
@@ -325,7 +329,7 @@ def _folder_summaries(folder: Path, tars: Sequence[Path], image_ext: str,
     if len(current) == len(tars):
         return current
     with exclusive_lock(folder):  # one summariser per folder; the others wait, then find its entries
-        for path in candidates:  # a summariser killed before its rename (SIGKILL) left its temporary file
+        for path in candidates:  # left by a summariser killed (SIGKILL) before its rename
             if path.parent.is_dir():
                 remove_stale_temps(path)
         known, current = _matching_entries(candidates, tars, keys, image_ext)
@@ -355,7 +359,8 @@ def tar_summaries(tars: Sequence[Path], image_ext: str,
     by_folder: Dict[Path, List[Path]] = {}
     for tar in tars:
         by_folder.setdefault(tar.parent, []).append(tar)
-    entries = {folder: _folder_summaries(folder, group, image_ext, on_bad) for folder, group in by_folder.items()}
+    entries = {folder: _folder_summaries(folder, group, image_ext, on_bad)
+               for folder, group in by_folder.items()}
     return [entries[tar.parent].get(tar.name) for tar in tars]
 
 
@@ -399,7 +404,7 @@ class IndexedSample(Mapping):
         return self._members
 
     def __getitem__(self, component: str):
-        if component == "__url__":  # known without parsing the line: names the tar when the line is bad
+        if component == "__url__":  # no parsing needed: names the tar also when the line is bad
             return self._tar.path
         members = self._parsed()
         if component == "__key__":

@@ -55,24 +55,25 @@ RECENT_BATCHES = 4
 
 
 def decode_failure(error: Exception, culprits, captions: str) -> SyntheticDataError:
-    """The one-line error for a DALI decoder failure: the first of ``culprits`` ((where, encoded bytes
-    or a path to read) of the images of the batches DALI may be decoding) that PIL cannot decode
-    either, else the captions of those batches. DALI's pipeline stops at such an image (it cannot be
-    skipped after the fact); the source's header checks catch the common damage (a file cut short)
-    before it, so that ``skip_corrupt`` can skip it."""
-    advice = ("remove or regenerate it (the DALI pipeline cannot skip an image its decoder rejects; "
-              "data.format=image_folder with data.synthetic.skip_corrupt=True can)")
+    """The one-line error for a DALI decoder failure: the first of ``culprits`` ((where, encoded
+    bytes or a path to read) of the images of the batches DALI may be decoding) that PIL cannot
+    decode either, else the captions of those batches. DALI's pipeline stops at such an image (it
+    cannot be skipped after the fact); the source's header checks catch the common damage (a file
+    cut short) before it, so that ``skip_corrupt`` can skip it."""
+    advice = ("remove or regenerate it (the DALI pipeline cannot skip an image its decoder "
+              "rejects; data.format=image_folder with data.synthetic.skip_corrupt=True can)")
     for where, data in culprits:
         try:
             reason = undecodable(data.read_bytes() if isinstance(data, Path) else bytes(data))
         except OSError as e:
             reason = e.strerror or str(e)
         if reason is not None:
-            return SyntheticDataError(f"{where}: DALI could not decode this image ({reason}); {advice}")
-    dali_error = next((line.strip() for line in str(error).splitlines() if "rror" in line and line.strip()),
-                      type(error).__name__)
-    return SyntheticDataError(f"DALI could not decode an image of {captions} ({dali_error}); PIL decodes them "
-                              f"all: try data.format=image_folder")
+            return SyntheticDataError(
+                f"{where}: DALI could not decode this image ({reason}); {advice}")
+    lines = [line.strip() for line in str(error).splitlines() if "rror" in line and line.strip()]
+    dali_error = lines[0] if lines else type(error).__name__
+    return SyntheticDataError(f"DALI could not decode an image of {captions} ({dali_error}); PIL "
+                              "decodes them all: try data.format=image_folder")
 
 
 class CaptionBatchSource:
@@ -100,7 +101,7 @@ class CaptionBatchSource:
         self._rng = np.random.default_rng([seed, rank, 1])
         self._order = np.empty(0, dtype=np.int64)
         self._next = 0
-        self._recent = deque(maxlen=RECENT_BATCHES)  # caption ids of the batches DALI may be decoding
+        self._recent = deque(maxlen=RECENT_BATCHES)  # caption ids of batches DALI may be decoding
 
     def batches_per_epoch(self) -> int:
         return -(-len(self.index) // self.world_size) // self.batch_size
@@ -128,11 +129,14 @@ class CaptionBatchSource:
         return encoded, labels, indexes
 
     def decode_failure(self, error: Exception) -> SyntheticDataError:
-        """Names the image of the recent batches that DALI's decoder failed on (see :func:`decode_failure`)."""
+        """Names the image of the recent batches that DALI's decoder failed on (see
+        :func:`decode_failure`)."""
         ids = [i for batch in self._recent for i in batch]
-        culprits = ((f"{self.index.image_path(i, k)} (caption {self.index.caption_id(i)})", self.index.image_path(i, k))
-                    for i in ids for k in range(self.index.num_images(i)))
-        return decode_failure(error, culprits, f"captions {', '.join(self.index.caption_id(i) for i in ids[:4])}...")
+        paths = ((self.index.image_path(i, k), self.index.caption_id(i))
+                 for i in ids for k in range(self.index.num_images(i)))
+        culprits = ((f"{path} (caption {caption_id})", path) for path, caption_id in paths)
+        first = ", ".join(self.index.caption_id(i) for i in ids[:4])
+        return decode_failure(error, culprits, f"captions {first}...")
 
 
 @pipeline_def(enable_conditionals=True)
@@ -159,7 +163,8 @@ class SyntheticDALIIterator(DALIGenericIterator):
         self.batches_per_epoch = source.batches_per_epoch()
         output_map = [f"crop{j}" for j in range(len(self.large_slots))] + ["label", "index"]
         try:  # DALI's iterator runs the pipeline for its first batch already
-            super().__init__(pipeline, output_map, last_batch_policy=LastBatchPolicy.DROP, auto_reset=True)
+            super().__init__(pipeline, output_map, last_batch_policy=LastBatchPolicy.DROP,
+                             auto_reset=True)
         except RuntimeError as error:
             raise self._failure(error) from None
 

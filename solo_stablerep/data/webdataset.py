@@ -130,9 +130,11 @@ class ShardSet:
             left_out.append(tar)
 
         try:
-            summaries = tar_summaries(self.tars, self.image_ext, leave_out if skip_corrupt else None)
+            summaries = tar_summaries(self.tars, self.image_ext,
+                                      leave_out if skip_corrupt else None)
         except ShardFormatError as e:
-            raise ShardDataError(f"{e}; or set data.synthetic.skip_corrupt=True to leave such tars out") from None
+            raise ShardDataError(
+                f"{e}; or set data.synthetic.skip_corrupt=True to leave such tars out") from None
         if left_out:
             if len(left_out) == len(self.tars):
                 raise ShardDataError(f"{self.source}: none of its {len(self.tars)} tars is usable "
@@ -148,20 +150,22 @@ class ShardSet:
         count, position, key = min((s["fewest"][0], i, s["fewest"][1]) for i, s in enumerate(summaries))
         self.fewest_images = (count, self.tars[position], key)
         self.most_images = max(summary["most"] for summary in summaries)
-        if Path(train_path).is_dir() and not left_out and sum(self.sample_counts) != header["num_captions"]:
+        counted = Path(train_path).is_dir() and not left_out  # the whole folder, nothing left out
+        if counted and sum(self.sample_counts) != header["num_captions"]:
             raise ShardDataError(self._count_mismatch(folder, header["num_captions"], summaries))
 
     def _count_mismatch(self, folder: Path, num_captions: int, summaries: List[dict]) -> str:
         """Why a folder's tars do not hold the header's caption count, and what to do."""
-        held = (f"{folder}: the tars hold {sum(self.sample_counts)} samples, {folder / HEADER_NAME} says "
-                f"{num_captions}")
+        held = (f"{folder}: the tars hold {sum(self.sample_counts)} samples, "
+                f"{folder / HEADER_NAME} says {num_captions}")
         if sum(self.sample_counts) < num_captions:
             return f"{held} (unfinished writing? rerun the command that wrote it to finish it)"
         first_seen: Dict[str, Path] = {}
         for tar, summary in zip(self.tars, summaries):
             other = first_seen.setdefault(summary["first"], tar)
             if other != tar:
-                return f"{held}: {other.name} and {tar.name} start with the same sample (a copy?); remove one"
+                return (f"{held}: {other.name} and {tar.name} start with the same sample "
+                        "(a copy?); remove one")
         return f"{held}: tars of another writer or copies were added to the folder; remove them"
 
     def __len__(self) -> int:
@@ -315,8 +319,9 @@ class ShardStream(IterableDataset):
         return item + (self.tokenizer(meta["caption"]),) if self.tokenizer else item
 
     def encoded_item(self, sample: dict, rng: np.random.Generator):
-        """``(index, [encoded image] * n_img, label, caption, (tar, sample key))`` of a sample, for a
-        decoder elsewhere (DALI); each image's header is checked here, so that a corrupt one is named."""
+        """``(index, [encoded image] * n_img, label, caption, (tar, sample key))`` of a sample, for
+        a decoder elsewhere (DALI); each image's header is checked here, so that a corrupt one is
+        named."""
         picked = self._pick(sample, rng, checked_encoded_image)
         if picked is None:
             return None

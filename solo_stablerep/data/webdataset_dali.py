@@ -83,8 +83,10 @@ class ShardBatchSource:
     def decode_failure(self, error: Exception) -> SyntheticDataError:
         """Names the sample of the recent batches whose image DALI's decoder failed on."""
         items = [item for batch in self._recent for item in batch]
-        culprits = ((f"{tar}: sample {key}", image) for _, images, _, _, (tar, key) in items for image in images)
-        return decode_failure(error, culprits, f"{len(items)} samples of {items[0][4][0] if items else '?'}...")
+        culprits = ((f"{tar}: sample {key}", image)
+                    for _, images, _, _, (tar, key) in items for image in images)
+        first_tar = items[0][4][0] if items else "?"
+        return decode_failure(error, culprits, f"{len(items)} samples of {first_tar}...")
 
     def caption_of(self, index: int) -> str:
         entry = self._in_flight[index]

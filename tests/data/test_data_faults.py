@@ -1,9 +1,9 @@
-"""Faults and bad input met when training from a synthetic data set, through the pretrain entry point
-(the function Hydra calls, on the cfg the command line composes; a subprocess where the command
-line itself matters): every case ends as one line naming the bad input and what to do, or trains
-with the damaged sample skipped under ``data.synthetic.skip_corrupt`` (issue 21). Neighbours of
-each case (the other layout, the other loader, damage met while training) are checked on the
-loaders directly. Data: procedural 16 px JPEGs, 8 captions x 3 images."""
+"""Faults and bad input met when training from a synthetic data set, through the pretrain entry
+point (the function Hydra calls, on the cfg the command line composes; a subprocess where the
+command line itself matters): every case ends as one line naming the bad input and what to do, or
+trains with the damaged sample skipped under ``data.synthetic.skip_corrupt`` (issue 21).
+Neighbours of each case (the other layout, the other loader, damage met while training) are
+checked on the loaders directly. Data: procedural 16 px JPEGs, 8 captions x 3 images."""
 
 import json
 import os
@@ -16,23 +16,57 @@ pytest.importorskip("solo", reason="the entry point builds on solo-learn")
 
 from data_gen.cli import main as generate_main  # noqa: E402
 from data_gen.convert import convert  # noqa: E402
-from helpers import SYNTHETIC_CPU_OVERRIDES, compose_parsed_cfg, compose_raw_cfg, copy_configs, run_pretrain_command  # noqa: E402
+from helpers import (
+    SYNTHETIC_CPU_OVERRIDES,
+    compose_parsed_cfg,
+    compose_raw_cfg,
+    copy_configs,
+    run_pretrain_command,
+)  # noqa: E402
 
 NUM_CAPTIONS = 8
-TINY_RUN = ["max_epochs=1", "+limit_train_batches=1", "+num_sanity_val_steps=0", "backbone.name=resnet18",
-            "method_kwargs.proj_hidden_dim=32", "method_kwargs.proj_output_dim=16", "data.synthetic.n_img=2",
-            "wandb.enabled=False", "auto_resume.enabled=False", "checkpoint.enabled=False",
-            *SYNTHETIC_CPU_OVERRIDES]
+TINY_RUN = [
+    "max_epochs=1",
+    "+limit_train_batches=1",
+    "+num_sanity_val_steps=0",
+    "backbone.name=resnet18",
+    "method_kwargs.proj_hidden_dim=32",
+    "method_kwargs.proj_output_dim=16",
+    "data.synthetic.n_img=2",
+    "wandb.enabled=False",
+    "auto_resume.enabled=False",
+    "checkpoint.enabled=False",
+    *SYNTHETIC_CPU_OVERRIDES,
+]
 
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
     """A generated data set and its shards (2 samples a tar), copied by each test before damage."""
     root = tmp_path_factory.mktemp("pristine")
-    (root / "captions.txt").write_text("".join(f"a picture number {i}\n" for i in range(NUM_CAPTIONS)))
-    assert generate_main([str(root / "captions.txt"), str(root / "ds"), "--backend", "procedural", "--resolution",
-                          "32", "--image-size", "16", "--images-per-caption", "3", "--no-progress",
-                          "--device", "cpu"]) == 0
+    (root / "captions.txt").write_text(
+        "".join(f"a picture number {i}\n" for i in range(NUM_CAPTIONS))
+    )
+    assert (
+        generate_main(
+            [
+                str(root / "captions.txt"),
+                str(root / "ds"),
+                "--backend",
+                "procedural",
+                "--resolution",
+                "32",
+                "--image-size",
+                "16",
+                "--images-per-caption",
+                "3",
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     convert(root / "ds", root / "shards", shard_bytes=6000, progress=False)
     assert len(list((root / "shards").glob("*.tar"))) == NUM_CAPTIONS // 2
     copy_configs(root / "cfg")
@@ -51,13 +85,17 @@ def entry(data: Path, train_path, *overrides):
     its one-line error (what ``solo-stablerep-pretrain`` prints)."""
     from solo_stablerep import pretrain
 
-    cfg = compose_raw_cfg(data / "cfg", "stablerep.yaml", [*TINY_RUN, f"data.train_path={train_path}", *overrides])
+    cfg = compose_raw_cfg(
+        data / "cfg", "stablerep.yaml", [*TINY_RUN, f"data.train_path={train_path}", *overrides]
+    )
     os.environ.pop("HYDRA_FULL_ERROR", None)
     try:
         pretrain.hydra_main.__wrapped__(cfg)
     except SystemExit as stop:
         message = str(stop.code)
-        assert message.startswith("solo-stablerep-pretrain: error: ") and "\n" not in message, message
+        assert message.startswith("solo-stablerep-pretrain: error: ") and "\n" not in message, (
+            message
+        )
         return message
     return None
 
@@ -95,41 +133,66 @@ def first_json(tar: Path, line: int = 1) -> bytes:
         return f.read(int(fields[2]))
 
 
-# ------------------------------------------------------------------- data.train_path and data.synthetic
+# ---------------------------------------------------------- data.train_path and data.synthetic
 
 
 @pytest.mark.slow
 def test_readme_brace_pattern_runs_as_printed_and_unquoted_gets_a_hint(data):
     pattern = f"{data / 'shards'}/shard-{{000000..000003}}.tar"
-    # the README's example: '...data.train_path="SHARDS/shard-{000000..000099}.tar"', after the shell
-    done = run_pretrain_command(["solo-stablerep-pretrain"], data / "cfg", "stablerep.yaml", data,
-                                *TINY_RUN, "data.synthetic.layout=webdataset", f'data.train_path="{pattern}"')
+    # the documented form '...data.train_path="SHARDS/shard-{000000..000099}.tar"', after the shell
+    done = run_pretrain_command(
+        ["solo-stablerep-pretrain"],
+        data / "cfg",
+        "stablerep.yaml",
+        data,
+        *TINY_RUN,
+        "data.synthetic.layout=webdataset",
+        f'data.train_path="{pattern}"',
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    done = run_pretrain_command(["solo-stablerep-pretrain"], data / "cfg", "stablerep.yaml", data,
-                                *TINY_RUN, "data.synthetic.layout=webdataset", f"data.train_path={pattern}")
+    done = run_pretrain_command(
+        ["solo-stablerep-pretrain"],
+        data / "cfg",
+        "stablerep.yaml",
+        data,
+        *TINY_RUN,
+        "data.synthetic.layout=webdataset",
+        f"data.train_path={pattern}",
+    )
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [
-        f"solo-stablerep-pretrain: error: data.train_path={pattern}: Hydra reads a brace as the start of a dict; "
-        f"quote the value for Hydra, inside the shell's quotes: 'data.train_path=\"{pattern}\"'"]
+        f"solo-stablerep-pretrain: error: data.train_path={pattern}: Hydra reads a brace as the "
+        "start of a dict; "
+        f"quote the value for Hydra, inside the shell's quotes: 'data.train_path=\"{pattern}\"'"
+    ]
 
 
 def test_a_single_tar_or_a_pattern_matching_nothing(data):
     tar = data / "shards" / "shard-000001.tar"
     assert entry(data, tar, "data.synthetic.layout=webdataset", "optimizer.batch_size=2") is None
     assert "the pattern matches no shard file" in entry(
-        data, f'"{data}/shards/other-{{0..3}}.tar"', "data.synthetic.layout=webdataset")
-    assert "no such file or folder" in entry(data, data / "shards" / "nothing.tar", "data.synthetic.layout=webdataset")
+        data, f'"{data}/shards/other-{{0..3}}.tar"', "data.synthetic.layout=webdataset"
+    )
+    assert "no such file or folder" in entry(
+        data, data / "shards" / "nothing.tar", "data.synthetic.layout=webdataset"
+    )
 
 
-@pytest.mark.parametrize("typo, expected", [
-    ("+data.synthetic.skip_corupt=True", "unknown data.synthetic.skip_corupt; expected one of"),
-    ("+data.synthetic.downsample.probability=0.1", "unknown data.synthetic.downsample.probability; expected"),
-])
+@pytest.mark.parametrize(
+    "typo, expected",
+    [
+        ("+data.synthetic.skip_corupt=True", "unknown data.synthetic.skip_corupt; expected one of"),
+        (
+            "+data.synthetic.downsample.probability=0.1",
+            "unknown data.synthetic.downsample.probability; expected",
+        ),
+    ],
+)
 def test_a_data_synthetic_typo_is_refused_like_a_method_kwargs_one(data, typo, expected):
     assert expected in entry(data, data / "ds", typo)
 
 
-# ------------------------------------------------------------------ images, samples and indexes damaged
+# ---------------------------------------------------------- images, samples, indexes damaged
 
 
 @pytest.mark.parametrize("layout", ["manifest", "webdataset"])
@@ -140,22 +203,40 @@ def test_dali_on_a_jpeg_cut_short_names_it_or_skips_it(data, layout):
         shutil.rmtree(data / "shards")
         convert(data / "ds", data / "shards", shard_bytes=6000, progress=False)
     path = data / ("ds" if layout == "manifest" else "shards")
-    # every caption in one batch of 8 (a shuffle buffer of 1: one pass over the tars), all 3 images of
+    # every caption in one batch of 8 (a shuffle buffer of 1: one pass over the tars), all 3 images
     # each: the damaged one is read, whatever the order
-    args = [f"data.synthetic.layout={layout}", "data.format=dali", "optimizer.batch_size=8", "data.synthetic.n_img=3",
-            "data.synthetic.shuffle_buffer=1"]
+    args = [
+        f"data.synthetic.layout={layout}",
+        "data.format=dali",
+        "optimizer.batch_size=8",
+        "data.synthetic.n_img=3",
+        "data.synthetic.shuffle_buffer=1",
+    ]
     message = entry(data, path, *args)
     assert "JPEG data cut short" in message and "skip_corrupt=True" in message
-    assert (first_image(data).name in message) if layout == "manifest" else ("shard-000000.tar: sample" in message)
-    assert entry(data, path, *args, "data.synthetic.n_img=2", "data.synthetic.skip_corrupt=True") is None
+    assert (
+        (first_image(data).name in message)
+        if layout == "manifest"
+        else ("shard-000000.tar: sample" in message)
+    )
+    assert (
+        entry(data, path, *args, "data.synthetic.n_img=2", "data.synthetic.skip_corrupt=True")
+        is None
+    )
 
 
-@pytest.mark.parametrize("damage, expected", [
-    ("index_not_a_number", "shard-000000.idx:2: offset or size 'x512' is not a non-negative integer"),
-    ("index_not_utf8", "shard-000000.idx:2: not UTF-8 text"),
-    ("json_without_run_id", "shard-000000.tar: sample"),
-    ("json_not_an_object", "its .json metadata is not a JSON object"),
-])
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (
+            "index_not_a_number",
+            "shard-000000.idx:2: offset or size 'x512' is not a non-negative integer",
+        ),
+        ("index_not_utf8", "shard-000000.idx:2: not UTF-8 text"),
+        ("json_without_run_id", "shard-000000.tar: sample"),
+        ("json_not_an_object", "its .json metadata is not a JSON object"),
+    ],
+)
 def test_damaged_tar_index_or_sample_metadata_is_named_or_its_tar_left_out(data, damage, expected):
     tar = data / "shards" / "shard-000000.tar"
     lines = sample_lines(tar.with_suffix(".idx"))
@@ -180,58 +261,96 @@ def test_damaged_tar_index_or_sample_metadata_is_named_or_its_tar_left_out(data,
 def test_a_copied_data_set_is_named_where_it_is_now(data):
     shutil.copytree(data / "ds", data / "moved")  # with its caption index, which stays valid
     message = entry(data, data / "moved", "data.synthetic.n_img=4")
-    assert f"{data / 'moved' / 'manifest.jsonl'}: caption" in message and "fewer than data.synthetic.n_img=4" in message
+    assert (
+        f"{data / 'moved' / 'manifest.jsonl'}: caption" in message
+        and "fewer than data.synthetic.n_img=4" in message
+    )
     assert str(data / "ds") not in message
 
 
 def test_a_copied_tar_is_named_with_its_twin(data):
     for ext in (".tar", ".idx"):
-        shutil.copy(data / "shards" / f"shard-000001{ext}", data / "shards" / f"shard-000001-copy{ext}")
+        shutil.copy(
+            data / "shards" / f"shard-000001{ext}", data / "shards" / f"shard-000001-copy{ext}"
+        )
     message = entry(data, data / "shards", "data.synthetic.layout=webdataset")
-    assert "shard-000001-copy.tar and shard-000001.tar start with the same sample (a copy?); remove one" in message
+    assert (
+        "shard-000001-copy.tar and shard-000001.tar start with the same sample (a copy?); "
+        "remove one"
+        in message
+    )
 
 
 @pytest.mark.slow
 def test_an_error_in_a_dataloader_worker_is_one_line(data):
-    for tar in (data / "shards").glob("*.tar"):  # each tar's 2nd sample: met while training, not when opening
+    for tar in (data / "shards").glob(
+        "*.tar"
+    ):  # each tar's 2nd sample: met while training, not when opening
         damage_tar_member(tar, 2, 0, b"[1, 2]")
-    done = run_pretrain_command(["solo-stablerep-pretrain"], data / "cfg", "stablerep.yaml", data, *TINY_RUN,
-                                "data.synthetic.layout=webdataset", f"data.train_path={data / 'shards'}",
-                                "data.num_workers=2", "optimizer.batch_size=8", "data.synthetic.shuffle_buffer=1")
+    done = run_pretrain_command(
+        ["solo-stablerep-pretrain"],
+        data / "cfg",
+        "stablerep.yaml",
+        data,
+        *TINY_RUN,
+        "data.synthetic.layout=webdataset",
+        f"data.train_path={data / 'shards'}",
+        "data.num_workers=2",
+        "optimizer.batch_size=8",
+        "data.synthetic.shuffle_buffer=1",
+    )
     assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("solo-stablerep-pretrain: error: ") and "its .json metadata is not a JSON object" in last
+    assert (
+        last.startswith("solo-stablerep-pretrain: error: ")
+        and "its .json metadata is not a JSON object" in last
+    )
     assert "(in DataLoader worker process" in last
 
 
-# ---------------------------------------------------------- neighbours, on the loaders (no training)
+# ---------------------------------------------------------- neighbours, on the loaders
 
 
 def loader_batches(data: Path, path, *overrides, epochs=2):
     """Every batch of ``epochs`` epochs of the loader a cfg with ``overrides`` gives."""
     from solo_stablerep.data.synthetic import prepare_synthetic_train_data
 
-    cfg = compose_parsed_cfg(data / "cfg", "stablerep.yaml", [
-        f"data.train_path={path}", *SYNTHETIC_CPU_OVERRIDES, "data.synthetic.n_img=2", *overrides])
+    cfg = compose_parsed_cfg(
+        data / "cfg",
+        "stablerep.yaml",
+        [f"data.train_path={path}", *SYNTHETIC_CPU_OVERRIDES, "data.synthetic.n_img=2", *overrides],
+    )
     loader = prepare_synthetic_train_data(cfg)
     loader = loader.build_loader() if cfg.data.format == "dali" else loader
     return [batch for _ in range(epochs) for batch in loader]
 
 
 @pytest.mark.parametrize("data_format", ["image_folder", "dali"])
-@pytest.mark.parametrize("damage, expected", [
-    ("json_not_an_object", "sample .*: its .json metadata is not a JSON object"),
-    ("json_without_num_images", "sample .*: its .json metadata lacks num_images"),
-    ("index_line_not_a_number", r"shard-000000.idx:3: offset or size 'x\d+' is not a non-negative integer"),
-])
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        ("json_not_an_object", "sample .*: its .json metadata is not a JSON object"),
+        ("json_without_num_images", "sample .*: its .json metadata lacks num_images"),
+        (
+            "index_line_not_a_number",
+            r"shard-000000.idx:3: offset or size 'x\d+' is not a non-negative integer",
+        ),
+    ],
+)
 def test_sample_damage_met_while_training_is_named_or_skipped(data, data_format, damage, expected):
     from solo_stablerep.data.webdataset import ShardDataError
 
     if data_format == "dali":
         pytest.importorskip("nvidia.dali", reason="data.format=dali needs nvidia-dali")
     tar = data / "shards" / "shard-000000.tar"
-    args = ["data.synthetic.layout=webdataset", f"data.format={data_format}", "data.synthetic.shuffle_buffer=1"]
-    loader_batches(data, data / "shards", *args, epochs=0)  # opened (and summarised) before the damage
+    args = [
+        "data.synthetic.layout=webdataset",
+        f"data.format={data_format}",
+        "data.synthetic.shuffle_buffer=1",
+    ]
+    loader_batches(
+        data, data / "shards", *args, epochs=0
+    )  # opened (and summarised) before the damage
     if damage == "json_not_an_object":
         damage_tar_member(tar, 2, 0, b"[1, 2]")
     elif damage == "json_without_num_images":
@@ -271,8 +390,15 @@ def test_a_dali_decoder_failure_names_the_image(data, layout, monkeypatch):
     path = data / ("ds" if layout == "manifest" else "shards")
     expected = first_image(data).name if layout == "manifest" else "shard-000000.tar: sample"
     with pytest.raises(SyntheticDataError, match=f"{expected}.*DALI could not decode this image"):
-        loader_batches(data, path, f"data.synthetic.layout={layout}", "data.format=dali", "optimizer.batch_size=8",
-                       "data.synthetic.n_img=3", "data.synthetic.shuffle_buffer=1")
+        loader_batches(
+            data,
+            path,
+            f"data.synthetic.layout={layout}",
+            "data.format=dali",
+            "optimizer.batch_size=8",
+            "data.synthetic.n_img=3",
+            "data.synthetic.shuffle_buffer=1",
+        )
 
 
 def test_an_index_with_damaged_arrays_is_rebuilt_when_training_opens_it(data):
@@ -281,11 +407,15 @@ def test_an_index_with_damaged_arrays_is_rebuilt_when_training_opens_it(data):
     index = data / "ds" / "manifest.jsonl.index"
     before = index.read_bytes()
     header_end = 16 + int.from_bytes(before[8:16], "little")
-    index.write_bytes(before[:header_end] + bytes(len(before) - header_end))  # arrays zeroed, header intact
+    index.write_bytes(
+        before[:header_end] + bytes(len(before) - header_end)
+    )  # arrays zeroed, header intact
     batches = loader_batches(data, data / "ds", epochs=1)
     assert len(batches) == NUM_CAPTIONS // 4
     lines = (data / "ds" / "manifest.jsonl").read_text().splitlines()[1:]
-    assert list(CaptionIndex.from_manifest(data / "ds").captions) == [json.loads(line)["caption"] for line in lines]
+    assert list(CaptionIndex.from_manifest(data / "ds").captions) == [
+        json.loads(line)["caption"] for line in lines
+    ]
 
 
 def test_files_the_loaders_write_get_the_umask_permissions(data):
@@ -306,11 +436,23 @@ def test_authors_csv_with_a_long_caption_or_not_utf8(data):
 
     images = sorted((data / "ds").rglob("*_00.jpg"))
     long = "a very long caption " * 10000  # 200k characters: above the csv module's 128 KiB limit
-    rows = [f'{p.relative_to(data / "ds")},"{long if i == 1 else f"caption {i}"}"' for i, p in enumerate(images)]
+    rows = [
+        f'{p.relative_to(data / "ds")},"{long if i == 1 else f"caption {i}"}"'
+        for i, p in enumerate(images)
+    ]
     (data / "ds" / "rows.csv").write_text("\n".join(rows) + "\n")
-    authors = ["data.synthetic.layout=authors", "data.synthetic.csv=rows.csv", "data.synthetic.roots=[.,.]"]
+    authors = [
+        "data.synthetic.layout=authors",
+        "data.synthetic.csv=rows.csv",
+        "data.synthetic.roots=[.,.]",
+    ]
     assert len(loader_batches(data, data / "ds", *authors, epochs=1)) == NUM_CAPTIONS // 4
-    assert CaptionIndex.from_authors_csv(data / "ds" / "rows.csv", [data / "ds"] * 2).caption(1) == long
-    (data / "ds" / "rows.csv").write_bytes(b"\n".join(r.encode() for r in rows[:3]) + b"\nbad\xff.jpg,x\n")
+    assert (
+        CaptionIndex.from_authors_csv(data / "ds" / "rows.csv", [data / "ds"] * 2).caption(1)
+        == long
+    )
+    (data / "ds" / "rows.csv").write_bytes(
+        b"\n".join(r.encode() for r in rows[:3]) + b"\nbad\xff.jpg,x\n"
+    )
     message = entry(data, data / "ds", *authors)
     assert "rows.csv:" in message and "not valid UTF-8" in message
