@@ -23,8 +23,12 @@ Index file (version 1)::
 
 The source signature (size, mtime_ns, SHA-1 of its first line, CSV header flag) says which source the
 index describes: an index whose signature, version, magic or size differ is stale or truncated and is
-rebuilt, never trusted. Builds write a temporary file and ``os.replace`` it, under an exclusive
-``flock`` on the source, so the 8 ranks of a node opening an unindexed manifest at once build it once.
+rebuilt, never trusted, and so is one whose arrays are inconsistent (damaged behind a valid header;
+checked in one vectorised pass by the process that opens it). Builds write a temporary file and
+``os.replace`` it, under an exclusive ``flock`` on the source, so the 8 ranks of a node opening an
+unindexed manifest at once build it once; a build killed before its rename leaves its temporary
+file, which the next build removes. Errors name the source where it is now (a data set copied with
+its index names its new place).
 When the source's folder is not writable, the index goes to ``$XDG_CACHE_HOME/solo-stablerep``
 (default ``~/.cache/solo-stablerep``).
 
@@ -478,7 +482,7 @@ def _ensure_index(source: Path, csv_header: Optional[bool]) -> Path:
             if path.parent.is_dir():
                 remove_stale_temps(path)
         builder = _IndexBuilder()
-        meta = {"source": signature, "source_path": str(source)}
+        meta = {"source": signature}
         if csv_header is None:
             meta.update(_build_from_manifest(source, builder))
         else:
@@ -595,7 +599,7 @@ def write_indexed_manifest(
         remove_stale_temps(index_path)
         path = write_manifest(root, records, class_names=class_names, generator=generator,
                               num_captions=num_captions, on_record=builder.add_record)
-        meta = {"source": _signature(path, None), "source_path": str(path),
+        meta = {"source": _signature(path, None),
                 "class_names": None if class_names is None else list(class_names),
                 "extensions": builder.extensions}
         arrays = builder.arrays()
