@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from solo_stablerep.data.index import unlimited_csv_fields
+
 from .settings import DataGenError
 
 _INTEGER = re.compile(r"^[+-]?\d+$")
@@ -66,7 +68,9 @@ def caption_id(normalized: str) -> str:
 
 
 def _decoded_lines(path: Path, skip_bad_lines: bool, result: CaptionSet):
-    """Yield (line number, text) with line endings stripped, streamed; non-UTF-8 lines raise or are counted."""
+    """Yield (line number, text) with line endings stripped, streamed. Lines that are not UTF-8 text
+    (invalid bytes, NUL bytes) raise or are counted; a UTF-16 file, or one with CR-only line endings
+    (every caption would run into one), is refused whole."""
     try:
         f = open(path, "rb")
     except OSError as e:
@@ -76,13 +80,24 @@ def _decoded_lines(path: Path, skip_bad_lines: bool, result: CaptionSet):
             result.lines = number
             if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]  # a UTF-8 byte-order mark is not part of the caption
-            try:
-                text = raw.rstrip(b"\n").rstrip(b"\r").decode("utf-8")
-            except UnicodeDecodeError:
+            elif number == 1 and raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+                raise DataGenError(f"{path}: UTF-16 text (byte-order mark); save it as UTF-8")
+            line = raw.rstrip(b"\n").rstrip(b"\r")
+            if b"\r" in line:
+                raise DataGenError(f"{path}:{number}: a carriage return inside the line (CR-only "
+                                   "line endings?); save the file with LF (or CRLF) line endings")
+            problem = None
+            if b"\0" in line:
+                problem = "a NUL byte (UTF-16 without a byte-order mark, or a binary file?)"
+            else:
+                try:
+                    text = line.decode("utf-8")
+                except UnicodeDecodeError:
+                    problem = "not valid UTF-8"
+            if problem is not None:
                 if not skip_bad_lines:
-                    raise DataGenError(
-                        f"{path}:{number}: not valid UTF-8 (fix the file or pass --skip-bad-lines)"
-                    ) from None
+                    raise DataGenError(f"{path}:{number}: {problem}; save the captions as UTF-8 "
+                                       "text or pass --skip-bad-lines")
                 result.bad_utf8_skipped += 1
                 continue
             yield number, text
@@ -97,6 +112,9 @@ def _cells(path: Path, number: int, text: str, tsv: bool) -> list[str]:
     try:
         return next(csv.reader([text], strict=True), [])
     except csv.Error as e:
+        if "field limit" in str(e):  # a long caption (more than 128 KiB), not a quoting error
+            with unlimited_csv_fields():
+                return _cells(path, number, text, tsv)
         raise DataGenError(
             f"{path}:{number}: bad CSV quoting ({e}): quote the whole caption and double the quotes inside it, "
             "or use a .tsv file (read without quote processing)"

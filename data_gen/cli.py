@@ -6,14 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
-from pathlib import Path
 
 from solo_stablerep.console import configure_logging
 from solo_stablerep.errors import InputError
 
-from .settings import BACKENDS, DEFAULT_MODEL, DTYPES, IMAGE_FORMATS, SCHEDULERS, DataGenError, GenerationSettings
-from .shards import DEFAULT_SHARD_BYTES
+from .settings import BACKENDS, DEFAULT_MODEL, DTYPES, IMAGE_FORMATS, SCHEDULERS, GenerationSettings
+from .shards import DEFAULT_SHARD_BYTES, shard_bytes
+from .storage import check_writable
 
 
 def _generate_parser() -> argparse.ArgumentParser:
@@ -62,20 +61,6 @@ def _generate_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_writable(out: str) -> None:
-    """One clear line now, not a traceback after the model has loaded: can `out` (or the nearest folder above it
-    that exists, where it will be created) take new files? Probed with a temporary file that leaves no trace."""
-    folder = Path(out).absolute()
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        raise DataGenError(f"output folder {out}: {folder} is not a folder")
-    try:
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as e:
-        raise DataGenError(f"output folder {out} is not writable ({folder}: {e.strerror or e})") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     configure_logging()
@@ -100,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         from .runner import RunOptions, generate
 
         summary = generate(args.captions, args.out, settings, RunOptions(
-            batch_size=args.batch_size, format=args.format, shard_bytes=max(1, int(args.shard_size * 1e9)),
+            batch_size=args.batch_size, format=args.format,
+            shard_bytes=shard_bytes(args.shard_size),
             num_shards=args.num_shards, shard_index=args.shard_index,
             device=args.device, overwrite=args.overwrite, skip_bad_lines=args.skip_bad_lines,
             caption_column=args.caption_column, label_column=args.label_column,

@@ -44,6 +44,13 @@ _BLOCK = tarfile.BLOCKSIZE
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
+def shard_bytes(size_gb: float) -> int:
+    """``--shard-size`` (GB per tar) in bytes; a size that is not positive is refused."""
+    if not size_gb > 0:  # NaN too
+        raise ShardFormatError(f"--shard-size {size_gb}: must be > 0 (GB per tar, e.g. 1.0)")
+    return max(1, int(size_gb * 1e9))
+
+
 def tar_name(prefix: str, number: int) -> str:
     return f"{prefix}-{number:06d}.tar"
 
@@ -181,14 +188,22 @@ class ShardWriter:
                     f"{self.out} holds shards of run {previous['run_id']}, not {self.header['run_id']}; "
                     "pass --overwrite to replace them"
                 )
-            for tar in self.out.glob("*.tar"):
-                tar.unlink()
-                index_path(tar).unlink(missing_ok=True)
-            for log in (self.out / RECORDS_DIR).glob("*.jsonl"):
-                log.unlink()
-        elif any(self.out.glob("*.tar")) and not overwrite:
-            raise ShardFormatError(f"{self.out} holds tars not written by this tool; pass --overwrite")
+            self._remove_shards()
+        elif any(self.out.glob("*.tar")):
+            if not overwrite:
+                raise ShardFormatError(f"{self.out} holds tars not written by this tool; pass "
+                                       "--overwrite to delete them")
+            self._remove_shards()  # the loaders read every tar of the folder: none may stay
         atomic_write_json(path, self.header)
+
+    def _remove_shards(self) -> None:
+        """Deletes the folder's tars (ours or not), their indexes and temporaries, and the
+        records."""
+        for tar in [*self.out.glob("*.tar"), *self.out.glob(".*.tar.tmp")]:
+            tar.unlink()
+            index_path(tar).unlink(missing_ok=True)
+        for log in (self.out / RECORDS_DIR).glob("*.jsonl"):
+            log.unlink()
 
     def write(self, index: int, caption_id: str, caption: str, label: Optional[int],
               images: Sequence[bytes]) -> None:

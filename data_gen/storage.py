@@ -23,6 +23,7 @@ import io
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -57,6 +58,22 @@ def atomic_write_bytes(path: Path, data: bytes, fsync: bool = False) -> None:
 def atomic_write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode(), fsync=True)
+
+
+def check_writable(out) -> None:
+    """One clear line now, not a traceback after the model has loaded (or a copy has begun): can
+    `out` (or the nearest folder above it that exists, where it will be created) take new files?
+    Probed with a temporary file that leaves no trace."""
+    folder = Path(out).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise DataGenError(f"output folder {out}: {folder} is not a folder")
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise DataGenError(
+            f"output folder {out} is not writable ({folder}: {e.strerror or e})") from None
 
 
 def encode_image(image: Image.Image, image_format: str, quality: int) -> bytes:
@@ -118,6 +135,24 @@ def finished_mask(log: Path, num_captions: int) -> np.ndarray:
     return done
 
 
+_SETTINGS_KEYS = ("settings", "captions_digest", "num_captions", "class_names", "versions")
+
+
+def read_settings(path: Path, overwrite_hint: bool) -> dict:
+    """A run's ``generation.json``, checked; a damaged one (not JSON, not the writer's object) is
+    one line naming it and what to do: pass --overwrite (a generation), or rerun the generation."""
+    todo = ("pass --overwrite to start the run afresh" if overwrite_hint
+            else "rerun the generation into it")
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise DataGenError(f"{path}: damaged, not valid JSON ({e}); {todo}") from None
+    if not isinstance(stored, dict) or any(key not in stored for key in _SETTINGS_KEYS):
+        raise DataGenError(f"{path}: damaged, not a generation record (needs "
+                           f"{', '.join(_SETTINGS_KEYS)}); {todo}")
+    return stored
+
+
 def prepare_output(out: Path, stored: dict, overwrite: bool) -> None:
     """Make `out` hold this run: record its settings, or check they match the ones already there.
 
@@ -127,7 +162,12 @@ def prepare_output(out: Path, stored: dict, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     settings_path = out / SETTINGS_NAME
     if settings_path.exists():
-        previous = json.loads(settings_path.read_text(encoding="utf-8"))
+        try:
+            previous = read_settings(settings_path, overwrite_hint=True)
+        except DataGenError:
+            if not overwrite:
+                raise
+            previous = {}  # damaged: replaced like another run's
         same_run = all(previous.get(key) == stored[key] for key in ("settings", "captions_digest"))
         if same_run:
             return
@@ -160,7 +200,7 @@ def merge(out: str | Path) -> Path:
     settings_path = out / SETTINGS_NAME
     if not settings_path.exists():
         raise DataGenError(f"{out}: no {SETTINGS_NAME}; not a stablerep-generate output folder")
-    stored = json.loads(settings_path.read_text(encoding="utf-8"))
+    stored = read_settings(settings_path, overwrite_hint=False)
     num_captions = stored["num_captions"]
     logs = sorted((out / SHARDS_DIR).glob("shard-*.jsonl"))
     entries = heapq.merge(*(iter_log(log) for log in logs), key=lambda e: e["index"])

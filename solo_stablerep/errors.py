@@ -14,4 +14,17 @@ class InputError(ValueError):
 
     A ``ValueError`` too, so that code validating values can be caught the usual way; the entry
     points catch only this class, never every ``ValueError``.
+
+    An error raised in a DataLoader worker reaches the training process as
+    ``SubClass("Caught SubClass in DataLoader worker process N.\nOriginal Traceback ...")`` (PyTorch
+    rebuilds it from the worker's whole traceback): the constructor keeps only the one-line message
+    from it, plus where it happened, for every subclass.
     """
+
+    def __init__(self, message: str = ""):
+        caught = f"Caught {type(self).__name__} in "
+        if isinstance(message, str) and message.startswith(caught) and "\n" in message:
+            where = message.split(".\n", 1)[0][len(caught):]
+            original = message.rstrip().rsplit("\n", 1)[-1]
+            message = f"{original.split(': ', 1)[-1]} (in {where})"
+        super().__init__(message)

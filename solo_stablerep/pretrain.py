@@ -22,8 +22,9 @@ StableRep needs it:
 import inspect
 import logging
 import os
+import re
 import sys
-from typing import Any, Dict, Optional, Type
+from typing import Any, Dict, List, Optional, Type
 
 import hydra
 import torch
@@ -76,7 +77,9 @@ def parse_pretrain_cfg(cfg: DictConfig) -> DictConfig:
         # solo-learn's parse_cfg would scan a missing train_path with a traceback
         for key in ("data.train_path", "data.val_path"):
             path = OmegaConf.select(cfg, key, default=None)
-            if path is not None and not os.path.exists(path):
+            # a brace pattern of tars is checked (and named) when the shards are opened
+            synthetic_pattern = cfg.data.dataset == "synthetic" and "{" in str(path)
+            if path is not None and not synthetic_pattern and not os.path.exists(path):
                 raise InputError(f"{key}={path}: no such file or folder")
 
     # parse_cfg scales the lr by len(devices); Lightning's CPU accelerator wants an int.
@@ -87,14 +90,19 @@ def parse_pretrain_cfg(cfg: DictConfig) -> DictConfig:
     # parse_cfg only knows solo-learn's datasets: let "synthetic" pass as "custom", then
     # let the synthetic plugin fill in what depends on its manifest.
     synthetic = cfg.data.dataset == "synthetic"
+    train_path = cfg.data.train_path
     if synthetic:
         cfg.data.dataset = "custom"
+        # parse_cfg counts the class folders of a custom train_path; a synthetic one may be a tar or
+        # a brace pattern of tars, and the synthetic plugin sets the classes from its own index
+        cfg.data.train_path = train_path if os.path.isdir(train_path) else os.curdir
     cfg = parse_cfg(cfg)
     cfg.devices = devices
     if synthetic:
         from solo_stablerep.data import add_and_assert_synthetic_cfg
 
         cfg.data.dataset = "synthetic"
+        cfg.data.train_path = train_path
         cfg = add_and_assert_synthetic_cfg(cfg)
 
     any_number_of_large_crops = _entry_point_needs(method).any_number_of_large_crops
@@ -303,7 +311,7 @@ def run_pretrain(cfg: DictConfig) -> Trainer:
 
 
 @hydra.main(version_base="1.2", config_path=None, config_name=None)
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     configure_logging()  # the shipped configs turn Hydra's job logging off
     try:
         run_pretrain(cfg)
@@ -313,6 +321,30 @@ def main(cfg: DictConfig) -> None:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         sys.exit(f"solo-stablerep-pretrain: error: {error}")
+
+
+def unquoted_brace_override(argv: List[str]) -> Optional[str]:
+    """The first ``key=value`` override whose value holds a brace (a shard pattern such as
+    ``shard-{000000..000099}.tar``) that Hydra's override grammar cannot parse unquoted, or None.
+    Values quoted for Hydra, escaped braces, ``${...}`` interpolations and ``{...}`` dicts pass."""
+    for arg in argv:
+        key, equals, value = arg.partition("=")
+        if not equals or key.startswith("-") or value[:1] in ("'", '"', "{", "["):
+            continue
+        if re.search(r"(?<![$\\]){", value):
+            return arg
+    return None
+
+
+def main() -> None:
+    """``solo-stablerep-pretrain``: Hydra's command line, plus a hint Hydra's parser cannot give."""
+    override = unquoted_brace_override(sys.argv[1:])
+    if override is not None:
+        key, _, value = override.partition("=")
+        quoted = f"'{key}=\"{value}\"'"
+        sys.exit(f"solo-stablerep-pretrain: error: {override}: Hydra reads a brace as the start of "
+                 f"a dict; quote the value for Hydra, inside the shell's quotes: {quoted}")
+    hydra_main()
 
 
 if __name__ == "__main__":

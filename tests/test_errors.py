@@ -47,7 +47,7 @@ def test_pretrain_entry_point_catches_input_errors_only(raised, one_line, monkey
 
     monkeypatch.setattr(pretrain, "run_pretrain", failing_run)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    entry = pretrain.main.__wrapped__  # the function under hydra.main
+    entry = pretrain.hydra_main.__wrapped__  # the function under hydra.main
     if one_line:
         with pytest.raises(SystemExit, match=r"^solo-stablerep-pretrain: error: data.train_path=x"):
             entry(None)

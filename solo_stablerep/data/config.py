@@ -31,6 +31,25 @@ if TYPE_CHECKING:
     from solo_stablerep.data.webdataset import ShardSet
 
 LAYOUTS = ("manifest", "authors", "webdataset")
+# the keys of data.synthetic (documented in add_and_assert_synthetic_cfg); any other is a typo
+SYNTHETIC_KEYS = {"n_img": None, "layout": None, "csv": None, "csv_header": None, "roots": None,
+                  "downsample": ("prob", "sizes"), "skip_corrupt": None, "shuffle_buffer": None}
+
+
+def _check_known_keys(syn: omegaconf.DictConfig) -> None:
+    """An unknown ``data.synthetic`` key (``+data.synthetic.skip_corupt=True``, the form Hydra's own
+    error suggests) would be ignored without a word: refused, as ``method_kwargs`` typos are."""
+    for key, sub_keys in SYNTHETIC_KEYS.items():
+        value = syn.get(key)
+        if sub_keys is not None and isinstance(value, omegaconf.DictConfig):
+            for sub_key in value:
+                if sub_key not in sub_keys:
+                    raise SyntheticDataError(
+                        f"unknown data.synthetic.{key}.{sub_key}; expected one of {list(sub_keys)}")
+    for key in syn:
+        if key not in SYNTHETIC_KEYS:
+            raise SyntheticDataError(
+                f"unknown data.synthetic.{key}; expected one of {sorted(SYNTHETIC_KEYS)}")
 
 
 def load_caption_index(cfg: omegaconf.DictConfig) -> Union[CaptionIndex, "ShardSet"]:
@@ -41,7 +60,7 @@ def load_caption_index(cfg: omegaconf.DictConfig) -> Union[CaptionIndex, "ShardS
     if syn.layout == "webdataset":
         from solo_stablerep.data.webdataset import ShardSet  # torch + webdataset: only when used
 
-        return ShardSet(cfg.data.train_path)
+        return ShardSet(cfg.data.train_path, skip_corrupt=syn.skip_corrupt)
     base = Path(cfg.data.train_path)
     if syn.layout == "manifest":
         return CaptionIndex.from_manifest(base)
@@ -101,6 +120,7 @@ def add_and_assert_synthetic_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictCon
     """
     cfg.data.synthetic = omegaconf_select(cfg, "data.synthetic", {})
     syn = cfg.data.synthetic
+    _check_known_keys(syn)
     syn.n_img = omegaconf_select(cfg, "data.synthetic.n_img", 6)
     syn.layout = omegaconf_select(cfg, "data.synthetic.layout", "manifest")
     syn.csv = omegaconf_select(cfg, "data.synthetic.csv", None)

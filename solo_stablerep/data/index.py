@@ -23,8 +23,12 @@ Index file (version 1)::
 
 The source signature (size, mtime_ns, SHA-1 of its first line, CSV header flag) says which source the
 index describes: an index whose signature, version, magic or size differ is stale or truncated and is
-rebuilt, never trusted. Builds write a temporary file and ``os.replace`` it, under an exclusive
-``flock`` on the source, so the 8 ranks of a node opening an unindexed manifest at once build it once.
+rebuilt, never trusted, and so is one whose arrays are inconsistent (damaged behind a valid header;
+checked in one vectorised pass by the process that opens it). Builds write a temporary file and
+``os.replace`` it, under an exclusive ``flock`` on the source, so the 8 ranks of a node opening an
+unindexed manifest at once build it once; a build killed before its rename leaves its temporary
+file, which the next build removes. Errors name the source where it is now (a data set copied with
+its index names its new place).
 When the source's folder is not writable, the index goes to ``$XDG_CACHE_HOME/solo-stablerep``
 (default ``~/.cache/solo-stablerep``).
 
@@ -36,6 +40,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import mmap
 import os
 import sys
@@ -54,6 +59,7 @@ from solo_stablerep.data.manifest import (
     ManifestError,
     atomic_output,
     check_relative_path,
+    remove_stale_temps,
     scan_manifest,
     write_manifest,
 )
@@ -71,20 +77,12 @@ _MAGIC = b"SRCAPIDX"
 _ALIGN = 64
 _CUSTOM_PATHS = 255  # extension code of a caption whose image paths are stored
 
+log = logging.getLogger(__name__)
+
 
 class SyntheticDataError(InputError):
-    """A synthetic data set or its config is unusable; the message is one line naming the culprit.
-
-    A DataLoader worker's error reaches the training process as ``SyntheticDataError(<worker's whole
-    traceback>)``: the constructor keeps only our one-line message from it, plus the worker's name.
-    """
-
-    def __init__(self, message: str = ""):
-        if message.startswith(f"Caught {type(self).__name__} in DataLoader worker"):
-            where = message.split(".\n", 1)[0][len(f"Caught {type(self).__name__} in ") :]
-            original = message.rstrip().rsplit("\n", 1)[-1]
-            message = f"{original.split(': ', 1)[-1]} (in {where})"
-        super().__init__(message)
+    """A synthetic data set or its config is unusable; the message is one line naming the culprit
+    (also when raised in a DataLoader worker: see :class:`~solo_stablerep.errors.InputError`)."""
 
 
 def cache_dir() -> Path:
@@ -251,10 +249,16 @@ def _map_index(path: Path, signature: Optional[dict]) -> Optional[Tuple[dict, di
         buffer.madvise(mmap.MADV_RANDOM)
     start = 16 + length
     arrays = {}
-    for name, spec in header["arrays"].items():
-        dtype = np.dtype(spec["dtype"])
-        count = int(np.prod(spec["shape"], dtype=np.int64))
-        arrays[name] = np.frombuffer(buffer, dtype, count, start + spec["offset"]).reshape(spec["shape"])
+    try:
+        for name, spec in header["arrays"].items():
+            dtype = np.dtype(spec["dtype"])
+            count = int(np.prod(spec["shape"], dtype=np.int64))
+            array = np.frombuffer(buffer, dtype, count, start + spec["offset"])
+            arrays[name] = array.reshape(spec["shape"])
+        if not isinstance(header.get("extensions"), list):
+            return None
+    except (AttributeError, KeyError, TypeError, ValueError):  # damaged header: rebuilt, as stale
+        return None
     return header, arrays
 
 
@@ -285,26 +289,30 @@ class CaptionIndex:
     """Captions of a synthetic data set, their labels and image paths, memory-mapped.
 
     Open with :meth:`from_manifest` or :meth:`from_authors_csv` (built and saved on first open, reused
-    after). Image ``k`` of caption ``i`` is ``roots[0] / <its k-th path>`` (manifest layout) or
-    ``roots[k] / <its one path>`` (authors' layout, one root per generation seed). Pickling keeps
-    only the file's path, so DataLoader workers and spawned processes map the same file.
+    after; an index whose arrays are inconsistent, e.g. damaged on disk, is rebuilt). Image ``k`` of
+    caption ``i`` is ``roots[0] / <its k-th path>`` (manifest layout) or ``roots[k] / <its one
+    path>`` (authors' layout, one root per generation seed). Pickling keeps only the file's path,
+    so DataLoader workers and spawned processes map the same file.
 
     Attributes:
-        source (str): the manifest or CSV the index describes (named in errors).
+        source (str): the manifest or CSV the index describes, where it is now (named in errors;
+            a data set copied with its index elsewhere names its new place).
         class_names (Optional[List[str]]): the manifest's class names (None when unlabelled).
         labels (np.ndarray): int32 label of each caption, -1 when unlabelled.
         caption_ids, captions (Sequence[str]): ids and caption texts, decoded on access.
     """
 
-    def __init__(self, index_path: Path, roots: Sequence[Union[str, Path]], root_per_image: bool):
+    def __init__(self, index_path: Path, roots: Sequence[Union[str, Path]], root_per_image: bool,
+                 source: Union[str, Path]):
         mapped = _map_index(index_path, signature=None)
         if mapped is None:
-            raise SyntheticDataError(f"{index_path}: caption index unreadable or truncated")
+            raise SyntheticDataError(f"{index_path}: caption index of {source} unreadable or "
+                                     "truncated; delete it: it is rebuilt at the next open")
         self.index_path = Path(index_path)
         self.roots = [Path(r) for r in roots]
         self._root_per_image = root_per_image
         self._header, self._arrays = mapped
-        self.source = self._header["source_path"]
+        self.source = str(source)
         self.class_names = self._header["class_names"]
         self._extensions = self._header["extensions"]
         self.labels = self._arrays["labels"]
@@ -312,10 +320,11 @@ class CaptionIndex:
         self.captions = _Column(self, "text")
 
     def __getstate__(self):
-        return {"index_path": self.index_path, "roots": self.roots, "root_per_image": self._root_per_image}
+        return {"index_path": self.index_path, "roots": self.roots,
+                "root_per_image": self._root_per_image, "source": self.source}
 
     def __setstate__(self, state):
-        self.__init__(state["index_path"], state["roots"], state["root_per_image"])
+        self.__init__(state["index_path"], state["roots"], state["root_per_image"], state["source"])
 
     @classmethod
     def from_manifest(cls, root: Union[str, Path]) -> "CaptionIndex":
@@ -323,7 +332,7 @@ class CaptionIndex:
         source = Path(root) / MANIFEST_NAME
         if not source.is_file():
             raise ManifestError(f"{source}: manifest not found")
-        return cls(_ensure_index(source, None), [Path(root)], root_per_image=False)
+        return cls(_ensure_index(source, None), [Path(root)], root_per_image=False, source=source)
 
     @classmethod
     def from_authors_csv(
@@ -339,7 +348,8 @@ class CaptionIndex:
         for root in roots:
             if not Path(root).is_dir():
                 raise ManifestError(f"{root}: image root folder (data.synthetic.roots) not found")
-        return cls(_ensure_index(csv_path, bool(header)), roots, root_per_image=True)
+        return cls(_ensure_index(csv_path, bool(header)), roots, root_per_image=True,
+                   source=csv_path)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -349,7 +359,14 @@ class CaptionIndex:
         if not -len(self) <= i < len(self):
             raise IndexError(f"caption {i} out of range for {len(self)} captions")
         i %= len(self)
-        return blob[offsets[i] : offsets[i + 1]].tobytes().decode()
+        try:
+            return blob[offsets[i] : offsets[i + 1]].tobytes().decode()
+        except UnicodeDecodeError:
+            raise self._corrupt(f"{field} of caption {i} is not UTF-8") from None
+
+    def _corrupt(self, what: str) -> SyntheticDataError:
+        return SyntheticDataError(f"{self.index_path}: caption index of {self.source} is corrupt "
+                                  f"({what}); delete it: it is rebuilt at the next open")
 
     def caption_id(self, i: int) -> str:
         return self._string("id", i)
@@ -367,7 +384,10 @@ class CaptionIndex:
 
     def _stored_path(self, j: int) -> str:
         offsets = self._arrays["path_offsets"]
-        return self._arrays["path_blob"][offsets[j] : offsets[j + 1]].tobytes().decode()
+        try:
+            return self._arrays["path_blob"][offsets[j] : offsets[j + 1]].tobytes().decode()
+        except UnicodeDecodeError:
+            raise self._corrupt(f"stored image path {j} is not UTF-8") from None
 
     def image_relpath(self, i: int, k: int) -> str:
         """Path of image ``k`` of caption ``i``, relative to its root."""
@@ -399,20 +419,70 @@ class CaptionIndex:
             )
 
 
+def _consistency_problem(header: dict, arrays: dict) -> Optional[str]:
+    """What makes an index's arrays unusable (offsets out of order or past their blob, labels or
+    extension codes out of range, image counts below 1), or None: damage behind a valid header
+    would otherwise surface as an IndexError, or wrong captions, deep in training. Vectorised, one
+    pass over each array (about 0.2 s at 10M captions), in the process that opens the index (not
+    in every DataLoader worker)."""
+    try:
+        n = len(arrays["labels"])
+        for field in ("id", "text", "path"):
+            offsets, blob = arrays[f"{field}_offsets"], arrays[f"{field}_blob"]
+            if offsets[0] != 0 or offsets[-1] != len(blob) or np.any(offsets[1:] < offsets[:-1]):
+                return f"{field} offsets"
+        starts, counts, codes = arrays["path_starts"], arrays["num_images"], arrays["ext_codes"]
+        lengths = {len(arrays["id_offsets"]), len(arrays["text_offsets"]), len(starts),
+                   len(counts) + 1}
+        if lengths != {n + 1}:
+            return "array lengths"
+        if n == 0:
+            return None
+        classes = len(header["class_names"] or ())
+        low, high = int(arrays["labels"].min()), int(arrays["labels"].max())
+        if (low, high) != (-1, -1) if not classes else (low < 0 or high >= classes):
+            return "labels"
+        if counts.min() < 1:
+            return "image counts"
+        custom = codes == _CUSTOM_PATHS
+        if np.any(codes[~custom] >= len(header["extensions"])):
+            return "extension codes"
+        stored = np.diff(starts)  # paths stored per caption: its image count if custom, else none
+        if (starts[0] != 0 or starts[-1] != len(arrays["path_offsets"]) - 1
+                or np.any(stored != np.where(custom, counts, 0))):
+            return "path starts"
+    except (KeyError, IndexError, TypeError, ValueError):
+        return "arrays missing or of the wrong shape"
+    return None
+
+
+def _valid_index(path: Path, signature: dict) -> bool:
+    mapped = _map_index(path, signature)
+    if mapped is None:
+        return False
+    problem = _consistency_problem(*mapped)
+    if problem is not None:
+        log.warning("%s: caption index damaged (%s): rebuilding it", path, problem)
+    return problem is None
+
+
 def _ensure_index(source: Path, csv_header: Optional[bool]) -> Path:
     """Path of a valid index of ``source``: an existing one beside it or in the cache, else built now."""
     candidates = derived_file_paths(source, INDEX_SUFFIX)
     signature = _signature(source, csv_header)
     for path in candidates:
-        if _map_index(path, signature) is not None:
+        if _valid_index(path, signature):
             return path
     with exclusive_lock(source):  # one builder per source; the others wait, then find its index
         signature = _signature(source, csv_header)
         for path in candidates:
-            if _map_index(path, signature) is not None:
+            if _valid_index(path, signature):
                 return path
+        for path in candidates:  # left by a build killed (SIGKILL) before its rename
+            if path.parent.is_dir():
+                remove_stale_temps(path)
         builder = _IndexBuilder()
-        meta = {"source": signature, "source_path": str(source)}
+        meta = {"source": signature}
         if csv_header is None:
             meta.update(_build_from_manifest(source, builder))
         else:
@@ -464,25 +534,50 @@ def _build_from_manifest(source: Path, builder: _IndexBuilder) -> dict:
     return {"class_names": header["class_names"]}
 
 
+@contextmanager
+def unlimited_csv_fields() -> Iterator[None]:
+    """Lifts the csv module's 128 KiB field limit in the block: a long caption is no quoting
+    error."""
+    previous = csv.field_size_limit()
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
 def _build_from_csv(source: Path, csv_header: bool, builder: _IndexBuilder) -> dict:
     progress = Progress(source, None)
-    with open(source, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        for row_no, row in enumerate(reader):
-            if csv_header and row_no == 0:
-                continue
-            where = f"{source}:{reader.line_num}"  # captions may hold quoted newlines
-            if len(row) != 2:
-                raise ManifestError(f"{where}: expected 2 columns (path,caption), got {len(row)}")
-            path = check_relative_path(row[0], where)
-            if not path.lower().endswith(IMAGE_EXTENSIONS):
-                raise ManifestError(
-                    f"{where}: {path!r} is not an image path ({', '.join(IMAGE_EXTENSIONS)})"
-                )
-            builder.add(str(row_no + 1), row[1], None, (path,), None)
-            if row_no % 65536 == 0:
-                progress(row_no)
+    reader = None
+    try:
+        with open(source, newline="", encoding="utf-8") as f, unlimited_csv_fields():
+            reader = csv.reader(f)
+            _add_csv_rows(source, csv_header, reader, builder, progress)
+    except UnicodeDecodeError:
+        line = reader.line_num + 1 if reader is not None else 1
+        raise ManifestError(
+            f"{source}:{line}: not valid UTF-8 (near this line); save the CSV as UTF-8") from None
+    except csv.Error as e:
+        raise ManifestError(f"{source}:{reader.line_num}: unreadable CSV ({e})") from None
     return {"class_names": None}
+
+
+def _add_csv_rows(source: Path, csv_header: bool, reader, builder: _IndexBuilder,
+                  progress: Progress) -> None:
+    for row_no, row in enumerate(reader):
+        if csv_header and row_no == 0:
+            continue
+        where = f"{source}:{reader.line_num}"  # captions may hold quoted newlines
+        if len(row) != 2:
+            raise ManifestError(f"{where}: expected 2 columns (path,caption), got {len(row)}")
+        path = check_relative_path(row[0], where)
+        if not path.lower().endswith(IMAGE_EXTENSIONS):
+            raise ManifestError(
+                f"{where}: {path!r} is not an image path ({', '.join(IMAGE_EXTENSIONS)})"
+            )
+        builder.add(str(row_no + 1), row[1], None, (path,), None)
+        if row_no % 65536 == 0:
+            progress(row_no)
 
 
 def write_indexed_manifest(
@@ -496,12 +591,19 @@ def write_indexed_manifest(
     """:func:`~solo_stablerep.data.manifest.write_manifest`, then its index beside it, built from the
     records as they are written (no second parse). Returns the manifest's path."""
     builder = _IndexBuilder()
-    path = write_manifest(root, records, class_names=class_names, generator=generator,
-                          num_captions=num_captions, on_record=builder.add_record)
-    meta = {"source": _signature(path, None), "source_path": str(path),
-            "class_names": None if class_names is None else list(class_names), "extensions": builder.extensions}
-    arrays = builder.arrays()
-    del builder
-    _write_index(derived_file_paths(path, INDEX_SUFFIX)[0], arrays, meta)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    index_path = derived_file_paths(root / MANIFEST_NAME, INDEX_SUFFIX)[0]
+    with exclusive_lock(root):  # writers of a root take turns: leftovers of a killed one are stale
+        remove_stale_temps(root / MANIFEST_NAME)
+        remove_stale_temps(index_path)
+        path = write_manifest(root, records, class_names=class_names, generator=generator,
+                              num_captions=num_captions, on_record=builder.add_record)
+        meta = {"source": _signature(path, None),
+                "class_names": None if class_names is None else list(class_names),
+                "extensions": builder.extensions}
+        arrays = builder.arrays()
+        del builder
+        _write_index(index_path, arrays, meta)
     return path
 

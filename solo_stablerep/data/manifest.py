@@ -42,10 +42,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import json
 import os
 import re
-import tempfile
+import secrets
 from array import array
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
@@ -293,15 +294,30 @@ def read_manifest(root: Union[str, Path]) -> Tuple[dict, List[CaptionRecord]]:
     return header, records
 
 
+def _temp_path(path: Path) -> Path:
+    """A unique temporary name beside ``path`` (see :func:`remove_stale_temps` for its pattern)."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Removes the temporary files :func:`atomic_output` left beside ``path`` when a writer was
+    killed (SIGKILL, power loss); call it only while no other process may be writing ``path``
+    (under the lock its writers take)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.{'[0-9a-f]' * 12}.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_output(path: Path, mode: str = "wb", **open_kwargs):
     """A file that appears at ``path`` only once written in full, fsynced, or not at all.
 
     It is written under a unique temporary name in the same folder (so that processes writing the
-    same path at once do not collide) and renamed over ``path``; any error removes it.
+    same path at once do not collide) and renamed over ``path``; any error removes it. The file is
+    created with the permissions the umask gives new files (as ``open`` does; ``mkstemp``'s 0600
+    would lock the colleagues who train on a data set out of its manifest and indexes).
     """
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = _temp_path(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, mode, **open_kwargs) as f:
             yield f

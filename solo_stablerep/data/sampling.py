@@ -13,7 +13,7 @@ import logging
 import multiprocessing
 from multiprocessing.context import get_spawning_popen
 from pathlib import Path
-from typing import Callable, Iterable, List, Sequence, TypeVar
+from typing import Callable, Iterable, List, Optional, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -123,7 +123,28 @@ class ReadableImages:
 
 def checked_encoded_image(data: bytes) -> np.ndarray:
     """An encoded image's bytes for a decoder elsewhere (DALI), after a header check here, so that a
-    corrupt image raises an error this package names (DALI's decoder error would not)."""
+    corrupt image raises an error this package names (DALI's decoder error would not, and would
+    leave its pipeline unusable, so nothing could be skipped after it). A JPEG must also end with
+    its end-of-image marker (PNG and WebP headers already tell a file cut short): an O(1) check of
+    the last two bytes on a complete file, the cut-short body that DALI's decoder rejects."""
     with Image.open(io.BytesIO(data)) as img:
         img.verify()
+        if img.format == "JPEG" and not data.endswith(b"\xff\xd9") and not _jpeg_ends(data):
+            raise OSError("JPEG data cut short (no end-of-image marker after its last scan)")
     return np.frombuffer(data, dtype=np.uint8)
+
+
+def _jpeg_ends(data: bytes) -> bool:
+    """Whether an end-of-image marker follows the last start-of-scan (data after it is allowed)."""
+    return data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda")
+
+
+def undecodable(data: bytes) -> Optional[str]:
+    """Why PIL cannot decode ``data`` fully, or None: used to name the image a decoder elsewhere
+    (DALI) failed on, after the fact (a full decode is too slow for every image read)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+    except Exception as e:  # the decoders raise many types
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    return None

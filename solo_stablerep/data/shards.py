@@ -54,10 +54,10 @@ import os
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from solo_stablerep.data.index import Progress, derived_file_paths, exclusive_lock, write_first_writable
-from solo_stablerep.data.manifest import atomic_output
+from solo_stablerep.data.manifest import atomic_output, remove_stale_temps
 from solo_stablerep.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -123,12 +123,21 @@ def read_header(folder: Path) -> dict:
     return header
 
 
+_REWRITE = "rewrite it (reconvert the shard, or wds2idx)"
+
+
 def index_lines(path: Path) -> Tuple[int, List[str]]:
     """(samples its header line announces, the sample lines) of a DALI index file."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise ShardFormatError(f"{path}: index file missing (write it with the shard writer or wds2idx)") from None
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ShardFormatError(
+            f"{path}:{line}: not UTF-8 text (a damaged index?); {_REWRITE}") from None
     head = lines[0].split() if lines else []
     if len(head) != 2 or head[0] != INDEX_VERSION or not head[1].isdigit():
         raise ShardFormatError(f"{path}:1: not a {INDEX_VERSION} webdataset index header")
@@ -138,14 +147,28 @@ def index_lines(path: Path) -> Tuple[int, List[str]]:
 def _member_fields(path: Path, number: int, line: str) -> List[str]:
     fields = line.split()
     if not fields or len(fields) % 4:
-        raise ShardFormatError(f"{path}:{number}: expected groups of 4 fields (ext offset size name)")
+        raise ShardFormatError(
+            f"{path}:{number}: expected groups of 4 fields (ext offset size name); {_REWRITE}")
     return fields
+
+
+def _bad_number(path: Path, number: int, fields: Sequence[str]) -> ShardFormatError:
+    bad = next(f for f in fields[1::4] + fields[2::4] if not f.isdigit())
+    return ShardFormatError(
+        f"{path}:{number}: offset or size {bad!r} is not a non-negative integer; {_REWRITE}")
 
 
 def _members(path: Path, number: int, line: str) -> List[IndexMember]:
     """The members (component, offset, size, name) of the sample on line ``number`` of index ``path``."""
     fields = _member_fields(path, number, line)
-    return [(fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3]) for i in range(0, len(fields), 4)]
+    try:
+        members = [(fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3])
+                   for i in range(0, len(fields), 4)]
+    except ValueError:
+        raise _bad_number(path, number, fields) from None
+    if any(offset < 0 or size < 0 for _, offset, size, _ in members):
+        raise _bad_number(path, number, fields)
+    return members
 
 
 def _check_count(path: Path, announced: int, lines: Sequence[str]) -> None:
@@ -189,6 +212,8 @@ def summarise_tar(tar: Path, image_ext: str) -> dict:
     end, most, fewest, problem = 0, 0, None, None
     for number, line in enumerate(lines, start=2):
         fields = _member_fields(path, number, line)
+        if not all(f.isdigit() for f in fields[1::4] + fields[2::4]):
+            raise _bad_number(path, number, fields)
         # a sample's members are stored in order (WebDataset groups them): its last one ends it
         end = max(end, int(fields[-3]) + int(fields[-2]))
         if problem is not None:
@@ -216,12 +241,33 @@ def summarise_tar(tar: Path, image_ext: str) -> dict:
     first = name.split(".", 1)[0]
     with open(tar, "rb") as f:
         f.seek(int(offset))
-        try:
-            meta = json.loads(f.read(int(length)))
-        except ValueError:
-            raise ShardFormatError(f"{tar}: sample {first}: its .json metadata is not valid JSON") from None
+        meta = sample_meta(f.read(int(length)), tar, first)
     return {"key": key, "samples": len(lines), "fewest": fewest, "most": most, "end": end, "first": first,
-            "run_id": meta.get("run_id")}
+            "run_id": meta["run_id"]}
+
+
+_META_TYPES = {"caption_id": str, "caption": str, "index": int, "run_id": str, "num_images": int}
+
+
+def sample_meta(data: bytes, tar, key: str) -> dict:
+    """A sample's ``.json`` metadata, checked: an object with the writer's fields of the right
+    types; else ShardFormatError naming tar and sample (not valid JSON or UTF-8, not an object, a
+    field missing or of another type)."""
+    try:
+        meta = json.loads(data)
+    except ValueError as e:  # UnicodeDecodeError included
+        raise ShardFormatError(f"{tar}: sample {key}: its .json metadata is not valid JSON "
+                               f"({str(e).splitlines()[0]})") from None
+    if not isinstance(meta, dict):
+        raise ShardFormatError(f"{tar}: sample {key}: its .json metadata is not a JSON object")
+    for field, kind in _META_TYPES.items():
+        if not isinstance(meta.get(field), kind):
+            raise ShardFormatError(f"{tar}: sample {key}: its .json metadata lacks {field} "
+                                   f"(or it is not a {kind.__name__})")
+    if "label" not in meta or meta["label"] is not None and not isinstance(meta["label"], int):
+        raise ShardFormatError(
+            f"{tar}: sample {key}: its .json metadata lacks label (null or an integer)")
+    return meta
 
 
 def _load_summary(path: Path, image_ext: str) -> Dict[str, dict]:
@@ -273,20 +319,30 @@ def _save_summary(candidates: Sequence[Path], folder: Path, entries: Dict[str, d
                     "checks its tars again", folder, error)
 
 
-def _folder_summaries(folder: Path, tars: Sequence[Path], image_ext: str) -> Dict[str, dict]:
-    """Entries of ``tars`` (all in ``folder``) by tar name, cached or summarised now (and saved)."""
+def _folder_summaries(folder: Path, tars: Sequence[Path], image_ext: str,
+                      on_bad: Optional[Callable[[Path, str], None]]) -> Dict[str, dict]:
+    """Entries of ``tars`` (all in ``folder``) by tar name, cached or summarised now (and saved); a
+    bad tar raises, or with ``on_bad`` is passed to it with the error and left out."""
     candidates = derived_file_paths(folder / HEADER_NAME, SUMMARY_SUFFIX)
     keys = [_summary_key(tar) for tar in tars]
     _, current = _matching_entries(candidates, tars, keys, image_ext)
     if len(current) == len(tars):
         return current
     with exclusive_lock(folder):  # one summariser per folder; the others wait, then find its entries
+        for path in candidates:  # left by a summariser killed (SIGKILL) before its rename
+            if path.parent.is_dir():
+                remove_stale_temps(path)
         known, current = _matching_entries(candidates, tars, keys, image_ext)
         stale = [tar for tar in tars if tar.name not in current]
         progress = Progress(folder, len(stale), doing="checking the shard indexes of", unit="tars")
         try:
             for done, tar in enumerate(stale, start=1):
-                current[tar.name] = summarise_tar(tar, image_ext)
+                try:
+                    current[tar.name] = summarise_tar(tar, image_ext)
+                except ShardFormatError as e:
+                    if on_bad is None:
+                        raise
+                    on_bad(tar, str(e))
                 progress(done)
         finally:  # also when a tar is bad: the ones checked before it are kept
             if len(current) > len(tars) - len(stale):
@@ -294,14 +350,18 @@ def _folder_summaries(folder: Path, tars: Sequence[Path], image_ext: str) -> Dic
     return current
 
 
-def tar_summaries(tars: Sequence[Path], image_ext: str) -> List[dict]:
+def tar_summaries(tars: Sequence[Path], image_ext: str,
+                  on_bad: Optional[Callable[[Path, str], None]] = None) -> List[Optional[dict]]:
     """The summary entry of each tar, in order (see the module docstring): one ``stat`` of each tar
-    and index when the cached summaries are current, else the stale tars' indexes are read."""
+    and index when the cached summaries are current, else the stale tars' indexes are read. A tar
+    that cannot be used raises :class:`ShardFormatError`, or, with ``on_bad(tar, error line)``, is
+    passed to it and its entry is None."""
     by_folder: Dict[Path, List[Path]] = {}
     for tar in tars:
         by_folder.setdefault(tar.parent, []).append(tar)
-    entries = {folder: _folder_summaries(folder, group, image_ext) for folder, group in by_folder.items()}
-    return [entries[tar.parent][tar.name] for tar in tars]
+    entries = {folder: _folder_summaries(folder, group, image_ext, on_bad)
+               for folder, group in by_folder.items()}
+    return [entries[tar.parent].get(tar.name) for tar in tars]
 
 
 class _TarReader:
@@ -328,7 +388,8 @@ class IndexedSample(Mapping):
     read only when asked for, so a loader that uses n of m images reads n of them, and a shuffle
     buffer holds index lines rather than images.
 
-    Raises ShardFormatError (naming tar and sample) for a member that lies past the tar's end.
+    Raises ShardFormatError (naming tar and sample, or index line) for a malformed index line or a
+    member that lies past the tar's end.
     """
 
     def __init__(self, tar: _TarReader, index: Path, number: int, line: str):
@@ -343,11 +404,11 @@ class IndexedSample(Mapping):
         return self._members
 
     def __getitem__(self, component: str):
+        if component == "__url__":  # no parsing needed: names the tar also when the line is bad
+            return self._tar.path
         members = self._parsed()
         if component == "__key__":
             return self._key
-        if component == "__url__":
-            return self._tar.path
         return self._tar.read(*members[component], self._key, component)
 
     def __iter__(self):

@@ -11,6 +11,7 @@ caption stay on one rank and every caption is seen once per epoch.
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -23,13 +24,14 @@ from nvidia.dali import pipeline_def
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from solo_stablerep.data.config import check_batch_size, load_caption_index
-from solo_stablerep.data.index import CaptionIndex
+from solo_stablerep.data.index import CaptionIndex, SyntheticDataError
 from solo_stablerep.data.sampling import (
     ReadableImages,
     SkipCounter,
     checked_encoded_image,
     large_crop_slots,
     order_views,
+    undecodable,
 )
 from solo_stablerep.data.transforms import build_image_transform
 from solo_stablerep.errors import InputError
@@ -46,6 +48,32 @@ def shard_epoch(num_items: int, rank: int, world_size: int, epoch: int, seed: in
 
 def _read_checked_bytes(path: Path) -> np.ndarray:
     return checked_encoded_image(path.read_bytes())
+
+
+# batches a source keeps a note of: DALI decodes up to its prefetch queue (2) + 1 behind the source
+RECENT_BATCHES = 4
+
+
+def decode_failure(error: Exception, culprits, captions: str) -> SyntheticDataError:
+    """The one-line error for a DALI decoder failure: the first of ``culprits`` ((where, encoded
+    bytes or a path to read) of the images of the batches DALI may be decoding) that PIL cannot
+    decode either, else the captions of those batches. DALI's pipeline stops at such an image (it
+    cannot be skipped after the fact); the source's header checks catch the common damage (a file
+    cut short) before it, so that ``skip_corrupt`` can skip it."""
+    advice = ("remove or regenerate it (the DALI pipeline cannot skip an image its decoder "
+              "rejects; data.format=image_folder with data.synthetic.skip_corrupt=True can)")
+    for where, data in culprits:
+        try:
+            reason = undecodable(data.read_bytes() if isinstance(data, Path) else bytes(data))
+        except OSError as e:
+            reason = e.strerror or str(e)
+        if reason is not None:
+            return SyntheticDataError(
+                f"{where}: DALI could not decode this image ({reason}); {advice}")
+    lines = [line.strip() for line in str(error).splitlines() if "rror" in line and line.strip()]
+    dali_error = lines[0] if lines else type(error).__name__
+    return SyntheticDataError(f"DALI could not decode an image of {captions} ({dali_error}); PIL "
+                              "decodes them all: try data.format=image_folder")
 
 
 class CaptionBatchSource:
@@ -73,6 +101,7 @@ class CaptionBatchSource:
         self._rng = np.random.default_rng([seed, rank, 1])
         self._order = np.empty(0, dtype=np.int64)
         self._next = 0
+        self._recent = deque(maxlen=RECENT_BATCHES)  # caption ids of batches DALI may be decoding
 
     def batches_per_epoch(self) -> int:
         return -(-len(self.index) // self.world_size) // self.batch_size
@@ -88,6 +117,7 @@ class CaptionBatchSource:
             raise StopIteration  # the partial last batch is dropped, as in solo-learn
         ids = self._order[self._next : self._next + self.batch_size].tolist()
         self._next += self.batch_size
+        self._recent.append(ids)
         per_caption = [
             self.images.pick(i, self._rng.permutation(self.index.num_images(i)).tolist(), _read_checked_bytes)
             for i in ids
@@ -97,6 +127,16 @@ class CaptionBatchSource:
         labels = [np.array([self.index.labels[i]], dtype=np.int64) for i in ids] * self.n_img
         indexes = [np.array([i], dtype=np.int64) for i in ids] * self.n_img
         return encoded, labels, indexes
+
+    def decode_failure(self, error: Exception) -> SyntheticDataError:
+        """Names the image of the recent batches that DALI's decoder failed on (see
+        :func:`decode_failure`)."""
+        ids = [i for batch in self._recent for i in batch]
+        paths = ((self.index.image_path(i, k), self.index.caption_id(i))
+                 for i in ids for k in range(self.index.num_images(i)))
+        culprits = ((f"{path} (caption {caption_id})", path) for path, caption_id in paths)
+        first = ", ".join(self.index.caption_id(i) for i in ids[:4])
+        return decode_failure(error, culprits, f"captions {first}...")
 
 
 @pipeline_def(enable_conditionals=True)
@@ -113,20 +153,32 @@ def synthetic_pipeline(source: CaptionBatchSource, transform: Callable, dali_dev
 
 class SyntheticDALIIterator(DALIGenericIterator):
     """Yields solo-learn's batch format ``[indexes, [views...], targets]`` from
-    :func:`synthetic_pipeline`'s image-major batches."""
+    :func:`synthetic_pipeline`'s image-major batches. A decoder failure is one line naming the image
+    (the source's ``decode_failure``), not DALI's anonymous error."""
 
-    def __init__(self, pipeline, n_img: int, large_slots: Sequence[bool], batches_per_epoch: int):
+    def __init__(self, pipeline, n_img: int, large_slots: Sequence[bool], source):
         self.n_img = n_img
         self.large_slots = list(large_slots)
-        self.batches_per_epoch = batches_per_epoch
+        self.source = source
+        self.batches_per_epoch = source.batches_per_epoch()
         output_map = [f"crop{j}" for j in range(len(self.large_slots))] + ["label", "index"]
-        super().__init__(pipeline, output_map, last_batch_policy=LastBatchPolicy.DROP, auto_reset=True)
+        try:  # DALI's iterator runs the pipeline for its first batch already
+            super().__init__(pipeline, output_map, last_batch_policy=LastBatchPolicy.DROP,
+                             auto_reset=True)
+        except RuntimeError as error:
+            raise self._failure(error) from None
+
+    def _failure(self, error: RuntimeError) -> Exception:
+        return self.source.decode_failure(error) if "decoders.image" in str(error) else error
 
     def __len__(self) -> int:
         return self.batches_per_epoch
 
     def __next__(self):
-        batch = super().__next__()[0]
+        try:
+            batch = super().__next__()[0]
+        except RuntimeError as error:
+            raise self._failure(error) from None
         b = self.batch_size // self.n_img  # captions per batch (DALI's batch_size counts images)
         # image k of every caption is samples k*b .. (k+1)*b - 1: contiguous views, no copy needed,
         # as DALI's iterator returns new tensors at every batch
@@ -209,7 +261,7 @@ class SyntheticDALIDataModule(DALIDataModule):
             **self.pipeline_options(rank, local_rank),
         )
         pipeline.build()
-        return SyntheticDALIIterator(pipeline, self.n_img, self.large_slots, source.batches_per_epoch())
+        return SyntheticDALIIterator(pipeline, self.n_img, self.large_slots, source)
 
     @property
     def skipped(self) -> SkipCounter:

@@ -46,13 +46,12 @@ read from the sample's JSON (``with_caption_tokens`` of either loader, called by
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import random
 import warnings
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import omegaconf
@@ -68,6 +67,7 @@ from solo_stablerep.data.shards import (
     image_component,
     iter_indexed_samples,
     read_header,
+    sample_meta,
     tar_summaries,
 )
 from solo_stablerep.data.transforms import build_image_transform
@@ -82,13 +82,15 @@ class ShardDataError(InputError):
 
 
 def _expand(train_path: str) -> tuple[list[Path], Path]:
-    """(tars, folder holding the header) for a shard folder or a brace pattern."""
+    """(tars, folder holding the header) for a shard folder, a brace pattern or one tar."""
     path = Path(train_path)
     if path.is_dir():
         tars = sorted(path.glob("*.tar"))
         if not tars:
             raise ShardDataError(f"data.train_path={train_path}: no .tar shards in this folder")
         return tars, path
+    if "{" not in str(train_path) and not path.is_file():
+        raise ShardDataError(f"data.train_path={train_path}: no such shard folder or .tar file")
     tars = [Path(p) for p in wds.shardlists.expand_urls(str(train_path))]
     missing = [t for t in tars if not t.is_file()]
     if len(missing) == len(tars):
@@ -109,20 +111,36 @@ class ShardSet:
     changed since (a tar truncated after it was cached is checked, and named, again).
 
     Args:
-        train_path (str): shard folder or brace pattern.
+        train_path (str): shard folder, brace pattern or one tar.
+        skip_corrupt (bool): leave out tars whose index or first sample is unusable (each named in a
+            warning) instead of raising.
     """
 
-    def __init__(self, train_path: str):
+    def __init__(self, train_path: str, skip_corrupt: bool = False):
         self.tars, folder = _expand(train_path)
         self.source = str(train_path)
         header = read_header(folder)
         self.run_id = header["run_id"]
         self.class_names = header["class_names"]
         self.image_ext = header["image_ext"]
+        left_out = []
+
+        def leave_out(tar: Path, error: str) -> None:
+            log.warning("%s: skipped (data.synthetic.skip_corrupt=True)", error)
+            left_out.append(tar)
+
         try:
-            summaries = tar_summaries(self.tars, self.image_ext)
+            summaries = tar_summaries(self.tars, self.image_ext,
+                                      leave_out if skip_corrupt else None)
         except ShardFormatError as e:
-            raise ShardDataError(str(e)) from None
+            raise ShardDataError(
+                f"{e}; or set data.synthetic.skip_corrupt=True to leave such tars out") from None
+        if left_out:
+            if len(left_out) == len(self.tars):
+                raise ShardDataError(f"{self.source}: none of its {len(self.tars)} tars is usable "
+                                     f"(first: {left_out[0]}, see the warnings above)")
+            summaries = [summary for summary in summaries if summary is not None]
+            self.tars = [tar for tar in self.tars if tar not in left_out]
         for tar, summary in zip(self.tars, summaries):
             if summary["run_id"] != self.run_id:
                 raise ShardDataError(f"{tar}: sample {summary['first']} is from generation run {summary['run_id']}, "
@@ -132,11 +150,23 @@ class ShardSet:
         count, position, key = min((s["fewest"][0], i, s["fewest"][1]) for i, s in enumerate(summaries))
         self.fewest_images = (count, self.tars[position], key)
         self.most_images = max(summary["most"] for summary in summaries)
-        if Path(train_path).is_dir() and sum(self.sample_counts) != header["num_captions"]:
-            raise ShardDataError(
-                f"{folder}: the tars hold {sum(self.sample_counts)} samples, {folder / HEADER_NAME} says "
-                f"{header['num_captions']} captions (unfinished writing? rerun the writer to finish it)"
-            )
+        counted = Path(train_path).is_dir() and not left_out  # the whole folder, nothing left out
+        if counted and sum(self.sample_counts) != header["num_captions"]:
+            raise ShardDataError(self._count_mismatch(folder, header["num_captions"], summaries))
+
+    def _count_mismatch(self, folder: Path, num_captions: int, summaries: List[dict]) -> str:
+        """Why a folder's tars do not hold the header's caption count, and what to do."""
+        held = (f"{folder}: the tars hold {sum(self.sample_counts)} samples, "
+                f"{folder / HEADER_NAME} says {num_captions}")
+        if sum(self.sample_counts) < num_captions:
+            return f"{held} (unfinished writing? rerun the command that wrote it to finish it)"
+        first_seen: Dict[str, Path] = {}
+        for tar, summary in zip(self.tars, summaries):
+            other = first_seen.setdefault(summary["first"], tar)
+            if other != tar:
+                return (f"{held}: {other.name} and {tar.name} start with the same sample "
+                        "(a copy?); remove one")
+        return f"{held}: tars of another writer or copies were added to the folder; remove them"
 
     def __len__(self) -> int:
         return sum(self.sample_counts)
@@ -241,11 +271,15 @@ class ShardStream(IterableDataset):
         """``(meta, [read(image bytes)] * n_img)`` for ``n_img`` of the sample's images drawn afresh
         in random order, skipping unreadable ones (an error unless ``skip_corrupt``); None when fewer
         than ``n_img`` are readable (counted)."""
-        tar, key = sample["__url__"], sample["__key__"]
+        tar = sample["__url__"]
         try:
-            meta = json.loads(sample["json"])
-        except (KeyError, ValueError) as e:  # ShardFormatError included
-            self._corrupt(f"{tar}: sample {key}: unreadable metadata ({str(e).splitlines()[0]})")
+            key = sample["__key__"]  # parses the index line
+            meta = sample_meta(sample["json"], tar, key)
+        except KeyError:
+            self._corrupt(f"{tar}: sample {key}: no .json metadata in its index line")
+            return None
+        except ShardFormatError as e:  # names the index line, or tar and sample
+            self._corrupt(str(e))
             return None
         if meta["run_id"] != self.shards.run_id:
             raise ShardDataError(f"{tar}: sample {key} is from generation run {meta['run_id']}, "
@@ -285,13 +319,15 @@ class ShardStream(IterableDataset):
         return item + (self.tokenizer(meta["caption"]),) if self.tokenizer else item
 
     def encoded_item(self, sample: dict, rng: np.random.Generator):
-        """``(index, [encoded image] * n_img, label, caption)`` of a sample, for a decoder elsewhere
-        (DALI); each image's header is checked here, so that a corrupt one is named."""
+        """``(index, [encoded image] * n_img, label, caption, (tar, sample key))`` of a sample, for
+        a decoder elsewhere (DALI); each image's header is checked here, so that a corrupt one is
+        named."""
         picked = self._pick(sample, rng, checked_encoded_image)
         if picked is None:
             return None
         meta, images = picked
-        return meta["index"], images, -1 if meta["label"] is None else meta["label"], meta["caption"]
+        label = -1 if meta["label"] is None else meta["label"]
+        return meta["index"], images, label, meta["caption"], (sample["__url__"], sample["__key__"])
 
     def items(self, slot: int, slots: int, rng: np.random.Generator, make_item: Callable):
         """``make_item`` of every sample of (rank, worker) pair ``slot`` of ``slots``, endlessly,

@@ -16,13 +16,21 @@ its cost matters: 1.2 ms a batch of 8 captions x 6 images, against 1.6 ms for th
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import omegaconf
 
 from solo_stablerep.data.sampling import large_crop_slots
-from solo_stablerep.data.synthetic_dali import DALIDataModule, SyntheticDALIIterator, synthetic_pipeline
+from solo_stablerep.data.index import SyntheticDataError
+from solo_stablerep.data.synthetic_dali import (
+    RECENT_BATCHES,
+    DALIDataModule,
+    SyntheticDALIIterator,
+    decode_failure,
+    synthetic_pipeline,
+)
 from solo_stablerep.data.transforms import build_image_transform
 from solo_stablerep.data.webdataset import ShardSet, ShardStream, shuffle_buffer
 
@@ -42,6 +50,7 @@ class ShardBatchSource:
         self.keep_captions = keep_captions
         self.epoch = 0
         self._in_flight: Dict[int, List] = {}  # index -> [caption, batches holding it not yet read]
+        self._recent = deque(maxlen=RECENT_BATCHES)  # items of the batches DALI may be decoding
 
     def batches_per_epoch(self) -> int:
         self.stream.rank, self.stream.world_size = self.rank, self.world_size
@@ -61,14 +70,23 @@ class ShardBatchSource:
             raise StopIteration
         self._left -= 1
         items = [next(self._items) for _ in range(self.stream.batch_size)]
+        self._recent.append(items)
         if self.keep_captions:
-            for index, _, _, caption in items:
+            for index, _, _, caption, _ in items:
                 self._in_flight.setdefault(index, [caption, 0])[1] += 1
         n = self.stream.n_img
-        encoded = [images[k] for k in range(n) for _, images, _, _ in items]
-        labels = [np.array([label], dtype=np.int64) for _, _, label, _ in items] * n
-        indexes = [np.array([index], dtype=np.int64) for index, _, _, _ in items] * n
+        encoded = [images[k] for k in range(n) for _, images, _, _, _ in items]
+        labels = [np.array([label], dtype=np.int64) for _, _, label, _, _ in items] * n
+        indexes = [np.array([index], dtype=np.int64) for index, _, _, _, _ in items] * n
         return encoded, labels, indexes
+
+    def decode_failure(self, error: Exception) -> SyntheticDataError:
+        """Names the sample of the recent batches whose image DALI's decoder failed on."""
+        items = [item for batch in self._recent for item in batch]
+        culprits = ((f"{tar}: sample {key}", image)
+                    for _, images, _, _, (tar, key) in items for image in images)
+        first_tar = items[0][4][0] if items else "?"
+        return decode_failure(error, culprits, f"{len(items)} samples of {first_tar}...")
 
     def caption_of(self, index: int) -> str:
         entry = self._in_flight[index]
@@ -84,9 +102,8 @@ class ShardDALIIterator(SyntheticDALIIterator):
 
     def __init__(self, pipeline, n_img: int, large_slots: Sequence[bool], source: ShardBatchSource,
                  tokenizer: Optional[Callable] = None):
-        super().__init__(pipeline, n_img, large_slots, source.batches_per_epoch())
-        self.source = source
         self.tokenizer = tokenizer
+        super().__init__(pipeline, n_img, large_slots, source)
 
     def __next__(self):
         batch = super().__next__()
