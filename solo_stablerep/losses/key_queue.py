@@ -40,7 +40,8 @@ class LabelledKeyQueue(nn.Module):
         self, keys: torch.Tensor, labels: torch.Tensor, valid: Optional[torch.Tensor] = None
     ) -> None:
         """Writes ``keys`` (n, dim) and their ``labels`` over the oldest entries; rows with
-        ``valid`` False (padding of an all-gather) are stored as invalid."""
+        ``valid`` False (padding of an all-gather) are stored as invalid. Keys are stored as
+        given (the losses push them L2-normalised and read them as such)."""
 
         n = keys.shape[0]
         if n > self.size:
