@@ -111,3 +111,17 @@ def test_missing_train_path_is_one_line(tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last == f"solo-stablerep-pretrain: error: data.train_path={tmp_path / 'nowhere'}: no such file or folder"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data_format", ["image_folder", "dali"], ids=["pytorch", "dali-cpu"])
+def test_synclr_epoch_with_global_and_local_crops(generated, real_digits, tmp_path, monkeypatch, data_format):
+    # 20 captions in batches of 8: the 2 batches are the whole epoch; each caption gives 2 images x
+    # (1 global crop + 4 local crops), so both loaders must deliver crops of two sizes
+    if data_format == "dali":
+        pytest.importorskip("nvidia.dali", reason="data.format=dali needs nvidia-dali")
+    metrics = short_epoch("synclr.yaml", generated, real_digits, tmp_path, monkeypatch,
+                          "augmentations.1.crop_size=16", f"data.format={data_format}", "dali.device=cpu")
+    assert_accuracy(metrics, "val_acc1")
+    assert math.isfinite(metrics["train_synclr_loss"]) and metrics["train_synclr_loss"] > 0
+    assert 0.994 <= metrics["tau"] < 1.0  # the EMA coefficient on its cosine schedule

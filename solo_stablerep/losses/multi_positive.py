@@ -53,7 +53,7 @@ def multi_positive_row_losses(
     cols: torch.Tensor,
     positive_col_sums: torch.Tensor,
     n_positives: torch.Tensor,
-    self_offset: Optional[int] = None,
+    excluded_cols: Optional[torch.Tensor] = None,
     valid_cols: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     r"""Sum over rows with a positive of :math:`H(p_i, \operatorname{softmax}(a_i))`, where
@@ -68,8 +68,9 @@ def multi_positive_row_losses(
         cols: (C, D) column embeddings.
         positive_col_sums: (R, D) :math:`C_i`, the sum of row ``i``'s positive columns.
         n_positives: (R,) :math:`|P_i|`; rows with 0 are left out of the sum.
-        self_offset: column ``self_offset + i`` is row ``i`` itself and is left out of its
-            softmax (the positives must already exclude it); None: no column is excluded.
+        excluded_cols: (R,) int: column ``excluded_cols[i]`` (row ``i`` itself, or its own
+            image) is left out of row ``i``'s softmax (the positives must already exclude it);
+            a negative entry excludes nothing; None: no column is excluded.
         valid_cols: (C,) bool, False for padding columns, which are left out of every softmax;
             None: every column is real.
 
@@ -85,8 +86,11 @@ def multi_positive_row_losses(
     # gradient), and recording the fill would copy the whole (R, C) gradient.
     with torch.no_grad():
         lowest = torch.finfo(logits.dtype).min
-        if self_offset is not None:
-            logits.diagonal(self_offset).fill_(lowest)
+        if excluded_cols is not None:
+            rows_index = torch.arange(len(excluded_cols), device=logits.device)
+            cols_index = excluded_cols.clamp(min=0)
+            kept = logits[rows_index, cols_index]
+            logits[rows_index, cols_index] = torch.where(excluded_cols < 0, kept, lowest)
         if valid_cols is not None:
             logits.masked_fill_(~valid_cols, lowest)
     # logsumexp subtracts the row max itself: exp() stays in range for any temperature.
@@ -142,8 +146,9 @@ def multi_positive_contrastive_loss(
     positive_sums = sum_by_group(all_z, ids, len(ids))[local_ids] - z
     n_positives = group_sizes[local_ids] - 1
 
+    self_cols = offset + torch.arange(z.shape[0], device=z.device)
     loss_sum = multi_positive_row_losses(
-        z / temperature, all_z, positive_sums, n_positives, self_offset=offset, valid_cols=valid
+        z / temperature, all_z, positive_sums, n_positives, excluded_cols=self_cols, valid_cols=valid
     )
     rows_with_positive = group_sizes[ids] > 1
     if valid is not None:

@@ -12,10 +12,11 @@ import solo.methods  # noqa: E402
 from solo_stablerep.methods.needs import EntryPointNeeds  # noqa: E402
 from solo_stablerep.methods.stablerep import StableRep  # noqa: E402
 from solo_stablerep.methods.stablerep_pp import StableRepPP  # noqa: E402
+from solo_stablerep.methods.synclr import SynCLR  # noqa: E402
 
 # StableRep++ is registered as "stablerep_pp": solo-learn's method names are snake-case
 # identifiers, and a "+" would be read as Hydra's add-key syntax on the command line.
-METHODS = {"stablerep": StableRep, "stablerep_pp": StableRepPP}
+METHODS = {"stablerep": StableRep, "stablerep_pp": StableRepPP, "synclr": SynCLR}
 
 
 def register() -> None:
@@ -26,4 +27,4 @@ def register() -> None:
 
 register()
 
-__all__ = ["METHODS", "EntryPointNeeds", "StableRep", "StableRepPP", "register"]
+__all__ = ["METHODS", "EntryPointNeeds", "StableRep", "StableRepPP", "SynCLR", "register"]

@@ -204,7 +204,12 @@ class StableRep(EntryPointNeeds, BaseMethod):
         and accuracies are computed over the labelled rows only, and are 0 without any.
         """
 
-        out = self(X)
+        return self.classifier_outputs(self(X), targets)
+
+    def classifier_outputs(self, out: Dict[str, Any], targets: torch.Tensor) -> Dict[str, Any]:
+        """Adds the online classifier's "loss", "acc1" and "acc5" to a view's forward outputs
+        (see :meth:`base_training_step`); a subclass with another forward reuses it."""
+
         logits = out["logits"]
         labelled = targets != -1
         if labelled.any():

@@ -1,0 +1,402 @@
+import math
+from typing import Any, Dict, List, Sequence, Tuple
+
+import omegaconf
+import torch
+import torch.nn as nn
+from solo.methods.base import BaseMomentumMethod
+from solo.methods.dino import DINOHead
+from solo.utils.misc import omegaconf_select
+from solo.utils.momentum import initialize_momentum_params
+
+from solo_stablerep.errors import InputError
+from solo_stablerep.losses import (
+    LabelledKeyQueue,
+    ibot_patch_loss,
+    momentum_multi_positive_loss,
+    sinkhorn_knopp,
+)
+from solo_stablerep.methods.stablerep import StableRep, build_projector
+
+
+def vit_tokens(
+    vit: nn.Module, X: torch.Tensor, masks: torch.Tensor = None, mask_token: torch.Tensor = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A timm ViT's features (what ``vit(X)`` returns) and its patch tokens after the final
+    norm, with the patches flagged in ``masks`` (B, T) replaced by ``mask_token`` (iBOT)."""
+
+    x = vit.patch_embed(X)  # (B, T, C), or (B, H, W, C) with dynamic_img_size
+    if masks is not None:
+        x = torch.where(masks.view(x.shape[:-1])[..., None], mask_token.to(x.dtype), x)
+    x = vit.norm(vit.blocks(vit.norm_pre(vit.patch_drop(vit._pos_embed(x)))))
+    return vit.forward_head(x, pre_logits=True), x[:, vit.num_prefix_tokens :]
+
+
+def num_patches(vit: nn.Module, X: torch.Tensor) -> int:
+    patch_h, patch_w = vit.patch_embed.patch_size
+    return (X.shape[-2] // patch_h) * (X.shape[-1] // patch_w)
+
+
+def random_patch_masks(
+    n_images: int, n_tokens: int, image_fraction: float, token_fraction: float, device
+) -> torch.Tensor:
+    """(n_images, n_tokens) bool: ``int(n_images * image_fraction)`` images chosen at random,
+    each with ``int(n_tokens * token_fraction)`` patches chosen at random (the authors' "rand"
+    masks with ``--mask_probability`` and a single ``--mask_ratio``)."""
+
+    token_ranks = torch.rand(n_images, n_tokens, device=device).argsort(dim=1).argsort(dim=1)
+    masks = token_ranks < int(n_tokens * token_fraction)
+    masked_images = torch.randperm(n_images, device=device) < int(n_images * image_fraction)
+    return masks & masked_images[:, None]
+
+
+class SynCLR(StableRep, BaseMomentumMethod):
+    # views: one global crop of each of n_img images of a caption, plus local crops
+    any_number_of_large_crops = True
+    KWARGS_DEFAULTS = {
+        **StableRep.KWARGS_DEFAULTS,
+        "temperature": 0.08,
+        "pred_hidden_dim": 4096,
+        "pred_num_layers": 2,
+        "num_local_crops": 4,
+        "avoid_local_global_same": True,
+        "queue_size": 0,
+        "ibot_weight": 0.0,
+        "ibot_num_prototypes": 8192,
+        "ibot_head_hidden_dim": 2048,
+        "ibot_head_bottleneck_dim": 256,
+        "ibot_mask_probability": 0.5,
+        "ibot_mask_ratio": 0.5,
+        "ibot_student_temperature": 0.1,
+        "ibot_teacher_temperature": 0.07,
+        "weight_decay_end": None,
+    }
+
+    def __init__(self, cfg: omegaconf.DictConfig):
+        """Implements SynCLR (Tian, Fan, Chen, Katabi, Krishnan, Isola, "Learning Vision from
+        Models Rivals Learning Vision from Data", CVPR 2024, https://arxiv.org/abs/2312.17742):
+        StableRep's multi-positive contrastive loss between the student's crops and the keys of
+        an EMA teacher (backbone + projector), with multi-crop and, for ViTs, iBOT's
+        masked-patch loss.
+
+        Each image of a caption gives one global crop (the first augmentation pipeline, seen by
+        student and teacher) and ``num_local_crops`` local crops (a pipeline of a smaller
+        crop_size, student only). Student queries (projector then predictor) of every crop are
+        contrasted against the all-gathered teacher keys of the global crops, positives being
+        the keys of the same caption
+        (:func:`solo_stablerep.losses.momentum_multi_positive_loss`). The teacher follows
+        solo-learn's momentum conventions (:class:`~solo.methods.base.BaseMomentumMethod`:
+        ``momentum.base_tau`` to ``momentum.final_tau`` on a cosine schedule over the steps).
+        For other data than ``synthetic`` (an item is one image), every global crop of an item
+        counts as an image of it and the local crops are split evenly between them. A ViT
+        backbone gets timm's ``dynamic_img_size`` when there are local crops (its position
+        embedding is interpolated to their size; no parameter changes).
+
+        Extra cfg settings (besides StableRep's proj_hidden_dim, proj_output_dim and
+        proj_num_layers):
+            method_kwargs:
+                temperature (float): temperature of the contrastive loss. Defaults to 0.08.
+                pred_hidden_dim (int): hidden width of the student's predictor. Defaults to 4096.
+                pred_num_layers (int): linear layers of the predictor (BN + ReLU between them);
+                    0: no predictor. Defaults to 2 (the authors' code).
+                num_local_crops (int): local crops per global crop, as the augmentations give
+                    them (checked). Defaults to 4.
+                avoid_local_global_same (bool): a local crop does not see its own image's key,
+                    as a positive or a negative. Defaults to True.
+                queue_size (int): teacher keys of earlier steps kept as extra columns (with their
+                    captions: same caption = positive); a multiple of the keys of one step
+                    (batch_size x global crops x devices x num_nodes); 0: no queue. Defaults to 0.
+                ibot_weight (float): weight of the iBOT masked-patch loss (ViT backbones only);
+                    0: off. Defaults to 0.
+                ibot_num_prototypes (int): prototypes of the iBOT head. Defaults to 8192 (the
+                    authors' PyTorch command; the paper: 65536).
+                ibot_head_hidden_dim (int): hidden width of the iBOT head. Defaults to 2048.
+                ibot_head_bottleneck_dim (int): bottleneck of the iBOT head. Defaults to 256.
+                ibot_mask_probability (float): share of global crops masked. Defaults to 0.5.
+                ibot_mask_ratio (float): share of a masked crop's patches masked. Defaults to 0.5.
+                ibot_student_temperature (float): Defaults to 0.1.
+                ibot_teacher_temperature (float): of the Sinkhorn–Knopp targets (3 iterations).
+                    Defaults to 0.07.
+                weight_decay_end (Optional[float]): the weight decay of the decayed parameter
+                    groups follows a cosine from ``optimizer.weight_decay`` to this value over
+                    the training steps (SynCLR: 0.04 to 0.2; solo-learn has no such schedule);
+                    None: constant. Defaults to None.
+            momentum:
+                base_tau (float): initial EMA coefficient. SynCLR: 0.994.
+                final_tau (float): final EMA coefficient. SynCLR: 1.0.
+        """
+
+        super().__init__(cfg)
+
+        kwargs = cfg.method_kwargs
+        self.avoid_local_global_same: bool = kwargs.avoid_local_global_same
+        self.local_crops_per_global: int = kwargs.num_local_crops
+        if kwargs.pred_num_layers > 0:
+            self.predictor = build_projector(
+                kwargs.proj_output_dim,
+                kwargs.pred_hidden_dim,
+                kwargs.proj_output_dim,
+                kwargs.pred_num_layers,
+            )
+        else:
+            self.predictor = nn.Identity()
+        self.momentum_projector = build_projector(
+            self.features_dim, kwargs.proj_hidden_dim, kwargs.proj_output_dim, kwargs.proj_num_layers
+        )
+        initialize_momentum_params(self.projector, self.momentum_projector)
+        self.queue = (
+            LabelledKeyQueue(kwargs.queue_size, kwargs.proj_output_dim) if kwargs.queue_size else None
+        )
+
+        self.ibot_weight: float = kwargs.ibot_weight
+        if self.ibot_weight > 0:
+            head_kwargs = dict(
+                in_dim=self.features_dim,
+                num_prototypes=kwargs.ibot_num_prototypes,
+                use_bn=False,
+                norm_last_layer=False,
+                hidden_dim=kwargs.ibot_head_hidden_dim,
+                bottleneck_dim=kwargs.ibot_head_bottleneck_dim,
+            )
+            self.ibot_head = DINOHead(**head_kwargs)
+            self.momentum_ibot_head = DINOHead(**head_kwargs)
+            initialize_momentum_params(self.ibot_head, self.momentum_ibot_head)
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, self.features_dim))
+
+    @classmethod
+    def add_and_assert_specific_cfg(cls, cfg: omegaconf.DictConfig) -> omegaconf.DictConfig:
+        """Adds method specific default values/checks for config: StableRep's, solo-learn's
+        momentum keys, then one line for each setting SynCLR cannot run with.
+
+        Args:
+            cfg (omegaconf.DictConfig): DictConfig object.
+
+        Returns:
+            omegaconf.DictConfig: same as the argument, used to avoid errors.
+        """
+
+        # SynCLR's EMA schedule unless the config sets solo-learn's momentum keys
+        cfg.momentum = omegaconf_select(cfg, "momentum", {})
+        cfg.momentum.base_tau = omegaconf_select(cfg, "momentum.base_tau", 0.994)
+        cfg.momentum.final_tau = omegaconf_select(cfg, "momentum.final_tau", 1.0)
+        cfg = super().add_and_assert_specific_cfg(cfg)
+        kwargs = cfg.method_kwargs
+        if not (isinstance(kwargs.pred_num_layers, int) and kwargs.pred_num_layers >= 0):
+            raise InputError(
+                f"method_kwargs.pred_num_layers must be an integer >= 0, got {kwargs.pred_num_layers}"
+            )
+        synthetic = cfg.data.dataset == "synthetic"
+        if synthetic and cfg.data.synthetic.n_img < 2:
+            raise InputError(
+                f"method synclr needs at least 2 images per caption, got data.synthetic.n_img="
+                f"{cfg.data.synthetic.n_img}: the keys of the other images are a crop's positives"
+            )
+        if cfg.data.num_large_crops < 2:
+            raise InputError(
+                f"method synclr needs at least 2 global crops per item, got "
+                f"{cfg.data.num_large_crops}: raise augmentations[0].num_crops"
+            )
+        local_crops = kwargs.num_local_crops
+        if not (isinstance(local_crops, int) and local_crops >= 0):
+            raise InputError(f"method_kwargs.num_local_crops must be an integer >= 0, got {local_crops}")
+        if local_crops > 0 and cfg.data.num_small_crops == 0:
+            raise InputError(
+                f"method_kwargs.num_local_crops={local_crops} but no augmentation makes local "
+                "crops: add a pipeline with a smaller crop_size to augmentations (see "
+                "scripts/pretrain/synthetic/augmentations/synclr.yaml) or set num_local_crops=0"
+            )
+        if cfg.data.num_small_crops != local_crops * cfg.data.num_large_crops:
+            raise InputError(
+                f"method_kwargs.num_local_crops={local_crops} per global crop, but the "
+                f"augmentations give {cfg.data.num_small_crops} local crops for "
+                f"{cfg.data.num_large_crops} global ones: make the local pipeline's num_crops "
+                "agree"
+            )
+        if cfg.backbone.name.startswith("vit") and cfg.data.num_small_crops:
+            # timm interpolates the position embedding for the local crops' size
+            cfg.backbone.kwargs = omegaconf_select(cfg, "backbone.kwargs", {})
+            cfg.backbone.kwargs.dynamic_img_size = True
+        if kwargs.ibot_weight < 0:
+            raise InputError(f"method_kwargs.ibot_weight must be >= 0, got {kwargs.ibot_weight}")
+        if kwargs.ibot_weight > 0 and not cfg.backbone.name.startswith("vit"):
+            raise InputError(
+                f"method_kwargs.ibot_weight={kwargs.ibot_weight} needs a ViT backbone (iBOT masks "
+                f"patch tokens), got backbone.name={cfg.backbone.name}: set ibot_weight=0"
+            )
+        for key in ("ibot_mask_probability", "ibot_mask_ratio"):
+            if not 0 <= kwargs[key] <= 1:
+                raise InputError(f"method_kwargs.{key} must be in [0, 1], got {kwargs[key]}")
+        end = kwargs.weight_decay_end
+        if end is not None and not (isinstance(end, (int, float)) and end >= 0):
+            raise InputError(f"method_kwargs.weight_decay_end must be null or >= 0, got {end}")
+        for key in ("ibot_student_temperature", "ibot_teacher_temperature"):
+            if not kwargs[key] > 0:
+                raise InputError(f"method_kwargs.{key} must be > 0, got {kwargs[key]}")
+        devices = cfg.devices if isinstance(cfg.devices, int) else len(cfg.devices)
+        keys_per_step = (
+            cfg.optimizer.batch_size * cfg.data.num_large_crops * devices * cfg.get("num_nodes", 1)
+        )
+        queue_size = kwargs.queue_size
+        if not isinstance(queue_size, int) or queue_size < 0 or queue_size % keys_per_step:
+            raise InputError(
+                f"method_kwargs.queue_size={queue_size} must be 0 or a multiple of the teacher keys "
+                f"of one step, {keys_per_step} (batch_size x global crops x devices x num_nodes)"
+            )
+        return cfg
+
+    @property
+    def learnable_params(self) -> List[dict]:
+        """Adds the predictor and, with iBOT, its head and mask token to StableRep's.
+
+        Returns:
+            List[dict]: list of learnable parameters.
+        """
+
+        extra = [{"name": "predictor", "params": self.predictor.parameters()}]
+        if self.ibot_weight > 0:
+            extra.append({"name": "ibot_head", "params": self.ibot_head.parameters()})
+            extra.append({"name": "mask_token", "params": [self.mask_token], "weight_decay": 0.0})
+        return super().learnable_params + extra
+
+    @property
+    def momentum_pairs(self) -> List[Tuple[Any, Any]]:
+        """The teacher's backbone, projector and, with iBOT, prototype head follow the student's.
+
+        Returns:
+            List[Tuple[Any, Any]]: list of momentum pairs (two element tuples).
+        """
+
+        pairs = super().momentum_pairs + [(self.projector, self.momentum_projector)]
+        if self.ibot_weight > 0:
+            pairs.append((self.ibot_head, self.momentum_ibot_head))
+        return pairs
+
+    def forward(self, X: torch.Tensor) -> Dict[str, Any]:
+        """StableRep's forward (features, logits, projection "z") plus the query "q"."""
+
+        out = super().forward(X)
+        out["q"] = self.predictor(out["z"])
+        return out
+
+    def multicrop_forward(self, X: torch.Tensor) -> Dict[str, Any]:
+        """StableRep's multicrop forward plus the query "q"."""
+
+        out = super().multicrop_forward(X)
+        out["q"] = self.predictor(out["z"])
+        return out
+
+    def base_training_step(self, X: torch.Tensor, targets: torch.Tensor) -> Dict[str, Any]:
+        """A global crop's step: with iBOT, some images have masked patches and the outputs
+        gain their "ibot_masks" and the student's "patch_tokens"; else StableRep's."""
+
+        if self.ibot_weight == 0:
+            return super().base_training_step(X, targets)
+        kwargs = self.cfg.method_kwargs
+        masks = random_patch_masks(
+            X.shape[0],
+            num_patches(self.backbone, X),
+            kwargs.ibot_mask_probability,
+            kwargs.ibot_mask_ratio,
+            X.device,
+        )
+        feats, patch_tokens = vit_tokens(self.backbone, X, masks, self.mask_token)
+        z = self.projector(feats)
+        out = {
+            "feats": feats,
+            "logits": self.classifier(feats.detach()),
+            "z": z,
+            "q": self.predictor(z),
+            "patch_tokens": patch_tokens,
+            "ibot_masks": masks,
+        }
+        return self.classifier_outputs(out, targets)
+
+    @torch.no_grad()
+    def momentum_forward(self, X: torch.Tensor) -> Dict[str, Any]:
+        """The teacher on a global crop: features, key "z" and, with iBOT, "patch_tokens"."""
+
+        if self.ibot_weight == 0:
+            out = super().momentum_forward(X)
+        else:
+            feats, patch_tokens = vit_tokens(self.momentum_backbone, X)
+            out = {"feats": feats, "patch_tokens": patch_tokens}
+        out["z"] = self.momentum_projector(out["feats"])
+        return out
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Sets this step's weight decay on the decayed groups (``weight_decay_end``)."""
+
+        end = self.cfg.method_kwargs.weight_decay_end
+        if end is None:
+            return
+        progress = self.trainer.global_step / max(1, self.trainer.estimated_stepping_batches)
+        decay = end + (self.weight_decay - end) * (1 + math.cos(math.pi * progress)) / 2
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                # groups created without decay (biases, norms, the classifier) stay at 0
+                group.setdefault("decayed", group["weight_decay"] > 0)
+                if group["decayed"]:
+                    group["weight_decay"] = decay
+
+    def local_owners(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        """For each row of the concatenated local views, the row of its image's global view:
+        local view ``s`` belongs to global view ``s // num_local_crops`` (the loaders order an
+        image's local crops together), row ``b`` of a view to item ``b``."""
+
+        n_local_views = self.num_small_crops
+        global_view = torch.arange(n_local_views, device=device) // self.local_crops_per_global
+        rows = torch.arange(batch_size, device=device)
+        return (global_view[:, None] * batch_size + rows[None, :]).flatten()
+
+    def contrastive_loss(self, batch: Sequence[Any], out: Dict[str, Any]) -> torch.Tensor:
+        """SynCLR's loss: the momentum multi-positive loss (logged as ``train_synclr_loss``) plus
+        ``ibot_weight`` times the iBOT loss (``train_ibot_loss``).
+
+        Args:
+            batch (Sequence[Any]): the training batch, ``[indexes, [X], Y]``.
+            out (Dict[str, Any]): the step outputs: student "q" per view, teacher
+                "momentum_z" per global view (and the iBOT tokens).
+
+        Returns:
+            torch.Tensor: scalar loss.
+        """
+
+        indexes = batch[0]
+        queries = out["q"]
+        local_queries = local_owners = None
+        if self.num_small_crops > 0:
+            local_queries = torch.cat(queries[self.num_large_crops :])
+            local_owners = self.local_owners(indexes.shape[0], indexes.device)
+        loss = momentum_multi_positive_loss(
+            torch.cat(queries[: self.num_large_crops]),
+            torch.cat(out["momentum_z"]),
+            indexes.repeat(self.num_large_crops),
+            local_queries,
+            local_owners,
+            temperature=self.temperature,
+            avoid_local_global_same=self.avoid_local_global_same,
+            queue=self.queue,
+            max_rows_per_rank=self.batch_size * self.num_large_crops,
+        )
+        self.log("train_synclr_loss", loss, on_epoch=True, sync_dist=True)
+        if self.ibot_weight > 0:
+            ibot_loss = self.ibot_loss(out)
+            self.log("train_ibot_loss", ibot_loss, on_epoch=True, sync_dist=True)
+            loss = loss + self.ibot_weight * ibot_loss
+        return loss
+
+    def ibot_loss(self, out: Dict[str, Any]) -> torch.Tensor:
+        """iBOT's loss over the masked patches of every global view (the teacher sees them
+        unmasked), with Sinkhorn–Knopp targets (:mod:`solo_stablerep.losses.ibot`)."""
+
+        kwargs = self.cfg.method_kwargs
+        masks = torch.cat(out["ibot_masks"])
+        student_tokens = torch.cat(out["patch_tokens"])[masks]
+        with torch.no_grad():
+            teacher_tokens = torch.cat(out["momentum_patch_tokens"])[masks]
+            targets = sinkhorn_knopp(
+                self.momentum_ibot_head(teacher_tokens), kwargs.ibot_teacher_temperature
+            )
+        return ibot_patch_loss(
+            self.ibot_head(student_tokens), targets, masks, kwargs.ibot_student_temperature
+        )

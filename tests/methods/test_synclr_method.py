@@ -1,0 +1,234 @@
+"""SynCLR as a solo-learn method: its teacher, its loss wiring, iBOT, the queue and bad input."""
+
+import copy
+
+import pytest
+import torch
+
+from helpers import (
+    PRETRAIN_CONFIGS,
+    SMOKE_OVERRIDES,
+    compose_parsed_cfg,
+    make_manifest_dataset,
+    requires_solo,
+)
+
+pytestmark = requires_solo
+
+CUSTOM = PRETRAIN_CONFIGS / "custom"
+TINY = [
+    "augmentations.0.crop_size=32",
+    "augmentations.1.crop_size=16",
+    "checkpoint.enabled=False",
+    "method_kwargs.ibot_weight=0",
+    "+method_kwargs.pred_hidden_dim=32",
+]
+TINY_IBOT = [
+    "backbone.name=vit_tiny",
+    "+backbone.kwargs.img_size=32",
+    "method_kwargs.ibot_weight=1.0",
+    "+method_kwargs.ibot_num_prototypes=64",
+    "+method_kwargs.ibot_head_hidden_dim=32",
+    "+method_kwargs.ibot_head_bottleneck_dim=16",
+]
+
+
+def synclr_cfg(train_path, *extra):
+    overrides = SMOKE_OVERRIDES + TINY + [f"data.train_path={train_path}", *extra]
+    return compose_parsed_cfg(CUSTOM, "synclr.yaml", overrides)
+
+
+def build(cfg):
+    from solo.methods import METHODS
+
+    model = METHODS["synclr"](cfg)
+    model.log = model.log_dict = lambda *a, **k: None  # no Trainer attached
+    return model
+
+
+def custom_batch(seed=0, items=4):
+    """The custom config's views: 2 global crops (32 px), 8 local crops (16 px)."""
+    g = torch.Generator().manual_seed(seed)
+    views = [torch.randn(items, 3, 32, 32, generator=g) for _ in range(2)]
+    views += [torch.randn(items, 3, 16, 16, generator=g) for _ in range(8)]
+    return [torch.arange(items), views, torch.zeros(items, dtype=torch.long)]
+
+
+def test_registered_with_solo_learns_momentum_conventions(image_folder):
+    import solo.methods
+    from solo.methods.base import BaseMomentumMethod
+
+    from solo_stablerep.methods import SynCLR
+
+    assert solo.methods.METHODS["synclr"] is SynCLR
+    cfg = synclr_cfg(image_folder)
+    assert (cfg.momentum.base_tau, cfg.momentum.final_tau) == (0.994, 1.0)
+    model = build(cfg)
+    assert isinstance(model, BaseMomentumMethod)
+    assert model.momentum_updater.base_tau == 0.994 and model.momentum_updater.final_tau == 1.0
+    pairs = {id(s): t for s, t in model.momentum_pairs}
+    assert pairs[id(model.backbone)] is model.momentum_backbone
+    assert pairs[id(model.projector)] is model.momentum_projector
+    # the teacher starts as a copy of the student and is never trained by the optimiser
+    for student, teacher in model.momentum_pairs:
+        for s, t in zip(student.parameters(), teacher.parameters()):
+            assert torch.equal(s, t) and not t.requires_grad
+    learnable = {id(p) for g in model.learnable_params for p in g["params"]}
+    assert not learnable & {id(p) for p in model.momentum_projector.parameters()}
+    assert model.temperature == 0.08
+
+
+def test_teacher_gets_no_gradient_and_the_loss_is_the_momentum_loss(image_folder):
+    from solo_stablerep.losses import momentum_multi_positive_loss
+
+    model = build(synclr_cfg(image_folder))
+    batch = custom_batch()
+    torch.manual_seed(0)
+    loss = model.training_step(batch, 0)
+    loss.backward()
+    assert all(p.grad is None for n, p in model.named_parameters() if n.startswith("momentum_"))
+    assert all(p.grad is not None for g in model.learnable_params for p in g["params"])
+
+    # the same step by hand: queries of all 10 views against the teacher keys of the 2 global ones
+    torch.manual_seed(0)
+    model.zero_grad()
+    with torch.no_grad():
+        _, views, targets = batch
+        q = [model(v)["q"] for v in views[:2]] + [model.multicrop_forward(v)["q"] for v in views[2:]]
+        k = [model.momentum_forward(v)["z"] for v in views[:2]]
+        # local view s belongs to global view s // 4; rows are items
+        owners = torch.tensor([(s // 4) * 4 + b for s in range(8) for b in range(4)])
+        expected = momentum_multi_positive_loss(
+            torch.cat(q[:2]), torch.cat(k), torch.arange(4).repeat(2), torch.cat(q[2:]), owners, 0.08
+        )
+        classifier = model.classifier_outputs(model(views[0]), targets)["loss"]
+        classifier = (classifier + model.classifier_outputs(model(views[1]), targets)["loss"]) / 2
+    assert loss.item() == pytest.approx((expected + classifier).item(), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_teacher_follows_the_student_by_ema_after_a_step(image_folder, tmp_path, monkeypatch):
+    from lightning.pytorch import Callback
+
+    from solo_stablerep.pretrain import build_trainer, prepare_train_data
+
+    monkeypatch.chdir(tmp_path)
+    cfg = synclr_cfg(image_folder)
+    cfg.max_steps = 1
+    from solo.methods import METHODS
+
+    model = METHODS["synclr"](cfg)
+    teacher_before = copy.deepcopy(model.momentum_projector.state_dict())
+    seen = {}
+
+    class AfterOptimiserStep(Callback):
+        # callbacks' on_train_batch_end run before the module's, where the EMA update happens
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            seen["student"] = copy.deepcopy(pl_module.projector.state_dict())
+            seen["teacher"] = copy.deepcopy(pl_module.momentum_projector.state_dict())
+
+    trainer = build_trainer(cfg, model, callbacks=[AfterOptimiserStep()])
+    trainer.fit(model, prepare_train_data(cfg))
+    assert trainer.global_step == 1
+    tau = 0.994
+    for name, after in model.momentum_projector.state_dict().items():
+        if "running" in name or "num_batches" in name:
+            continue  # BN statistics are buffers: solo-learn's EMA moves parameters only
+        assert torch.equal(seen["teacher"][name], teacher_before[name]), name  # the step left it
+        expected = tau * teacher_before[name] + (1 - tau) * seen["student"][name]
+        torch.testing.assert_close(after, expected, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(model.momentum_projector[0].weight, teacher_before["0.weight"])
+
+
+def test_queue_fills_with_the_teacher_keys_and_caption_ids(image_folder):
+    # 4 items x 2 global crops = 8 keys per step; a queue of 16 holds two steps
+    model = build(synclr_cfg(image_folder, "method_kwargs.queue_size=16"))
+    model.training_step(custom_batch(1), 0)
+    assert int(model.queue.valid.sum()) == 8
+    assert model.queue.labels[:8].tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+    model.training_step(custom_batch(2), 1)
+    assert bool(model.queue.valid.all()) and int(model.queue.position) == 0
+    assert "queue.keys" in model.state_dict()  # checkpointed with the model
+
+
+def test_ibot_trains_the_mask_token_and_prototype_head_on_a_vit(image_folder):
+    model = build(synclr_cfg(image_folder, *TINY_IBOT))
+    logged = {}
+    model.log = lambda k, v, **_: logged.__setitem__(k, v)
+    loss = model.training_step(custom_batch(3), 0)
+    loss.backward()
+    assert torch.isfinite(loss) and logged["train_ibot_loss"] > 0
+    assert model.mask_token.grad is not None and model.mask_token.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in model.ibot_head.parameters() if p.requires_grad)
+    assert all(p.grad is None for p in model.momentum_ibot_head.parameters())
+    assert model.cfg.backbone.kwargs.dynamic_img_size  # the 16 px local crops go through the ViT
+
+
+def test_patch_masks_mask_half_the_images_at_half_their_patches():
+    from solo_stablerep.methods.synclr import random_patch_masks
+
+    masks = random_patch_masks(8, 16, 0.5, 0.5, "cpu")
+    per_image = masks.sum(1)
+    assert sorted(per_image.tolist()) == [0] * 4 + [8] * 4
+
+
+@pytest.mark.slow
+def test_weight_decay_follows_a_cosine_to_weight_decay_end(image_folder, tmp_path, monkeypatch):
+    from solo.methods import METHODS
+
+    from solo_stablerep.pretrain import build_trainer, prepare_train_data
+
+    monkeypatch.chdir(tmp_path)
+    cfg = synclr_cfg(image_folder, "+method_kwargs.weight_decay_end=0.3", "optimizer.weight_decay=0.1")
+    cfg.max_steps = 3
+    model = METHODS["synclr"](cfg)
+    trainer = build_trainer(cfg, model)
+    trainer.fit(model, prepare_train_data(cfg))
+    # set before the last step (global step 2 of 3): 0.3 + (0.1 - 0.3) (1 + cos(2 pi / 3)) / 2
+    decays = {g["name"]: g["weight_decay"] for g in trainer.optimizers[0].param_groups}
+    assert decays["backbone"] == pytest.approx(0.25) and decays["predictor"] == pytest.approx(0.25)
+    assert decays["classifier"] == 0.0  # groups made without decay stay without
+    assert sorted(set(decays.values())) == [0.0, pytest.approx(0.25)]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["augmentations.0.num_crops=1", "augmentations.1.num_crops=4"],
+         "method synclr needs at least 2 global crops per item, got 1"),
+        (["augmentations.1.crop_size=32"],
+         "method_kwargs.num_local_crops=4 but no augmentation makes local crops"),
+        (["augmentations.1.num_crops=6"], "method_kwargs.num_local_crops=4 per global crop, but the "
+         "augmentations give 6 local crops for 2 global ones"),
+        (["method_kwargs.ibot_weight=1.0"], "method_kwargs.ibot_weight=1.0 needs a ViT backbone"),
+        (["method_kwargs.queue_size=12"], "method_kwargs.queue_size=12 must be 0 or a multiple of the "
+         "teacher keys of one step, 8"),
+    ],
+    ids=["one-global-crop", "no-local-augmentation", "local-count-mismatch", "ibot-on-resnet",
+         "queue-not-a-multiple"],
+)
+def test_bad_input_is_one_line_naming_it(image_folder, overrides, message):
+    from solo.methods import METHODS
+
+    from solo_stablerep.errors import InputError
+
+    cfg = synclr_cfg(image_folder, *overrides)
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")) as error:
+        METHODS["synclr"](cfg)
+    assert "\n" not in str(error.value)
+
+
+def test_one_image_per_caption_is_refused(tmp_path):
+    from solo.methods import METHODS
+
+    from solo_stablerep.errors import InputError
+
+    make_manifest_dataset(tmp_path / "ds", 8, 2)
+    overrides = SMOKE_OVERRIDES + [
+        f"data.train_path={tmp_path / 'ds'}", "data.synthetic.n_img=1", "dali.device=cpu",
+        "augmentations.0.crop_size=16", "augmentations.1.crop_size=8", "checkpoint.enabled=False",
+    ]
+    cfg = compose_parsed_cfg(PRETRAIN_CONFIGS / "synthetic", "synclr.yaml", overrides)
+    with pytest.raises(InputError, match="synclr needs at least 2 images per caption, got "
+                                         "data.synthetic.n_img=1"):
+        METHODS["synclr"](cfg)
