@@ -229,10 +229,23 @@ def _open(constructor, spec, **kwargs):
 
 def _split_sets(constructor, split_names: Dict[str, str], **kwargs):
     def build(spec: str, root: str) -> Dict[str, Split]:
+        opened = {
+            ours: _open(constructor, spec, root=root, split=theirs, **kwargs)
+            for ours, theirs in split_names.items()
+        }
+        # DTD's classes are those its split file names: label by class name where there are names
+        named = all(hasattr(dataset, "classes") for dataset in opened.values())
+        names = (
+            sorted({name for dataset in opened.values() for name in dataset.classes})
+            if named
+            else []
+        )
         splits = {}
-        for ours, theirs in split_names.items():
-            dataset = _open(constructor, spec, root=root, split=theirs, **kwargs)
-            splits[ours] = _torchvision_split(dataset, _labels_of(dataset))
+        for ours, dataset in opened.items():
+            labels = np.asarray(_labels_of(dataset))
+            if named:
+                labels = np.asarray([names.index(name) for name in dataset.classes])[labels]
+            splits[ours] = _torchvision_split(dataset, labels)
         return splits
 
     return build
@@ -375,8 +388,8 @@ def open_dataset(spec: str) -> EvalDataset:
         return _image_folder(spec, root)
     if name not in TORCHVISION_SETS:
         raise EvalError(
-            f"unknown data set {spec!r}: known ones are {', '.join(KNOWN)} "
-            "(digits, imagefolder:PATH, NAME:ROOT)"
+            f"unknown data set {name!r}: known ones are {', '.join(KNOWN)} "
+            "(written digits, imagefolder:PATH or NAME:ROOT)"
         )
     if not root:
         raise EvalError(f"{spec}: give the folder it is in, {name}:ROOT")
