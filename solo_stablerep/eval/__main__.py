@@ -1,0 +1,5 @@
+import sys
+
+from solo_stablerep.eval.cli import main
+
+sys.exit(main())

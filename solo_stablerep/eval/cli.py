@@ -1,0 +1,198 @@
+"""``solo-stablerep-eval`` / ``python -m solo_stablerep.eval``: options, output, exit status.
+
+    solo-stablerep-eval CKPT [CKPT ...] --datasets DS [DS ...] --output DIR [options]
+    solo-stablerep-eval export CKPT OUT.safetensors
+
+Bad input (a checkpoint, a data set, an option) ends with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+from solo_stablerep.console import configure_logging
+from solo_stablerep.errors import InputError
+
+PROG = "solo-stablerep-eval"
+log = logging.getLogger("solo_stablerep.eval")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Compare solo-learn checkpoints side by side by the papers' protocols: linear "
+        "transfer (45-value weight-decay sweep, L-BFGS logistic regression), weighted kNN and "
+        "few-shot episodes on frozen features. `solo-stablerep-eval export CKPT OUT.safetensors` "
+        "writes a checkpoint's backbone for timm/torchvision.",
+    )
+    p.add_argument(
+        "models",
+        nargs="+",
+        metavar="CKPT",
+        help="solo-learn checkpoints (args.json beside each) or random:<backbone>",
+    )
+    p.add_argument(
+        "--datasets",
+        nargs="+",
+        required=True,
+        metavar="DS",
+        help="digits, imagefolder:PATH, or NAME:ROOT with NAME one of aircraft, "
+        "caltech101, cars, cifar10, cifar100, dtd, flowers102, food101, pets, sun397, voc2007",
+    )
+    p.add_argument(
+        "--output", type=Path, required=True, help="folder for results.json/.csv/.md/.png"
+    )
+    p.add_argument(
+        "--probes",
+        nargs="+",
+        default=["linear", "knn", "fewshot"],
+        choices=["linear", "knn", "fewshot"],
+        help="(default: all three)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="feature cache (default: ~/.cache/solo-stablerep/features)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="resize + centre-crop size (default: each checkpoint's pretraining crop "
+        "size; 224 for random:)",
+    )
+    p.add_argument("--batch-size", type=int, default=128, help="images per extraction batch")
+    p.add_argument("--workers", type=int, default=4, help="data loader workers for decoding")
+    p.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
+    p.add_argument(
+        "--weight-decays",
+        type=int,
+        default=45,
+        metavar="N",
+        help="number of log-spaced weight decays in [1e-6, 1e5] (the protocol's: 45)",
+    )
+    p.add_argument("--knn-k", type=int, default=20)
+    p.add_argument("--knn-temperature", type=float, default=0.07)
+    p.add_argument("--ways", type=int, default=5)
+    p.add_argument("--shots", type=int, nargs="+", default=[1, 5])
+    p.add_argument("--episodes", type=int, default=600)
+    p.add_argument("--queries", type=int, default=15, help="query items per class and episode")
+    p.add_argument(
+        "--seed", type=int, default=0, help="of the held-out validation split and the episodes"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"{PROG} export",
+        description="Write a checkpoint's backbone weights as safetensors "
+        "that timm (or torchvision, for ResNets) loads.",
+    )
+    p.add_argument("checkpoint", metavar="CKPT")
+    p.add_argument("output", type=Path, metavar="OUT.safetensors")
+    return p
+
+
+def _configure_output() -> None:
+    configure_logging("%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*(Overwriting|custom backbone).*")
+
+
+def _compare(args) -> int:
+    import numpy as np
+
+    from solo_stablerep.data.index import cache_dir
+    from solo_stablerep.eval.cache import FeatureCache
+    from solo_stablerep.eval.compare import ProbeSettings, compare
+    from solo_stablerep.eval.features import ExtractionSettings
+    from solo_stablerep.eval.report import markdown_table, write_report
+
+    if args.weight_decays < 1:
+        raise InputError(f"--weight-decays {args.weight_decays}: give at least 1")
+    settings = ProbeSettings(
+        probes=args.probes,
+        weight_decays=tuple(np.logspace(-6, 5, args.weight_decays)),
+        knn_k=args.knn_k,
+        knn_temperature=args.knn_temperature,
+        ways=args.ways,
+        shots=args.shots,
+        episodes=args.episodes,
+        queries=args.queries,
+        seed=args.seed,
+        image_size=args.image_size,
+        device=args.device,
+    )
+    extraction = ExtractionSettings(
+        args.batch_size, args.workers, args.device, not args.no_progress
+    )
+    cache = FeatureCache(args.cache_dir or cache_dir() / "features")
+    comparison = compare(args.models, args.datasets, cache, settings, extraction)
+    log.info(
+        "features: %d split(s) read from the cache, %d extracted (%s)",
+        cache.hits,
+        cache.misses,
+        cache.root,
+    )
+    labels = [m.label for m in comparison.models]
+    summary = {
+        "protocol": settings.summary(),
+        "models": [
+            {
+                "label": m.label,
+                "spec": m.spec,
+                "backbone": m.backbone_name,
+                "method": m.method,
+                "checkpoint": str(m.checkpoint) if m.checkpoint else None,
+            }
+            for m in comparison.models
+        ],
+        "datasets": [
+            {
+                "spec": d.spec,
+                "name": d.name,
+                "metric": d.metric,
+                "sizes": {name: len(split) for name, split in d.splits.items()},
+            }
+            for d in comparison.datasets
+        ],
+        "cache": {"dir": str(cache.root), "hits": cache.hits, "misses": cache.misses},
+    }
+    written = write_report(args.output, summary, labels, comparison.results)
+    log.info("wrote %s", ", ".join(str(p) for p in written))
+    print(markdown_table(labels, comparison.results), end="", flush=True)  # the result, on stdout
+    return 0
+
+
+def _export(args) -> int:
+    from solo_stablerep.eval.backbone import read_spec
+    from solo_stablerep.eval.export import export_backbone
+
+    spec = read_spec(args.checkpoint)
+    timm_name = export_backbone(spec, args.output)
+    kwargs = "".join(f", {k}={v!r}" for k, v in spec.backbone_kwargs.items())
+    print(
+        f"wrote {args.output}: load it with timm.create_model({timm_name!r}, pretrained=True, "
+        f"num_classes=0, pretrained_cfg_overlay={{'file': {str(args.output)!r}}}{kwargs})"
+    )
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    exporting = bool(argv) and argv[0] == "export"
+    args = _export_parser().parse_args(argv[1:]) if exporting else _parser().parse_args(argv)
+    _configure_output()
+    try:
+        return _export(args) if exporting else _compare(args)
+    except InputError as error:  # checkpoints, data sets, cache, options: one line
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,234 @@
+"""Side-by-side comparison: every model × every data set × every probe, features from the cache.
+
+For each data set, each model's features of each split are read from the cache or extracted
+(:mod:`.features`), then the probes run (:mod:`.probes`):
+
+- ``linear``: the linear-transfer protocol with the data set's metric, on train (+ its val split);
+- ``knn``: weighted kNN, train -> test (single-label data sets);
+- ``fewshot``: ``ways``-way ``shots``-shot episodes drawn from the test split's classes, for each
+  of ``shots`` (single-label data sets; ``ways`` capped at the number of classes with enough items).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from solo_stablerep.eval.backbone import BackboneSpec, load_backbone, read_spec
+from solo_stablerep.eval.cache import FeatureCache
+from solo_stablerep.eval.datasets import EvalDataset, image_transform, open_dataset
+from solo_stablerep.eval.errors import EvalError
+from solo_stablerep.eval.features import ExtractionSettings, split_features
+from solo_stablerep.eval.probes import few_shot, knn_accuracy, linear_probe
+from solo_stablerep.eval.report import Result
+
+log = logging.getLogger(__name__)
+
+PROBES = ("linear", "knn", "fewshot")
+DEFAULT_IMAGE_SIZE = 224  # the protocol's resolution, for models without a pretraining crop size
+
+
+@dataclass
+class ProbeSettings:
+    probes: Sequence[str] = PROBES
+    weight_decays: Sequence[float] = tuple(np.logspace(-6, 5, 45))
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    ways: int = 5
+    shots: Sequence[int] = (1, 5)
+    episodes: int = 600
+    queries: int = 15
+    seed: int = 0
+    image_size: int | None = None  # None: each model's pretraining crop size (224 for random)
+    device: str | None = None
+
+    def summary(self) -> dict:
+        return {
+            "probes": list(self.probes),
+            "linear": {"weight_decays": [float(w) for w in self.weight_decays], "max_iter": 1000},
+            "knn": {"k": self.knn_k, "temperature": self.knn_temperature},
+            "fewshot": {
+                "ways": self.ways,
+                "shots": list(self.shots),
+                "episodes": self.episodes,
+                "queries": self.queries,
+                "seed": self.seed,
+            },
+            "image_size": self.image_size,
+        }
+
+
+@dataclass
+class Comparison:
+    models: List[BackboneSpec]
+    datasets: List[EvalDataset] = field(default_factory=list)
+    results: List[Result] = field(default_factory=list)
+
+
+def _labels_of_models(specs: List[BackboneSpec]) -> None:
+    """Row names: each model's run name, made unique with its spec where two share one."""
+    seen: Dict[str, int] = {}
+    for spec in specs:
+        seen[spec.label] = seen.get(spec.label, 0) + 1
+    for spec in specs:
+        if seen[spec.label] > 1:
+            spec.label = f"{spec.label} ({spec.spec})"
+
+
+def compare(
+    model_specs: Sequence[str],
+    dataset_specs: Sequence[str],
+    cache: FeatureCache,
+    probe_settings: ProbeSettings,
+    extraction: ExtractionSettings,
+) -> Comparison:
+    unknown = [p for p in probe_settings.probes if p not in PROBES]
+    if unknown:
+        raise EvalError(f"unknown probe {unknown[0]!r}: choose among {', '.join(PROBES)}")
+    models = [read_spec(spec) for spec in model_specs]
+    _labels_of_models(models)
+    datasets = [open_dataset(spec) for spec in dataset_specs]  # all checked before any work
+    comparison = Comparison(models, datasets)
+    built: Dict[str, object] = {}
+
+    def backbone_of(spec: BackboneSpec):
+        def get():
+            if spec.spec not in built:
+                built.clear()  # one backbone in memory at a time
+                built[spec.spec] = load_backbone(spec)
+            return built[spec.spec]
+
+        return get
+
+    for dataset in datasets:
+        for spec in models:
+            size = probe_settings.image_size or spec.crop_size or DEFAULT_IMAGE_SIZE
+            transform_identity = {
+                "resize": "bicubic-short-side+center-crop",
+                "size": size,
+                "mean": list(spec.mean),
+                "std": list(spec.std),
+            }
+            transform = image_transform(size, spec.mean, spec.std)
+            features = {}
+            for split_name, split in dataset.splits.items():
+                identity = {
+                    "model": spec.identity,
+                    "dataset": dataset.identity,
+                    "split": split_name,
+                    "transform": transform_identity,
+                }
+                features[split_name] = split_features(
+                    cache,
+                    identity,
+                    split,
+                    transform,
+                    backbone_of(spec),
+                    extraction,
+                    f"{spec.label} | {dataset.spec} | {split_name}",
+                )
+            comparison.results += _probe(spec.label, dataset, features, probe_settings)
+    return comparison
+
+
+def _probe(model: str, dataset: EvalDataset, features: Dict[str, Tuple], settings: ProbeSettings):
+    train_x, train_y = features["train"]
+    test_x, test_y = features["test"]
+    val = features.get("val")
+    results = []
+    if "linear" in settings.probes:
+        log.info(
+            "%s on %s: linear probe (%d weight decays)",
+            model,
+            dataset.name,
+            len(settings.weight_decays),
+        )
+        linear = linear_probe(
+            train_x,
+            train_y,
+            test_x,
+            test_y,
+            val_features=None if val is None else val[0],
+            val_labels=None if val is None else val[1],
+            weight_decays=settings.weight_decays,
+            metric=dataset.metric,
+            seed=settings.seed,
+            device=settings.device,
+        )
+        results.append(
+            Result(
+                model,
+                dataset.name,
+                "linear",
+                dataset.metric,
+                linear.score,
+                weight_decay=linear.weight_decay,
+                details={
+                    "val_scores": linear.val_scores.tolist(),
+                    "weight_decays": linear.weight_decays.tolist(),
+                },
+            )
+        )
+    if dataset.multilabel:
+        return results  # kNN and few-shot episodes need one class per image
+    if "knn" in settings.probes:
+        score = knn_accuracy(
+            train_x,
+            train_y,
+            test_x,
+            test_y,
+            settings.knn_k,
+            settings.knn_temperature,
+            device=settings.device,
+        )
+        results.append(
+            Result(
+                model,
+                dataset.name,
+                "kNN",
+                "top1",
+                score,
+                details={"k": settings.knn_k, "temperature": settings.knn_temperature},
+            )
+        )
+    if "fewshot" in settings.probes:
+        classes, counts = np.unique(test_y, return_counts=True)
+        for shots in settings.shots:
+            ways = min(settings.ways, int((counts >= shots + settings.queries).sum()))
+            if ways < 2:
+                log.warning(
+                    "%s: too few test items per class for %d-shot episodes: skipped",
+                    dataset.name,
+                    shots,
+                )
+                continue
+            episodes = few_shot(
+                test_x,
+                test_y,
+                ways=ways,
+                shots=shots,
+                episodes=settings.episodes,
+                queries=settings.queries,
+                seed=settings.seed,
+                device=settings.device,
+            )
+            results.append(
+                Result(
+                    model,
+                    dataset.name,
+                    f"{ways}-way {shots}-shot",
+                    "top1",
+                    episodes.mean,
+                    ci95=episodes.ci95,
+                    details={
+                        "ways": ways,
+                        "shots": shots,
+                        "episodes": settings.episodes,
+                        "queries": settings.queries,
+                    },
+                )
+            )
+    return results
