@@ -24,11 +24,11 @@ import logging
 import os
 import re
 import sys
-from typing import Any, Dict, List, Optional, Type
+from typing import Any, Dict, List, Optional, Sequence, Type
 
 import hydra
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
@@ -281,9 +281,9 @@ def build_trainer(cfg: DictConfig, model, wandb_run_id: Optional[str] = None, ca
     return Trainer(**trainer_kwargs)
 
 
-def run_pretrain(cfg: DictConfig) -> Trainer:
+def run_pretrain(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> Trainer:
     """Parses ``cfg`` and trains; returns the fitted Trainer (its ``lightning_module`` is the
-    model)."""
+    model). ``callbacks`` are added to the Trainer's (e.g. a progress line)."""
 
     cfg = parse_pretrain_cfg(cfg)
     seed_everything(cfg.seed)
@@ -298,7 +298,7 @@ def run_pretrain(cfg: DictConfig) -> Trainer:
     ckpt_path, wandb_run_id = _resume_checkpoint(cfg)
     from solo_stablerep.data import synthetic_callbacks
 
-    trainer = build_trainer(cfg, model, wandb_run_id, synthetic_callbacks(cfg, train_data))
+    trainer = build_trainer(cfg, model, wandb_run_id, [*synthetic_callbacks(cfg, train_data), *callbacks])
 
     if isinstance(train_data, torch.utils.data.DataLoader):
         trainer.fit(model, train_data, val_loader, ckpt_path=ckpt_path)

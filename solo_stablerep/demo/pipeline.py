@@ -10,8 +10,8 @@ from pathlib import Path
 
 from solo_stablerep.demo.captions import write_captions
 from solo_stablerep.demo.dataset import generate_images, write_per_image_manifest
-from solo_stablerep.demo.probes import FEW_SHOTS, evaluate_backbone, load_real_digits
-from solo_stablerep.demo.report import accuracy_text, summarise, write_report
+from solo_stablerep.demo.digits import PROBES_TEXT, evaluate_backbone, load_real_digits
+from solo_stablerep.demo.report import accuracy_text, margins, summarise, write_report
 from solo_stablerep.demo.runs import (
     DEFAULT_METHODS,
     METHODS,
@@ -88,12 +88,13 @@ def run_demo(
         shutil.copyfile(sheets[0], output / "contact_sheet.png")
 
     probe_data = load_real_digits(size.crop_size)
-    logger.info("real probe set: sklearn digits, %d train / %d test, upsampled 8 -> %d px",
+    logger.info("real probe set: sklearn digits, %d train / %d test, at random sizes and places in %d px",
                 len(probe_data.train_labels), len(probe_data.test_labels), size.crop_size)
 
     configs_dir = output / "configs"
     configs_dir.mkdir(exist_ok=True)
     rows, curves = [], {m: {} for m in methods}
+    results = {}
     for seed in seeds:
         run_root = output / "runs" / f"seed{seed}"
         backbone = random_backbone(size, config_dir, data_root, run_root / "random", seed)
@@ -115,19 +116,19 @@ def run_demo(
                         accuracy_text(row))
             if seed == seeds[0]:
                 save_run_config(configs_dir, method, config_dir, composed_yaml, overrides)
-
-    results = {
-        "size": asdict(size),
-        "methods": list(methods),
-        "seeds": list(seeds),
-        "probe": "sklearn.datasets.load_digits, stratified 50/50 split; kNN k=20 cosine; "
-                 "logistic regression on standardised features, fitted on all train labels and on "
-                 f"{FEW_SHOTS} per class (mean of 10 draws)",
-        "summary": summarise(rows, [RANDOM_FLOOR, *methods]),
-        "runs": rows,
-        "loss_curves": {m: {str(s): c for s, c in per_seed.items()} for m, per_seed in curves.items()},
-        "total_seconds": time.perf_counter() - started,
-    }
-    write_report(output, results, curves)
+        # after every seed, so that a long seed study stopped early keeps the seeds it finished
+        results = {
+            "size": asdict(size),
+            "methods": list(methods),
+            "seeds": list(seeds),
+            "seeds_done": sorted({row["seed"] for row in rows}),
+            "probe": PROBES_TEXT,
+            "summary": summarise(rows, [RANDOM_FLOOR, *methods]),
+            "margins": margins(rows) if "stablerep" in methods else {},
+            "runs": rows,
+            "loss_curves": {m: {str(s): c for s, c in per_seed.items()} for m, per_seed in curves.items()},
+            "total_seconds": time.perf_counter() - started,
+        }
+        write_report(output, results, curves)
     logger.info("done in %.0f s; results, plot, contact sheet and configs in %s", results["total_seconds"], output)
     return results
