@@ -39,7 +39,7 @@ def solo_learn_scripts(dst: Path) -> Path:
 
 
 def main_linear(tmp_path: Path, checkpoint: Path, images: Path, method: str) -> Path:
-    """Runs solo-learn's main_linear.py on a pretrained checkpoint (resnet18, one epoch, CPU) as the
+    """Runs solo-learn's main_linear.py on a pretrained checkpoint (resnet18, one epoch, CPU) as
     docs/pretraining.md shows; returns the linear checkpoint."""
     solo = solo_learn_scripts(tmp_path / "solo-learn")
     escaped = str(checkpoint.relative_to(tmp_path)).replace("=", r"\=")
