@@ -176,8 +176,6 @@ def fit_logistic_regression(
         bias = features.new_zeros(*batch_shape, num_outputs)
     else:
         weight, bias = init.weight.detach().clone(), init.bias.detach().clone()
-    weight.requires_grad_(True)
-    bias.requires_grad_(True)
     optimizer = torch.optim.LBFGS(
         [weight, bias],
         lr=1,
@@ -188,21 +186,36 @@ def fit_logistic_regression(
         line_search_fn="strong_wolfe",
     )
 
+    @torch.no_grad()
     def objective():
-        optimizer.zero_grad()
+        """J, with its gradient written to ``weight.grad`` and ``bias.grad`` (by hand: the two
+        products with the features are the whole cost, autograd's bookkeeping is not needed)."""
         total = 0.0
-        for x, y in blocks:  # backward per block: one block's logits in memory at a time
+        grad_weight, grad_bias = torch.zeros_like(weight), torch.zeros_like(bias)
+        for x, y in blocks:  # one block's logits in memory at a time
             logits = _logits(x, weight, bias, standardization)
             if binary:
-                loss = F.binary_cross_entropy_with_logits(logits, y, reduction="sum")
+                total += F.binary_cross_entropy_with_logits(logits, y, reduction="sum").item()
+                residual = logits.sigmoid_().sub_(y)  # d loss / d logits
             else:
-                flat = logits.reshape(-1, num_outputs)
-                loss = F.cross_entropy(flat, y.reshape(-1), reduction="sum")
-            (loss / num_rows).backward()
-            total += loss.item()
-        penalty = 0.5 * weight_decay / num_rows * weight.square().sum()
-        penalty.backward()
-        return torch.tensor(total / num_rows + penalty.item())
+                log_p = logits.log_softmax(-1)
+                total -= log_p.gather(-1, y.unsqueeze(-1)).sum().item()
+                residual = log_p.exp_()
+                residual.scatter_add_(
+                    -1, y.unsqueeze(-1), residual.new_full(y.unsqueeze(-1).shape, -1.0)
+                )
+            grad_weight += x.transpose(-1, -2) @ residual
+            grad_bias += residual.sum(-2)
+        if (
+            standardization is not None
+        ):  # back through w_raw = w / sigma, b_raw = b - (mu / sigma) w
+            scale = 1.0 / standardization.std
+            grad_weight = grad_weight * scale.unsqueeze(-1) - (
+                standardization.mean * scale
+            ).unsqueeze(-1) * grad_bias.unsqueeze(-2)
+        weight.grad = (grad_weight + weight_decay * weight) / num_rows
+        bias.grad = grad_bias / num_rows
+        return (total + 0.5 * weight_decay * weight.square().sum().item()) / num_rows
 
     work = num_rows * dim * num_outputs * int(np.prod(batch_shape, dtype=np.int64))
     with _single_thread_if(features.device.type == "cpu" and work < _SINGLE_THREAD_WORK):
