@@ -109,6 +109,8 @@ class LogisticModel:
     binary: bool
     standardization: Optional[Standardization] = None
     n_iter: int = 0
+    # gradient of J's data term (no penalty) at (weight, bias) on the rows it was fitted to
+    data_gradient: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     def decision_function(self, features: torch.Tensor) -> torch.Tensor:
         """Scores (..., N, K) of raw ``features`` (..., N, D)."""
@@ -145,6 +147,16 @@ def _single_thread_if(condition: bool):
         torch.set_num_threads(threads)
 
 
+def meets_tolerance(model: LogisticModel, weight_decay: float, num_rows: int, tol: float = TOL):
+    """Whether ``model``, fitted on ``num_rows`` rows, already stops L-BFGS at ``weight_decay``
+    on those rows (max |∇J| <= ``tol``), known without evaluating J: the data term's gradient it
+    carries plus the penalty's. False when it carries none."""
+    if model.data_gradient is None:
+        return False
+    grad_weight = model.data_gradient[0] + weight_decay / num_rows * model.weight
+    return max(grad_weight.abs().max().item(), model.data_gradient[1].abs().max().item()) <= tol
+
+
 def fit_logistic_regression(
     blocks: Sequence[Tuple[torch.Tensor, torch.Tensor]],
     weight_decay: float,
@@ -176,6 +188,7 @@ def fit_logistic_regression(
         bias = features.new_zeros(*batch_shape, num_outputs)
     else:
         weight, bias = init.weight.detach().clone(), init.bias.detach().clone()
+    last_evaluated = {}
     optimizer = torch.optim.LBFGS(
         [weight, bias],
         lr=1,
@@ -206,19 +219,26 @@ def fit_logistic_regression(
                 )
             grad_weight += x.transpose(-1, -2) @ residual
             grad_bias += residual.sum(-2)
-        if (
-            standardization is not None
-        ):  # back through w_raw = w / sigma, b_raw = b - (mu / sigma) w
+        if standardization is not None:  # back through w / sigma and b - (mu / sigma) w
             scale = 1.0 / standardization.std
-            grad_weight = grad_weight * scale.unsqueeze(-1) - (
-                standardization.mean * scale
-            ).unsqueeze(-1) * grad_bias.unsqueeze(-2)
-        weight.grad = (grad_weight + weight_decay * weight) / num_rows
-        bias.grad = grad_bias / num_rows
+            shift = (standardization.mean * scale).unsqueeze(-1)
+            grad_weight = grad_weight * scale.unsqueeze(-1) - shift * grad_bias.unsqueeze(-2)
+        grad_weight /= num_rows
+        grad_bias /= num_rows
+        last_evaluated.update(
+            point=(weight.clone(), bias.clone()), gradient=(grad_weight, grad_bias)
+        )
+        weight.grad = grad_weight + weight_decay / num_rows * weight
+        bias.grad = grad_bias
         return (total + 0.5 * weight_decay * weight.square().sum().item()) / num_rows
 
     work = num_rows * dim * num_outputs * int(np.prod(batch_shape, dtype=np.int64))
     with _single_thread_if(features.device.type == "cpu" and work < _SINGLE_THREAD_WORK):
         optimizer.step(objective)
     n_iter = optimizer.state[optimizer.param_groups[0]["params"][0]].get("n_iter", 0)
-    return LogisticModel(weight.detach(), bias.detach(), binary, standardization, n_iter)
+    point = last_evaluated.get("point")
+    ends_evaluated = (
+        point is not None and torch.equal(point[0], weight) and torch.equal(point[1], bias)
+    )
+    gradient = last_evaluated["gradient"] if ends_evaluated else None
+    return LogisticModel(weight.detach(), bias.detach(), binary, standardization, n_iter, gradient)

@@ -42,6 +42,7 @@ from solo_stablerep.eval.logistic import (
     Standardization,
     as_tensor,
     fit_logistic_regression,
+    meets_tolerance,
 )
 from solo_stablerep.eval.metrics import (
     METRICS,
@@ -169,8 +170,12 @@ def linear_probe(
     val_scores = np.empty(len(weight_decays))
     models, path = {}, []
     for i in np.argsort(-weight_decays, kind="stable"):  # strong to weak regularisation
-        start = _extrapolate(path, weight_decays[i])
-        models[i] = task.fit([train_block], weight_decays[i], standardization, start)
+        last = path[-1][1] if path else None
+        if last is not None and meets_tolerance(last, weight_decays[i], len(train_block[0])):
+            models[i] = last  # what scikit-learn's warm start returns too, here at no cost
+        else:
+            start = _extrapolate(path, weight_decays[i])
+            models[i] = task.fit([train_block], weight_decays[i], standardization, start)
         path.append((weight_decays[i], models[i]))
         val_scores[i] = task.score(models[i], val_x, sweep_val[1])
     best = _best_index(val_scores, weight_decays)
