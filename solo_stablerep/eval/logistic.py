@@ -116,6 +116,16 @@ class LogisticModel:
         """Scores (..., N, K) of raw ``features`` (..., N, D)."""
         return _logits(features, self.weight, self.bias, self.standardization)
 
+    def restandardized(self, standardization: Standardization) -> "LogisticModel":
+        """The same function of the raw features, with its weights in ``standardization``'s
+        coordinates (a warm start for a refit on rows z-scored with other statistics)."""
+        assert self.standardization is not None
+        old, new = self.standardization, standardization
+        weight = self.weight * (new.std / old.std).unsqueeze(-1)
+        raw_bias = self.bias - (old.mean / old.std) @ self.weight
+        bias = raw_bias + (new.mean / new.std) @ weight
+        return LogisticModel(weight, bias, self.binary, new)
+
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         """Class indices (..., N): argmax of the softmax model; for a binary model of one column,
         1 where its score is positive (scikit-learn's two-class convention)."""
@@ -145,6 +155,17 @@ def _single_thread_if(condition: bool):
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def _prior_bias(blocks, num_outputs: int, binary: bool, num_rows: int) -> torch.Tensor:
+    """log p(class) (softmax) or logit p(column) (binary) per problem, p floored at 0.5 / N."""
+    if binary:
+        frequency = sum(y.sum(-2) for _, y in blocks) / num_rows
+    else:
+        counts = sum(F.one_hot(y, num_outputs).sum(-2) for _, y in blocks)
+        frequency = counts.to(blocks[0][0].dtype) / num_rows
+    frequency = frequency.clamp(0.5 / num_rows, 1 - 0.5 / num_rows)
+    return frequency.log() - (1 - frequency).log() if binary else frequency.log()
 
 
 def meets_tolerance(model: LogisticModel, weight_decay: float, num_rows: int, tol: float = TOL):
@@ -183,9 +204,9 @@ def fit_logistic_regression(
     features = blocks[0][0]
     batch_shape, dim = features.shape[:-2], features.shape[-1]
     num_rows = sum(x.shape[-2] for x, _ in blocks)
-    if init is None:
+    if init is None:  # W = 0 and the bias that is optimal for it: the class log-frequencies
         weight = features.new_zeros(*batch_shape, dim, num_outputs)
-        bias = features.new_zeros(*batch_shape, num_outputs)
+        bias = _prior_bias(blocks, num_outputs, binary, num_rows)
     else:
         weight, bias = init.weight.detach().clone(), init.bias.detach().clone()
     last_evaluated = {}

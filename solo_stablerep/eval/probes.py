@@ -183,7 +183,8 @@ def linear_probe(
 
     blocks = [task.block(x, task.encode(y), device) for x, y in final_blocks]
     standardization = Standardization.of([x for x, _ in blocks])
-    model = task.fit(blocks, weight_decays[best], standardization, models[best])
+    start = models[best].restandardized(standardization)
+    model = task.fit(blocks, weight_decays[best], standardization, start)
     score = task.score(model, as_tensor(test_features, device), test_labels)
     return LinearProbeResult(score, float(weight_decays[best]), val_scores, weight_decays)
 

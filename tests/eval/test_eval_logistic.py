@@ -146,3 +146,15 @@ def test_a_fit_carries_its_gradient_for_the_next_weight_decay():
     assert not meets_tolerance(model, 1e3, len(x))  # far stronger regularisation: must refit
     refit = fit_logistic_regression([(x, y)], 1e3, 4, standardization=standardization, init=model)
     assert refit.n_iter > 0
+
+
+def test_restandardized_model_is_the_same_function_of_the_raw_features():
+    features, labels = blobs(num_items=200)
+    x = torch.from_numpy(features)
+    model = fit_logistic_regression(
+        [(x, torch.from_numpy(labels))], 1.0, 4, standardization=Standardization.of([x[:100]])
+    )
+    moved = model.restandardized(Standardization.of([x]))
+    torch.testing.assert_close(
+        moved.decision_function(x), model.decision_function(x), rtol=1e-4, atol=1e-4
+    )
