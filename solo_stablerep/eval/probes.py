@@ -169,15 +169,18 @@ def linear_probe(
     weight_decays = np.asarray(weight_decays, dtype=np.float64)
     val_scores = np.empty(len(weight_decays))
     models, path = {}, []
+    previous = None
     for i in np.argsort(-weight_decays, kind="stable"):  # strong to weak regularisation
         last = path[-1][1] if path else None
         if last is not None and meets_tolerance(last, weight_decays[i], len(train_block[0])):
             models[i] = last  # what scikit-learn's warm start returns too, here at no cost
+            val_scores[i] = val_scores[previous]
         else:
             start = _extrapolate(path, weight_decays[i])
             models[i] = task.fit([train_block], weight_decays[i], standardization, start)
+            val_scores[i] = task.score(models[i], val_x, sweep_val[1])
         path.append((weight_decays[i], models[i]))
-        val_scores[i] = task.score(models[i], val_x, sweep_val[1])
+        previous = i
     best = _best_index(val_scores, weight_decays)
     del train_block, val_x
 
