@@ -35,14 +35,16 @@ PROGRAMS = {
         "run_pretrain_command(",
     ),
     "stablerep-demo": ("stablerep-demo", '"solo_stablerep.demo"'),
+    "solo-stablerep-eval": ("solo-stablerep-eval", '"solo_stablerep.eval"', "eval.cli import main"),
 }
 MODULES = {
     "data_gen": "stablerep-generate",
     "solo_stablerep.pretrain": "solo-stablerep-pretrain",
     "solo_stablerep.demo": "stablerep-demo",
+    "solo_stablerep.eval": "solo-stablerep-eval",
 }
 LAUNCHERS = ("srun", "torchrun")
-SUBCOMMANDS = {"stablerep-generate": ("merge", "convert")}
+SUBCOMMANDS = {"stablerep-generate": ("merge", "convert"), "solo-stablerep-eval": ("export",)}
 OVERRIDE = re.compile(r"^[+~]?([A-Za-z_][\w.]*)=")
 
 

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 PROBES = ("linear", "knn", "fewshot")
 DEFAULT_IMAGE_SIZE = 224  # the protocol's resolution, for models without a pretraining crop size
+FIXED_SIZE_BACKBONES = ("vit_", "swin_")
 
 
 @dataclass
@@ -97,15 +98,15 @@ def compare(
     def backbone_of(spec: BackboneSpec):
         def get():
             if spec.spec not in built:
-                built.clear()  # one backbone in memory at a time
+                built.clear()
                 built[spec.spec] = load_backbone(spec)
             return built[spec.spec]
 
         return get
 
-    for dataset in datasets:
-        for spec in models:
-            size = probe_settings.image_size or spec.crop_size or DEFAULT_IMAGE_SIZE
+    sizes = [_input_size(spec, probe_settings.image_size) for spec in models]
+    for spec, size in zip(models, sizes):  # one backbone at a time, built at its first cache miss
+        for dataset in datasets:
             transform_identity = {
                 "resize": "bicubic-short-side+center-crop",
                 "size": size,
@@ -132,6 +133,23 @@ def compare(
                 )
             comparison.results += _probe(spec.label, dataset, features, probe_settings)
     return comparison
+
+
+def _input_size(spec: BackboneSpec, requested: int | None) -> int:
+    """The resolution ``spec``'s images are resized to. A ViT or Swin fixes it when built (its
+    position embeddings, its windows): a random one is built for it, a checkpoint's must match."""
+    size = requested or spec.crop_size or DEFAULT_IMAGE_SIZE
+    if spec.backbone_name.startswith(FIXED_SIZE_BACKBONES):
+        built_for = spec.backbone_kwargs.get("img_size", DEFAULT_IMAGE_SIZE)
+        if spec.checkpoint is None:
+            spec.backbone_kwargs["img_size"] = size
+            spec.identity["kwargs"] = dict(spec.backbone_kwargs)
+        elif size != built_for:
+            raise EvalError(
+                f"{spec.spec}: its {spec.backbone_name} was built for {built_for} px images: "
+                f"use --image-size {built_for}"
+            )
+    return size
 
 
 def _probe(model: str, dataset: EvalDataset, features: Dict[str, Tuple], settings: ProbeSettings):

@@ -42,6 +42,7 @@ from solo_stablerep.eval.logistic import (
     Standardization,
     as_tensor,
     fit_logistic_regression,
+    meets_tolerance,
 )
 from solo_stablerep.eval.metrics import (
     METRICS,
@@ -168,17 +169,25 @@ def linear_probe(
     weight_decays = np.asarray(weight_decays, dtype=np.float64)
     val_scores = np.empty(len(weight_decays))
     models, path = {}, []
+    previous = None
     for i in np.argsort(-weight_decays, kind="stable"):  # strong to weak regularisation
-        start = _extrapolate(path, weight_decays[i])
-        models[i] = task.fit([train_block], weight_decays[i], standardization, start)
+        last = path[-1][1] if path else None
+        if last is not None and meets_tolerance(last, weight_decays[i], len(train_block[0])):
+            models[i] = last  # what scikit-learn's warm start returns too, here at no cost
+            val_scores[i] = val_scores[previous]
+        else:
+            start = _extrapolate(path, weight_decays[i])
+            models[i] = task.fit([train_block], weight_decays[i], standardization, start)
+            val_scores[i] = task.score(models[i], val_x, sweep_val[1])
         path.append((weight_decays[i], models[i]))
-        val_scores[i] = task.score(models[i], val_x, sweep_val[1])
+        previous = i
     best = _best_index(val_scores, weight_decays)
     del train_block, val_x
 
     blocks = [task.block(x, task.encode(y), device) for x, y in final_blocks]
     standardization = Standardization.of([x for x, _ in blocks])
-    model = task.fit(blocks, weight_decays[best], standardization, models[best])
+    start = models[best].restandardized(standardization)
+    model = task.fit(blocks, weight_decays[best], standardization, start)
     score = task.score(model, as_tensor(test_features, device), test_labels)
     return LinearProbeResult(score, float(weight_decays[best]), val_scores, weight_decays)
 

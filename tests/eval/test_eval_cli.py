@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import write_dtd, write_voc2007
+from conftest import write_checkpoint, write_dtd, write_voc2007
 
 from helpers import (
     PRETRAIN_CONFIGS,
@@ -208,3 +208,61 @@ def test_export_command(tmp_path, checkpoint, capsys):
     assert main(["export", str(checkpoint), str(tmp_path / "model.safetensors")]) == 0
     assert "timm.create_model('resnet18', pretrained=True, num_classes=0" in capsys.readouterr().out
     assert (tmp_path / "model.safetensors").stat().st_size > 1_000_000
+
+
+@pytest.mark.parametrize("workers", [0, 1])  # 1: the error is raised in a loader worker process
+def test_corrupt_image_is_named_and_leaves_no_cache_entry(tmp_path, capsys, workers):
+    for split in ("train", "test"):
+        write_image_folder(tmp_path / "set" / split, num_classes=2, per_class=2)
+    bad = tmp_path / "set" / "test" / "class1" / "1.png"
+    bad.write_bytes(b"\x89PNG truncated")
+    argv = [
+        "random:resnet18",
+        "--datasets",
+        f"imagefolder:{tmp_path / 'set'}",
+        "--output",
+        str(tmp_path / "out"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--image-size",
+        "16",
+        *FAST,
+        "--workers",
+        str(workers),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("solo-stablerep-eval: error: cannot decode image ") and str(bad) in err
+    assert "\n" not in err
+    # the train split was cached; the test split's entry was never completed
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 1
+    assert not list((tmp_path / "cache").glob(".*.tmp"))
+
+
+def test_vit_resolution_is_the_one_it_was_built_for(tmp_path, capsys):
+    """A random ViT is built for --image-size; a checkpoint's ViT refuses another size in one
+    line (its position embeddings are fixed)."""
+    for split in ("train", "test"):
+        write_image_folder(tmp_path / "set" / split, num_classes=2, per_class=6, size=24)
+    common = [
+        "--datasets",
+        f"imagefolder:{tmp_path / 'set'}",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--probes",
+        "knn",
+        *FAST,
+    ]
+    assert (
+        main(["random:vit_tiny", "--output", str(tmp_path / "out"), "--image-size", "32", *common])
+        == 0
+    )
+    vit = write_checkpoint(
+        tmp_path / "run", backbone="vit_tiny", kwargs={"img_size": 32}, method="stablerep"
+    )
+    assert main([str(vit), "--output", str(tmp_path / "out2"), "--image-size", "64", *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.endswith("its vit_tiny was built for 32 px images: use --image-size 32")
+        and "\n" not in err
+    )
