@@ -164,10 +164,8 @@ def _members(path: Path, number: int, line: str) -> List[IndexMember]:
     try:
         members = [(fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3])
                    for i in range(0, len(fields), 4)]
-    except ValueError:
+    except ValueError:  # (a negative offset or size fails its read, which names it)
         raise _bad_number(path, number, fields) from None
-    if any(offset < 0 or size < 0 for _, offset, size, _ in members):
-        raise _bad_number(path, number, fields)
     return members
 
 
