@@ -164,7 +164,7 @@ def _members(path: Path, number: int, line: str) -> List[IndexMember]:
     try:
         members = [(fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3])
                    for i in range(0, len(fields), 4)]
-    except ValueError:  # (a negative offset or size fails its read, which names it)
+    except ValueError:  # (a negative offset or size is named when read)
         raise _bad_number(path, number, fields) from None
     return members
 
@@ -383,6 +383,9 @@ class _TarReader:
         if offset + size > self.size:
             raise ShardFormatError(f"{self.path}: sample {key}: member {component} lies past the tar's "
                                    f"end ({self.size} bytes; truncated after its index was written?)")
+        if offset < 0 or size < 0:  # a damaged index line
+            raise ShardFormatError(f"{self.path}: sample {key}: member {component} at offset {offset}, "
+                                   f"size {size} in its index; {_REWRITE}")
         return os.pread(self._fd, size, offset)
 
 
