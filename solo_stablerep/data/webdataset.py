@@ -319,15 +319,15 @@ class ShardStream(IterableDataset):
         return item + (self.tokenizer(meta["caption"]),) if self.tokenizer else item
 
     def encoded_item(self, sample: dict, rng: np.random.Generator):
-        """``(index, [encoded image] * n_img, label, caption, (tar, sample key))`` of a sample, for
-        a decoder elsewhere (DALI); each image's header is checked here, so that a corrupt one is
-        named."""
+        """``(index, [encoded image] * n_img, label, caption, sample)`` of a sample, for a decoder
+        elsewhere (DALI; the sample names tar and key if it fails); each image's header is checked
+        here, so that a corrupt one is named."""
         picked = self._pick(sample, rng, checked_encoded_image)
         if picked is None:
             return None
         meta, images = picked
         label = -1 if meta["label"] is None else meta["label"]
-        return meta["index"], images, label, meta["caption"], (sample["__url__"], sample["__key__"])
+        return meta["index"], images, label, meta["caption"], sample
 
     def items(self, slot: int, slots: int, rng: np.random.Generator, make_item: Callable):
         """``make_item`` of every sample of (rank, worker) pair ``slot`` of ``slots``, endlessly,

@@ -50,7 +50,7 @@ class ShardBatchSource:
         self.keep_captions = keep_captions
         self.epoch = 0
         self._in_flight: Dict[int, List] = {}  # index -> [caption, batches holding it not yet read]
-        self._recent = deque(maxlen=RECENT_BATCHES)  # items of the batches DALI may be decoding
+        self._recent = deque(maxlen=RECENT_BATCHES)  # samples of the batches DALI may be decoding
 
     def batches_per_epoch(self) -> int:
         self.stream.rank, self.stream.world_size = self.rank, self.world_size
@@ -70,7 +70,8 @@ class ShardBatchSource:
             raise StopIteration
         self._left -= 1
         items = [next(self._items) for _ in range(self.stream.batch_size)]
-        self._recent.append(items)
+        # the samples, not their images: holding a few batches' images alive costs the allocator
+        self._recent.append([sample for _, _, _, _, sample in items])
         if self.keep_captions:
             for index, _, _, caption, _ in items:
                 self._in_flight.setdefault(index, [caption, 0])[1] += 1
@@ -81,12 +82,14 @@ class ShardBatchSource:
         return encoded, labels, indexes
 
     def decode_failure(self, error: Exception) -> SyntheticDataError:
-        """Names the sample of the recent batches whose image DALI's decoder failed on."""
-        items = [item for batch in self._recent for item in batch]
-        culprits = ((f"{tar}: sample {key}", image)
-                    for _, images, _, _, (tar, key) in items for image in images)
-        first_tar = items[0][4][0] if items else "?"
-        return decode_failure(error, culprits, f"{len(items)} samples of {first_tar}...")
+        """Names the sample of the recent batches whose image DALI's decoder failed on (its
+        images read again from the tar)."""
+        samples = [sample for batch in self._recent for sample in batch]
+        culprits = ((f"{sample['__url__']}: sample {sample['__key__']}", sample[component])
+                    for sample in samples for component in sample
+                    if not component.startswith("__") and component != "json")
+        first_tar = samples[0]["__url__"] if samples else "?"
+        return decode_failure(error, culprits, f"{len(samples)} samples of {first_tar}...")
 
     def caption_of(self, index: int) -> str:
         entry = self._in_flight[index]

@@ -125,7 +125,7 @@ def test_corrupt_sample_metadata_error_or_opt_in_skip(tmp_path, shards, data_for
     cfg = [f"data.format={data_format}", "data.num_workers=0"]
     loader = prepare_synthetic_train_data(cfg_for(tmp_path, folder, *cfg))
     loader = loader.build_loader() if data_format == "dali" else loader
-    with pytest.raises(ShardDataError, match=rf"shard-000000.tar: sample {name[:-5]}: unreadable metadata"):
+    with pytest.raises(ShardDataError, match=rf"shard-000000.tar: sample {name[:-5]}: its .json metadata is not valid"):
         for _ in range(4):  # an epoch reads 8 of the 10 samples
             for _ in loader:
                 pass
