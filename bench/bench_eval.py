@@ -14,6 +14,7 @@ The protocol's size is ``--n 20000 --dim 768 --classes 100`` (tens of minutes fo
 two cores); the default is smaller so that ``bench/run_all.py`` stays quick.
 
     python bench/bench_eval.py [--n 5000] [--dim 256] [--classes 50] [--images 512] [--rounds 3]
+                               [--threads N]
 """
 
 from __future__ import annotations
@@ -152,7 +153,18 @@ def main():
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip", choices=["extraction", "sweep"], help="run only the other part")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch and for scikit-learn's "
+        "BLAS/OpenMP alike (default: their defaults); 1 is steadier on a shared machine",
+    )
     args = parser.parse_args()
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.skip != "extraction":
         ratio = bench_extraction(args, device)

@@ -9,7 +9,6 @@ generators, truncation check, resize + encode + atomic write of every image, fsy
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,9 +20,7 @@ from data_gen.backends import DiffusionBackend
 from data_gen.captions import Caption, caption_id
 from data_gen.runner import FileSink, run_batches
 from data_gen.settings import GenerationSettings, image_seed
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "generation"))  # the tiny pipeline is a test fixture
-from tiny_pipeline import build_tiny_pipeline  # noqa: E402
+from data_gen.tiny_pipeline import build_tiny_pipeline
 
 
 def main():

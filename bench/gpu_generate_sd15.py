@@ -10,7 +10,6 @@ resized to 256 px and written as JPEG. Prints images/s for each batch size (capt
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,9 +21,7 @@ from data_gen.backends import DiffusionBackend
 from data_gen.captions import Caption, caption_id
 from data_gen.runner import FileSink, run_batches
 from data_gen.settings import GenerationSettings
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "generation"))  # the tiny pipeline is a test fixture
-from tiny_pipeline import write_tiny_tokenizer  # noqa: E402
+from data_gen.tiny_pipeline import write_tiny_tokenizer
 
 UNET = dict(  # runwayml/stable-diffusion-v1-5 unet/config.json
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),

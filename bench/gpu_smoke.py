@@ -174,8 +174,7 @@ def child_generate_fp16(work: Path, cpu: bool):
 
     from solo_stablerep.data.manifest import read_manifest
 
-    sys.path.insert(0, str(REPO / "tests" / "generation"))  # the tiny pipeline is a test fixture
-    from tiny_pipeline import build_tiny_pipeline
+    from data_gen.tiny_pipeline import build_tiny_pipeline
 
     model = build_tiny_pipeline(work / "tiny_sd")
     (work / "gen_captions.txt").write_text("".join(f"a photo of thing number {i}\n" for i in range(8)))

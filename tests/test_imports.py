@@ -76,3 +76,21 @@ def test_no_module_imports_one_that_imports_it_back():
     graph = import_graph()
     assert "solo_stablerep.data.index" in graph["solo_stablerep.data.synthetic"]  # the graph is read
     assert find_loop(graph) is None, " -> ".join(find_loop(graph))
+
+
+def test_bench_imports_nothing_from_tests():
+    # benchmarks run without the test suite: what both need lives in the packages
+    test_modules = {path.stem for path in (REPO / "tests").rglob("*.py")} | {"tests"}
+    for script in (REPO / "bench").glob("*.py"):
+        tree = ast.parse(script.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = {node.module.split(".")[0]}
+            else:
+                names = set()
+            found = names & test_modules
+            assert not found, f"{script.name} imports {found} from tests/"
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert node.value != "tests", f"{script.name} builds a path into tests/"

@@ -1,5 +1,5 @@
 """Offline linear evaluation of a StableRep checkpoint with solo-learn's own `main_linear.py`, run exactly as
-the README shows (Hydra-escaped `=` in the checkpoint name, `devices='1'` on CPU).
+docs/pretraining.md shows (Hydra-escaped `=` in the checkpoint name, `devices='1'` on CPU).
 
 `main_linear.py` is a script at the root of solo-learn's source, not part of the installed package: it is taken
 from SOLO_LEARN_SRC (a source folder), else from the vendored source archive that set-up installs from
@@ -46,7 +46,7 @@ def test_main_linear_evaluates_a_stablerep_checkpoint_as_the_readme_says(tmp_pat
     )
     assert pretrained.returncode == 0, pretrained.stderr[-3000:]
     (checkpoint,) = (tmp_path / "trained_models" / "stablerep").rglob("*.ckpt")
-    assert "=" in checkpoint.name  # solo-learn's names (…-ep=0.ckpt): why the README escapes it for Hydra
+    assert "=" in checkpoint.name  # solo-learn's names (…-ep=0.ckpt): why docs/pretraining.md escapes it for Hydra
 
     solo = solo_learn_scripts(tmp_path / "solo-learn")
     escaped = str(checkpoint.relative_to(tmp_path)).replace("=", r"\=")

@@ -97,14 +97,14 @@ def compare(
     def backbone_of(spec: BackboneSpec):
         def get():
             if spec.spec not in built:
-                built.clear()  # one backbone in memory at a time
+                built.clear()
                 built[spec.spec] = load_backbone(spec)
             return built[spec.spec]
 
         return get
 
-    for dataset in datasets:
-        for spec in models:
+    for spec in models:  # one backbone at a time, built at its first cache miss
+        for dataset in datasets:
             size = probe_settings.image_size or spec.crop_size or DEFAULT_IMAGE_SIZE
             transform_identity = {
                 "resize": "bicubic-short-side+center-crop",

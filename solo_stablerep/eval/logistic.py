@@ -109,10 +109,22 @@ class LogisticModel:
     binary: bool
     standardization: Optional[Standardization] = None
     n_iter: int = 0
+    # gradient of J's data term (no penalty) at (weight, bias) on the rows it was fitted to
+    data_gradient: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     def decision_function(self, features: torch.Tensor) -> torch.Tensor:
         """Scores (..., N, K) of raw ``features`` (..., N, D)."""
         return _logits(features, self.weight, self.bias, self.standardization)
+
+    def restandardized(self, standardization: Standardization) -> "LogisticModel":
+        """The same function of the raw features, with its weights in ``standardization``'s
+        coordinates (a warm start for a refit on rows z-scored with other statistics)."""
+        assert self.standardization is not None
+        old, new = self.standardization, standardization
+        weight = self.weight * (new.std / old.std).unsqueeze(-1)
+        raw_bias = self.bias - (old.mean / old.std) @ self.weight
+        bias = raw_bias + (new.mean / new.std) @ weight
+        return LogisticModel(weight, bias, self.binary, new)
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         """Class indices (..., N): argmax of the softmax model; for a binary model of one column,
@@ -145,6 +157,27 @@ def _single_thread_if(condition: bool):
         torch.set_num_threads(threads)
 
 
+def _prior_bias(blocks, num_outputs: int, binary: bool, num_rows: int) -> torch.Tensor:
+    """log p(class) (softmax) or logit p(column) (binary) per problem, p floored at 0.5 / N."""
+    if binary:
+        frequency = sum(y.sum(-2) for _, y in blocks) / num_rows
+    else:
+        counts = sum(F.one_hot(y, num_outputs).sum(-2) for _, y in blocks)
+        frequency = counts.to(blocks[0][0].dtype) / num_rows
+    frequency = frequency.clamp(0.5 / num_rows, 1 - 0.5 / num_rows)
+    return frequency.log() - (1 - frequency).log() if binary else frequency.log()
+
+
+def meets_tolerance(model: LogisticModel, weight_decay: float, num_rows: int, tol: float = TOL):
+    """Whether ``model``, fitted on ``num_rows`` rows, already stops L-BFGS at ``weight_decay``
+    on those rows (max |∇J| <= ``tol``), known without evaluating J: the data term's gradient it
+    carries plus the penalty's. False when it carries none."""
+    if model.data_gradient is None:
+        return False
+    grad_weight = model.data_gradient[0] + weight_decay / num_rows * model.weight
+    return max(grad_weight.abs().max().item(), model.data_gradient[1].abs().max().item()) <= tol
+
+
 def fit_logistic_regression(
     blocks: Sequence[Tuple[torch.Tensor, torch.Tensor]],
     weight_decay: float,
@@ -171,13 +204,12 @@ def fit_logistic_regression(
     features = blocks[0][0]
     batch_shape, dim = features.shape[:-2], features.shape[-1]
     num_rows = sum(x.shape[-2] for x, _ in blocks)
-    if init is None:
+    if init is None:  # W = 0 and the bias that is optimal for it: the class log-frequencies
         weight = features.new_zeros(*batch_shape, dim, num_outputs)
-        bias = features.new_zeros(*batch_shape, num_outputs)
+        bias = _prior_bias(blocks, num_outputs, binary, num_rows)
     else:
         weight, bias = init.weight.detach().clone(), init.bias.detach().clone()
-    weight.requires_grad_(True)
-    bias.requires_grad_(True)
+    last_evaluated = {}
     optimizer = torch.optim.LBFGS(
         [weight, bias],
         lr=1,
@@ -188,24 +220,46 @@ def fit_logistic_regression(
         line_search_fn="strong_wolfe",
     )
 
+    @torch.no_grad()
     def objective():
-        optimizer.zero_grad()
+        """J, with its gradient written to ``weight.grad`` and ``bias.grad`` (by hand: the two
+        products with the features are the whole cost, autograd's bookkeeping is not needed)."""
         total = 0.0
-        for x, y in blocks:  # backward per block: one block's logits in memory at a time
+        grad_weight, grad_bias = torch.zeros_like(weight), torch.zeros_like(bias)
+        for x, y in blocks:  # one block's logits in memory at a time
             logits = _logits(x, weight, bias, standardization)
             if binary:
-                loss = F.binary_cross_entropy_with_logits(logits, y, reduction="sum")
+                total += F.binary_cross_entropy_with_logits(logits, y, reduction="sum").item()
+                residual = logits.sigmoid_().sub_(y)  # d loss / d logits
             else:
-                flat = logits.reshape(-1, num_outputs)
-                loss = F.cross_entropy(flat, y.reshape(-1), reduction="sum")
-            (loss / num_rows).backward()
-            total += loss.item()
-        penalty = 0.5 * weight_decay / num_rows * weight.square().sum()
-        penalty.backward()
-        return torch.tensor(total / num_rows + penalty.item())
+                log_p = logits.log_softmax(-1)
+                total -= log_p.gather(-1, y.unsqueeze(-1)).sum().item()
+                residual = log_p.exp_()
+                residual.scatter_add_(
+                    -1, y.unsqueeze(-1), residual.new_full(y.unsqueeze(-1).shape, -1.0)
+                )
+            grad_weight += x.transpose(-1, -2) @ residual
+            grad_bias += residual.sum(-2)
+        if standardization is not None:  # back through w / sigma and b - (mu / sigma) w
+            scale = 1.0 / standardization.std
+            shift = (standardization.mean * scale).unsqueeze(-1)
+            grad_weight = grad_weight * scale.unsqueeze(-1) - shift * grad_bias.unsqueeze(-2)
+        grad_weight /= num_rows
+        grad_bias /= num_rows
+        last_evaluated.update(
+            point=(weight.clone(), bias.clone()), gradient=(grad_weight, grad_bias)
+        )
+        weight.grad = grad_weight + weight_decay / num_rows * weight
+        bias.grad = grad_bias
+        return (total + 0.5 * weight_decay * weight.square().sum().item()) / num_rows
 
     work = num_rows * dim * num_outputs * int(np.prod(batch_shape, dtype=np.int64))
     with _single_thread_if(features.device.type == "cpu" and work < _SINGLE_THREAD_WORK):
         optimizer.step(objective)
     n_iter = optimizer.state[optimizer.param_groups[0]["params"][0]].get("n_iter", 0)
-    return LogisticModel(weight.detach(), bias.detach(), binary, standardization, n_iter)
+    point = last_evaluated.get("point")
+    ends_evaluated = (
+        point is not None and torch.equal(point[0], weight) and torch.equal(point[1], bias)
+    )
+    gradient = last_evaluated["gradient"] if ends_evaluated else None
+    return LogisticModel(weight.detach(), bias.detach(), binary, standardization, n_iter, gradient)

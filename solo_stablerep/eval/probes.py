@@ -12,10 +12,11 @@ labels, and returns fractions in [0, 1]. numpy, torch and scipy only: no solo-le
   ``val_fraction`` of train drawn per class with seed ``seed``); refitted on train+val z-scored
   with train+val statistics; scored on test by the data set's metric (:mod:`.metrics`).
   The sweep runs from the strongest regularisation to the weakest, each fit starting from the
-  previous solution: the weakly regularised fits, the slow ones from scratch, then start next to
-  their answer. Ties on validation go to the smallest weight decay, as the authors' ascending loop
-  with a strict ``>`` does. (Solvers stop at a gradient of 1e-4, not at the exact optimum, so on a
-  flat stretch of the validation curve another sweep order may pick a neighbouring value.)
+  previous solutions extrapolated along the path: the weakly regularised fits, the slow ones from
+  scratch, then start next to their answer. Ties on validation go to the smallest weight decay,
+  as the authors' ascending loop with a strict ``>`` does. (Solvers stop at a gradient of 1e-4,
+  not at the exact optimum, so on a flat stretch of the validation curve another sweep order may
+  pick a neighbouring value.)
 - :func:`knn_accuracy`: solo-learn's weighted kNN (``solo/utils/knn.py``, Wu et al. 2018): cosine
   similarity of L2-normalised features, the k most similar training items vote for their class
   with weight exp(similarity / T).
@@ -41,6 +42,7 @@ from solo_stablerep.eval.logistic import (
     Standardization,
     as_tensor,
     fit_logistic_regression,
+    meets_tolerance,
 )
 from solo_stablerep.eval.metrics import (
     METRICS,
@@ -166,20 +168,46 @@ def linear_probe(
     standardization = Standardization.of([train_block[0]])
     weight_decays = np.asarray(weight_decays, dtype=np.float64)
     val_scores = np.empty(len(weight_decays))
-    models = {}
-    model: Optional[LogisticModel] = None
+    models, path = {}, []
     for i in np.argsort(-weight_decays, kind="stable"):  # strong to weak regularisation
-        model = task.fit([train_block], weight_decays[i], standardization, model)
-        models[i] = model
-        val_scores[i] = task.score(model, val_x, sweep_val[1])
+        last = path[-1][1] if path else None
+        if last is not None and meets_tolerance(last, weight_decays[i], len(train_block[0])):
+            models[i] = last  # what scikit-learn's warm start returns too, here at no cost
+        else:
+            start = _extrapolate(path, weight_decays[i])
+            models[i] = task.fit([train_block], weight_decays[i], standardization, start)
+        path.append((weight_decays[i], models[i]))
+        val_scores[i] = task.score(models[i], val_x, sweep_val[1])
     best = _best_index(val_scores, weight_decays)
     del train_block, val_x
 
     blocks = [task.block(x, task.encode(y), device) for x, y in final_blocks]
     standardization = Standardization.of([x for x, _ in blocks])
-    model = task.fit(blocks, weight_decays[best], standardization, models[best])
+    start = models[best].restandardized(standardization)
+    model = task.fit(blocks, weight_decays[best], standardization, start)
     score = task.score(model, as_tensor(test_features, device), test_labels)
     return LinearProbeResult(score, float(weight_decays[best]), val_scores, weight_decays)
+
+
+def _extrapolate(path, weight_decay: float) -> Optional[LogisticModel]:
+    """Warm start for ``weight_decay``: the last solution of the ``path`` (weight decay, model),
+    moved along the line through the last two in log weight decay. The solutions change smoothly
+    along the path: this start needs about half the L-BFGS iterations of the last solution alone
+    (measured on the sweep of bench/bench_eval.py)."""
+    if len(path) < 2:
+        return path[-1][1] if path else None
+    (wd_before, before), (wd_last, last) = path[-2], path[-1]
+    step = (
+        np.log(weight_decay / wd_last) / np.log(wd_last / wd_before)
+        if wd_last != wd_before
+        else 0.0
+    )
+    return LogisticModel(
+        last.weight + step * (last.weight - before.weight),
+        last.bias + step * (last.bias - before.bias),
+        last.binary,
+        last.standardization,
+    )
 
 
 def _best_index(val_scores: np.ndarray, weight_decays: np.ndarray) -> int:

@@ -89,7 +89,8 @@ def test_export_resnet_loads_in_timm_and_torchvision(checkpoint, tmp_path):
         torch.testing.assert_close(model.eval()(images), expected)
         resnet = torchvision.models.resnet18()
         resnet.fc = torch.nn.Identity()
-        resnet.load_state_dict(load_file(out), strict=True)  # no missing, no unexpected key
+        state = load_file(out)
+        resnet.load_state_dict(state, strict=True)  # no missing, no unexpected key
         torch.testing.assert_close(resnet.eval()(images), expected)
 
 

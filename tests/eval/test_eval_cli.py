@@ -208,3 +208,32 @@ def test_export_command(tmp_path, checkpoint, capsys):
     assert main(["export", str(checkpoint), str(tmp_path / "model.safetensors")]) == 0
     assert "timm.create_model('resnet18', pretrained=True, num_classes=0" in capsys.readouterr().out
     assert (tmp_path / "model.safetensors").stat().st_size > 1_000_000
+
+
+@pytest.mark.parametrize("workers", [0, 1])  # 1: the error is raised in a loader worker process
+def test_corrupt_image_is_named_and_leaves_no_cache_entry(tmp_path, capsys, workers):
+    for split in ("train", "test"):
+        write_image_folder(tmp_path / "set" / split, num_classes=2, per_class=2)
+    bad = tmp_path / "set" / "test" / "class1" / "1.png"
+    bad.write_bytes(b"\x89PNG truncated")
+    argv = [
+        "random:resnet18",
+        "--datasets",
+        f"imagefolder:{tmp_path / 'set'}",
+        "--output",
+        str(tmp_path / "out"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--image-size",
+        "16",
+        *FAST,
+        "--workers",
+        str(workers),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("solo-stablerep-eval: error: cannot decode image ") and str(bad) in err
+    assert "\n" not in err
+    # the train split was cached; the test split's entry was never completed
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 1
+    assert not list((tmp_path / "cache").glob(".*.tmp"))

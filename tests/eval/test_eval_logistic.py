@@ -12,7 +12,12 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from solo_stablerep.eval.logistic import LogisticModel, Standardization, fit_logistic_regression
+from solo_stablerep.eval.logistic import (
+    LogisticModel,
+    Standardization,
+    fit_logistic_regression,
+    meets_tolerance,
+)
 
 C_VALUES = (1e-3, 1e-1, 1.0, 10.0, 1e3)
 OBJECTIVE_ATOL, OBJECTIVE_RTOL = 5e-4, 1e-2
@@ -126,3 +131,30 @@ def test_warm_start_from_the_optimum_stops_at_once():
     first = fit_logistic_regression([(x, y)], 1.0, 4, standardization=standardization)
     again = fit_logistic_regression([(x, y)], 1.0, 4, standardization=standardization, init=first)
     assert first.n_iter > 5 and again.n_iter <= 1
+
+
+def test_a_fit_carries_its_gradient_for_the_next_weight_decay():
+    """The data term's gradient recorded at the solution tells, with no evaluation, whether the
+    same point already meets the tolerance at another weight decay (the flat end of a sweep)."""
+    features, labels = blobs()
+    x, y = torch.from_numpy(features), torch.from_numpy(labels)
+    standardization = Standardization.of([x])
+    model = fit_logistic_regression([(x, y)], 1.0, 4, standardization=standardization)
+    assert model.data_gradient is not None
+    assert meets_tolerance(model, 1.0, len(x))
+    assert meets_tolerance(model, 1.0 + 1e-6, len(x))  # a hair away: still within tolerance
+    assert not meets_tolerance(model, 1e3, len(x))  # far stronger regularisation: must refit
+    refit = fit_logistic_regression([(x, y)], 1e3, 4, standardization=standardization, init=model)
+    assert refit.n_iter > 0
+
+
+def test_restandardized_model_is_the_same_function_of_the_raw_features():
+    features, labels = blobs(num_items=200)
+    x = torch.from_numpy(features)
+    model = fit_logistic_regression(
+        [(x, torch.from_numpy(labels))], 1.0, 4, standardization=Standardization.of([x[:100]])
+    )
+    moved = model.restandardized(Standardization.of([x]))
+    torch.testing.assert_close(
+        moved.decision_function(x), model.decision_function(x), rtol=1e-4, atol=1e-4
+    )

@@ -12,9 +12,9 @@ from PIL import Image
 
 from data_gen.cli import main
 from data_gen.storage import SHARDS_DIR
+from data_gen.tiny_pipeline import build_tiny_pipeline
 from helpers import REPO
 from solo_stablerep.data.manifest import read_manifest
-from tiny_pipeline import build_tiny_pipeline
 
 FAST = ["--resolution", "32", "--image-size", "16", "--steps", "2", "--images-per-caption", "3",
         "--image-format", "png", "--no-progress", "--device", "cpu"]

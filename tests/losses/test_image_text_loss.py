@@ -26,7 +26,7 @@ def _direction_reference(rows, row_labels, cols, col_labels, scale):
 
 
 def reference_loss(image_z, image_labels, text_z, text_labels, scale) -> float:
-    """README's StableRep++ image-text term, row by row in float64: image->text targets uniform
+    """StableRep++'s image-text term (README), row by row in float64: image->text targets uniform
     over the texts of the image's caption, text->image over that caption's images, averaged."""
     u = image_z.double() / image_z.double().norm(dim=1, keepdim=True)
     v = text_z.double() / text_z.double().norm(dim=1, keepdim=True)

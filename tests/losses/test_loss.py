@@ -12,8 +12,8 @@ from solo_stablerep.losses import multi_positive_contrastive_loss
 
 
 def reference_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
-    """The formula of solo_stablerep/losses/multi_positive.py's docstring (README: "The loss on
-    its own") written row by row, in float64, no shortcuts."""
+    """The formula of solo_stablerep/losses/multi_positive.py's docstring (docs/architecture.md,
+    "The loss") written row by row, in float64, no shortcuts."""
     z = z.double()
     z = z / z.norm(dim=1, keepdim=True)
     n = z.shape[0]

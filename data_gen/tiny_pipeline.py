@@ -1,4 +1,4 @@
-"""A tiny, randomly initialised Stable Diffusion pipeline: a test fixture, also used by bench/.
+"""A tiny, randomly initialised Stable Diffusion pipeline, used by the tests and by bench/.
 
 It has the real architecture's parts (UNet2DConditionModel, AutoencoderKL, CLIPTextModel, a
 byte-level CLIPTokenizer, DDIMScheduler) at toy sizes, so it exercises exactly the code path that
