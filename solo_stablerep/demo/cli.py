@@ -23,7 +23,7 @@ def _parse_args(argv):
     )
     p.add_argument("--output", type=Path, default=Path("demo_output"), help="output folder (default: demo_output)")
     p.add_argument("--size", choices=tuple(SIZES_PRESETS), default="default",
-                   help="preset: default (~7 min on 2 cores) or tiny (the test, ~4 min)")
+                   help="preset: default (about 4 min on 2 idle cores) or tiny (the test)")
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0],
                    help="training seeds; give 2 or more for the spread (default: 0, which fits in 10 minutes)")

@@ -87,7 +87,7 @@ def extract_features(backbone: torch.nn.Module, images: torch.Tensor, batch_size
 
     was_training = backbone.training
     backbone.eval()
-    device = next(backbone.parameters()).device
+    device = next(backbone.parameters(), torch.empty(0)).device
     features = [backbone(images[i : i + batch_size].to(device)).float().cpu()
                 for i in range(0, len(images), batch_size)]
     backbone.train(was_training)

@@ -161,5 +161,13 @@ def write_report(output: Path, results: dict, curves: dict) -> None:
     )
     if results["margins"]:
         text += f"\n{margins_table(results['margins'])}\n"
+    if "stablerep" in results["methods"]:
+        views = results["size"]["views"]
+        text += (
+            f"\nTrain time: solo-learn runs the backbone once per view, so StableRep's step makes "
+            f"{views} calls on {results['size']['crops_per_step'] // views} crops where the other "
+            "methods make 2 on half the step's crops; on small CPU convolutions a call's fixed cost "
+            "dominates, which makes StableRep's step about twice as long (docs/demo.md).\n"
+        )
     _write_text(output / "results.md", text)
     plot(results["runs"], curves, output / "results.png")

@@ -2,6 +2,8 @@
 
 import importlib.util
 import json
+import math
+import re
 import subprocess
 import sys
 
@@ -49,8 +51,8 @@ def test_captions_name_their_label_digit_and_are_distinct(tmp_path):
     assert len(templates) == 7 and all(digits == set(range(10)) for digits in templates.values())
 
 
-def test_real_digits_are_normalised_stratified_and_upsampled():
-    from solo_stablerep.demo.probes import IMAGENET_MEAN, IMAGENET_STD, load_real_digits
+def test_real_digits_are_placed_normalised_stratified_and_reproducible():
+    from solo_stablerep.demo.digits import IMAGENET_MEAN, IMAGENET_STD, load_real_digits
 
     data = load_real_digits(image_size=24)
     assert data.train_images.shape[1:] == (3, 24, 24)
@@ -61,55 +63,82 @@ def test_real_digits_are_normalised_stratified_and_upsampled():
     corner = data.train_images[:, :, 0, 0]
     expected = -torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)
     assert torch.allclose(corner.median(dim=0).values, expected, atol=1e-4)
+    # the same images for every backbone and every run
+    assert torch.equal(load_real_digits(image_size=24).test_images, data.test_images)
 
 
-def test_probes_score_separable_features_perfectly_and_noise_near_chance():
-    from solo_stablerep.demo.probes import few_shot_accuracy, knn_accuracy, linear_probe_accuracy
+def test_each_scan_is_placed_in_a_square_of_its_own_size_and_place():
+    from solo_stablerep.demo.digits import place_digits
 
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(10), 30)
-    centres = rng.normal(size=(10, 64)) * 5
-    features = centres[labels] + rng.normal(size=(300, 64))
-    test_labels = rng.permutation(labels)
-    test = centres[test_labels] + rng.normal(size=(300, 64))
-    assert knn_accuracy(features, labels, test, test_labels) == 1.0
-    assert linear_probe_accuracy(features, labels, test, test_labels) == 1.0
-    assert few_shot_accuracy(features, labels, test, test_labels, shots=1) == 1.0
-    noise = rng.normal(size=(300, 64))
-    assert knn_accuracy(features, labels, noise, test_labels) < 0.25
-    assert few_shot_accuracy(features, labels, noise, test_labels, shots=5) < 0.25
-
-
-def test_few_shot_probe_draws_are_seeded_and_need_enough_images_per_class():
-    from solo_stablerep.demo.probes import few_shot_accuracy
-
-    rng = np.random.default_rng(1)
-    labels = np.repeat(np.arange(3), 20)
-    test_labels = np.repeat(np.arange(3), 10)
-    features = rng.normal(size=(60, 8)) + np.eye(8)[labels]  # overlapping classes: draws matter
-    test = rng.normal(size=(30, 8)) + np.eye(8)[test_labels]
-    by_seed = [few_shot_accuracy(features, labels, test, test_labels, shots=2, draws=3, seed=s) for s in range(6)]
-    assert by_seed[0] == few_shot_accuracy(features, labels, test, test_labels, shots=2, draws=3, seed=0)
-    assert len(set(by_seed)) > 1
-    # a class with fewer images than shots cannot be drawn: an error, not repeated images
-    with pytest.raises(ValueError):
-        few_shot_accuracy(features, labels, test, test_labels, shots=21)
+    frames = place_digits(torch.ones(60, 1, 8, 8), image_size=32, min_fraction=0.625, seed=0)
+    boxes = []
+    for frame in frames[:, 0]:
+        rows, cols = torch.nonzero(frame > 0.5, as_tuple=True)
+        top, left, height, width = rows.min(), cols.min(), rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert height == width and 20 <= height <= 32
+        square = frame[top : top + height, left : left + width]
+        assert torch.allclose(square, torch.ones_like(square))
+        assert frame.sum().item() == pytest.approx(height * width, rel=1e-4)  # nothing outside it
+        boxes.append((int(top), int(left), int(height)))
+    assert len({side for _, _, side in boxes}) > 5 and len({(t, l) for t, l, _ in boxes}) > 10
+    assert torch.equal(place_digits(torch.ones(60, 1, 8, 8), 32, 0.625, seed=0), frames)
 
 
-def test_summary_and_table_report_mean_and_spread():
+def test_probes_of_a_fixed_backbone_are_above_chance_and_reproducible():
+    # no training: a fixed pooling "backbone" gives the same features on every machine, so the
+    # accuracies only move with float rounding; measured kNN 0.765, linear 0.585, 5-shot 0.477
+    # (chance 0.1, 0.1, 0.2): the bounds below are for a broken pipeline, not a quality claim
+    from solo_stablerep.demo.digits import ACCURACIES, evaluate_backbone, load_real_digits
+
+    data = load_real_digits(image_size=16)
+    pooling = torch.nn.Sequential(torch.nn.AvgPool2d(2), torch.nn.Flatten())
+    scores = evaluate_backbone(pooling, data)
+    assert set(scores) == {key for key, _ in ACCURACIES}
+    assert scores["knn_acc"] > 0.4 and scores["linear_acc"] > 0.3 and scores["few_shot_acc"] > 0.35
+    assert evaluate_backbone(pooling, data) == scores
+
+
+def _rows(values):
+    """Result rows of (method, seed, accuracy): the same accuracy for every probe."""
+    return [
+        {"method": m, "seed": s, "knn_acc": a, "linear_acc": a, "few_shot_acc": a / 2,
+         "train_seconds": 10.0, "images_seen": 640}
+        for m, s, a in values
+    ]
+
+
+def test_summary_and_table_report_mean_spread_and_minimum():
     from solo_stablerep.demo.report import markdown_table, summarise
 
-    rows = [
-        {"method": "stablerep", "seed": s, "knn_acc": a, "linear_acc": a, "few_shot_acc": a / 2,
-         "train_seconds": 10.0, "images_seen": 640}
-        for s, a in ((0, 0.8), (1, 0.9))
-    ]
-    (entry,) = summarise(rows, ["stablerep"])
-    assert entry["knn_acc"] == pytest.approx(0.85)
+    (entry,) = summarise(_rows([("stablerep", 0, 0.8), ("stablerep", 1, 0.9)]), ["stablerep", "simclr"])
+    assert entry["knn_acc"] == pytest.approx(0.85) and entry["knn_acc_min"] == 0.8
     assert entry["knn_acc_std"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
     table = markdown_table([entry]).splitlines()
     assert table[0].startswith("| method | kNN acc | linear acc | 5-shot acc |")
-    assert table[2] == "| stablerep | 0.850 ± 0.071 | 0.850 ± 0.071 | 0.425 ± 0.035 | 10 | 640 |"
+    assert table[2] == ("| stablerep | 0.850 ± 0.071 (min 0.800) | 0.850 ± 0.071 (min 0.800) "
+                        "| 0.425 ± 0.035 (min 0.400) | 10 | 640 |")
+
+
+def test_margins_compare_stablerep_with_each_opponent_seed_by_seed():
+    from solo_stablerep.demo.report import margins, margins_table
+
+    rows = _rows([("random init", 0, 0.5), ("stablerep", 0, 0.6), ("simclr", 0, 0.65),
+                  ("random init", 1, 0.4), ("stablerep", 1, 0.7), ("simclr", 1, 0.5),
+                  ("random init", 2, 0.45)])  # seed 2 stopped before training: left out
+    result = margins(rows)
+    floor, simclr = result["random init"]["knn_acc"], result["simclr"]["knn_acc"]
+    assert floor["per_seed"] == pytest.approx({0: 0.1, 1: 0.3})
+    assert (floor["wins"], floor["seeds"], floor["min"]) == (2, 2, pytest.approx(0.1))
+    assert (simclr["wins"], simclr["min"], simclr["mean"]) == (1, pytest.approx(-0.05), pytest.approx(0.075))
+    assert "| simclr | ahead at 1/2 seeds, min -0.050, mean +0.075 |" in margins_table(result)
+
+
+def test_plot_draws_every_seed_and_the_loss_curves(tmp_path):
+    from solo_stablerep.demo.report import plot
+
+    rows = _rows([("random init", 0, 0.5), ("stablerep", 0, 0.6), ("random init", 1, 0.4), ("stablerep", 1, 0.7)])
+    plot(rows, {"stablerep": {0: [(0, 4.0), (1, 3.5)], 1: [(0, 4.1), (1, 3.0)]}}, tmp_path / "results.png")
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ---- the demo's configs: same crops per step, steps and effective lr for every method
@@ -210,30 +239,38 @@ def test_demo_runs_end_to_end_and_writes_its_table_plot_and_configs(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run(
         [sys.executable, "-m", "solo_stablerep.demo", "--size", "tiny", "--seeds", "0", "--output", str(out)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=900,
+        cwd=tmp_path, capture_output=True, text=True, timeout=1200,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
+    methods = ["random init", "stablerep", "simclr", "supcon"]
     summary = {entry["method"]: entry for entry in results["summary"]}
-    assert list(summary) == ["random init", "stablerep", "simclr", "byol"]
+    assert list(summary) == methods and results["seeds_done"] == [0]
+    # the pipeline, not a verdict: the tiny size was not studied over seeds, and one trajectory's
+    # ordering of the methods is a draw (docs/demo.md has the default size's seed study).
+    # Chance is 0.1 for kNN and linear (10 digits), 0.2 for 5-way few-shot.
     for entry in summary.values():
-        assert all(0.0 < entry[key] <= 1.0 for key in ("knn_acc", "linear_acc", "few_shot_acc"))
-    # StableRep's features beat the untrained backbone's on real digits with 5 labels per digit
-    # (measured 0.868 vs 0.794), and single-image SimCLR's (0.760): the paper's claim in miniature.
-    # With all labels the floor is about raw pixels (0.93 kNN, 0.96 linear): see the README.
-    floor, stablerep = summary["random init"], summary["stablerep"]
-    assert stablerep["few_shot_acc"] > floor["few_shot_acc"]
-    assert stablerep["few_shot_acc"] > summary["simclr"]["few_shot_acc"]
+        for key, chance in (("knn_acc", 0.1), ("linear_acc", 0.1), ("few_shot_acc", 0.2)):
+            assert math.isfinite(entry[key]) and chance < entry[key] <= 1.0, (entry["method"], key)
     assert summary["random init"]["train_seconds"] == 0 and summary["random init"]["images_seen"] == 0
-    for method in ("stablerep", "simclr", "byol"):
+    for method in methods[1:]:
         assert summary[method]["images_seen"] == results["size"]["steps"] * results["size"]["crops_per_step"]
-        assert len(results["loss_curves"][method]["0"]) > 1
+        curve = results["loss_curves"][method]["0"]
+        assert len(curve) > 1 and all(math.isfinite(loss) for _, loss in curve)
         assert (out / "configs" / f"{method}.yaml").read_text().count(f"method: {method}") == 1
+    per_seed = results["margins"]["simclr"]["knn_acc"]["per_seed"]
+    assert set(results["margins"]) == {"random init", "simclr"} and list(per_seed) == ["0"]
     table = (out / "results.md").read_text()
-    assert sum(line.startswith("| ") for line in table.splitlines()) == 1 + 4  # header + one row per method
-    assert table.split("\n| method")[1] in proc.stdout  # the table is printed too
+    assert sum(line.startswith("| ") for line in table.splitlines()) == (1 + 4) + (1 + 2)  # 2 tables
+    assert table.split("\n| method")[1].split("\n\n")[0] in proc.stdout  # the table is printed too
     for name in ("results.png", "contact_sheet.png", "captions.csv", "data/manifest.jsonl"):
         assert (out / name).stat().st_size > 0
+    # the console: progress with step, loss and time left for every method, and no warning a user
+    # cannot act on (cli.UNACTIONABLE_WARNINGS)
+    steps = results["size"]["steps"]
+    for method in methods[1:]:
+        assert re.search(rf"seed 0 {method}: step {steps}/{steps}, loss [0-9.]+, \d+ s, ~0 s left", proc.stderr)
+    assert "Warning" not in proc.stderr and "warn" not in proc.stderr.lower(), proc.stderr[-3000:]
 
 
 # ---- bench/run_all.py
@@ -275,3 +312,19 @@ def test_cli_output_hides_lightnings_info_banners():
     assert result.returncode == 0, result.stderr
     assert "progress line" in result.stderr
     assert "Seed set" not in result.stderr
+
+
+def test_cli_output_hides_only_the_warnings_a_user_cannot_act_on():
+    script = (
+        "import warnings; from solo_stablerep.demo.cli import _configure_output; _configure_output(); "
+        "import logging; logging.getLogger('root').warning('Using scheduler_interval=step might generate "
+        "issues when resuming a checkpoint.'); "
+        "warnings.warn('You defined a `validation_step` but have no `val_dataloader`. Skipping val loop.'); "
+        "warnings.warn(\"'pin_memory' argument is set as true but no accelerator is found\"); "
+        "warnings.warn('a warning the user can act on')"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "a warning the user can act on" in result.stderr
+    for hidden in ("scheduler_interval", "validation_step", "pin_memory"):
+        assert hidden not in result.stderr
