@@ -232,7 +232,8 @@ class SynCLR(StableRep, BaseMomentumMethod):
         for key in ("ibot_student_temperature", "ibot_teacher_temperature"):
             if not kwargs[key] > 0:
                 raise InputError(f"method_kwargs.{key} must be > 0, got {kwargs[key]}")
-        devices = cfg.devices if isinstance(cfg.devices, int) else len(cfg.devices)
+        devices = omegaconf_select(cfg, "devices", 1)
+        devices = devices if isinstance(devices, int) else len(devices)
         keys_per_step = (
             cfg.optimizer.batch_size * cfg.data.num_large_crops * devices * cfg.get("num_nodes", 1)
         )
