@@ -132,6 +132,21 @@ def test_bad_input_is_named():
         momentum_multi_positive_loss(q, k[:3], labels)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to detect host syncs")
+def test_no_host_sync_on_cuda():
+    # as StableRep's loss: no step may wait for the device (the queue's position stays a tensor)
+    q, k, labels, lq, owners = (x.cuda() for x in batch(8, dtype=torch.float32))
+    q.requires_grad_(True)
+    queue = LabelledKeyQueue(24, 8).cuda()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = momentum_multi_positive_loss(q, k, labels, lq, owners, TAU, queue=queue)
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss).item() and q.grad.abs().sum().item() > 0
+
+
 # ------------------------------------------------------------------------------------ iBOT
 
 
