@@ -73,7 +73,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8, help="items per step")
     parser.add_argument("--views", type=int, default=4, help="views per item")
-    parser.add_argument("--local-crops", type=int, default=4, help="SynCLR: local crops per global one")
+    parser.add_argument("--local-crops", type=int, default=4,
+                        help="SynCLR: local crops per global one")
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
     torch.manual_seed(0)

@@ -37,7 +37,9 @@ def cfg(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("manifest")
     make_manifest_dataset(root, num_captions=8, images_per_caption=4)
-    cfg = compose_parsed_cfg(PRETRAIN_CONFIGS / "synthetic-paper", "synclr.yaml", [f"data.train_path={root}"])
+    cfg = compose_parsed_cfg(
+        PRETRAIN_CONFIGS / "synthetic-paper", "synclr.yaml", [f"data.train_path={root}"]
+    )
     return METHODS["synclr"].add_and_assert_specific_cfg(cfg)
 
 
@@ -56,7 +58,9 @@ def test_optimiser_and_schedules_are_the_papers(cfg):
     assert cfg.scheduler.name == "warmup_cosine" and cfg.scheduler.interval == "step"
     assert cfg.scheduler.warmup_start_lr == 0.0 and cfg.scheduler.min_lr == 0.0
     steps_per_epoch = PAPER_CAPTIONS / (cfg.optimizer.batch_size * len(cfg.devices) * cfg.num_nodes)
-    assert cfg.scheduler.warmup_epochs * steps_per_epoch == pytest.approx(PAPER_WARMUP_STEPS, rel=1e-3)
+    assert cfg.scheduler.warmup_epochs * steps_per_epoch == pytest.approx(
+        PAPER_WARMUP_STEPS, rel=1e-3
+    )
     # whole epochs: 7 x 73,242 steps is 2.5 % more than the paper's 500k
     assert cfg.max_epochs * steps_per_epoch == pytest.approx(PAPER_STEPS, rel=0.03)
     assert (cfg.momentum.base_tau, cfg.momentum.final_tau) == PAPER_EMA
