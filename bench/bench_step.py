@@ -14,7 +14,7 @@ Two ratios are printed:
   crops: ``--views`` global crops (32 px) and ``--local-crops`` 16 px crops per global one, both
   with the paper's 3-layer projector — goal <= 1.10.
 
-    python bench/bench_step.py [--batch 8] [--views 4] [--local-crops 4] [--rounds 10]
+    python bench/bench_step.py [--batch 8] [--views 4] [--local-crops 4] [--rounds 10] [--threads 1]
 """
 
 import argparse
@@ -76,7 +76,11 @@ def main():
     parser.add_argument("--local-crops", type=int, default=4,
                         help="SynCLR: local crops per global one")
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); "
+                        "1 keeps a busy shared machine from adding thread contention")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     local_views = args.views * args.local_crops
