@@ -1,20 +1,25 @@
-"""A StableRep training step against solo-learn's SimCLR step, measured side by side.
+"""A StableRep training step against solo-learn's SimCLR step, and SynCLR's against StableRep's,
+measured side by side.
 
 Same backbone (resnet18, CIFAR stem, 32 px), batch, number of views, optimiser and CPU
 threads; rounds alternate between the two methods so that machine noise hits both. A step
 is forward over every view, loss, backward and AdamW update, as Lightning runs it.
 
-Three ratios are printed:
+The ratios printed:
 * ``stablerep_step_vs_simclr``: StableRep with a 2-layer projector of SimCLR's widths, so
   the difference is the method (loss, BN in the projector, classifier handling) — goal <= 1.02;
 * ``stablerep_paper_projector_vs_simclr``: StableRep's 3-layer projector, for information;
+* ``synclr_step_vs_stablerep``: SynCLR (``ibot_weight`` 0, its predictor, the teacher's forward
+  over the global crops and its EMA update all in the step) against StableRep on the same
+  crops: ``--views`` global crops (32 px) and ``--local-crops`` 16 px crops per global one, both
+  with the paper's 3-layer projector — goal <= 1.10;
 * ``stablerep_demo_layout_vs_simclr``: the demo's steps (``stablerep-demo``), for information:
   64 crops each, StableRep's as 8 views of 8 captions, SimCLR's as 2 views of 32 images, the
   ImageNet stem the demo's 32 px crops get. solo-learn runs the backbone once per view, so
   StableRep makes 8 calls on 8 crops where SimCLR makes 2 on 32: at 32 px (8×8 maps after the
   stem) a call's fixed cost dominates and this ratio is about 2 — the demo's 2x train time.
 
-    python bench/bench_step.py [--batch 8] [--views 4] [--rounds 10]
+    python bench/bench_step.py [--batch 8] [--views 4] [--local-crops 4] [--rounds 10] [--threads 1]
 """
 
 import argparse
@@ -28,7 +33,8 @@ import solo_stablerep.methods  # noqa: F401 - registers stablerep
 from solo.methods import METHODS
 
 
-def build(method: str, views: int, batch: int, dataset: str = "cifar10", **method_kwargs):
+def build(method: str, views: int, batch: int, local_views: int = 0, dataset: str = "cifar10",
+          **method_kwargs):
     cfg = OmegaConf.create(
         {
             "name": "bench",
@@ -37,7 +43,7 @@ def build(method: str, views: int, batch: int, dataset: str = "cifar10", **metho
             "method_kwargs": {"proj_hidden_dim": 2048, "proj_output_dim": 128, "temperature": 0.1,
                               **method_kwargs},
             "data": {"dataset": dataset, "num_classes": 10, "num_large_crops": views,
-                     "num_small_crops": 0},
+                     "num_small_crops": local_views},
             "optimizer": {"name": "adamw", "batch_size": batch, "lr": 1e-3, "classifier_lr": 1e-3,
                           "weight_decay": 0.1},
             "scheduler": {"name": "none"},
@@ -58,26 +64,39 @@ def step(model, optimizer, batch) -> float:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    for student, teacher in getattr(model, "momentum_pairs", ()):  # what on_train_batch_end does
+        model.momentum_updater.update(student, teacher)
     return time.perf_counter() - start
 
 
-def fake_batch(items: int, views: int) -> list:
-    return [torch.arange(items), [torch.randn(items, 3, 32, 32) for _ in range(views)],
-            torch.randint(0, 10, (items,))]
+def views_batch(batch: int, views: int, local_views: int = 0) -> list:
+    crops = [torch.randn(batch, 3, 32, 32) for _ in range(views)]
+    crops += [torch.randn(batch, 3, 16, 16) for _ in range(local_views)]
+    return [torch.arange(batch), crops, torch.randint(0, 10, (batch,))]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8, help="items per step")
     parser.add_argument("--views", type=int, default=4, help="views per item")
+    parser.add_argument("--local-crops", type=int, default=4,
+                        help="SynCLR: local crops per global one")
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); "
+                        "1 keeps a busy shared machine from adding thread contention")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
+    local_views = args.views * args.local_crops
     contenders = {
         "simclr": build("simclr", args.views, args.batch),
         "stablerep": build("stablerep", args.views, args.batch, proj_num_layers=2),
         "stablerep_paper_projector": build("stablerep", args.views, args.batch, proj_num_layers=3),
+        "stablerep_multicrop": build("stablerep", args.views, args.batch, local_views),
+        "synclr": build("synclr", args.views, args.batch, local_views, temperature=0.08,
+                        num_local_crops=args.local_crops, pred_hidden_dim=2048, ibot_weight=0.0),
     }
     # the demo's layout: "custom" data get solo-learn's ImageNet stem (CIFAR's keeps 32x32 maps)
     demo = dict(dataset="custom", proj_hidden_dim=512, proj_output_dim=128)
@@ -85,12 +104,14 @@ def main():
         "demo_stablerep_8x8": build("stablerep", 8, 8, **demo),
         "demo_simclr_2x32": build("simclr", 2, 32, **demo),
     })
-    batches = {name: fake_batch(args.batch, args.views) for name in contenders}
-    batches.update(demo_stablerep_8x8=fake_batch(8, 8), demo_simclr_2x32=fake_batch(32, 2))
+    batches = {"stablerep_multicrop": views_batch(args.batch, args.views, local_views)}
+    batches["synclr"] = batches["stablerep_multicrop"]
+    batches.update(demo_stablerep_8x8=views_batch(8, 8), demo_simclr_2x32=views_batch(32, 2))
+    single_crop = views_batch(args.batch, args.views)
     times = {name: [] for name in contenders}
     for round_index in range(args.rounds + 1):
         for name, (model, optimizer) in contenders.items():
-            elapsed = step(model, optimizer, batches[name])
+            elapsed = step(model, optimizer, batches.get(name, single_crop))
             if round_index > 0:  # the first round warms up allocators and kernels
                 times[name].append(elapsed)
 
@@ -101,6 +122,10 @@ def main():
     print(
         "RATIO stablerep_paper_projector_vs_simclr "
         f"{median['stablerep_paper_projector'] / median['simclr']:.3f} (information)"
+    )
+    print(
+        f"RATIO synclr_step_vs_stablerep {median['synclr'] / median['stablerep_multicrop']:.3f} "
+        "(goal <= 1.10)"
     )
     print(
         "RATIO stablerep_demo_layout_vs_simclr "

@@ -12,7 +12,8 @@ __version__ = "0.1.0"
 
 
 def register_methods() -> None:
-    """Adds ``stablerep`` and ``stablerep_pp`` to ``solo.methods.METHODS``; safe to call twice.
+    """Adds ``stablerep``, ``stablerep_pp`` and ``synclr`` to ``solo.methods.METHODS``; safe to call
+    twice.
 
     Raises SoloLearnNotAvailable with install instructions if solo-learn is missing or old.
     """

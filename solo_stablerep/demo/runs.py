@@ -5,7 +5,8 @@ Every method sees the same number of crops per step for the same number of steps
 effective learning rate and the same images: StableRep's crops come from ``views`` images of each
 caption (one crop each), SimCLR's, BYOL's and SupCon's from 2 crops of each image, every image an
 item of its own (:func:`solo_stablerep.demo.dataset.write_per_image_manifest`), as those methods
-know no captions.
+know no captions. SynCLR reads captions as StableRep does (the same global crops) and adds its 4
+local crops, at half the crop size, of each image.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from solo_stablerep.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("stablerep", "simclr", "supcon", "byol")
+METHODS = ("stablerep", "simclr", "supcon", "byol", "synclr")
+CAPTION_METHODS = ("stablerep", "synclr")  # an item is a caption, one global crop of each image
 # SupCon learns from the digit labels: the ceiling of these images at this budget, which shows
 # the room between the floor and what any method could reach (BYOL on request: --methods)
 CEILING = "supcon"
@@ -38,6 +40,7 @@ LOSS_COLUMNS = {
     "simclr": "train_nce_loss_step",
     "supcon": "train_nce_loss_step",
     "byol": "train_neg_cos_sim_step",
+    "synclr": "train_synclr_loss_step",
 }
 
 
@@ -82,7 +85,7 @@ def method_overrides(method: str, size: DemoSize, data_root: Path, run_dir: Path
 
     # StableRep: an item is a caption, one crop of each of `views` of its images; the others: an
     # item is an image, 2 crops of it (solo-learn lets only StableRep use more than 2 large crops)
-    per_caption = method == "stablerep"
+    per_caption = method in CAPTION_METHODS
     crops_per_item = size.views if per_caption else 2
     batch_size = size.crops_per_step // crops_per_item  # items per step
     num_items = 10 * size.captions_per_class * (1 if per_caption else size.images_per_caption)
@@ -128,6 +131,10 @@ def method_overrides(method: str, size: DemoSize, data_root: Path, run_dir: Path
         overrides += ["data.synthetic.n_img=1", "augmentations.0.num_crops=2"]
     if method == "byol":
         overrides.append(f"method_kwargs.pred_hidden_dim={size.proj_hidden_dim}")
+    if method == "synclr":
+        overrides += [f"augmentations.1.crop_size={size.crop_size // 2}",
+                      "augmentations.1.horizontal_flip.prob=0.0",
+                      f"++method_kwargs.pred_hidden_dim={size.proj_hidden_dim}"]
     return overrides
 
 

@@ -104,7 +104,9 @@ def ibot_patch_loss(
             f"{tuple(student_logits.shape)} and {tuple(teacher_targets.shape)}"
         )
     if masks.dim() != 2 or masks.dtype != torch.bool:
-        raise ValueError(f"masks must be a (B, T) bool tensor, got {masks.dtype} {tuple(masks.shape)}")
+        raise ValueError(
+            f"masks must be a (B, T) bool tensor, got {masks.dtype} {tuple(masks.shape)}"
+        )
     if student_temperature <= 0:
         raise ValueError(f"student_temperature must be > 0, got {student_temperature}")
 

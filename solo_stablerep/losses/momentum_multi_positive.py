@@ -111,7 +111,9 @@ def momentum_multi_positive_loss(
                 f"{tuple(local_queries.shape)} and {tuple(local_owners.shape)}"
             )
         if queries.shape[0] == 0 or n_local % queries.shape[0]:
-            raise ValueError(f"{n_local} local crops for {queries.shape[0]} images: not K per image")
+            raise ValueError(
+                f"{n_local} local crops for {queries.shape[0]} images: not K per image"
+            )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
 

@@ -148,7 +148,12 @@ def multi_positive_contrastive_loss(
 
     self_cols = offset + torch.arange(z.shape[0], device=z.device)
     loss_sum = multi_positive_row_losses(
-        z / temperature, all_z, positive_sums, n_positives, excluded_cols=self_cols, valid_cols=valid
+        z / temperature,
+        all_z,
+        positive_sums,
+        n_positives,
+        excluded_cols=self_cols,
+        valid_cols=valid,
     )
     rows_with_positive = group_sizes[ids] > 1
     if valid is not None:

@@ -141,11 +141,16 @@ class SynCLR(StableRep, BaseMomentumMethod):
         else:
             self.predictor = nn.Identity()
         self.momentum_projector = build_projector(
-            self.features_dim, kwargs.proj_hidden_dim, kwargs.proj_output_dim, kwargs.proj_num_layers
+            self.features_dim,
+            kwargs.proj_hidden_dim,
+            kwargs.proj_output_dim,
+            kwargs.proj_num_layers,
         )
         initialize_momentum_params(self.projector, self.momentum_projector)
         self.queue = (
-            LabelledKeyQueue(kwargs.queue_size, kwargs.proj_output_dim) if kwargs.queue_size else None
+            LabelledKeyQueue(kwargs.queue_size, kwargs.proj_output_dim)
+            if kwargs.queue_size
+            else None
         )
 
         self.ibot_weight: float = kwargs.ibot_weight
@@ -183,7 +188,8 @@ class SynCLR(StableRep, BaseMomentumMethod):
         kwargs = cfg.method_kwargs
         if not (isinstance(kwargs.pred_num_layers, int) and kwargs.pred_num_layers >= 0):
             raise InputError(
-                f"method_kwargs.pred_num_layers must be an integer >= 0, got {kwargs.pred_num_layers}"
+                "method_kwargs.pred_num_layers must be an integer >= 0, got "
+                f"{kwargs.pred_num_layers}"
             )
         synthetic = cfg.data.dataset == "synthetic"
         if synthetic and cfg.data.synthetic.n_img < 2:
@@ -198,7 +204,9 @@ class SynCLR(StableRep, BaseMomentumMethod):
             )
         local_crops = kwargs.num_local_crops
         if not (isinstance(local_crops, int) and local_crops >= 0):
-            raise InputError(f"method_kwargs.num_local_crops must be an integer >= 0, got {local_crops}")
+            raise InputError(
+                f"method_kwargs.num_local_crops must be an integer >= 0, got {local_crops}"
+            )
         if local_crops > 0 and cfg.data.num_small_crops == 0:
             raise InputError(
                 f"method_kwargs.num_local_crops={local_crops} but no augmentation makes local "
@@ -232,15 +240,17 @@ class SynCLR(StableRep, BaseMomentumMethod):
         for key in ("ibot_student_temperature", "ibot_teacher_temperature"):
             if not kwargs[key] > 0:
                 raise InputError(f"method_kwargs.{key} must be > 0, got {kwargs[key]}")
-        devices = cfg.devices if isinstance(cfg.devices, int) else len(cfg.devices)
+        devices = omegaconf_select(cfg, "devices", 1)
+        devices = devices if isinstance(devices, int) else len(devices)
         keys_per_step = (
             cfg.optimizer.batch_size * cfg.data.num_large_crops * devices * cfg.get("num_nodes", 1)
         )
         queue_size = kwargs.queue_size
         if not isinstance(queue_size, int) or queue_size < 0 or queue_size % keys_per_step:
             raise InputError(
-                f"method_kwargs.queue_size={queue_size} must be 0 or a multiple of the teacher keys "
-                f"of one step, {keys_per_step} (batch_size x global crops x devices x num_nodes)"
+                f"method_kwargs.queue_size={queue_size} must be 0 or a multiple of the teacher "
+                f"keys of one step, {keys_per_step} (batch_size x global crops x devices x "
+                "num_nodes)"
             )
         return cfg
 

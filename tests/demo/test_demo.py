@@ -145,7 +145,7 @@ def test_plot_draws_every_seed_and_the_loss_curves(tmp_path):
 
 
 @requires_solo
-@pytest.mark.parametrize("method", ["stablerep", "simclr", "byol", "supcon"])
+@pytest.mark.parametrize("method", ["stablerep", "simclr", "byol", "supcon", "synclr"])
 def test_demo_overrides_give_every_method_the_same_budget(tmp_path, method):
     from solo_stablerep.demo.dataset import write_per_image_manifest
     from solo_stablerep.demo.runs import SIZES_PRESETS, default_config_dir, method_overrides
@@ -161,11 +161,12 @@ def test_demo_overrides_give_every_method_the_same_budget(tmp_path, method):
     assert cfg.max_steps == size.steps
     assert cfg.backbone.name == "resnet18" and cfg.augmentations[0].crop_size == size.crop_size
     assert cfg.seed == 3
-    # StableRep's items are captions (views images each); the others' are images (2 crops each)
+    # StableRep's and SynCLR's items are captions (views images each); the others' are images (2
+    # crops each)
     from solo_stablerep.data.synthetic import CaptionIndex
 
     items = len(CaptionIndex.from_manifest(cfg.data.train_path))
-    if method == "stablerep":
+    if method in ("stablerep", "synclr"):
         assert (items, cfg.data.synthetic.n_img) == (10 * size.captions_per_class, size.views)
     else:
         assert items == 10 * size.captions_per_class * size.images_per_caption

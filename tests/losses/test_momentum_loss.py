@@ -25,7 +25,9 @@ def query_loss(q, keys, key_labels, label, excluded, temperature):
     """-(1/|P|) sum_{j in P} log softmax_j over the columns not excluded, in float64."""
     q = q.double() / q.double().norm()
     cols = [j for j in range(len(keys)) if j not in excluded]
-    logits = torch.stack([q @ (keys[j].double() / keys[j].double().norm()) / temperature for j in cols])
+    logits = torch.stack(
+        [q @ (keys[j].double() / keys[j].double().norm()) / temperature for j in cols]
+    )
     log_softmax = logits - torch.log(torch.exp(logits).sum())
     positives = [k for k, j in enumerate(cols) if key_labels[j] == label]
     if not positives:
@@ -33,13 +35,16 @@ def query_loss(q, keys, key_labels, label, excluded, temperature):
     return -sum(log_softmax[k] for k in positives) / len(positives)
 
 
-def reference_loss(queries, keys, labels, local_queries, owners, avoid, extra_keys=(), extra_labels=()):
+def reference_loss(
+    queries, keys, labels, local_queries, owners, avoid, extra_keys=(), extra_labels=()
+):
     """The module docstring's formula query by query: mean over global queries with a positive
     plus mean over local queries with a positive; columns = keys then the extra (queue) keys."""
     all_keys = list(keys) + list(extra_keys)
     all_labels = list(labels.tolist()) + list(extra_labels)
     global_losses = [
-        query_loss(q, all_keys, all_labels, labels[m].item(), {m}, TAU) for m, q in enumerate(queries)
+        query_loss(q, all_keys, all_labels, labels[m].item(), {m}, TAU)
+        for m, q in enumerate(queries)
     ]
     local_losses = [
         query_loss(q, all_keys, all_labels, labels[o].item(), {o.item()} if avoid else set(), TAU)
@@ -76,7 +81,9 @@ def test_gradcheck_and_no_gradient_into_keys():
     k.requires_grad_(True)
     assert torch.autograd.gradcheck(
         lambda a, b: momentum_multi_positive_loss(a, k, labels, b, owners, TAU),
-        (q, lq), eps=1e-6, atol=1e-6,
+        (q, lq),
+        eps=1e-6,
+        atol=1e-6,
     )
     loss = momentum_multi_positive_loss(q, k, labels, lq, owners, TAU)
     assert torch.autograd.grad(loss, (k,), allow_unused=True)[0] is None  # keys are constants
@@ -85,10 +92,14 @@ def test_gradcheck_and_no_gradient_into_keys():
 def test_global_queries_only_without_locals():
     q, k, labels, _, _ = batch(2)
     loss = momentum_multi_positive_loss(q, k, labels, temperature=TAU)
-    expected = torch.stack([
-        x for m in range(len(q))
-        if (x := query_loss(q[m], list(k), labels.tolist(), labels[m].item(), {m}, TAU)) is not None
-    ]).mean()
+    expected = torch.stack(
+        [
+            x
+            for m in range(len(q))
+            if (x := query_loss(q[m], list(k), labels.tolist(), labels[m].item(), {m}, TAU))
+            is not None
+        ]
+    ).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
 
 
@@ -132,6 +143,23 @@ def test_bad_input_is_named():
         momentum_multi_positive_loss(q, k[:3], labels)
 
 
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device to detect host syncs"
+)
+def test_no_host_sync_on_cuda():
+    # as StableRep's loss: no step may wait for the device (the queue's position stays a tensor)
+    q, k, labels, lq, owners = (x.cuda() for x in batch(8, dtype=torch.float32))
+    q.requires_grad_(True)
+    queue = LabelledKeyQueue(24, 8).cuda()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = momentum_multi_positive_loss(q, k, labels, lq, owners, TAU, queue=queue)
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss).item() and q.grad.abs().sum().item() > 0
+
+
 # ------------------------------------------------------------------------------------ iBOT
 
 
@@ -168,7 +196,9 @@ def ibot_batch(seed, n_images=6, tokens=16, prototypes=32):
 
 def test_sinkhorn_knopp_matches_alternating_normalisation():
     _, t, _ = ibot_batch(0)
-    torch.testing.assert_close(sinkhorn_knopp(t, 0.07), reference_sinkhorn(t, 0.07), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        sinkhorn_knopp(t, 0.07), reference_sinkhorn(t, 0.07), rtol=1e-12, atol=0
+    )
 
 
 def test_ibot_loss_matches_reference():
@@ -199,7 +229,9 @@ def _rank_worker(rank, world_size, port, data, splits, results, max_rows, use_qu
         args = (k[start : start + n], labels[start : start + n], lq, owners[: LOCALS * n], TAU)
         loss = momentum_multi_positive_loss(q, *args, queue=queue, max_rows_per_rank=max_rows)
         if use_queue:  # a second step: the first step's keys are now queue columns
-            loss = loss + momentum_multi_positive_loss(q, *args, queue=queue, max_rows_per_rank=max_rows)
+            loss = loss + momentum_multi_positive_loss(
+                q, *args, queue=queue, max_rows_per_rank=max_rows
+            )
         # iBOT on the same split of images: rank r holds the masked patches of its images
         patch_start = int(masks[:start].sum())
         n_patches = int(masks[start : start + n].sum())
@@ -246,7 +278,15 @@ def test_two_gloo_ranks_equal_one_process(splits, max_rows, use_queue):
 
     # DDP averages losses and gradients over ranks: that average is the one-process value
     assert ((results[0][0] + results[1][0]) / 2).item() == pytest.approx(single.item(), rel=1e-12)
-    torch.testing.assert_close(torch.cat([results[0][1], results[1][1]]) / 2, q1.grad, rtol=1e-10, atol=1e-14)
-    torch.testing.assert_close(torch.cat([results[0][2], results[1][2]]) / 2, lq1.grad, rtol=1e-10, atol=1e-14)
-    assert ((results[0][3] + results[1][3]) / 2).item() == pytest.approx(single_ibot.item(), rel=1e-12)
-    torch.testing.assert_close(torch.cat([results[0][4], results[1][4]]) / 2, s1.grad, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(
+        torch.cat([results[0][1], results[1][1]]) / 2, q1.grad, rtol=1e-10, atol=1e-14
+    )
+    torch.testing.assert_close(
+        torch.cat([results[0][2], results[1][2]]) / 2, lq1.grad, rtol=1e-10, atol=1e-14
+    )
+    assert ((results[0][3] + results[1][3]) / 2).item() == pytest.approx(
+        single_ibot.item(), rel=1e-12
+    )
+    torch.testing.assert_close(
+        torch.cat([results[0][4], results[1][4]]) / 2, s1.grad, rtol=1e-10, atol=1e-14
+    )

@@ -94,12 +94,19 @@ def test_teacher_gets_no_gradient_and_the_loss_is_the_momentum_loss(image_folder
     model.zero_grad()
     with torch.no_grad():
         _, views, targets = batch
-        q = [model(v)["q"] for v in views[:2]] + [model.multicrop_forward(v)["q"] for v in views[2:]]
+        q = [model(v)["q"] for v in views[:2]] + [
+            model.multicrop_forward(v)["q"] for v in views[2:]
+        ]
         k = [model.momentum_forward(v)["z"] for v in views[:2]]
         # local view s belongs to global view s // 4; rows are items
         owners = torch.tensor([(s // 4) * 4 + b for s in range(8) for b in range(4)])
         expected = momentum_multi_positive_loss(
-            torch.cat(q[:2]), torch.cat(k), torch.arange(4).repeat(2), torch.cat(q[2:]), owners, 0.08
+            torch.cat(q[:2]),
+            torch.cat(k),
+            torch.arange(4).repeat(2),
+            torch.cat(q[2:]),
+            owners,
+            0.08,
         )
         classifier = model.classifier_outputs(model(views[0]), targets)["loss"]
         classifier = (classifier + model.classifier_outputs(model(views[1]), targets)["loss"]) / 2
@@ -179,7 +186,9 @@ def test_weight_decay_follows_a_cosine_to_weight_decay_end(image_folder, tmp_pat
     from solo_stablerep.pretrain import build_trainer, prepare_train_data
 
     monkeypatch.chdir(tmp_path)
-    cfg = synclr_cfg(image_folder, "+method_kwargs.weight_decay_end=0.3", "optimizer.weight_decay=0.1")
+    cfg = synclr_cfg(
+        image_folder, "+method_kwargs.weight_decay_end=0.3", "optimizer.weight_decay=0.1"
+    )
     cfg.max_steps = 3
     model = METHODS["synclr"](cfg)
     trainer = build_trainer(cfg, model)
@@ -194,18 +203,33 @@ def test_weight_decay_follows_a_cosine_to_weight_decay_end(image_folder, tmp_pat
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["augmentations.0.num_crops=1", "augmentations.1.num_crops=4"],
-         "method synclr needs at least 2 global crops per item, got 1"),
-        (["augmentations.1.crop_size=32"],
-         "method_kwargs.num_local_crops=4 but no augmentation makes local crops"),
-        (["augmentations.1.num_crops=6"], "method_kwargs.num_local_crops=4 per global crop, but the "
-         "augmentations give 6 local crops for 2 global ones"),
+        (
+            ["augmentations.0.num_crops=1", "augmentations.1.num_crops=4"],
+            "method synclr needs at least 2 global crops per item, got 1",
+        ),
+        (
+            ["augmentations.1.crop_size=32"],
+            "method_kwargs.num_local_crops=4 but no augmentation makes local crops",
+        ),
+        (
+            ["augmentations.1.num_crops=6"],
+            "method_kwargs.num_local_crops=4 per global crop, but the "
+            "augmentations give 6 local crops for 2 global ones",
+        ),
         (["method_kwargs.ibot_weight=1.0"], "method_kwargs.ibot_weight=1.0 needs a ViT backbone"),
-        (["method_kwargs.queue_size=12"], "method_kwargs.queue_size=12 must be 0 or a multiple of the "
-         "teacher keys of one step, 8"),
+        (
+            ["method_kwargs.queue_size=12"],
+            "method_kwargs.queue_size=12 must be 0 or a multiple of the "
+            "teacher keys of one step, 8",
+        ),
     ],
-    ids=["one-global-crop", "no-local-augmentation", "local-count-mismatch", "ibot-on-resnet",
-         "queue-not-a-multiple"],
+    ids=[
+        "one-global-crop",
+        "no-local-augmentation",
+        "local-count-mismatch",
+        "ibot-on-resnet",
+        "queue-not-a-multiple",
+    ],
 )
 def test_bad_input_is_one_line_naming_it(image_folder, overrides, message):
     from solo.methods import METHODS
@@ -225,10 +249,15 @@ def test_one_image_per_caption_is_refused(tmp_path):
 
     make_manifest_dataset(tmp_path / "ds", 8, 2)
     overrides = SMOKE_OVERRIDES + [
-        f"data.train_path={tmp_path / 'ds'}", "data.synthetic.n_img=1", "dali.device=cpu",
-        "augmentations.0.crop_size=16", "augmentations.1.crop_size=8", "checkpoint.enabled=False",
+        f"data.train_path={tmp_path / 'ds'}",
+        "data.synthetic.n_img=1",
+        "dali.device=cpu",
+        "augmentations.0.crop_size=16",
+        "augmentations.1.crop_size=8",
+        "checkpoint.enabled=False",
     ]
     cfg = compose_parsed_cfg(PRETRAIN_CONFIGS / "synthetic", "synclr.yaml", overrides)
-    with pytest.raises(InputError, match="synclr needs at least 2 images per caption, got "
-                                         "data.synthetic.n_img=1"):
+    with pytest.raises(
+        InputError, match="synclr needs at least 2 images per caption, got data.synthetic.n_img=1"
+    ):
         METHODS["synclr"](cfg)
