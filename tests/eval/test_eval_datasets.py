@@ -3,7 +3,6 @@ downloaded), image folders, digits, and the one-line errors for bad ones."""
 
 import numpy as np
 import pytest
-import torch
 from conftest import write_dtd, write_voc2007
 from PIL import Image
 
