@@ -52,28 +52,40 @@ def write_tsv(path: Path, captions: int) -> None:
 
 
 def measure(path: Path, processes: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", MEASURE, str(REPO), str(path), str(processes)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(REPO), str(path), str(processes)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--captions", type=int, default=1_000_000)
-    parser.add_argument("--processes", type=int, default=64, help="generation processes sharing the file")
+    parser.add_argument(
+        "--processes", type=int, default=64, help="generation processes sharing the file"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "captions.tsv"
         write_tsv(path, args.captions)
         results = {n: measure(path, n) for n in (1, args.processes)}
     for n, r in results.items():
-        print(f"1 of {n} process(es): {r['seconds']:.1f} s, {r['objects']} Caption objects of {r['total']}, "
-              f"held {r['held'] / 1e6:.0f} MB ({r['held'] / r['total']:.0f} B per caption of the file), "
-              f"peak {r['peak'] / 1e6:.0f} MB")
+        print(
+            f"1 of {n} process(es): {r['seconds']:.1f} s, {r['objects']} Caption objects of {r['total']}, "
+            f"held {r['held'] / 1e6:.0f} MB ({r['held'] / r['total']:.0f} B per caption of the file), "
+            f"peak {r['peak'] / 1e6:.0f} MB"
+        )
     one, single = results[args.processes], results[1]
-    print(f"RATIO captions_held_one_of_n_vs_single {one['held'] / single['held']:.3f} "
-          f"(goal <= {1.5 / args.processes + 0.05:.3f})")
-    print(f"RATIO captions_peak_one_of_n_vs_single {one['peak'] / single['peak']:.3f} (information)")
+    print(
+        f"RATIO captions_held_one_of_n_vs_single {one['held'] / single['held']:.3f} "
+        f"(goal <= {1.5 / args.processes + 0.05:.3f})"
+    )
+    print(
+        f"RATIO captions_peak_one_of_n_vs_single {one['peak'] / single['peak']:.3f} (information)"
+    )
 
 
 if __name__ == "__main__":

@@ -34,10 +34,17 @@ def main():
     args = p.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench_generate_"))
-    settings = GenerationSettings(
-        model=str(build_tiny_pipeline(work / "tiny")), num_inference_steps=args.steps,
-        images_per_caption=args.images_per_caption, resolution=args.resolution, image_size=args.resolution // 2,
-    ).validate().resolved("cpu")
+    settings = (
+        GenerationSettings(
+            model=str(build_tiny_pipeline(work / "tiny")),
+            num_inference_steps=args.steps,
+            images_per_caption=args.images_per_caption,
+            resolution=args.resolution,
+            image_size=args.resolution // 2,
+        )
+        .validate()
+        .resolved("cpu")
+    )
     backend = DiffusionBackend(settings, "cpu")
     texts = [f"a photo of thing number {i} on a table" for i in range(args.captions)]
     captions = [Caption(i, caption_id(t), t, None) for i, t in enumerate(texts)]
@@ -47,10 +54,17 @@ def main():
         for start in range(0, len(texts), args.batch_size):
             batch = captions[start : start + args.batch_size]
             backend.pipe(
-                [c.text for c in batch], height=settings.resolution, width=settings.resolution,
-                num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale,
+                [c.text for c in batch],
+                height=settings.resolution,
+                width=settings.resolution,
+                num_inference_steps=settings.num_inference_steps,
+                guidance_scale=settings.guidance_scale,
                 num_images_per_prompt=k,
-                generator=[torch.Generator("cpu").manual_seed(image_seed(0, c.caption_id, j)) for c in batch for j in range(k)],
+                generator=[
+                    torch.Generator("cpu").manual_seed(image_seed(0, c.caption_id, j))
+                    for c in batch
+                    for j in range(k)
+                ],
             )
 
     def ours(round_index):
@@ -75,16 +89,26 @@ def main():
             cpu[name] += time.process_time() - cpu_start
         bare_s, ours_s = wall["bare"] - before["bare"], wall["ours"] - before["ours"]
         round_ratios.append(bare_s / ours_s)
-        print(f"round {r}: bare {n_images / bare_s:.2f} img/s, ours {n_images / ours_s:.2f} img/s, ratio {bare_s / ours_s:.3f}")
-    print(f"batch {args.batch_size} captions x {k} images, {settings.resolution}px -> {settings.image_size}px "
-          f"{settings.image_format}, {settings.num_inference_steps} steps, {torch.get_num_threads()} torch threads")
+        print(
+            f"round {r}: bare {n_images / bare_s:.2f} img/s, ours {n_images / ours_s:.2f} img/s, ratio {bare_s / ours_s:.3f}"
+        )
+    print(
+        f"batch {args.batch_size} captions x {k} images, {settings.resolution}px -> {settings.image_size}px "
+        f"{settings.image_format}, {settings.num_inference_steps} steps, {torch.get_num_threads()} torch threads"
+    )
     for label, spent in (("wall", wall), ("cpu", cpu)):
-        bare_ips, ours_ips = n_images * args.rounds / spent["bare"], n_images * args.rounds / spent["ours"]
-        print(f"{label:>4}: bare diffusers {bare_ips:.2f} img/s | data_gen {ours_ips:.2f} img/s | "
-              f"ratio {ours_ips / bare_ips:.3f}")
+        bare_ips, ours_ips = (
+            n_images * args.rounds / spent["bare"],
+            n_images * args.rounds / spent["ours"],
+        )
+        print(
+            f"{label:>4}: bare diffusers {bare_ips:.2f} img/s | data_gen {ours_ips:.2f} img/s | "
+            f"ratio {ours_ips / bare_ips:.3f}"
+        )
     # A stall from another job hits one side of one round; the median of the rounds ignores it.
     print(f"median per-round ratio (wall): {statistics.median(round_ratios):.3f} (goal >= 0.97)")
     print(f"RATIO generate_vs_bare_diffusers {statistics.median(round_ratios):.3f} (goal >= 0.97)")
+
 
 if __name__ == "__main__":
     main()

@@ -30,14 +30,16 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-WORDS = ("a photo of the red house by the lake with mountains behind it at sunset, two dogs running on "
-         "a beach near an old wooden boat while people watch from a green hill under clouds").split()
+WORDS = (
+    "a photo of the red house by the lake with mountains behind it at sunset, two dogs running on "
+    "a beach near an old wooden boat while people watch from a green hill under clouds"
+).split()
 
 
 def caption_text(i: int) -> str:
     """~100 characters, the length of a typical cc12m caption, varying with i."""
     words = [WORDS[(i * 7 + j * 13) % len(WORDS)] for j in range(14 + i % 9)]
-    return " ".join(words)[:100 + i % 40]
+    return " ".join(words)[: 100 + i % 40]
 
 
 def caption_id(i: int) -> str:
@@ -48,16 +50,33 @@ def write_manifest_and_csv(root: Path, n: int, images: int) -> None:
     from solo_stablerep.data.manifest import FORMAT_NAME, MANIFEST_NAME, image_relpath
 
     root.mkdir(parents=True)
-    with open(root / MANIFEST_NAME, "w", encoding="utf-8") as m, open(root / "captions.csv", "w", newline="",
-                                                                      encoding="utf-8") as c:
-        m.write(json.dumps({"format": FORMAT_NAME, "version": 1, "num_captions": n, "class_names": None,
-                            "generator": {"bench": True}}) + "\n")
+    with (
+        open(root / MANIFEST_NAME, "w", encoding="utf-8") as m,
+        open(root / "captions.csv", "w", newline="", encoding="utf-8") as c,
+    ):
+        m.write(
+            json.dumps(
+                {
+                    "format": FORMAT_NAME,
+                    "version": 1,
+                    "num_captions": n,
+                    "class_names": None,
+                    "generator": {"bench": True},
+                }
+            )
+            + "\n"
+        )
         writer = csv.writer(c)
         for i in range(n):
             cid, text = caption_id(i), caption_text(i)
             paths = [image_relpath(cid, k, "jpg") for k in range(images)]
-            m.write(json.dumps({"caption_id": cid, "caption": text, "label": None, "images": paths},
-                               ensure_ascii=False) + "\n")
+            m.write(
+                json.dumps(
+                    {"caption_id": cid, "caption": text, "label": None, "images": paths},
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
             writer.writerow([paths[0], text])
 
 
@@ -68,7 +87,9 @@ def uss():
     return 1024 * (kib("Private_Clean") + kib("Private_Dirty")), 1024 * kib("Private_Dirty")
 """
 
-TRAINING_PATH = USS + """
+TRAINING_PATH = (
+    USS
+    + """
 import gc, json, sys, time
 from hydra import compose, initialize_config_dir
 from solo_stablerep.pretrain import parse_pretrain_cfg, prepare_train_data
@@ -89,8 +110,11 @@ after = uss()
 print(json.dumps({"seconds": seconds, "uss_growth": after[0] - before[0], "dirty_growth": after[1] - before[1],
                   "captions": len(loader.dataset)}))
 """
+)
 
-WORKER = USS + """
+WORKER = (
+    USS
+    + """
 import gc, json, os, sys
 import numpy as np
 import torch
@@ -125,6 +149,7 @@ for _ in loader:
     pass
 print(open(out).read())
 """
+)
 
 MERGE = """
 import json, sys, time
@@ -143,8 +168,13 @@ print(json.dumps({"seconds": time.perf_counter() - start, "peak_growth": status(
 
 def run_json(script: str, *args) -> dict:
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")
-    result = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
-                            env=env, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     if result.returncode != 0:
         sys.exit(f"bench_index: step failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -167,16 +197,22 @@ def training_path(root: Path, n: int) -> None:
     later = run_json(TRAINING_PATH, root, config_dir)
     baseline = csv_reader_loop(root / "captions.csv")
     index_size = (root / "manifest.jsonl.index").stat().st_size
-    print(f"captions {n}: manifest {(root / 'manifest.jsonl').stat().st_size / 2**20:.0f} MiB, "
-          f"index {index_size / 2**20:.0f} MiB ({index_size / n:.0f} B per caption)")
+    print(
+        f"captions {n}: manifest {(root / 'manifest.jsonl').stat().st_size / 2**20:.0f} MiB, "
+        f"index {index_size / 2**20:.0f} MiB ({index_size / n:.0f} B per caption)"
+    )
     for name, step in (("first open", first), ("later open", later)):
-        print(f"{name}: {step['seconds']:.2f} s, private memory +{step['uss_growth'] / n:.1f} B per caption "
-              f"(dirty +{step['dirty_growth'] / n:.1f} B)")
+        print(
+            f"{name}: {step['seconds']:.2f} s, private memory +{step['uss_growth'] / n:.1f} B per caption "
+            f"(dirty +{step['dirty_growth'] / n:.1f} B)"
+        )
     print(f"authors' csv.reader loop over the same rows: {baseline:.2f} s")
     print(f"RATIO index_first_open_seconds {first['seconds']:.2f} (goal <= 20)")
     print(f"RATIO index_later_open_over_csv_reader {later['seconds'] / baseline:.3f} (goal <= 3)")
-    print(f"RATIO index_open_private_bytes_per_caption {max(first['uss_growth'], later['uss_growth']) / n:.1f} "
-          f"(goal <= 64)")
+    print(
+        f"RATIO index_open_private_bytes_per_caption {max(first['uss_growth'], later['uss_growth']) / n:.1f} "
+        f"(goal <= 64)"
+    )
 
 
 def worker_memory(root: Path, small_root: Path, images: int) -> None:
@@ -197,15 +233,21 @@ def worker_memory(root: Path, small_root: Path, images: int) -> None:
         if not (path / "manifest.jsonl.index").exists():
             run_json(TRAINING_PATH, path, config_dir)  # build the index first, as training would
         measured[n] = run_json(WORKER, path, config_dir, json.dumps(subset), path / "worker.json")
-        print(f"DataLoader worker at {n} captions: USS {measured[n][0] / 2**20:.1f} MiB "
-              f"(dirty {measured[n][1] / 2**20:.1f} MiB)")
+        print(
+            f"DataLoader worker at {n} captions: USS {measured[n][0] / 2**20:.1f} MiB "
+            f"(dirty {measured[n][1] / 2**20:.1f} MiB)"
+        )
     small, large = sorted(measured)
     # USS also counts clean page-cache pages of the index that only this worker maps (the kernel maps
     # 64 KiB around each page touched): bounded by the items read, shared as soon as another process
     # maps them; private dirty memory is what a worker really holds alone
-    print(f"RATIO worker_uss_{large}_over_{small} {measured[large][0] / measured[small][0]:.3f} (goal <= 1.1)")
-    print(f"RATIO worker_private_dirty_{large}_over_{small} {measured[large][1] / measured[small][1]:.3f} "
-          f"(goal <= 1.1)")
+    print(
+        f"RATIO worker_uss_{large}_over_{small} {measured[large][0] / measured[small][0]:.3f} (goal <= 1.1)"
+    )
+    print(
+        f"RATIO worker_private_dirty_{large}_over_{small} {measured[large][1] / measured[small][1]:.3f} "
+        f"(goal <= 1.1)"
+    )
 
 
 def merge_run(tmp: Path, n: int, images: int) -> None:
@@ -214,33 +256,57 @@ def merge_run(tmp: Path, n: int, images: int) -> None:
     out = tmp / "generated"
     (out / "shards").mkdir(parents=True)
     shards = 4
-    logs = [open(out / "shards" / f"shard-{s:05d}-of-{shards:05d}.jsonl", "w", encoding="utf-8")
-            for s in range(shards)]
+    logs = [
+        open(out / "shards" / f"shard-{s:05d}-of-{shards:05d}.jsonl", "w", encoding="utf-8")
+        for s in range(shards)
+    ]
     for i in range(n):
         cid = caption_id(i)
-        entry = {"index": i, "caption_id": cid, "caption": caption_text(i), "label": None,
-                 "images": [image_relpath(cid, k, "jpg") for k in range(images)]}
+        entry = {
+            "index": i,
+            "caption_id": cid,
+            "caption": caption_text(i),
+            "label": None,
+            "images": [image_relpath(cid, k, "jpg") for k in range(images)],
+        }
         logs[i % shards].write(json.dumps(entry, ensure_ascii=False) + "\n")
     for log in logs:
         log.close()
-    (out / "generation.json").write_text(json.dumps({"settings": {"bench": True}, "captions_digest": "bench",
-                                                     "num_captions": n, "class_names": None, "versions": {}}))
+    (out / "generation.json").write_text(
+        json.dumps(
+            {
+                "settings": {"bench": True},
+                "captions_digest": "bench",
+                "num_captions": n,
+                "class_names": None,
+                "versions": {},
+            }
+        )
+    )
     result = run_json(MERGE, out)
     index_size = (out / "manifest.jsonl.index").stat().st_size
-    print(f"merge of {n} captions from {shards} shard logs: {result['seconds']:.1f} s, peak memory "
-          f"+{result['peak_growth'] / n:.0f} B per caption (index file {index_size / n:.0f} B per caption)")
+    print(
+        f"merge of {n} captions from {shards} shard logs: {result['seconds']:.1f} s, peak memory "
+        f"+{result['peak_growth'] / n:.0f} B per caption (index file {index_size / n:.0f} B per caption)"
+    )
     print(f"RATIO merge_seconds {result['seconds']:.1f}")
-    print(f"RATIO merge_peak_memory_over_index_size {result['peak_growth'] / index_size:.2f} (goal <= 3)")
+    print(
+        f"RATIO merge_peak_memory_over_index_size {result['peak_growth'] / index_size:.2f} (goal <= 3)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--captions", type=int, default=1_000_000)
-    parser.add_argument("--small", type=int, default=100_000, help="captions of the smaller worker run")
+    parser.add_argument(
+        "--small", type=int, default=100_000, help="captions of the smaller worker run"
+    )
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--skip-worker", action="store_true")
     parser.add_argument("--skip-merge", action="store_true")
-    parser.add_argument("--tmp", default=None, help="parent folder of the temporary data (default: system temp)")
+    parser.add_argument(
+        "--tmp", default=None, help="parent folder of the temporary data (default: system temp)"
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")

@@ -56,16 +56,25 @@ def make_data(root: Path, captions: int, images: int, size: int) -> Path:
 def make_cfg(root: Path, args) -> OmegaConf:
     from solo_stablerep.data.config import add_and_assert_synthetic_cfg
 
-    cfg = OmegaConf.create({
-        "method": "stablerep",
-        "seed": 0,
-        "augmentations": OmegaConf.load(REPO / "scripts/pretrain/synthetic/augmentations/one_crop.yaml"),
-        "data": {"dataset": "synthetic", "train_path": str(root), "val_path": None,
-                 "format": "image_folder", "num_workers": args.workers,
-                 "synthetic": {"n_img": args.n_img}},
-        "optimizer": {"batch_size": args.batch_captions},
-        "dali": {"device": args.dali_device},
-    })
+    cfg = OmegaConf.create(
+        {
+            "method": "stablerep",
+            "seed": 0,
+            "augmentations": OmegaConf.load(
+                REPO / "scripts/pretrain/synthetic/augmentations/one_crop.yaml"
+            ),
+            "data": {
+                "dataset": "synthetic",
+                "train_path": str(root),
+                "val_path": None,
+                "format": "image_folder",
+                "num_workers": args.workers,
+                "synthetic": {"n_img": args.n_img},
+            },
+            "optimizer": {"batch_size": args.batch_captions},
+            "dali": {"device": args.dali_device},
+        }
+    )
     return add_and_assert_synthetic_cfg(cfg)
 
 
@@ -76,11 +85,18 @@ def torch_loaders(cfg, root: Path):
     from solo_stablerep.data.transforms import build_image_transform
 
     multi = prepare_synthetic_train_data(cfg)
-    solo_set = prepare_datasets("custom", build_image_transform(cfg), train_data_path=root / "imagefolder",
-                                data_format="image_folder")
+    solo_set = prepare_datasets(
+        "custom",
+        build_image_transform(cfg),
+        train_data_path=root / "imagefolder",
+        data_format="image_folder",
+    )
     # same images per batch: batch_captions x n_img
-    solo = prepare_dataloader(solo_set, batch_size=cfg.optimizer.batch_size * cfg.data.synthetic.n_img,
-                              num_workers=cfg.data.num_workers)
+    solo = prepare_dataloader(
+        solo_set,
+        batch_size=cfg.optimizer.batch_size * cfg.data.synthetic.n_img,
+        num_workers=cfg.data.num_workers,
+    )
     return multi, solo
 
 
@@ -96,17 +112,29 @@ def dali_loaders(cfg, root: Path):
     images_per_batch = cfg.optimizer.batch_size * cfg.data.synthetic.n_img
     gpu = cfg.dali.device == "gpu"
     builder = PretrainPipelineBuilder(
-        root / "imagefolder", batch_size=images_per_batch, device=cfg.dali.device,
-        transforms=build_image_transform(cfg, dali=True), num_threads=max(1, cfg.data.num_workers),
+        root / "imagefolder",
+        batch_size=images_per_batch,
+        device=cfg.dali.device,
+        transforms=build_image_transform(cfg, dali=True),
+        num_threads=max(1, cfg.data.num_workers),
     )
-    pipeline = builder.pipeline(batch_size=images_per_batch, num_threads=builder.num_threads,
-                                device_id=0 if gpu else None, seed=builder.seed)
+    pipeline = builder.pipeline(
+        batch_size=images_per_batch,
+        num_threads=builder.num_threads,
+        device_id=0 if gpu else None,
+        seed=builder.seed,
+    )
     pipeline.build()
     solo = PretrainWrapper(
-        model_batch_size=images_per_batch, model_rank=0, model_device="cuda" if gpu else "cpu",
-        dataset_size=pipeline.epoch_size("Reader"), pipelines=pipeline,
-        output_map=["large0", "label"], reader_name="Reader",
-        last_batch_policy=LastBatchPolicy.DROP, auto_reset=True,
+        model_batch_size=images_per_batch,
+        model_rank=0,
+        model_device="cuda" if gpu else "cpu",
+        dataset_size=pipeline.epoch_size("Reader"),
+        pipelines=pipeline,
+        output_map=["large0", "label"],
+        reader_name="Reader",
+        last_batch_policy=LastBatchPolicy.DROP,
+        auto_reset=True,
     )
     return multi, solo
 
@@ -127,8 +155,9 @@ def images_per_second(loader, batches: int, warmup: int = 1):
     return images / (time.perf_counter() - wall), images / (time.process_time() - cpu)
 
 
-def compare(name: str, multi, solo, rounds: int, batches: int, cpu_counts_all: bool,
-            warmup: int = 1) -> None:
+def compare(
+    name: str, multi, solo, rounds: int, batches: int, cpu_counts_all: bool, warmup: int = 1
+) -> None:
     """Rounds alternate the order (AB, BA, ...) so that load drifts cancel; ratios are multi-view /
     solo-learn within a round, reported as their median over rounds. The CPU-time ratio (robust to
     other load on the machine) is shown only when all loading work runs in this process."""
@@ -138,11 +167,15 @@ def compare(name: str, multi, solo, rounds: int, batches: int, cpu_counts_all: b
         rate = {key: images_per_second(loader, batches, warmup) for key, loader in order}
         wall_ratios.append(rate["multi"][0] / rate["solo"][0])
         cpu_ratios.append(rate["multi"][1] / rate["solo"][1])
-        line = (f"{name} round {r}: wall multi-view {rate['multi'][0]:.1f} img/s, "
-                f"solo-learn {rate['solo'][0]:.1f} img/s, ratio {wall_ratios[-1]:.3f}")
+        line = (
+            f"{name} round {r}: wall multi-view {rate['multi'][0]:.1f} img/s, "
+            f"solo-learn {rate['solo'][0]:.1f} img/s, ratio {wall_ratios[-1]:.3f}"
+        )
         if cpu_counts_all:
-            line += (f"; per CPU second multi-view {rate['multi'][1]:.1f}, solo-learn {rate['solo'][1]:.1f},"
-                     f" ratio {cpu_ratios[-1]:.3f}")
+            line += (
+                f"; per CPU second multi-view {rate['multi'][1]:.1f}, solo-learn {rate['solo'][1]:.1f},"
+                f" ratio {cpu_ratios[-1]:.3f}"
+            )
         print(line)
     summary = f"{name}: median wall-clock ratio {statistics.median(wall_ratios):.3f}"
     if cpu_counts_all:
@@ -151,7 +184,9 @@ def compare(name: str, multi, solo, rounds: int, batches: int, cpu_counts_all: b
     print(f"RATIO loader_{name} {statistics.median(wall_ratios):.3f} (goal >= 0.95)")
 
 
-def data_parser(description: str, captions: int, rounds: int, batches: int) -> argparse.ArgumentParser:
+def data_parser(
+    description: str, captions: int, rounds: int, batches: int
+) -> argparse.ArgumentParser:
     """The arguments of the data (:func:`make_data`), the cfg (:func:`make_cfg`) and the rounds."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--captions", type=int, default=captions)
@@ -174,18 +209,30 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         root = make_data(Path(tmp), args.captions, args.images, args.size)
         cfg = make_cfg(root, args)
-        print(f"{args.captions} captions x {args.images} JPEGs of {args.size} px, n_img {args.n_img}, "
-              f"{args.batch_captions} captions ({args.batch_captions * args.n_img} images) per batch, "
-              f"{args.workers} workers")
+        print(
+            f"{args.captions} captions x {args.images} JPEGs of {args.size} px, n_img {args.n_img}, "
+            f"{args.batch_captions} captions ({args.batch_captions * args.n_img} images) per batch, "
+            f"{args.workers} workers"
+        )
         if args.loaders != "dali":
-            compare(f"pytorch-{args.workers}-workers", *torch_loaders(cfg, root), args.rounds,
-                    args.batches, cpu_counts_all=args.workers == 0)
+            compare(
+                f"pytorch-{args.workers}-workers",
+                *torch_loaders(cfg, root),
+                args.rounds,
+                args.batches,
+                cpu_counts_all=args.workers == 0,
+            )
         if args.loaders != "dali" and args.workers > 0:
             # in-process loading: CPU time measures the loaders' own cost
             torch.set_num_threads(1)  # as in a DataLoader worker
             cfg.data.num_workers = 0
-            compare("pytorch-in-process", *torch_loaders(cfg, root), args.rounds, args.batches,
-                    cpu_counts_all=True)
+            compare(
+                "pytorch-in-process",
+                *torch_loaders(cfg, root),
+                args.rounds,
+                args.batches,
+                cpu_counts_all=True,
+            )
             cfg.data.num_workers = args.workers
         if args.loaders != "pytorch":
             multi, solo = dali_loaders(cfg, root)
@@ -195,8 +242,15 @@ def main():
             # loader's time, and the other loader's queued batches still run in its time. Neither
             # is timed: warm up by both queues' worth of batches.
             depth = max(loader._pipes[0].prefetch_queue_depth for loader in (multi, solo))
-            compare(f"dali-{args.dali_device}", multi, solo, args.rounds, args.batches,
-                    cpu_counts_all=True, warmup=2 * depth)
+            compare(
+                f"dali-{args.dali_device}",
+                multi,
+                solo,
+                args.rounds,
+                args.batches,
+                cpu_counts_all=True,
+                warmup=2 * depth,
+            )
 
 
 if __name__ == "__main__":

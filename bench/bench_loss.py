@@ -71,8 +71,10 @@ def main():
         for name, loss in contenders.items():
             times[name].append(timed(loss, z, labels))
     median = {name: statistics.median(t) for name, t in times.items()}
-    print(f"N={args.n} D={args.dim}, forward + backward, median of {args.rounds}: "
-          + ", ".join(f"{name} {t * 1000:.1f} ms" for name, t in median.items()))
+    print(
+        f"N={args.n} D={args.dim}, forward + backward, median of {args.rounds}: "
+        + ", ".join(f"{name} {t * 1000:.1f} ms" for name, t in median.items())
+    )
     if "solo-learn simclr" in median:
         ratio = median["ours"] / median["solo-learn simclr"]
         print(f"RATIO loss_time_vs_solo_simclr {ratio:.3f} (goal <= 1.0)")

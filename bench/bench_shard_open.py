@@ -41,12 +41,21 @@ def write_tar_and_index(tar: Path, first: int, count: int, images: int, run_id: 
     first_json = b""
     for i in range(first, first + count):
         cid = caption_id(i)
-        meta = json.dumps({"caption_id": cid, "caption": "a photo of a red house by the lake at sunset",
-                           "label": None, "index": i, "run_id": run_id, "num_images": images}).encode()
+        meta = json.dumps(
+            {
+                "caption_id": cid,
+                "caption": "a photo of a red house by the lake at sunset",
+                "label": None,
+                "index": i,
+                "run_id": run_id,
+                "num_images": images,
+            }
+        ).encode()
         first_json = first_json or meta
         members = []
-        for component, size in [("json", len(meta))] + [(c, 20000 + (i * 7919 + k * 104729) % 10000)
-                                                         for k, c in enumerate(components)]:
+        for component, size in [("json", len(meta))] + [
+            (c, 20000 + (i * 7919 + k * 104729) % 10000) for k, c in enumerate(components)
+        ]:
             offset = position + TAR_BLOCK  # past the member's header block
             members.append(f"{component} {offset} {size} {cid}.{component}")
             position = offset + -(-size // TAR_BLOCK) * TAR_BLOCK
@@ -64,14 +73,19 @@ def make_folder(folder: Path, captions: int, per_tar: int, images: int) -> int:
 
     folder.mkdir()
     run_id = "bench-run"
-    (folder / HEADER_NAME).write_text(json.dumps(make_header(run_id, captions, images, "jpg", None, {"bench": True})))
+    (folder / HEADER_NAME).write_text(
+        json.dumps(make_header(run_id, captions, images, "jpg", None, {"bench": True}))
+    )
     tars, total_bytes = 0, 0
     for first in range(0, captions, per_tar):
-        total_bytes += write_tar_and_index(folder / f"shard-{tars:06d}.tar", first, min(per_tar, captions - first),
-                                           images, run_id)
+        total_bytes += write_tar_and_index(
+            folder / f"shard-{tars:06d}.tar", first, min(per_tar, captions - first), images, run_id
+        )
         tars += 1
-    print(f"{captions} captions in {tars} tars of {total_bytes / tars / 1e9:.2f} GB (sparse), "
-          f"indexes {sum(p.stat().st_size for p in folder.glob('*.idx')) / 1e6:.0f} MB")
+    print(
+        f"{captions} captions in {tars} tars of {total_bytes / tars / 1e9:.2f} GB (sparse), "
+        f"indexes {sum(p.stat().st_size for p in folder.glob('*.idx')) / 1e6:.0f} MB"
+    )
     return tars
 
 
@@ -102,9 +116,13 @@ def main():
         print(f"read_index of every .idx (the open before the summary, at least): {parse:.2f} s")
         first = timed(lambda: ShardSet(str(folder)))
         summary = folder / (HEADER_NAME + SUMMARY_SUFFIX)
-        print(f"first open (checks every index, writes the summary of {summary.stat().st_size / 1e3:.0f} kB): "
-              f"{first:.2f} s")
-        cached = statistics.median(timed(lambda: ShardSet(str(folder))) for _ in range(args.repeats))
+        print(
+            f"first open (checks every index, writes the summary of {summary.stat().st_size / 1e3:.0f} kB): "
+            f"{first:.2f} s"
+        )
+        cached = statistics.median(
+            timed(lambda: ShardSet(str(folder))) for _ in range(args.repeats)
+        )
         shards = ShardSet(str(folder))
         assert len(shards) == args.captions and shards.fewest_images[0] == args.images
         print(f"cached open (median of {args.repeats}): {cached * 1e3:.1f} ms")

@@ -25,7 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_loader import data_parser, make_cfg, make_data  # same data and cfg as the loader benchmark
+from bench_loader import (
+    data_parser,
+    make_cfg,
+    make_data,
+)  # same data and cfg as the loader benchmark
 
 from data_gen.convert import convert
 from data_gen.shards import DEFAULT_SHARD_BYTES, read_records
@@ -53,8 +57,10 @@ def compare(name: str, manifest, shards, rounds: int, batches: int, warmup: int)
         order = [("manifest", manifest), ("shards", shards)][:: 1 if r % 2 == 0 else -1]
         rate = {key: items_per_second(loader, batches, warmup) for key, loader in order}
         ratios.append(rate["shards"] / rate["manifest"])
-        print(f"{name} round {r}: manifest {rate['manifest']:.1f} items/s, shards {rate['shards']:.1f} "
-              f"items/s, ratio {ratios[-1]:.3f}")
+        print(
+            f"{name} round {r}: manifest {rate['manifest']:.1f} items/s, shards {rate['shards']:.1f} "
+            f"items/s, ratio {ratios[-1]:.3f}"
+        )
     print(f"RATIO shards_vs_manifest_{name} {statistics.median(ratios):.3f} (goal >= 1.0)")
 
 
@@ -70,24 +76,39 @@ def source_ms_per_batch(source, batches: int) -> float:
     return (time.thread_time() - start) / batches * 1e3
 
 
-def compare_dali_sources(cfg, manifest_root: Path, shard_root: Path, rounds: int, batches: int) -> None:
+def compare_dali_sources(
+    cfg, manifest_root: Path, shard_root: Path, rounds: int, batches: int
+) -> None:
     from solo_stablerep.data.synthetic import prepare_synthetic_train_data
     from solo_stablerep.data.synthetic_dali import CaptionBatchSource
     from solo_stablerep.data.webdataset_dali import ShardBatchSource
 
     sources = {}
-    for key, root, layout in (("manifest", manifest_root, "manifest"), ("shards", shard_root, "webdataset")):
+    for key, root, layout in (
+        ("manifest", manifest_root, "manifest"),
+        ("shards", shard_root, "webdataset"),
+    ):
         cfg.data.train_path, cfg.data.synthetic.layout = str(root), layout
         data = prepare_synthetic_train_data(cfg)
-        sources[key] = (CaptionBatchSource(data.images, data.batch_size) if key == "manifest"
-                        else ShardBatchSource(data.stream, rank=0, world_size=1))
+        sources[key] = (
+            CaptionBatchSource(data.images, data.batch_size)
+            if key == "manifest"
+            else ShardBatchSource(data.stream, rank=0, world_size=1)
+        )
     ratios = []
     for r in range(rounds):
-        ms = {key: source_ms_per_batch(sources[key], batches) for key in ("manifest", "shards")[:: 1 - 2 * (r % 2)]}
+        ms = {
+            key: source_ms_per_batch(sources[key], batches)
+            for key in ("manifest", "shards")[:: 1 - 2 * (r % 2)]
+        }
         ratios.append(ms["shards"] / ms["manifest"])
-        print(f"dali source round {r}: manifest {ms['manifest']:.2f} ms, shards {ms['shards']:.2f} ms CPU per "
-              f"batch, ratio {ratios[-1]:.3f}")
-    print(f"RATIO shards_vs_manifest_dali_source_cpu_per_batch {statistics.median(ratios):.3f} (lower is better)")
+        print(
+            f"dali source round {r}: manifest {ms['manifest']:.2f} ms, shards {ms['shards']:.2f} ms CPU per "
+            f"batch, ratio {ratios[-1]:.3f}"
+        )
+    print(
+        f"RATIO shards_vs_manifest_dali_source_cpu_per_batch {statistics.median(ratios):.3f} (lower is better)"
+    )
 
 
 def loaders(cfg, manifest_root: Path, shard_root: Path, dali: bool):
@@ -110,14 +131,26 @@ def main():
         shard_root = Path(tmp) / "shards"
         convert(manifest_root, shard_root, shard_bytes=8 << 20, progress=False)
         cfg = make_cfg(manifest_root, args)
-        print(f"{args.captions} captions x {args.images} JPEGs of {args.size} px, n_img {args.n_img}, "
-              f"{args.batch_captions} captions per batch, {args.workers} workers")
-        compare(f"pytorch-{args.workers}-workers", *loaders(cfg, manifest_root, shard_root, dali=False),
-                args.rounds, args.batches, warmup=1)
+        print(
+            f"{args.captions} captions x {args.images} JPEGs of {args.size} px, n_img {args.n_img}, "
+            f"{args.batch_captions} captions per batch, {args.workers} workers"
+        )
+        compare(
+            f"pytorch-{args.workers}-workers",
+            *loaders(cfg, manifest_root, shard_root, dali=False),
+            args.rounds,
+            args.batches,
+            warmup=1,
+        )
         cfg.data.format = "dali"
         # DALI iterators keep their prefetch queue running between rounds: warm up past it
-        compare(f"dali-{args.dali_device}", *loaders(cfg, manifest_root, shard_root, dali=True),
-                args.rounds, args.batches, warmup=4)
+        compare(
+            f"dali-{args.dali_device}",
+            *loaders(cfg, manifest_root, shard_root, dali=True),
+            args.rounds,
+            args.batches,
+            warmup=4,
+        )
         compare_dali_sources(cfg, manifest_root, shard_root, args.rounds, 4 * args.batches)
 
         sample_bytes = sum(r["bytes"] for r in read_records(shard_root)) / args.captions
@@ -125,9 +158,11 @@ def main():
         sample_bytes *= images / args.images
         tars = math.ceil(captions * sample_bytes / DEFAULT_SHARD_BYTES)
         shard_files, manifest_files = 2 * tars + 2, captions * images + 1
-        print(f"10k captions x 10 images at {sample_bytes / 1e3:.0f} kB per caption: manifest layout "
-              f"{manifest_files} files, shards {shard_files} files ({tars} tars of ~1 GB + indexes, "
-              "header, record log)")
+        print(
+            f"10k captions x 10 images at {sample_bytes / 1e3:.0f} kB per caption: manifest layout "
+            f"{manifest_files} files, shards {shard_files} files ({tars} tars of ~1 GB + indexes, "
+            "header, record log)"
+        )
         print(f"RATIO shards_files_vs_manifest {shard_files / manifest_files:.5f} (goal <= 0.01)")
 
 

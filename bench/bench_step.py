@@ -28,24 +28,43 @@ import time
 
 import torch
 from omegaconf import OmegaConf
-
-import solo_stablerep.methods  # noqa: F401 - registers stablerep
 from solo.methods import METHODS
 
+import solo_stablerep.methods  # noqa: F401 - registers stablerep
 
-def build(method: str, views: int, batch: int, local_views: int = 0, dataset: str = "cifar10",
-          **method_kwargs):
+
+def build(
+    method: str,
+    views: int,
+    batch: int,
+    local_views: int = 0,
+    dataset: str = "cifar10",
+    **method_kwargs,
+):
     cfg = OmegaConf.create(
         {
             "name": "bench",
             "method": method,
             "backbone": {"name": "resnet18"},
-            "method_kwargs": {"proj_hidden_dim": 2048, "proj_output_dim": 128, "temperature": 0.1,
-                              **method_kwargs},
-            "data": {"dataset": dataset, "num_classes": 10, "num_large_crops": views,
-                     "num_small_crops": local_views},
-            "optimizer": {"name": "adamw", "batch_size": batch, "lr": 1e-3, "classifier_lr": 1e-3,
-                          "weight_decay": 0.1},
+            "method_kwargs": {
+                "proj_hidden_dim": 2048,
+                "proj_output_dim": 128,
+                "temperature": 0.1,
+                **method_kwargs,
+            },
+            "data": {
+                "dataset": dataset,
+                "num_classes": 10,
+                "num_large_crops": views,
+                "num_small_crops": local_views,
+            },
+            "optimizer": {
+                "name": "adamw",
+                "batch_size": batch,
+                "lr": 1e-3,
+                "classifier_lr": 1e-3,
+                "weight_decay": 0.1,
+            },
             "scheduler": {"name": "none"},
             "max_epochs": 1,
         }
@@ -79,11 +98,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8, help="items per step")
     parser.add_argument("--views", type=int, default=4, help="views per item")
-    parser.add_argument("--local-crops", type=int, default=4,
-                        help="SynCLR: local crops per global one")
+    parser.add_argument(
+        "--local-crops", type=int, default=4, help="SynCLR: local crops per global one"
+    )
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); "
-                        "1 keeps a busy shared machine from adding thread contention")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's choice); "
+        "1 keeps a busy shared machine from adding thread contention",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -95,15 +119,25 @@ def main():
         "stablerep": build("stablerep", args.views, args.batch, proj_num_layers=2),
         "stablerep_paper_projector": build("stablerep", args.views, args.batch, proj_num_layers=3),
         "stablerep_multicrop": build("stablerep", args.views, args.batch, local_views),
-        "synclr": build("synclr", args.views, args.batch, local_views, temperature=0.08,
-                        num_local_crops=args.local_crops, pred_hidden_dim=2048, ibot_weight=0.0),
+        "synclr": build(
+            "synclr",
+            args.views,
+            args.batch,
+            local_views,
+            temperature=0.08,
+            num_local_crops=args.local_crops,
+            pred_hidden_dim=2048,
+            ibot_weight=0.0,
+        ),
     }
     # the demo's layout: "custom" data get solo-learn's ImageNet stem (CIFAR's keeps 32x32 maps)
     demo = dict(dataset="custom", proj_hidden_dim=512, proj_output_dim=128)
-    contenders.update({
-        "demo_stablerep_8x8": build("stablerep", 8, 8, **demo),
-        "demo_simclr_2x32": build("simclr", 2, 32, **demo),
-    })
+    contenders.update(
+        {
+            "demo_stablerep_8x8": build("stablerep", 8, 8, **demo),
+            "demo_simclr_2x32": build("simclr", 2, 32, **demo),
+        }
+    )
     batches = {"stablerep_multicrop": views_batch(args.batch, args.views, local_views)}
     batches["synclr"] = batches["stablerep_multicrop"]
     batches.update(demo_stablerep_8x8=views_batch(8, 8), demo_simclr_2x32=views_batch(32, 2))
@@ -118,7 +152,9 @@ def main():
     median = {name: statistics.median(t) for name, t in times.items()}
     for name, value in median.items():
         print(f"{name:>28}: {value * 1000:8.1f} ms/step (median of {args.rounds})")
-    print(f"RATIO stablerep_step_vs_simclr {median['stablerep'] / median['simclr']:.3f} (goal <= 1.02)")
+    print(
+        f"RATIO stablerep_step_vs_simclr {median['stablerep'] / median['simclr']:.3f} (goal <= 1.02)"
+    )
     print(
         "RATIO stablerep_paper_projector_vs_simclr "
         f"{median['stablerep_paper_projector'] / median['simclr']:.3f} (information)"

@@ -37,9 +37,24 @@ SYNTHETIC_CONFIGS = REPO / "scripts" / "pretrain" / "synthetic"
 CAPTIONS_PER_DIGIT = 8  # 80 captions: 10 steps of 8 captions per epoch
 IMAGES_PER_CAPTION = 6
 N_IMG = 4  # images of a caption per item
-CHECKS = ("data", "dali_mixed", "train_16mixed", "train_bf16", "train_pp_bf16", "generate_fp16", "sd15_bench")
-TIME_LIMIT_S = {"data": 120, "dali_mixed": 120, "train_16mixed": 240, "train_bf16": 240, "train_pp_bf16": 240,
-                "generate_fp16": 180, "sd15_bench": 360}
+CHECKS = (
+    "data",
+    "dali_mixed",
+    "train_16mixed",
+    "train_bf16",
+    "train_pp_bf16",
+    "generate_fp16",
+    "sd15_bench",
+)
+TIME_LIMIT_S = {
+    "data": 120,
+    "dali_mixed": 120,
+    "train_16mixed": 240,
+    "train_bf16": 240,
+    "train_pp_bf16": 240,
+    "generate_fp16": 180,
+    "sd15_bench": 360,
+}
 
 
 def figure(name, value):
@@ -55,14 +70,38 @@ def child_data(work: Path, cpu: bool):
     from solo_stablerep.demo.captions import write_captions
 
     count = write_captions(work / "captions.csv", captions_per_class=CAPTIONS_PER_DIGIT, seed=0)
-    command = [sys.executable, "-m", "data_gen", str(work / "captions.csv"), str(work / "data"),
-               "--backend", "procedural", "--images-per-caption", str(IMAGES_PER_CAPTION),
-               "--image-size", "64", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "data_gen",
+        str(work / "captions.csv"),
+        str(work / "data"),
+        "--backend",
+        "procedural",
+        "--images-per-caption",
+        str(IMAGES_PER_CAPTION),
+        "--image-size",
+        "64",
+        "--no-progress",
+    ]
     subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     header, captions = read_manifest(work / "data")
     assert len(captions) == count and all(len(c.images) == IMAGES_PER_CAPTION for c in captions)
-    subprocess.run([sys.executable, "-m", "data_gen", "convert", str(work / "data"), str(work / "shards"),
-                    "--shard-size", "0.0002"], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "data_gen",
+            "convert",
+            str(work / "data"),
+            str(work / "shards"),
+            "--shard-size",
+            "0.0002",
+        ],
+        check=True,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+    )
     figure("captions", count)
     figure("images", count * IMAGES_PER_CAPTION)
 
@@ -105,8 +144,11 @@ def compose(config_name: str, overrides: list):
 
 def child_dali_mixed(work: Path, cpu: bool):
     for layout, path in (("manifest", work / "data"), ("webdataset", work / "shards")):
-        overrides = [*train_overrides(work, cpu, "dali", "32"), f"data.train_path={path}",
-                     f"data.synthetic.layout={layout}"]
+        overrides = [
+            *train_overrides(work, cpu, "dali", "32"),
+            f"data.train_path={path}",
+            f"data.synthetic.layout={layout}",
+        ]
         dali_epoch(overrides, cpu, layout)
 
 
@@ -116,13 +158,18 @@ def dali_epoch(overrides: list, cpu: bool, layout: str):
     from solo_stablerep.data.synthetic import prepare_synthetic_train_data
     from solo_stablerep.pretrain import parse_pretrain_cfg
 
-    loader = prepare_synthetic_train_data(parse_pretrain_cfg(compose("stablerep.yaml", overrides))).build_loader()
+    loader = prepare_synthetic_train_data(
+        parse_pretrain_cfg(compose("stablerep.yaml", overrides))
+    ).build_loader()
     device = "cpu" if cpu else "cuda"
     start, images, batches = time.perf_counter(), 0, 0
     for indexes, views, targets in loader:
         assert len(views) == N_IMG, f"{len(views)} views, expected {N_IMG}"
         for view in views:
-            assert view.shape == (8, 3, 64, 64) and view.dtype == torch.float32, (view.shape, view.dtype)
+            assert view.shape == (8, 3, 64, 64) and view.dtype == torch.float32, (
+                view.shape,
+                view.dtype,
+            )
             assert view.device.type == device, f"views on {view.device}, expected {device}"
             assert torch.isfinite(view).all()
         # all views of a row come from one caption's images: same index and target for the row
@@ -136,7 +183,9 @@ def dali_epoch(overrides: list, cpu: bool, layout: str):
     figure(f"{layout}_images_per_s", f"{images / seconds:.0f}")
 
 
-def child_train(work: Path, cpu: bool, config_name: str, data_format: str, precision: str, extra=()):
+def child_train(
+    work: Path, cpu: bool, config_name: str, data_format: str, precision: str, extra=()
+):
     import torch
 
     from solo_stablerep.pretrain import run_pretrain
@@ -150,8 +199,11 @@ def child_train(work: Path, cpu: bool, config_name: str, data_format: str, preci
     seconds = time.perf_counter() - start
     steps = trainer.global_step
     assert steps == CAPTIONS_PER_DIGIT * 10 // 8, f"{steps} optimiser steps"
-    losses = {k: float(v) for k, v in trainer.callback_metrics.items()
-              if k.endswith("loss") and k != "train_class_loss"}  # the method's own losses
+    losses = {
+        k: float(v)
+        for k, v in trainer.callback_metrics.items()
+        if k.endswith("loss") and k != "train_class_loss"
+    }  # the method's own losses
     assert losses and all(math.isfinite(v) for v in losses.values()), losses
     if precision == "16-mixed" and not cpu:
         scaler = getattr(trainer.precision_plugin, "scaler", None)
@@ -172,25 +224,51 @@ def child_generate_fp16(work: Path, cpu: bool):
     import numpy as np
     from PIL import Image
 
+    from data_gen.tiny_pipeline import build_tiny_pipeline
     from solo_stablerep.data.manifest import read_manifest
 
-    from data_gen.tiny_pipeline import build_tiny_pipeline
-
     model = build_tiny_pipeline(work / "tiny_sd")
-    (work / "gen_captions.txt").write_text("".join(f"a photo of thing number {i}\n" for i in range(8)))
+    (work / "gen_captions.txt").write_text(
+        "".join(f"a photo of thing number {i}\n" for i in range(8))
+    )
     dtype, device = ("fp32", "cpu") if cpu else ("fp16", "cuda")
     out = work / "generated"
-    command = [sys.executable, "-m", "data_gen", str(work / "gen_captions.txt"), str(out), "--model", str(model),
-               "--dtype", dtype, "--device", device, "--resolution", "32", "--image-size", "16", "--steps", "4",
-               "--images-per-caption", "2", "--batch-size", "4", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "data_gen",
+        str(work / "gen_captions.txt"),
+        str(out),
+        "--model",
+        str(model),
+        "--dtype",
+        dtype,
+        "--device",
+        device,
+        "--resolution",
+        "32",
+        "--image-size",
+        "16",
+        "--steps",
+        "4",
+        "--images-per-caption",
+        "2",
+        "--batch-size",
+        "4",
+        "--no-progress",
+    ]
     start = time.perf_counter()
     subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
     header, captions = read_manifest(out)
     assert len(captions) == 8 and header["generator"]["dtype"] == dtype, header["generator"]
-    pixels = np.stack([np.asarray(Image.open(out / c.images[0])) for c in captions]).astype(np.float32)
+    pixels = np.stack([np.asarray(Image.open(out / c.images[0])) for c in captions]).astype(
+        np.float32
+    )
     # fp16 overflow shows as NaN latents, decoded to one flat colour; random weights give noise
-    assert pixels.std() > 1.0, f"images are flat (std {pixels.std():.2f}): NaN in the {dtype} pipeline?"
+    assert pixels.std() > 1.0, (
+        f"images are flat (std {pixels.std():.2f}): NaN in the {dtype} pipeline?"
+    )
     figure("dtype", dtype)
     figure("images", 16)
     figure("seconds_with_load", f"{seconds:.1f}")
@@ -200,8 +278,21 @@ def child_sd15_bench(work: Path, cpu: bool):
     if cpu:
         figure("skipped", "needs_cuda")
         return
-    command = [sys.executable, str(REPO / "bench" / "gpu_generate_sd15.py"), "--batch-sizes", "1", "4",
-               "--steps", "10", "--images-per-caption", "2", "--calls", "1", "--work", str(work / "sd15")]
+    command = [
+        sys.executable,
+        str(REPO / "bench" / "gpu_generate_sd15.py"),
+        "--batch-sizes",
+        "1",
+        "4",
+        "--steps",
+        "10",
+        "--images-per-caption",
+        "2",
+        "--calls",
+        "1",
+        "--work",
+        str(work / "sd15"),
+    ]
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     print(proc.stdout[-2000:], proc.stderr[-2000:], sep="\n")
     assert proc.returncode == 0, f"gpu_generate_sd15.py exited {proc.returncode}"
@@ -222,8 +313,16 @@ def run_child(name: str, work: Path, cpu: bool):
         child_train(work, cpu, "stablerep.yaml", "image_folder", "bf16-mixed")
     elif name == "train_pp_bf16":
         # the paper's text tower on a GPU; a small one keeps the CPU stand-in quick
-        small_text = ["method_kwargs.text_width=64", "method_kwargs.text_layers=2", "method_kwargs.text_heads=2",
-                      "method_kwargs.embed_dim=32"] if cpu else []
+        small_text = (
+            [
+                "method_kwargs.text_width=64",
+                "method_kwargs.text_layers=2",
+                "method_kwargs.text_heads=2",
+                "method_kwargs.embed_dim=32",
+            ]
+            if cpu
+            else []
+        )
         child_train(work, cpu, "stablerep_pp.yaml", "dali", "bf16-mixed", small_text)
     elif name == "generate_fp16":
         child_generate_fp16(work, cpu)
@@ -238,16 +337,26 @@ def run_child(name: str, work: Path, cpu: bool):
 
 def run_check(name: str, work: Path, cpu: bool, time_limit: float):
     """(passed, figures, seconds, detail) of one check run in its own process."""
-    command = [sys.executable, __file__, "--child", name, "--work", str(work)] + (["--cpu"] if cpu else [])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    command = [sys.executable, __file__, "--child", name, "--work", str(work)] + (
+        ["--cpu"] if cpu else []
+    )
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
     start = time.perf_counter()
     try:
-        proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=time_limit)
+        proc = subprocess.run(
+            command, cwd=REPO, env=env, capture_output=True, text=True, timeout=time_limit
+        )
     except subprocess.TimeoutExpired:
         return False, {}, time.perf_counter() - start, f"timed out after {time_limit:.0f} s"
     seconds = time.perf_counter() - start
-    figures = dict(line.split()[1:3] for line in proc.stdout.splitlines()
-                   if line.startswith("FIGURE ") and len(line.split()) >= 3)
+    figures = dict(
+        line.split()[1:3]
+        for line in proc.stdout.splitlines()
+        if line.startswith("FIGURE ") and len(line.split()) >= 3
+    )
     detail = ""
     if proc.returncode != 0:
         tail = [line for line in (proc.stderr or proc.stdout).strip().splitlines() if line.strip()]
@@ -260,10 +369,24 @@ def run_check(name: str, work: Path, cpu: bool, time_limit: float):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cpu", action="store_true", help="CPU stand-ins for every GPU path (checks the script)")
-    p.add_argument("--only", nargs="+", choices=CHECKS, help="run only these checks (data is added when needed)")
-    p.add_argument("--budget", type=float, default=470, help="seconds for all checks; later ones are not started")
-    p.add_argument("--work", type=Path, default=None, help="work folder (default: a new temporary folder)")
+    p.add_argument(
+        "--cpu", action="store_true", help="CPU stand-ins for every GPU path (checks the script)"
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=CHECKS,
+        help="run only these checks (data is added when needed)",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=470,
+        help="seconds for all checks; later ones are not started",
+    )
+    p.add_argument(
+        "--work", type=Path, default=None, help="work folder (default: a new temporary folder)"
+    )
     p.add_argument("--child", choices=CHECKS, help=argparse.SUPPRESS)
     args = p.parse_args()
 
@@ -276,7 +399,10 @@ def main():
     import torch
 
     if not args.cpu and not torch.cuda.is_available():
-        print("gpu_smoke: error: no CUDA device visible; use --cpu to check the script on the CPU", file=sys.stderr)
+        print(
+            "gpu_smoke: error: no CUDA device visible; use --cpu to check the script on the CPU",
+            file=sys.stderr,
+        )
         return 2
     device = "cpu (stand-ins)" if args.cpu else torch.cuda.get_device_name()
     print(f"gpu_smoke on {device}, torch {torch.__version__}, work folder {work}", flush=True)
@@ -288,12 +414,20 @@ def main():
         if left < 20:
             print(f"FAIL {name}: not started, the {args.budget:.0f} s budget is spent", flush=True)
             continue
-        ok, figures, seconds, detail = run_check(name, work, args.cpu, min(TIME_LIMIT_S[name], left))
+        ok, figures, seconds, detail = run_check(
+            name, work, args.cpu, min(TIME_LIMIT_S[name], left)
+        )
         shown = " ".join(f"{k}={v}" for k, v in figures.items())
-        print(f"{'PASS' if ok else 'FAIL'} {name} ({seconds:.0f} s) {shown}{'  ' + detail if detail else ''}", flush=True)
+        print(
+            f"{'PASS' if ok else 'FAIL'} {name} ({seconds:.0f} s) {shown}{'  ' + detail if detail else ''}",
+            flush=True,
+        )
         passed += ok
         if name == "data" and not ok:
-            print("gpu_smoke: the data set could not be made; the training checks will fail too", flush=True)
+            print(
+                "gpu_smoke: the data set could not be made; the training checks will fail too",
+                flush=True,
+            )
     print(f"RATIO gpu_smoke_pass_fraction {passed / len(checks):.2f} (goal == 1)")
     return 0 if passed == len(checks) else 1
 

@@ -23,7 +23,13 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 RATIO_LINE = re.compile(r"^RATIO\s+(?P<name>\S+)\s+(?P<value>\S+)(?:\s+\((?P<goal>[^)]*)\))?\s*$")
 GOAL = re.compile(r"goal\s*(?P<op><=|>=|<|>|==)\s*(?P<target>[-+0-9.eE]+)")
-COMPARE = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
+COMPARE = {
+    "<=": operator.le,
+    ">=": operator.ge,
+    "<": operator.lt,
+    ">": operator.gt,
+    "==": operator.eq,
+}
 
 
 def discover(only=None) -> list:
@@ -52,7 +58,9 @@ def parse_ratios(output: str) -> list:
         except ValueError:
             value = float("nan")
         goal = match["goal"] or ""
-        ratios.append({"name": match["name"], "value": value, "goal": goal, "met": goal_met(value, goal)})
+        ratios.append(
+            {"name": match["name"], "value": value, "goal": goal, "met": goal_met(value, goal)}
+        )
     return ratios
 
 
@@ -69,22 +77,42 @@ def run_script(script: Path, timeout: float) -> dict:
     """Runs one benchmark; returns its status, ratios, time and (when it went wrong) last output line."""
     started = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired as expired:
-        output = (expired.stdout or b"").decode() if isinstance(expired.stdout, bytes) else (expired.stdout or "")
-        return {"script": script.name, "status": f"timed out after {timeout:.0f} s",
-                "ratios": parse_ratios(output), "seconds": time.perf_counter() - started, "detail": ""}
+        output = (
+            (expired.stdout or b"").decode()
+            if isinstance(expired.stdout, bytes)
+            else (expired.stdout or "")
+        )
+        return {
+            "script": script.name,
+            "status": f"timed out after {timeout:.0f} s",
+            "ratios": parse_ratios(output),
+            "seconds": time.perf_counter() - started,
+            "detail": "",
+        }
     seconds = time.perf_counter() - started
     ratios = parse_ratios(proc.stdout)
     lines = [line for line in (proc.stderr + "\n" + proc.stdout).splitlines() if line.strip()]
     last_error = next((line for line in reversed(proc.stderr.splitlines()) if line.strip()), "")
     if proc.returncode != 0:
-        status, detail = f"failed (exit {proc.returncode})", last_error or (lines[-1] if lines else "")
+        status, detail = (
+            f"failed (exit {proc.returncode})",
+            last_error or (lines[-1] if lines else ""),
+        )
     elif not ratios:
         status, detail = "no RATIO line", lines[-1] if lines else ""
     else:
         status, detail = "ok", ""
-    return {"script": script.name, "status": status, "ratios": ratios, "seconds": seconds, "detail": detail.strip()}
+    return {
+        "script": script.name,
+        "status": status,
+        "ratios": ratios,
+        "seconds": seconds,
+        "detail": detail.strip(),
+    }
 
 
 def table(results: list) -> str:
@@ -96,16 +124,30 @@ def table(results: list) -> str:
             rows.append((result["script"], "-", "-", "-", "-", status, seconds))
         for ratio in result["ratios"]:
             met = {True: "yes", False: "NO", None: "?"}[ratio["met"]]
-            rows.append((result["script"], ratio["name"], f"{ratio['value']:.3f}", ratio["goal"], met, status, seconds))
+            rows.append(
+                (
+                    result["script"],
+                    ratio["name"],
+                    f"{ratio['value']:.3f}",
+                    ratio["goal"],
+                    met,
+                    status,
+                    seconds,
+                )
+            )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows
+    ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these scripts (stem or file name)")
+    parser.add_argument(
+        "--only", nargs="+", metavar="NAME", help="run only these scripts (stem or file name)"
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per script")
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
@@ -118,15 +160,25 @@ def main(argv=None) -> int:
     results = []
     for script in scripts:
         if script.name.startswith("gpu_") and not has_gpu:
-            results.append({"script": script.name, "status": "skipped (needs a GPU)", "ratios": [],
-                            "seconds": None, "detail": ""})
+            results.append(
+                {
+                    "script": script.name,
+                    "status": "skipped (needs a GPU)",
+                    "ratios": [],
+                    "seconds": None,
+                    "detail": "",
+                }
+            )
             print(f"[bench] {script.name}: skipped, no GPU", flush=True)
             continue
         print(f"[bench] {script.name} ...", flush=True)
         result = run_script(script, args.timeout)
         results.append(result)
-        print(f"[bench] {script.name}: {result['status']} in {result['seconds']:.0f} s, "
-              f"{len(result['ratios'])} ratio(s)", flush=True)
+        print(
+            f"[bench] {script.name}: {result['status']} in {result['seconds']:.0f} s, "
+            f"{len(result['ratios'])} ratio(s)",
+            flush=True,
+        )
 
     print()
     print(table(results))

@@ -10,6 +10,13 @@ from .settings import DataGenError, GenerationSettings, image_seed
 from .storage import merge
 
 __all__ = [
-    "CaptionSet", "DataGenError", "GenerationSettings", "RunOptions", "generate", "image_seed",
-    "load_captions", "merge", "normalize_caption",
+    "CaptionSet",
+    "DataGenError",
+    "GenerationSettings",
+    "RunOptions",
+    "generate",
+    "image_seed",
+    "load_captions",
+    "merge",
+    "normalize_caption",
 ]

@@ -62,7 +62,9 @@ def register_backend(name: str):
 
     def register(cls: type[Backend]) -> type[Backend]:
         if name in BACKENDS:
-            raise ValueError(f"backend {name!r} is already registered ({BACKENDS[name].__qualname__})")
+            raise ValueError(
+                f"backend {name!r} is already registered ({BACKENDS[name].__qualname__})"
+            )
         BACKENDS[name] = cls
         return cls
 
@@ -102,7 +104,9 @@ def load_pipeline(model: str, dtype, device: str):
         )
     except Exception as e:  # hub, file and config errors all mean "cannot use this model"
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataGenError(f"--model {model}: cannot load a Stable Diffusion pipeline ({reason})") from None
+        raise DataGenError(
+            f"--model {model}: cannot load a Stable Diffusion pipeline ({reason})"
+        ) from None
     return pipe.to(device)
 
 
@@ -110,7 +114,14 @@ def load_pipeline(model: str, dtype, device: str):
 class DiffusionBackend:
     """Stable Diffusion via diffusers: one pipeline call per batch of captions, k images each."""
 
-    settings_fields = ("model", "scheduler", "guidance_scale", "num_inference_steps", "dtype", "negative_prompt")
+    settings_fields = (
+        "model",
+        "scheduler",
+        "guidance_scale",
+        "num_inference_steps",
+        "dtype",
+        "negative_prompt",
+    )
 
     def __init__(self, settings, device: str):
         import torch
@@ -118,19 +129,34 @@ class DiffusionBackend:
 
         started = time.perf_counter()
         self.settings = settings
-        self.pipe = load_pipeline(settings.model, getattr(torch, TORCH_DTYPES[settings.dtype]), device)
+        self.pipe = load_pipeline(
+            settings.model, getattr(torch, TORCH_DTYPES[settings.dtype]), device
+        )
         self.pipe.scheduler = scheduler_for(settings.scheduler, self.pipe.scheduler.config)
-        self.pipe.unet.set_attn_processor(AttnProcessor2_0())  # PyTorch SDPA (flash / memory-efficient)
+        self.pipe.unet.set_attn_processor(
+            AttnProcessor2_0()
+        )  # PyTorch SDPA (flash / memory-efficient)
         self.pipe.vae.set_attn_processor(AttnProcessor2_0())
         self.pipe.set_progress_bar_config(disable=True)
         # We count truncated captions ourselves; the pipeline would log every one of them.
-        logging.getLogger("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion").setLevel(logging.ERROR)
+        logging.getLogger(
+            "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion"
+        ).setLevel(logging.ERROR)
         self.tokenizer = self.pipe.tokenizer
-        logger.info("loaded %s (%s, %s) on %s in %.1f s", settings.model, settings.dtype, settings.scheduler, device,
-                    time.perf_counter() - started)
+        logger.info(
+            "loaded %s (%s, %s) on %s in %.1f s",
+            settings.model,
+            settings.dtype,
+            settings.scheduler,
+            device,
+            time.perf_counter() - started,
+        )
 
     def is_truncated(self, prompt: str) -> bool:
-        return len(self.tokenizer(prompt, truncation=False).input_ids) > self.tokenizer.model_max_length
+        return (
+            len(self.tokenizer(prompt, truncation=False).input_ids)
+            > self.tokenizer.model_max_length
+        )
 
     def generate(self, prompts: list[str], seeds: list[list[int]]) -> list[list[Image.Image]]:
         import torch
@@ -146,7 +172,9 @@ class DiffusionBackend:
             width=size,
             num_inference_steps=self.settings.num_inference_steps,
             guidance_scale=self.settings.guidance_scale,
-            negative_prompt=[self.settings.negative_prompt] * len(prompts) if self.settings.negative_prompt else None,
+            negative_prompt=[self.settings.negative_prompt] * len(prompts)
+            if self.settings.negative_prompt
+            else None,
             num_images_per_prompt=k,  # text embeddings are computed once per prompt, then repeated
             generator=generators,
         ).images
@@ -166,5 +194,7 @@ class ProceduralBackend:
         return False
 
     def generate(self, prompts: list[str], seeds: list[list[int]]) -> list[list[Image.Image]]:
-        return [[render(prompt, seed, self.settings.resolution) for seed in row] for prompt, row in zip(prompts, seeds)]
-
+        return [
+            [render(prompt, seed, self.settings.resolution) for seed in row]
+            for prompt, row in zip(prompts, seeds)
+        ]

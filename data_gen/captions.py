@@ -84,8 +84,10 @@ def _decoded_lines(path: Path, skip_bad_lines: bool, result: CaptionSet):
                 raise DataGenError(f"{path}: UTF-16 text (byte-order mark); save it as UTF-8")
             line = raw.rstrip(b"\n").rstrip(b"\r")
             if b"\r" in line:
-                raise DataGenError(f"{path}:{number}: a carriage return inside the line (CR-only "
-                                   "line endings?); save the file with LF (or CRLF) line endings")
+                raise DataGenError(
+                    f"{path}:{number}: a carriage return inside the line (CR-only "
+                    "line endings?); save the file with LF (or CRLF) line endings"
+                )
             problem = None
             if b"\0" in line:
                 problem = "a NUL byte (UTF-16 without a byte-order mark, or a binary file?)"
@@ -96,8 +98,10 @@ def _decoded_lines(path: Path, skip_bad_lines: bool, result: CaptionSet):
                     problem = "not valid UTF-8"
             if problem is not None:
                 if not skip_bad_lines:
-                    raise DataGenError(f"{path}:{number}: {problem}; save the captions as UTF-8 "
-                                       "text or pass --skip-bad-lines")
+                    raise DataGenError(
+                        f"{path}:{number}: {problem}; save the captions as UTF-8 "
+                        "text or pass --skip-bad-lines"
+                    )
                 result.bad_utf8_skipped += 1
                 continue
             yield number, text
@@ -126,7 +130,13 @@ def _column_number(column: str) -> int | None:
     return int(column) if column.isdigit() else None
 
 
-def _rows(path: Path, skip_bad_lines: bool, caption_column: str, label_column: str | None, result: CaptionSet):
+def _rows(
+    path: Path,
+    skip_bad_lines: bool,
+    caption_column: str,
+    label_column: str | None,
+    result: CaptionSet,
+):
     """Yield (line number, caption text, raw label or None).
 
     A numeric `caption_column` (1-based) reads a file without a header row, like cc3m/cc12m's `url<TAB>caption`
@@ -137,7 +147,9 @@ def _rows(path: Path, skip_bad_lines: bool, caption_column: str, label_column: s
     caption_at = _column_number(caption_column)
     if suffix not in (".csv", ".tsv"):
         if label_column or caption_at is not None:
-            raise DataGenError(f"{path}: columns (--caption-column/--label-column) need a .csv or .tsv captions file")
+            raise DataGenError(
+                f"{path}: columns (--caption-column/--label-column) need a .csv or .tsv captions file"
+            )
         yield from ((number, text, None) for number, text in lines)
         return
     tsv = suffix == ".tsv"
@@ -155,14 +167,18 @@ def _rows(path: Path, skip_bad_lines: bool, caption_column: str, label_column: s
         if label_column is None:
             label_column = "label" if "label" in header else None
         elif label_column not in header:
-            raise DataGenError(f"{path}: no label column {label_column!r} (columns: {', '.join(header)})")
+            raise DataGenError(
+                f"{path}: no label column {label_column!r} (columns: {', '.join(header)})"
+            )
         text_at = header.index(caption_column)
         label_at = header.index(label_column) if label_column else None
         width = len(header)
     else:
         label_number = _column_number(label_column) if label_column else None
         if caption_at < 1 or (label_column and (label_number is None or label_number < 1)):
-            given = f"--caption-column {caption_column}" + (f" --label-column {label_column}" if label_column else "")
+            given = f"--caption-column {caption_column}" + (
+                f" --label-column {label_column}" if label_column else ""
+            )
             raise DataGenError(f"{given}: without a header row, columns are numbers from 1")
         text_at = caption_at - 1
         label_at = label_number - 1 if label_number else None
@@ -182,7 +198,9 @@ def _rows(path: Path, skip_bad_lines: bool, caption_column: str, label_column: s
         if label_at is not None:
             label = row[label_at].strip()
             if not label and row[text_at].strip():
-                raise DataGenError(f"{path}:{number}: empty label (every caption needs one in a labelled file)")
+                raise DataGenError(
+                    f"{path}:{number}: empty label (every caption needs one in a labelled file)"
+                )
         yield number, row[text_at], label
 
 
@@ -227,7 +245,10 @@ def load_captions(
             f"{result.bad_utf8_skipped} skipped as not UTF-8)"
         )
 
-    ids_array, codes = np.frombuffer(ids, dtype=np.uint64), np.frombuffer(label_codes, dtype=np.int32)
+    ids_array, codes = (
+        np.frombuffer(ids, dtype=np.uint64),
+        np.frombuffer(label_codes, dtype=np.int32),
+    )
     _, first, inverse = np.unique(ids_array, return_index=True, return_inverse=True)
     first_of = first[inverse.ravel()]  # each row's first occurrence: the one kept
     kept = np.zeros(len(ids_array), dtype=bool)
@@ -250,7 +271,12 @@ def load_captions(
     with_duplicates[first_of[~kept]] = True
     needed = mine | ~kept | with_duplicates
     texts_of_first: dict[int, str] = {}  # row -> text, for rows whose caption repeats later
-    row_at = dict(zip(np.frombuffer(ordinals, dtype=np.int64)[needed].tolist(), np.flatnonzero(needed).tolist()))
+    row_at = dict(
+        zip(
+            np.frombuffer(ordinals, dtype=np.int64)[needed].tolist(),
+            np.flatnonzero(needed).tolist(),
+        )
+    )
     for ordinal, (number, text, _) in enumerate(rows(CaptionSet(captions=[], class_names=None))):
         row = row_at.get(ordinal)
         if row is None:
@@ -260,8 +286,10 @@ def load_captions(
             texts_of_first[row] = text
         if not kept[row]:
             if texts_of_first[first_of[row]] != text:
-                raise DataGenError(f"{path}:{number}: caption id {int(ids_array[row]):016x} collides with a "
-                                   "different caption")
+                raise DataGenError(
+                    f"{path}:{number}: caption id {int(ids_array[row]):016x} collides with a "
+                    "different caption"
+                )
         elif mine[row]:
             position = int(index[row])
             cid = f"{int(ids_array[row]):016x}"
@@ -273,7 +301,9 @@ def _label(class_id: int) -> int | None:
     return None if class_id < 0 else class_id
 
 
-def _class_ids(path: Path, result: CaptionSet, kept_codes: np.ndarray, label_texts: list[str]) -> np.ndarray:
+def _class_ids(
+    path: Path, result: CaptionSet, kept_codes: np.ndarray, label_texts: list[str]
+) -> np.ndarray:
     """The class id of each kept caption (-1 when unlabelled); sets ``result.class_names``."""
     if kept_codes[0] < 0:
         return np.full(len(kept_codes), -1, dtype=np.int64)
@@ -281,7 +311,9 @@ def _class_ids(path: Path, result: CaptionSet, kept_codes: np.ndarray, label_tex
     if all(_INTEGER.match(label) for label in used):
         values = {label: int(label) for label in used}
         if min(values.values()) < 0:
-            raise DataGenError(f"{path}: label {min(values.values())} is negative; integer labels must be >= 0")
+            raise DataGenError(
+                f"{path}: label {min(values.values())} is negative; integer labels must be >= 0"
+            )
         result.class_names = [str(i) for i in range(max(values.values()) + 1)]
     else:
         result.class_names = sorted(used)

@@ -21,12 +21,20 @@ def _generate_parser() -> argparse.ArgumentParser:
         description="Generate a StableRep synthetic data set (many images per caption). "
         "`stablerep-generate merge OUT` writes the manifest from finished shards.",
     )
-    p.add_argument("captions", help="text file (one caption a line) or .csv/.tsv with a caption column")
+    p.add_argument(
+        "captions", help="text file (one caption a line) or .csv/.tsv with a caption column"
+    )
     p.add_argument("out", help="output folder (data set root)")
     g = p.add_argument_group("what to generate (stored in OUT; a rerun must match)")
-    g.add_argument("--backend", choices=BACKENDS, default="diffusion",
-                   help="diffusion (Stable Diffusion) or procedural (weights-free toy renderer, CPU demo)")
-    g.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local folder for from_pretrained")
+    g.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="diffusion",
+        help="diffusion (Stable Diffusion) or procedural (weights-free toy renderer, CPU demo)",
+    )
+    g.add_argument(
+        "--model", default=DEFAULT_MODEL, help="hub id or local folder for from_pretrained"
+    )
     g.add_argument("--scheduler", choices=SCHEDULERS, default="ddim")
     g.add_argument("--guidance-scale", type=float, default=2.0)
     g.add_argument("--steps", type=int, default=50, dest="num_inference_steps")
@@ -39,24 +47,55 @@ def _generate_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--negative-prompt", default=None)
     r = p.add_argument_group("how to run (does not change the images)")
-    r.add_argument("--format", choices=("manifest", "webdataset"), default="manifest",
-                   help="manifest: one file per image + manifest.jsonl; webdataset: tar shards, one sample per "
-                   "caption (no merge step)")
-    r.add_argument("--shard-size", type=float, default=DEFAULT_SHARD_BYTES / 1e9,
-                   help="webdataset: GB per tar (default ~1)")
-    r.add_argument("--batch-size", type=int, default=4, help="captions per pipeline call (x images-per-caption images)")
-    r.add_argument("--num-shards", type=int, default=None, help="default: WORLD_SIZE or SLURM_NTASKS, else 1")
-    r.add_argument("--shard-index", type=int, default=None, help="default: RANK or SLURM_PROCID, else 0")
-    r.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if a GPU is present, else cpu")
-    r.add_argument("--overwrite", action="store_true", help="replace a run with other settings found in OUT")
-    r.add_argument("--skip-bad-lines", action="store_true", help="skip (and count) non-UTF-8 caption lines")
-    r.add_argument("--caption-column", default="caption",
-                   help="CSV/TSV caption column: a name from the header row, or a number from 1 for a file "
-                   "without one (cc3m/cc12m's url<TAB>caption: --caption-column 2)")
-    r.add_argument("--label-column", default=None,
-                   help="CSV/TSV label column, a name or (no header row) a number (default: 'label' if present)")
+    r.add_argument(
+        "--format",
+        choices=("manifest", "webdataset"),
+        default="manifest",
+        help="manifest: one file per image + manifest.jsonl; webdataset: tar shards, one sample per "
+        "caption (no merge step)",
+    )
+    r.add_argument(
+        "--shard-size",
+        type=float,
+        default=DEFAULT_SHARD_BYTES / 1e9,
+        help="webdataset: GB per tar (default ~1)",
+    )
+    r.add_argument(
+        "--batch-size",
+        type=int,
+        default=4,
+        help="captions per pipeline call (x images-per-caption images)",
+    )
+    r.add_argument(
+        "--num-shards", type=int, default=None, help="default: WORLD_SIZE or SLURM_NTASKS, else 1"
+    )
+    r.add_argument(
+        "--shard-index", type=int, default=None, help="default: RANK or SLURM_PROCID, else 0"
+    )
+    r.add_argument(
+        "--device", default=None, help="default: cuda:LOCAL_RANK if a GPU is present, else cpu"
+    )
+    r.add_argument(
+        "--overwrite", action="store_true", help="replace a run with other settings found in OUT"
+    )
+    r.add_argument(
+        "--skip-bad-lines", action="store_true", help="skip (and count) non-UTF-8 caption lines"
+    )
+    r.add_argument(
+        "--caption-column",
+        default="caption",
+        help="CSV/TSV caption column: a name from the header row, or a number from 1 for a file "
+        "without one (cc3m/cc12m's url<TAB>caption: --caption-column 2)",
+    )
+    r.add_argument(
+        "--label-column",
+        default=None,
+        help="CSV/TSV label column, a name or (no header row) a number (default: 'label' if present)",
+    )
     r.add_argument("--contact-sheet-captions", type=int, default=6)
-    r.add_argument("--no-merge", action="store_true", help="do not write the manifest when the last shard ends")
+    r.add_argument(
+        "--no-merge", action="store_true", help="do not write the manifest when the last shard ends"
+    )
     r.add_argument("--no-progress", action="store_true")
     return p
 
@@ -66,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     try:
         if argv[:1] == ["merge"]:
-            p = argparse.ArgumentParser(prog="stablerep-generate merge",
-                                        description="Write OUT/manifest.jsonl from every shard's finished captions.")
+            p = argparse.ArgumentParser(
+                prog="stablerep-generate merge",
+                description="Write OUT/manifest.jsonl from every shard's finished captions.",
+            )
             p.add_argument("out")
             from .storage import merge
 
@@ -78,21 +119,32 @@ def main(argv: list[str] | None = None) -> int:
 
             return convert_main(argv[1:])
         args = _generate_parser().parse_args(argv)
-        settings = GenerationSettings(**{
-            name: getattr(args, name) for name in GenerationSettings.__dataclass_fields__
-        }).validate()  # before any model loads
+        settings = GenerationSettings(
+            **{name: getattr(args, name) for name in GenerationSettings.__dataclass_fields__}
+        ).validate()  # before any model loads
         check_writable(args.out)
         from .runner import RunOptions, generate
 
-        summary = generate(args.captions, args.out, settings, RunOptions(
-            batch_size=args.batch_size, format=args.format,
-            shard_bytes=shard_bytes(args.shard_size),
-            num_shards=args.num_shards, shard_index=args.shard_index,
-            device=args.device, overwrite=args.overwrite, skip_bad_lines=args.skip_bad_lines,
-            caption_column=args.caption_column, label_column=args.label_column,
-            contact_sheet_captions=args.contact_sheet_captions, merge=not args.no_merge,
-            progress=not args.no_progress,
-        ))
+        summary = generate(
+            args.captions,
+            args.out,
+            settings,
+            RunOptions(
+                batch_size=args.batch_size,
+                format=args.format,
+                shard_bytes=shard_bytes(args.shard_size),
+                num_shards=args.num_shards,
+                shard_index=args.shard_index,
+                device=args.device,
+                overwrite=args.overwrite,
+                skip_bad_lines=args.skip_bad_lines,
+                caption_column=args.caption_column,
+                label_column=args.label_column,
+                contact_sheet_captions=args.contact_sheet_captions,
+                merge=not args.no_merge,
+                progress=not args.no_progress,
+            ),
+        )
         print(json.dumps(summary, indent=2))
         return 0
     except InputError as e:  # DataGenError, ManifestError, ...: one line; anything else is a bug

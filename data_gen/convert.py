@@ -17,9 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
 
 from solo_stablerep.data.shards import ShardFormatError, make_header
 
@@ -32,7 +32,7 @@ from .storage import check_writable
 class SourceCaption:
     caption_id: str
     caption: str
-    label: Optional[int]
+    label: int | None
     images: list[Path]
 
 
@@ -42,7 +42,7 @@ class Source:
 
     description: dict  # what identifies the source (hashed into the run id)
     num_captions: int
-    class_names: Optional[list[str]]
+    class_names: list[str] | None
     captions: Iterator[SourceCaption]
 
 
@@ -57,8 +57,13 @@ def _identity(path: Path) -> dict:
     return {"name": path.name, "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
-def open_source(src: Path, layout: str, csv_name: Optional[str] = None, roots: Sequence[str] = (),
-                csv_header: bool = False) -> Source:
+def open_source(
+    src: Path,
+    layout: str,
+    csv_name: str | None = None,
+    roots: Sequence[str] = (),
+    csv_header: bool = False,
+) -> Source:
     """The source data set through its caption index (memory-mapped, built on first open), so a
     conversion of 10M captions holds no Python object per caption.
 
@@ -78,52 +83,92 @@ def open_source(src: Path, layout: str, csv_name: Optional[str] = None, roots: S
             index = CaptionIndex.from_manifest(src)
             description = {"layout": layout, "source": _identity(src / MANIFEST_NAME)}
         else:
-            index = CaptionIndex.from_authors_csv(src / csv_name, [src / r for r in roots], header=csv_header)
-            description = {"layout": layout, "source": _identity(src / csv_name), "roots": list(roots)}
+            index = CaptionIndex.from_authors_csv(
+                src / csv_name, [src / r for r in roots], header=csv_header
+            )
+            description = {
+                "layout": layout,
+                "source": _identity(src / csv_name),
+                "roots": list(roots),
+            }
     except (ManifestError, SyntheticDataError) as e:
         raise DataGenError(str(e)) from None
 
     def captions() -> Iterator[SourceCaption]:
         for i in range(len(index)):
             label = int(index.labels[i])
-            yield SourceCaption(index.caption_id(i), index.caption(i), None if label < 0 else label,
-                                [index.image_path(i, k) for k in range(index.num_images(i))])
+            yield SourceCaption(
+                index.caption_id(i),
+                index.caption(i),
+                None if label < 0 else label,
+                [index.image_path(i, k) for k in range(index.num_images(i))],
+            )
 
-    return Source(description=description, num_captions=len(index), class_names=index.class_names,
-                  captions=captions())
+    return Source(
+        description=description,
+        num_captions=len(index),
+        class_names=index.class_names,
+        captions=captions(),
+    )
 
 
-def convert(src, out, layout: str = "manifest", csv_name: Optional[str] = None, roots: Sequence[str] = (),
-            csv_header: bool = False, shard_bytes: int = DEFAULT_SHARD_BYTES, overwrite: bool = False,
-            progress: bool = True) -> dict:
+def convert(
+    src,
+    out,
+    layout: str = "manifest",
+    csv_name: str | None = None,
+    roots: Sequence[str] = (),
+    csv_header: bool = False,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
     """Write the shards of data set ``src`` into ``out``; returns a summary."""
     src, out = Path(src), Path(out)
     check_writable(out)
     source = open_source(src, layout, csv_name, roots, csv_header)
-    run_id = hashlib.sha256(json.dumps(source.description, sort_keys=True).encode()).hexdigest()[:16]
+    run_id = hashlib.sha256(json.dumps(source.description, sort_keys=True).encode()).hexdigest()[
+        :16
+    ]
     from tqdm.auto import tqdm
 
     writer = None
     skipped = written = 0
-    bar = tqdm(total=source.num_captions, unit="caption", desc="convert", disable=not progress, file=sys.stderr)
+    bar = tqdm(
+        total=source.num_captions,
+        unit="caption",
+        desc="convert",
+        disable=not progress,
+        file=sys.stderr,
+    )
     try:
         for index, caption in enumerate(source.captions):
             ext = caption.images[0].suffix.lstrip(".").lower()
             if writer is None:  # the header needs the first caption's image count and format
-                header = make_header(run_id, source.num_captions, len(caption.images), ext,
-                                     source.class_names, {"converted_from": str(src), **source.description})
+                header = make_header(
+                    run_id,
+                    source.num_captions,
+                    len(caption.images),
+                    ext,
+                    source.class_names,
+                    {"converted_from": str(src), **source.description},
+                )
                 writer = ShardWriter(out, header, max_bytes=shard_bytes, overwrite=overwrite)
             bar.update()
             if writer.done[index]:
                 skipped += 1
                 continue
             if any(p.suffix.lstrip(".").lower() != ext for p in caption.images):
-                raise DataGenError(f"caption {caption.caption_id}: images of several formats; a shard set "
-                                   f"holds one ({ext})")
+                raise DataGenError(
+                    f"caption {caption.caption_id}: images of several formats; a shard set "
+                    f"holds one ({ext})"
+                )
             try:
                 images = [p.read_bytes() for p in caption.images]
             except FileNotFoundError as e:
-                raise DataGenError(f"{e.filename}: image file missing (caption {caption.caption_id})") from None
+                raise DataGenError(
+                    f"{e.filename}: image file missing (caption {caption.caption_id})"
+                ) from None
             writer.write(index, caption.caption_id, caption.caption, caption.label, images)
             written += 1
         if writer is not None:
@@ -136,29 +181,59 @@ def convert(src, out, layout: str = "manifest", csv_name: Optional[str] = None, 
         raise
     finally:
         bar.close()
-    return {"out": str(out), "run_id": run_id, "captions": source.num_captions,
-            "captions_written": written, "captions_already_done": skipped}
+    return {
+        "out": str(out),
+        "run_id": run_id,
+        "captions": source.num_captions,
+        "captions_written": written,
+        "captions_already_done": skipped,
+    }
 
 
 def main(argv: Sequence[str]) -> int:
     """``stablerep-generate convert`` (the arguments after ``convert``)."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="stablerep-generate convert",
-                                description="Convert a manifest or authors' CSV data set into WebDataset shards.")
-    p.add_argument("src", help="data set root (manifest layout) or base folder of --csv and --roots")
+    p = argparse.ArgumentParser(
+        prog="stablerep-generate convert",
+        description="Convert a manifest or authors' CSV data set into WebDataset shards.",
+    )
+    p.add_argument(
+        "src", help="data set root (manifest layout) or base folder of --csv and --roots"
+    )
     p.add_argument("out", help="shard folder")
     p.add_argument("--format", choices=["webdataset"], default="webdataset")
     p.add_argument("--layout", choices=["manifest", "authors"], default="manifest")
-    p.add_argument("--csv", default=None, help="authors' layout: CSV of path,caption rows (relative to SRC)")
-    p.add_argument("--csv-header", action="store_true", help="authors' layout: the CSV has a header row")
-    p.add_argument("--roots", nargs="+", default=[], help="authors' layout: one image root per seed")
-    p.add_argument("--shard-size", type=float, default=DEFAULT_SHARD_BYTES / 1e9, help="GB per tar (default ~1)")
-    p.add_argument("--overwrite", action="store_true", help="replace shards of another run found in OUT")
+    p.add_argument(
+        "--csv", default=None, help="authors' layout: CSV of path,caption rows (relative to SRC)"
+    )
+    p.add_argument(
+        "--csv-header", action="store_true", help="authors' layout: the CSV has a header row"
+    )
+    p.add_argument(
+        "--roots", nargs="+", default=[], help="authors' layout: one image root per seed"
+    )
+    p.add_argument(
+        "--shard-size",
+        type=float,
+        default=DEFAULT_SHARD_BYTES / 1e9,
+        help="GB per tar (default ~1)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace shards of another run found in OUT"
+    )
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    summary = convert(args.src, args.out, args.layout, args.csv, args.roots, args.csv_header,
-                      shard_bytes=shard_bytes(args.shard_size), overwrite=args.overwrite,
-                      progress=not args.no_progress)
+    summary = convert(
+        args.src,
+        args.out,
+        args.layout,
+        args.csv,
+        args.roots,
+        args.csv_header,
+        shard_bytes=shard_bytes(args.shard_size),
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
     print(json.dumps(summary, indent=2))
     return 0

@@ -4,6 +4,5 @@ and none has to import another (settings, backends) just for it."""
 from solo_stablerep.errors import InputError
 
 
-
 class DataGenError(InputError):
     """Bad input or state; the message is one line naming the culprit (the CLI prints only it)."""

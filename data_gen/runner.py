@@ -105,8 +105,15 @@ class FileSink:
             target.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(target, _encode(image, self.settings))
             paths.append(relpath)
-        self._entries.append({"index": caption.index, "caption_id": caption.caption_id, "caption": caption.text,
-                              "label": caption.label, "images": paths})
+        self._entries.append(
+            {
+                "index": caption.index,
+                "caption_id": caption.caption_id,
+                "caption": caption.text,
+                "label": caption.label,
+                "images": paths,
+            }
+        )
 
     def flush(self) -> None:
         """Logs the captions written since the last flush (only once all their files are in place)."""
@@ -122,20 +129,26 @@ class FileSink:
     def sheet_rows(self, captions: list[Caption]) -> list[tuple[str, list[Path]]]:
         """Finished captions' rows for :func:`contact_sheet`: their text and image files."""
         m, ext = self.settings.images_per_caption, self.settings.image_format
-        return [(c.text, [self.out / image_relpath(c.caption_id, k, ext) for k in range(m)]) for c in captions]
+        return [
+            (c.text, [self.out / image_relpath(c.caption_id, k, ext) for k in range(m)])
+            for c in captions
+        ]
 
 
 class ShardSink:
     """Format ``webdataset``: samples appended to this process's tars (prefix = the shard's name),
     which are renamed and recorded when complete; resumes by skipping the recorded captions."""
 
-    def __init__(self, out: Path, name: str, header: dict, settings: GenerationSettings, options: RunOptions):
+    def __init__(
+        self, out: Path, name: str, header: dict, settings: GenerationSettings, options: RunOptions
+    ):
         self.out = out
         self.settings = settings
         self.summary_path = out / RECORDS_DIR / f"{name}.summary.json"
         try:
-            self.writer = ShardWriter(out, header, prefix=name, max_bytes=options.shard_bytes,
-                                      overwrite=options.overwrite)
+            self.writer = ShardWriter(
+                out, header, prefix=name, max_bytes=options.shard_bytes, overwrite=options.overwrite
+            )
         except ShardFormatError as e:
             raise DataGenError(str(e)) from None
 
@@ -143,8 +156,13 @@ class ShardSink:
         return bool(self.writer.done[index])
 
     def write(self, caption: Caption, images: list[Image.Image]) -> None:
-        self.writer.write(caption.index, caption.caption_id, caption.text, caption.label,
-                          [_encode(image, self.settings) for image in images])
+        self.writer.write(
+            caption.index,
+            caption.caption_id,
+            caption.text,
+            caption.label,
+            [_encode(image, self.settings) for image in images],
+        )
 
     def flush(self) -> None:
         pass  # a tar is committed when it is full (or at close)
@@ -166,8 +184,9 @@ def _write_batch(sink, batch: list[Caption], images: list[list[Image.Image]]) ->
     sink.flush()
 
 
-def run_batches(backend, todo: list[Caption], settings: GenerationSettings, batch_size: int, sink,
-                progress) -> int:
+def run_batches(
+    backend, todo: list[Caption], settings: GenerationSettings, batch_size: int, sink, progress
+) -> int:
     """Generate `todo` into `sink`, `batch_size` captions per model call; returns how many were truncated."""
     k = settings.images_per_caption
     truncated = 0
@@ -206,12 +225,18 @@ def contact_sheet(
         draw.multiline_text((4, y + 4), "\n".join(lines), fill="black", spacing=2)
         for col, source in enumerate(images[:columns]):
             with Image.open(source) as image:
-                sheet.paste(image.convert("RGB").resize((thumb, thumb)), (text_width + col * (thumb + 4), y + 2))
+                sheet.paste(
+                    image.convert("RGB").resize((thumb, thumb)),
+                    (text_width + col * (thumb + 4), y + 2),
+                )
     return sheet
 
 
 def generate(
-    captions_path: str | Path, out: str | Path, settings: GenerationSettings, options: RunOptions | None = None
+    captions_path: str | Path,
+    out: str | Path,
+    settings: GenerationSettings,
+    options: RunOptions | None = None,
 ) -> dict:
     """Generate this process's shard into `out` in ``options.format``; returns the summary (also written
     next to the shard's log or tar records)."""
@@ -248,7 +273,9 @@ def generate(
     try:
         if todo:
             backend = load_backend(settings, device)
-            progress = _progress_bar(len(mine) * k, (len(mine) - len(todo)) * k, name, options.progress)
+            progress = _progress_bar(
+                len(mine) * k, (len(mine) - len(todo)) * k, name, options.progress
+            )
             truncated = run_batches(backend, todo, settings, options.batch_size, sink, progress)
             progress.close()
     except BaseException:
@@ -268,21 +295,29 @@ def generate(
         "seconds": round(time.time() - started, 2),
     }
     atomic_write_json(sink.summary_path, summary)
-    shown = mine[: options.contact_sheet_captions]  # all finished by now, by this run or an earlier one
+    shown = mine[
+        : options.contact_sheet_captions
+    ]  # all finished by now, by this run or an earlier one
     if shown:
         sheet_path = out / CONTACT_SHEETS_DIR / f"{name}.png"
         sheet_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(sheet_path, encode_image(contact_sheet(sink.sheet_rows(shown)), "png", 100))
+        atomic_write_bytes(
+            sheet_path, encode_image(contact_sheet(sink.sheet_rows(shown)), "png", 100)
+        )
     if options.format == "webdataset":
         return summary  # nothing to merge: the tars are the data set
     # a shard's summary is written once all its captions are: the last shard to finish merges
-    summaries = (out / SHARDS_DIR / f"{shard_name(s, num_shards)}.summary.json" for s in range(num_shards))
+    summaries = (
+        out / SHARDS_DIR / f"{shard_name(s, num_shards)}.summary.json" for s in range(num_shards)
+    )
     if options.merge and all(path.exists() for path in summaries):
         summary["manifest"] = str(merge(out))
     return summary
 
 
-def _open_sink(out: Path, name: str, stored: dict, settings: GenerationSettings, options: RunOptions):
+def _open_sink(
+    out: Path, name: str, stored: dict, settings: GenerationSettings, options: RunOptions
+):
     """The output of ``options.format``, checked against a run already in ``out`` (same settings and
     captions: resume; other ones: refused unless ``overwrite``)."""
     if options.format == "manifest":
@@ -292,13 +327,27 @@ def _open_sink(out: Path, name: str, stored: dict, settings: GenerationSettings,
         raise DataGenError(f"--format {options.format}: choose manifest or webdataset")
     # the run id names what the images depend on: settings and caption list, not versions or paths
     run = json.dumps({key: stored[key] for key in ("settings", "captions_digest")}, sort_keys=True)
-    header = make_header(hashlib.sha256(run.encode()).hexdigest()[:16], stored["num_captions"],
-                         settings.images_per_caption, settings.image_format, stored["class_names"], stored)
+    header = make_header(
+        hashlib.sha256(run.encode()).hexdigest()[:16],
+        stored["num_captions"],
+        settings.images_per_caption,
+        settings.image_format,
+        stored["class_names"],
+        stored,
+    )
     return ShardSink(out, name, header, settings, options)
 
 
 def _progress_bar(total: int, initial: int, name: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, unit="img", desc=name, disable=not enabled, file=sys.stderr,
-                smoothing=0.05, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="img",
+        desc=name,
+        disable=not enabled,
+        file=sys.stderr,
+        smoothing=0.05,
+        dynamic_ncols=True,
+    )

@@ -16,7 +16,14 @@ IMAGE_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 # Settings that only some backends read: each backend lists its own in `settings_fields`; a run
 # validates and stores those, and stores the others as null.
-BACKEND_FIELDS = ("model", "scheduler", "guidance_scale", "num_inference_steps", "dtype", "negative_prompt")
+BACKEND_FIELDS = (
+    "model",
+    "scheduler",
+    "guidance_scale",
+    "num_inference_steps",
+    "dtype",
+    "negative_prompt",
+)
 
 
 @dataclass(frozen=True)
@@ -40,20 +47,24 @@ class GenerationSettings:
     seed: int = 0
     negative_prompt: str | None = None
 
-    def validate(self) -> "GenerationSettings":
+    def validate(self) -> GenerationSettings:
         """Reject bad values before anything heavy happens; return self."""
         if self.backend not in BACKENDS:
             raise DataGenError(f"--backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
         if self.images_per_caption < 1:
             raise DataGenError(f"--images-per-caption {self.images_per_caption}: must be >= 1")
         if self.images_per_caption > 100:
-            raise DataGenError(f"--images-per-caption {self.images_per_caption}: at most 100 (file names use 2 digits)")
+            raise DataGenError(
+                f"--images-per-caption {self.images_per_caption}: at most 100 (file names use 2 digits)"
+            )
         if self.resolution < 8 or self.resolution % 8:
             raise DataGenError(f"--resolution {self.resolution}: must be a positive multiple of 8")
         if self.image_size < 1:
             raise DataGenError(f"--image-size {self.image_size}: must be >= 1")
         if self.image_format not in IMAGE_FORMATS:
-            raise DataGenError(f"--image-format {self.image_format!r}: choose one of {', '.join(IMAGE_FORMATS)}")
+            raise DataGenError(
+                f"--image-format {self.image_format!r}: choose one of {', '.join(IMAGE_FORMATS)}"
+            )
         if not 1 <= self.quality <= 100:
             raise DataGenError(f"--quality {self.quality}: must be in [1, 100]")
         if self.seed < 0:
@@ -64,7 +75,9 @@ class GenerationSettings:
         if "num_inference_steps" in used and self.num_inference_steps < 1:
             raise DataGenError(f"--steps {self.num_inference_steps}: must be >= 1")
         if "scheduler" in used and self.scheduler not in SCHEDULERS:
-            raise DataGenError(f"--scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
+            raise DataGenError(
+                f"--scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULERS)}"
+            )
         if "dtype" in used and self.dtype not in DTYPES:
             raise DataGenError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
         if "model" in used and not self.model:
@@ -75,10 +88,12 @@ class GenerationSettings:
         """The :data:`BACKEND_FIELDS` the chosen backend reads (its class's ``settings_fields``)."""
         return BACKENDS[self.backend].settings_fields
 
-    def resolved(self, device: str) -> "GenerationSettings":
+    def resolved(self, device: str) -> GenerationSettings:
         """Settings as stored: `auto` dtype made concrete, fields the backend ignores set to None."""
         used = self.backend_fields()
-        settings = dataclasses.replace(self, **{name: None for name in BACKEND_FIELDS if name not in used})
+        settings = dataclasses.replace(
+            self, **{name: None for name in BACKEND_FIELDS if name not in used}
+        )
         if "dtype" not in used:
             return settings
         on_gpu = device.startswith("cuda")
@@ -100,7 +115,9 @@ def image_seed(global_seed: int, caption_id: str, k: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def resolve_shard(num_shards: int | None, shard_index: int | None, env=os.environ) -> tuple[int, int]:
+def resolve_shard(
+    num_shards: int | None, shard_index: int | None, env=os.environ
+) -> tuple[int, int]:
     """(num_shards, shard_index) from the flags, else torchrun's WORLD_SIZE/RANK, else SLURM's, else (1, 0)."""
     if num_shards is None and shard_index is None:
         for size_var, rank_var in (("WORLD_SIZE", "RANK"), ("SLURM_NTASKS", "SLURM_PROCID")):

@@ -21,8 +21,8 @@ import json
 import os
 import re
 import tarfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -39,7 +39,9 @@ from solo_stablerep.data.shards import (
 from .storage import atomic_write_bytes, atomic_write_json, iter_log
 
 RECORDS_DIR = "records"
-DEFAULT_SHARD_BYTES = 1 << 30  # ~1 GB: large sequential reads, yet many shards per rank at 100M images
+DEFAULT_SHARD_BYTES = (
+    1 << 30
+)  # ~1 GB: large sequential reads, yet many shards per rank at 100M images
 _BLOCK = tarfile.BLOCKSIZE
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -79,8 +81,11 @@ def read_images(folder: Path, indices: Sequence[int]) -> dict[int, list[bytes]]:
             continue
         for number, sample in enumerate(iter_indexed_samples(Path(folder) / record["tar"])):
             if number in here:  # its members: the metadata, then the images in order
-                found[here[number]] = [sample[component] for component in sample
-                                       if not component.startswith("__") and component != "json"]
+                found[here[number]] = [
+                    sample[component]
+                    for component in sample
+                    if not component.startswith("__") and component != "json"
+                ]
         if len(found) == len(wanted):
             break
     return found
@@ -145,8 +150,14 @@ class ShardWriter:
         ...         writer.write(0, "abcd", "a photo of a cat", None, [jpeg0, jpeg1])
     """
 
-    def __init__(self, out, header: dict, prefix: str = "shard", max_bytes: int = DEFAULT_SHARD_BYTES,
-                 overwrite: bool = False):
+    def __init__(
+        self,
+        out,
+        header: dict,
+        prefix: str = "shard",
+        max_bytes: int = DEFAULT_SHARD_BYTES,
+        overwrite: bool = False,
+    ):
         if not _PREFIX.match(prefix):
             raise ShardFormatError(f"shard prefix {prefix!r}: use only letters, digits, '_' or '-'")
         if max_bytes < 1:
@@ -174,7 +185,7 @@ class ShardWriter:
                 index_path(tar).unlink(missing_ok=True)
         (self.out / RECORDS_DIR).mkdir(exist_ok=True)
         self._log = open(self.out / RECORDS_DIR / f"{prefix}.jsonl", "ab")
-        self._tar: Optional[_OpenTar] = None
+        self._tar: _OpenTar | None = None
 
     def _prepare(self, overwrite: bool) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -191,8 +202,10 @@ class ShardWriter:
             self._remove_shards()
         elif any(self.out.glob("*.tar")):
             if not overwrite:
-                raise ShardFormatError(f"{self.out} holds tars not written by this tool; pass "
-                                       "--overwrite to delete them")
+                raise ShardFormatError(
+                    f"{self.out} holds tars not written by this tool; pass "
+                    "--overwrite to delete them"
+                )
             self._remove_shards()  # the loaders read every tar of the folder: none may stay
         atomic_write_json(path, self.header)
 
@@ -205,21 +218,43 @@ class ShardWriter:
         for log in (self.out / RECORDS_DIR).glob("*.jsonl"):
             log.unlink()
 
-    def write(self, index: int, caption_id: str, caption: str, label: Optional[int],
-              images: Sequence[bytes]) -> None:
+    def write(
+        self,
+        index: int,
+        caption_id: str,
+        caption: str,
+        label: int | None,
+        images: Sequence[bytes],
+    ) -> None:
         """Adds one caption's sample: its metadata and its encoded images in order k = 0, 1, ..."""
         if self.done[index]:
-            raise ShardFormatError(f"caption {caption_id} (index {index}) is already in a finished shard")
+            raise ShardFormatError(
+                f"caption {caption_id} (index {index}) is already in a finished shard"
+            )
         if "." in caption_id or "/" in caption_id or not caption_id:
-            raise ShardFormatError(f"caption {caption_id!r}: a sample key may not be empty or hold '.' or '/'")
+            raise ShardFormatError(
+                f"caption {caption_id!r}: a sample key may not be empty or hold '.' or '/'"
+            )
         if self._tar is None:
             self._tar = _OpenTar(self.out / tar_name(self.prefix, self._next_number))
             self._next_number += 1
-        meta = {"caption_id": caption_id, "caption": caption, "label": label, "index": index,
-                "run_id": self.header["run_id"], "num_images": len(images)}
-        members = [self._tar.add_member(f"{caption_id}.json", json.dumps(meta, ensure_ascii=False).encode())]
-        members += [self._tar.add_member(image_member(caption_id, k, self.ext), data)
-                    for k, data in enumerate(images)]
+        meta = {
+            "caption_id": caption_id,
+            "caption": caption,
+            "label": label,
+            "index": index,
+            "run_id": self.header["run_id"],
+            "num_images": len(images),
+        }
+        members = [
+            self._tar.add_member(
+                f"{caption_id}.json", json.dumps(meta, ensure_ascii=False).encode()
+            )
+        ]
+        members += [
+            self._tar.add_member(image_member(caption_id, k, self.ext), data)
+            for k, data in enumerate(images)
+        ]
         self._tar.samples.append(members)
         self._tar.captions.append(index)
         if self._tar.size >= self.max_bytes:
@@ -231,8 +266,12 @@ class ShardWriter:
             return
         tar, self._tar = self._tar, None
         tar.finish()
-        record = {"tar": tar.path.name, "captions": tar.captions, "samples": len(tar.captions),
-                  "bytes": tar.path.stat().st_size}
+        record = {
+            "tar": tar.path.name,
+            "captions": tar.captions,
+            "samples": len(tar.captions),
+            "bytes": tar.path.stat().st_size,
+        }
         self._log.write((json.dumps(record) + "\n").encode())
         self._log.flush()
         os.fsync(self._log.fileno())
@@ -246,7 +285,7 @@ class ShardWriter:
             self._tar = None
         self._log.close()
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

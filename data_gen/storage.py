@@ -24,8 +24,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -57,7 +57,9 @@ def atomic_write_bytes(path: Path, data: bytes, fsync: bool = False) -> None:
 
 def atomic_write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode(), fsync=True)
+    atomic_write_bytes(
+        path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode(), fsync=True
+    )
 
 
 def check_writable(out) -> None:
@@ -73,7 +75,8 @@ def check_writable(out) -> None:
         tempfile.TemporaryFile(dir=folder).close()
     except OSError as e:
         raise DataGenError(
-            f"output folder {out} is not writable ({folder}: {e.strerror or e})") from None
+            f"output folder {out} is not writable ({folder}: {e.strerror or e})"
+        ) from None
 
 
 def encode_image(image: Image.Image, image_format: str, quality: int) -> bytes:
@@ -118,7 +121,9 @@ class ShardLog:
 
     def append(self, entries: list[dict]) -> None:
         """Append entries with one write and one fsync (an fsync per caption stalls on busy disks)."""
-        self._file.write("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries).encode())
+        self._file.write(
+            "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries).encode()
+        )
         self._file.flush()
         os.fsync(self._file.fileno())
 
@@ -141,15 +146,19 @@ _SETTINGS_KEYS = ("settings", "captions_digest", "num_captions", "class_names", 
 def read_settings(path: Path, overwrite_hint: bool) -> dict:
     """A run's ``generation.json``, checked; a damaged one (not JSON, not the writer's object) is
     one line naming it and what to do: pass --overwrite (a generation), or rerun the generation."""
-    todo = ("pass --overwrite to start the run afresh" if overwrite_hint
-            else "rerun the generation into it")
+    todo = (
+        "pass --overwrite to start the run afresh"
+        if overwrite_hint
+        else "rerun the generation into it"
+    )
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise DataGenError(f"{path}: damaged, not valid JSON ({e}); {todo}") from None
     if not isinstance(stored, dict) or any(key not in stored for key in _SETTINGS_KEYS):
-        raise DataGenError(f"{path}: damaged, not a generation record (needs "
-                           f"{', '.join(_SETTINGS_KEYS)}); {todo}")
+        raise DataGenError(
+            f"{path}: damaged, not a generation record (needs {', '.join(_SETTINGS_KEYS)}); {todo}"
+        )
     return stored
 
 
@@ -180,7 +189,9 @@ def prepare_output(out: Path, stored: dict, overwrite: bool) -> None:
         (out / MANIFEST_NAME).unlink(missing_ok=True)
         (out / (MANIFEST_NAME + INDEX_SUFFIX)).unlink(missing_ok=True)
     elif (out / MANIFEST_NAME).exists() and not overwrite:
-        raise DataGenError(f"{out} holds a data set not made by this tool; pass --overwrite to write over it")
+        raise DataGenError(
+            f"{out} holds a data set not made by this tool; pass --overwrite to write over it"
+        )
     atomic_write_json(settings_path, stored)
 
 
@@ -212,7 +223,9 @@ def merge(out: str | Path) -> Path:
                 continue  # logged twice, by runs with other shard counts: the same caption and images
             if entry["index"] > expected:
                 break
-            yield CaptionRecord(entry["caption_id"], entry["caption"], entry["label"], entry["images"])
+            yield CaptionRecord(
+                entry["caption_id"], entry["caption"], entry["label"], entry["images"]
+            )
             expected += 1
         if expected < num_captions:
             seen = np.zeros(num_captions, dtype=bool)
@@ -225,6 +238,13 @@ def merge(out: str | Path) -> Path:
                 "run (or rerun) the shards that own them"
             )
 
-    generator = dict(stored["settings"], captions_digest=stored["captions_digest"], versions=stored["versions"])
-    return write_indexed_manifest(out, records(), class_names=stored["class_names"], generator=generator,
-                                  num_captions=num_captions)
+    generator = dict(
+        stored["settings"], captions_digest=stored["captions_digest"], versions=stored["versions"]
+    )
+    return write_indexed_manifest(
+        out,
+        records(),
+        class_names=stored["class_names"],
+        generator=generator,
+        num_captions=num_captions,
+    )

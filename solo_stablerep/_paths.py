@@ -16,5 +16,7 @@ def pretrain_config_dir(group: str = "synthetic") -> Path:
     path = CONFIGS / group
     if not path.is_dir():
         groups = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir())
-        raise FileNotFoundError(f"no config group {group!r} in {CONFIGS} (groups: {', '.join(groups)})")
+        raise FileNotFoundError(
+            f"no config group {group!r} in {CONFIGS} (groups: {', '.join(groups)})"
+        )
     return path

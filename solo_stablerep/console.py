@@ -16,5 +16,7 @@ def configure_logging(fmt: str = "%(name)s: %(message)s", datefmt=None) -> None:
 
     handler = logging.StreamHandler(sys.stderr)
     # a filter on the handler, not logger levels: a library imported later may reset its own level
-    handler.addFilter(lambda record: record.levelno >= logging.WARNING or record.name.startswith(OUR_LOGGERS))
+    handler.addFilter(
+        lambda record: record.levelno >= logging.WARNING or record.name.startswith(OUR_LOGGERS)
+    )
     logging.basicConfig(level=logging.INFO, format=fmt, datefmt=datefmt, handlers=[handler])

@@ -24,7 +24,7 @@ class InputError(ValueError):
     def __init__(self, message: str = ""):
         caught = f"Caught {type(self).__name__} in "
         if isinstance(message, str) and message.startswith(caught) and "\n" in message:
-            where = message.split(".\n", 1)[0][len(caught):]
+            where = message.split(".\n", 1)[0][len(caught) :]
             original = message.rstrip().rsplit("\n", 1)[-1]
             message = f"{original.split(': ', 1)[-1]} (in {where})"
         super().__init__(message)

@@ -24,7 +24,8 @@ import logging
 import os
 import re
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Type
+from collections.abc import Sequence
+from typing import Any
 
 import hydra
 import torch
@@ -38,16 +39,18 @@ from solo_stablerep.errors import InputError
 
 register_methods()  # adds stablerep & co to solo's METHODS; a one-line error without solo-learn
 
-from solo_stablerep.methods import EntryPointNeeds  # noqa: E402
-
 from solo.args.pretrain import parse_cfg  # noqa: E402
 from solo.data.classification_dataloader import prepare_data as prepare_data_classification  # noqa: E402
-from solo.data.classification_dataloader import prepare_transforms as prepare_transforms_classification  # noqa: E402
+from solo.data.classification_dataloader import (
+    prepare_transforms as prepare_transforms_classification,
+)  # noqa: E402
 from solo.data.pretrain_dataloader import prepare_dataloader, prepare_datasets  # noqa: E402
 from solo.methods import METHODS  # noqa: E402
 from solo.utils.auto_resumer import AutoResumer  # noqa: E402
 from solo.utils.checkpointer import Checkpointer  # noqa: E402
 from solo.utils.misc import make_contiguous, omegaconf_select  # noqa: E402
+
+from solo_stablerep.methods import EntryPointNeeds  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,7 @@ _SOLO_ANY_NUMBER_OF_LARGE_CROPS = ("wmse", "mae")
 _ON_DISK_DATASETS = ("custom", "synthetic", "imagenet", "imagenet100")
 
 
-def _entry_point_needs(method: str) -> Type[EntryPointNeeds]:
+def _entry_point_needs(method: str) -> type[EntryPointNeeds]:
     """The method's declared needs; solo-learn's own methods declare none (the defaults)."""
     method_class = METHODS[method]
     return method_class if issubclass(method_class, EntryPointNeeds) else EntryPointNeeds
@@ -116,7 +119,7 @@ def parse_pretrain_cfg(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def _prepare_val_loader(cfg: DictConfig) -> Optional[torch.utils.data.DataLoader]:
+def _prepare_val_loader(cfg: DictConfig) -> torch.utils.data.DataLoader | None:
     """The online-validation loader of solo-learn's script, or None when there is nothing to validate.
 
     Synthetic data is validated on ``data.val_path``, an ImageFolder of real images whose sorted class
@@ -126,7 +129,9 @@ def _prepare_val_loader(cfg: DictConfig) -> Optional[torch.utils.data.DataLoader
     (and at cc12m scale would mean walking 100M files for a set that is thrown away).
     """
 
-    if cfg.data.dataset in ("custom", "synthetic") and (cfg.data.no_labels or not cfg.data.val_path):
+    if cfg.data.dataset in ("custom", "synthetic") and (
+        cfg.data.no_labels or not cfg.data.val_path
+    ):
         return None
     if cfg.data.dataset in ("imagenet100", "imagenet") and cfg.data.val_path is None:
         return None
@@ -217,7 +222,9 @@ def _resume_checkpoint(cfg: DictConfig):
         )
         ckpt_path, wandb_run_id = auto_resumer.find_checkpoint(cfg)
         if ckpt_path is not None:
-            log.info("Resuming from previous checkpoint that matches specifications: '%s'", ckpt_path)
+            log.info(
+                "Resuming from previous checkpoint that matches specifications: '%s'", ckpt_path
+            )
         return ckpt_path, wandb_run_id
     ckpt_path = cfg.resume_from_checkpoint
     if ckpt_path is not None:
@@ -225,7 +232,7 @@ def _resume_checkpoint(cfg: DictConfig):
     return ckpt_path, None
 
 
-def build_trainer(cfg: DictConfig, model, wandb_run_id: Optional[str] = None, callbacks=()) -> Trainer:
+def build_trainer(cfg: DictConfig, model, wandb_run_id: str | None = None, callbacks=()) -> Trainer:
     callbacks = list(callbacks)
     if cfg.checkpoint.enabled:
         callbacks.append(
@@ -263,7 +270,7 @@ def build_trainer(cfg: DictConfig, model, wandb_run_id: Optional[str] = None, ca
         logger.log_hyperparams(OmegaConf.to_container(cfg))
         callbacks.append(LearningRateMonitor(logging_interval="step"))
 
-    cfg_dict: Dict[str, Any] = OmegaConf.to_container(cfg)
+    cfg_dict: dict[str, Any] = OmegaConf.to_container(cfg)
     # only valid Trainer args: the rest of the cfg is for the method and the data
     valid_kwargs = inspect.signature(Trainer.__init__).parameters
     trainer_kwargs = {name: cfg_dict[name] for name in valid_kwargs if name in cfg_dict}
@@ -298,7 +305,9 @@ def run_pretrain(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> Trainer
     ckpt_path, wandb_run_id = _resume_checkpoint(cfg)
     from solo_stablerep.data import synthetic_callbacks
 
-    trainer = build_trainer(cfg, model, wandb_run_id, [*synthetic_callbacks(cfg, train_data), *callbacks])
+    trainer = build_trainer(
+        cfg, model, wandb_run_id, [*synthetic_callbacks(cfg, train_data), *callbacks]
+    )
 
     if isinstance(train_data, torch.utils.data.DataLoader):
         trainer.fit(model, train_data, val_loader, ckpt_path=ckpt_path)
@@ -323,7 +332,7 @@ def hydra_main(cfg: DictConfig) -> None:
         sys.exit(f"solo-stablerep-pretrain: error: {error}")
 
 
-def unquoted_brace_override(argv: List[str]) -> Optional[str]:
+def unquoted_brace_override(argv: list[str]) -> str | None:
     """The first ``key=value`` override whose value holds a brace (a shard pattern such as
     ``shard-{000000..000099}.tar``) that Hydra's override grammar cannot parse unquoted, or None.
     Values quoted for Hydra, escaped braces, ``${...}`` interpolations and ``{...}`` dicts pass."""
@@ -342,8 +351,10 @@ def main() -> None:
     if override is not None:
         key, _, value = override.partition("=")
         quoted = f"'{key}=\"{value}\"'"
-        sys.exit(f"solo-stablerep-pretrain: error: {override}: Hydra reads a brace as the start of "
-                 f"a dict; quote the value for Hydra, inside the shell's quotes: {quoted}")
+        sys.exit(
+            f"solo-stablerep-pretrain: error: {override}: Hydra reads a brace as the start of "
+            f"a dict; quote the value for Hydra, inside the shell's quotes: {quoted}"
+        )
     hydra_main()
 
 

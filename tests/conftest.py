@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import helpers` from every tests/ subfolder
+sys.path.insert(
+    0, str(Path(__file__).resolve().parent)
+)  # `import helpers` from every tests/ subfolder
 
 from helpers import write_image_folder  # noqa: E402
 

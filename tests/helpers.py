@@ -8,8 +8,8 @@ back to its file by content (the augmentations set by :func:`copy_configs` chang
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -107,12 +107,12 @@ def write_image_folder(root: Path, num_classes: int = 2, per_class: int = 8, siz
     return root
 
 
-def colour(g: int) -> Tuple[int, int, int]:
+def colour(g: int) -> tuple[int, int, int]:
     """The g-th unique colour, 16 levels apart on each channel so that it survives augmentation."""
     return (8 + 16 * (g % 16), 8 + 16 * ((g // 16) % 16), 8 + 16 * (g // 256))
 
 
-def solid_image(path: Path, rgb: Tuple[int, int, int], size: int = 16) -> None:
+def solid_image(path: Path, rgb: tuple[int, int, int], size: int = 16) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (size, size), rgb).save(path)
 
@@ -121,11 +121,11 @@ def make_manifest_dataset(
     root: Path,
     num_captions: int,
     images_per_caption: int,
-    class_names: Optional[Sequence[str]] = None,
+    class_names: Sequence[str] | None = None,
     size: int = 16,
     caption: Callable[[int], str] = "caption number {}".format,
     caption_id: Callable[[int], str] = "cap{:04d}".format,
-) -> Dict[str, List[Tuple[int, int, int]]]:
+) -> dict[str, list[tuple[int, int, int]]]:
     """Writes a manifest data set of solid-colour PNGs; caption c is ``caption(c)`` with id
     ``caption_id(c)`` and label ``c % len(class_names)``. Returns caption id -> colours of its images."""
     records, colours = [], {}
@@ -145,7 +145,7 @@ def make_manifest_dataset(
     return colours
 
 
-def view_colour(view: torch.Tensor) -> Tuple[int, int, int]:
+def view_colour(view: torch.Tensor) -> tuple[int, int, int]:
     """Colour of a (normalised, ImageNet mean/std) solid view, checking that it is solid."""
     rgb = (view * IMAGENET_STD + IMAGENET_MEAN) * 255
     spread = (rgb.amax(dim=(1, 2)) - rgb.amin(dim=(1, 2))).max().item()
@@ -153,7 +153,9 @@ def view_colour(view: torch.Tensor) -> Tuple[int, int, int]:
     return tuple(int(round(v)) for v in rgb.mean(dim=(1, 2)).tolist())
 
 
-def nearest_colour(rgb: Sequence[float], candidates: Sequence[Tuple[int, int, int]]) -> Tuple[int, int, int]:
+def nearest_colour(
+    rgb: Sequence[float], candidates: Sequence[tuple[int, int, int]]
+) -> tuple[int, int, int]:
     dists = [np.abs(np.subtract(rgb, c)).max() for c in candidates]
     best = int(np.argmin(dists))
     assert dists[best] <= 4, f"colour {rgb} matches none of the images"
@@ -171,7 +173,9 @@ def console_script(name: str) -> str:
     for candidate in (bin_dir / name, bin_dir / f"{name}.exe"):
         if candidate.is_file():
             return str(candidate)
-    raise FileNotFoundError(f"console script {name!r} is not installed beside {sys.executable}: pip install -e .")
+    raise FileNotFoundError(
+        f"console script {name!r} is not installed beside {sys.executable}: pip install -e ."
+    )
 
 
 def run_pretrain_command(command, config_dir, config_name, cwd, *overrides):

@@ -16,9 +16,14 @@ print("stdout-stays-clean")
 
 
 def test_configure_logging_shows_our_info_and_every_warning_on_stderr():
-    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "stdout-stays-clean\n"
     lines = result.stderr.splitlines()
-    assert lines == ["data_gen.runner: ours-info", "solo_stablerep.data.sampling: ours-warning",
-                     "timm: theirs-warning"]
+    assert lines == [
+        "data_gen.runner: ours-info",
+        "solo_stablerep.data.sampling: ours-warning",
+        "timm: theirs-warning",
+    ]

@@ -14,7 +14,10 @@ from solo_stablerep.demo.runs import DemoError
 from solo_stablerep.errors import InputError
 
 
-@pytest.mark.parametrize("error", [ManifestError, SyntheticDataError, ShardFormatError, ShardDataError, DataGenError, DemoError])
+@pytest.mark.parametrize(
+    "error",
+    [ManifestError, SyntheticDataError, ShardFormatError, ShardDataError, DataGenError, DemoError],
+)
 def test_user_facing_errors_share_one_base(error):
     assert issubclass(error, InputError)
 
@@ -37,8 +40,13 @@ def test_generate_cli_keeps_the_traceback_of_a_bug(tmp_path, monkeypatch):
 
 
 @requires_solo
-@pytest.mark.parametrize("raised, one_line", [(InputError("data.train_path=x: no such file"), True),
-                                              (ValueError("a bug deep in a library"), False)])
+@pytest.mark.parametrize(
+    "raised, one_line",
+    [
+        (InputError("data.train_path=x: no such file"), True),
+        (ValueError("a bug deep in a library"), False),
+    ],
+)
 def test_pretrain_entry_point_catches_input_errors_only(raised, one_line, monkeypatch):
     from solo_stablerep import pretrain
 

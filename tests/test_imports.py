@@ -51,7 +51,7 @@ def find_loop(graph: dict):
         state[module] = "open"
         for dependency in sorted(graph[module]):
             if state.get(dependency) == "open":
-                return path[path.index(dependency):] + [dependency]
+                return path[path.index(dependency) :] + [dependency]
             if dependency not in state:
                 loop = visit(dependency, path + [dependency])
                 if loop:
@@ -74,7 +74,9 @@ def test_the_loop_finder_finds_a_loop():
 
 def test_no_module_imports_one_that_imports_it_back():
     graph = import_graph()
-    assert "solo_stablerep.data.index" in graph["solo_stablerep.data.synthetic"]  # the graph is read
+    assert (
+        "solo_stablerep.data.index" in graph["solo_stablerep.data.synthetic"]
+    )  # the graph is read
     assert find_loop(graph) is None, " -> ".join(find_loop(graph))
 
 

@@ -10,7 +10,6 @@ import math
 
 import pytest
 import torch
-
 from helpers import (
     CPU_OVERRIDES,
     PRETRAIN_CONFIGS,
@@ -36,7 +35,13 @@ AUTHORS_PROJECTOR = (4096, 256)  # main_stablerep.py: --ssl-mlp-dim 4096, --ssl-
 AUTHORS_AUGMENTATION = {
     "crop_size": 224,
     "rrc": {"enabled": True, "crop_min_scale": 0.08, "crop_max_scale": 1.0},
-    "color_jitter": {"prob": 0.8, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1},
+    "color_jitter": {
+        "prob": 0.8,
+        "brightness": 0.4,
+        "contrast": 0.4,
+        "saturation": 0.4,
+        "hue": 0.1,
+    },
     "grayscale": {"prob": 0.2},
     "gaussian_blur": {"prob": 0.5},
     "solarization": {"prob": 0.0},
@@ -51,13 +56,17 @@ def authors_lr(captions_per_step: int, n_img: int, num_crop: int) -> float:
     return AUTHORS_BLR * captions_per_step * n_img / 256 * num_crop / 2
 
 
-def authors_schedule(step: int, steps_per_epoch: int, peak: float, warmup_epochs: float, epochs: int) -> float:
+def authors_schedule(
+    step: int, steps_per_epoch: int, peak: float, warmup_epochs: float, epochs: int
+) -> float:
     """util/misc.py ``adjust_learning_rate`` (min_lr 0), called with the fractional epoch of each
     step: linear warm-up from 0, then half-cycle cosine to 0."""
     epoch = step / steps_per_epoch
     if epoch < warmup_epochs:
         return peak * epoch / warmup_epochs
-    return peak * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / (epochs - warmup_epochs)))
+    return (
+        peak * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / (epochs - warmup_epochs)))
+    )
 
 
 def authors_exclude_from_decay(name: str, param: torch.Tensor) -> bool:
@@ -84,7 +93,9 @@ def manifest_root(tmp_path_factory):
 
 
 def parsed(folder: str, name: str, train_path, overrides=()):
-    return compose_parsed_cfg(PRETRAIN_CONFIGS / folder, name, [f"data.train_path={train_path}", *overrides])
+    return compose_parsed_cfg(
+        PRETRAIN_CONFIGS / folder, name, [f"data.train_path={train_path}", *overrides]
+    )
 
 
 def views_of_an_item(cfg):
@@ -96,12 +107,16 @@ def views_of_an_item(cfg):
 
 
 @pytest.mark.parametrize("folder, name", PAPER_CLAIMING)
-def test_effective_lr_is_the_authors_formula_for_the_configs_own_batch(folder, name, manifest_root, image_folder):
+def test_effective_lr_is_the_authors_formula_for_the_configs_own_batch(
+    folder, name, manifest_root, image_folder
+):
     cfg = parsed(folder, name, manifest_root if folder != "custom" else image_folder)
     # solo-learn's parse_cfg has scaled optimizer.lr: this is the lr AdamW is given
     captions_per_step = cfg.optimizer.batch_size * len(cfg.devices) * cfg.num_nodes
     n_img, num_crop = views_of_an_item(cfg)
-    assert cfg.optimizer.lr == pytest.approx(authors_lr(captions_per_step, n_img, num_crop), rel=1e-12)
+    assert cfg.optimizer.lr == pytest.approx(
+        authors_lr(captions_per_step, n_img, num_crop), rel=1e-12
+    )
 
 
 @pytest.mark.parametrize("name", ["stablerep.yaml", "simclr.yaml"])
@@ -116,7 +131,9 @@ def test_paper_scale_runs_the_authors_batch_and_lr(name, manifest_root):
 
 
 @pytest.mark.parametrize("folder, name", PAPER_CLAIMING)
-def test_optimiser_schedule_and_augmentations_are_the_authors(folder, name, manifest_root, image_folder):
+def test_optimiser_schedule_and_augmentations_are_the_authors(
+    folder, name, manifest_root, image_folder
+):
     from solo.methods import METHODS
 
     cfg = parsed(folder, name, manifest_root if folder != "custom" else image_folder)
@@ -130,10 +147,15 @@ def test_optimiser_schedule_and_augmentations_are_the_authors(folder, name, mani
     assert cfg.scheduler.warmup_start_lr == 0.0  # solo-learn's default would be 3e-5
     assert cfg.scheduler.min_lr == 0.0  # main_stablerep.py: --min_lr default 0
     assert cfg.method_kwargs.temperature == AUTHORS_TEMPERATURE
-    assert (cfg.method_kwargs.proj_hidden_dim, cfg.method_kwargs.proj_output_dim) == AUTHORS_PROJECTOR
+    assert (
+        cfg.method_kwargs.proj_hidden_dim,
+        cfg.method_kwargs.proj_output_dim,
+    ) == AUTHORS_PROJECTOR
     for aug in cfg.augmentations:
         for key, expected in AUTHORS_AUGMENTATION.items():
-            actual = aug[key] if not isinstance(expected, dict) else {k: aug[key][k] for k in expected}
+            actual = (
+                aug[key] if not isinstance(expected, dict) else {k: aug[key][k] for k in expected}
+            )
             assert actual == expected, f"{folder}/{name}: augmentations.{key}"
 
 
@@ -187,7 +209,9 @@ def decay_by_name(model, optimizer):
 
 def check_decay(model, decay):
     params = dict(model.named_parameters())
-    assert set(decay) == {n for n, p in params.items() if p.requires_grad}  # every parameter trained once
+    assert set(decay) == {
+        n for n, p in params.items() if p.requires_grad
+    }  # every parameter trained once
     for name, wd in decay.items():
         if name.startswith("classifier."):
             continue  # solo-learn's online linear probe (not in the authors' model): never decayed
@@ -198,12 +222,16 @@ def check_decay(model, decay):
 
 
 @pytest.mark.slow
-def test_paper_config_run_decays_only_matrices_and_follows_the_authors_schedule(manifest_root, tmp_path, monkeypatch):
+def test_paper_config_run_decays_only_matrices_and_follows_the_authors_schedule(
+    manifest_root, tmp_path, monkeypatch
+):
     from solo_stablerep.pretrain import run_pretrain
 
     monkeypatch.chdir(tmp_path)
     cfg = compose_raw_cfg(
-        PRETRAIN_CONFIGS / "synthetic-paper", "stablerep.yaml", [f"data.train_path={manifest_root}", *TINY_CPU]
+        PRETRAIN_CONFIGS / "synthetic-paper",
+        "stablerep.yaml",
+        [f"data.train_path={manifest_root}", *TINY_CPU],
     )
     trainer = run_pretrain(cfg)  # two short epochs through the entry point
     model = trainer.lightning_module
@@ -215,7 +243,11 @@ def test_paper_config_run_decays_only_matrices_and_follows_the_authors_schedule(
     assert all(list(group["betas"]) == AUTHORS_BETAS for group in optimizer.param_groups)
     decay = decay_by_name(model, optimizer)
     check_decay(model, decay)
-    assert decay["backbone.pos_embed"] == decay["backbone.patch_embed.proj.weight"] == AUTHORS_WEIGHT_DECAY
+    assert (
+        decay["backbone.pos_embed"]
+        == decay["backbone.patch_embed.proj.weight"]
+        == AUTHORS_WEIGHT_DECAY
+    )
     assert decay["backbone.norm.weight"] == decay["backbone.blocks.0.attn.qkv.bias"] == 0.0
 
     # a fresh optimiser and scheduler from the same configuration, stepped through the run
@@ -258,4 +290,8 @@ def test_stablerep_pp_groups_exclude_the_logit_scale_and_every_vector(manifest_r
     check_decay(model, decay)
     assert decay["logit_scale"] == 0.0
     # 2-D text-tower parameters are decayed, as the authors' add_weight_decay does
-    assert decay["text_tower.positional_embedding"] == decay["text_tower.token_embedding.weight"] == 0.1
+    assert (
+        decay["text_tower.positional_embedding"]
+        == decay["text_tower.token_embedding.weight"]
+        == 0.1
+    )

@@ -7,7 +7,6 @@ the entry point's ``parse_pretrain_cfg`` exactly as a run would be.
 """
 
 import pytest
-
 from helpers import PRETRAIN_CONFIGS, compose_parsed_cfg, make_manifest_dataset, requires_solo
 
 pytestmark = requires_solo

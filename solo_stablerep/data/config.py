@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Union
+from typing import TYPE_CHECKING
 
 import omegaconf
 from solo.utils.misc import omegaconf_select
@@ -32,8 +32,16 @@ if TYPE_CHECKING:
 
 LAYOUTS = ("manifest", "authors", "webdataset")
 # the keys of data.synthetic (documented in add_and_assert_synthetic_cfg); any other is a typo
-SYNTHETIC_KEYS = {"n_img": None, "layout": None, "csv": None, "csv_header": None, "roots": None,
-                  "downsample": ("prob", "sizes"), "skip_corrupt": None, "shuffle_buffer": None}
+SYNTHETIC_KEYS = {
+    "n_img": None,
+    "layout": None,
+    "csv": None,
+    "csv_header": None,
+    "roots": None,
+    "downsample": ("prob", "sizes"),
+    "skip_corrupt": None,
+    "shuffle_buffer": None,
+}
 
 
 def _check_known_keys(syn: omegaconf.DictConfig) -> None:
@@ -45,14 +53,16 @@ def _check_known_keys(syn: omegaconf.DictConfig) -> None:
             for sub_key in value:
                 if sub_key not in sub_keys:
                     raise SyntheticDataError(
-                        f"unknown data.synthetic.{key}.{sub_key}; expected one of {list(sub_keys)}")
+                        f"unknown data.synthetic.{key}.{sub_key}; expected one of {list(sub_keys)}"
+                    )
     for key in syn:
         if key not in SYNTHETIC_KEYS:
             raise SyntheticDataError(
-                f"unknown data.synthetic.{key}; expected one of {sorted(SYNTHETIC_KEYS)}")
+                f"unknown data.synthetic.{key}; expected one of {sorted(SYNTHETIC_KEYS)}"
+            )
 
 
-def load_caption_index(cfg: omegaconf.DictConfig) -> Union[CaptionIndex, "ShardSet"]:
+def load_caption_index(cfg: omegaconf.DictConfig) -> CaptionIndex | ShardSet:
     """The caption index of ``data.train_path`` and ``data.synthetic`` (layout, csv, csv_header, roots):
     memory-mapped, built and saved on first open (milliseconds to open again); for shards, the
     checked :class:`~solo_stablerep.data.webdataset.ShardSet`."""
@@ -64,7 +74,9 @@ def load_caption_index(cfg: omegaconf.DictConfig) -> Union[CaptionIndex, "ShardS
     base = Path(cfg.data.train_path)
     if syn.layout == "manifest":
         return CaptionIndex.from_manifest(base)
-    return CaptionIndex.from_authors_csv(base / syn.csv, [base / r for r in syn.roots], header=bool(syn.csv_header))
+    return CaptionIndex.from_authors_csv(
+        base / syn.csv, [base / r for r in syn.roots], header=bool(syn.csv_header)
+    )
 
 
 def check_batch_size(num_captions: int, batch_size: int, source: str) -> None:
@@ -75,7 +87,7 @@ def check_batch_size(num_captions: int, batch_size: int, source: str) -> None:
         )
 
 
-def _check_val_classes(val_path: Union[str, Path], class_names: List[str], source: str) -> None:
+def _check_val_classes(val_path: str | Path, class_names: list[str], source: str) -> None:
     """solo-learn validates on an ImageFolder, whose class index = position in sorted folder names."""
     if not Path(val_path).is_dir():
         raise SyntheticDataError(f"data.val_path={val_path}: folder not found")
@@ -143,7 +155,9 @@ def add_and_assert_synthetic_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictCon
         raise SyntheticDataError(
             f"data.synthetic.downsample.prob={syn.downsample.prob}: must be in [0, 1]"
         )
-    if not syn.downsample.sizes or not all(isinstance(s, int) and s > 0 for s in syn.downsample.sizes):
+    if not syn.downsample.sizes or not all(
+        isinstance(s, int) and s > 0 for s in syn.downsample.sizes
+    ):
         raise SyntheticDataError(
             f"data.synthetic.downsample.sizes={list(syn.downsample.sizes)}: need positive integers"
         )

@@ -46,9 +46,9 @@ import os
 import sys
 import time
 from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -91,7 +91,7 @@ def cache_dir() -> Path:
     return Path(base) / "solo-stablerep"
 
 
-def derived_file_paths(source: Path, suffix: str) -> List[Path]:
+def derived_file_paths(source: Path, suffix: str) -> list[Path]:
     """Where a file derived from ``source`` (an index, a summary) is looked for and written, in that
     order: beside it (``<source><suffix>``), then in :func:`cache_dir` under a name unique to it."""
     key = hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:20]
@@ -136,13 +136,19 @@ class _IndexBuilder:
         self.labels = array("i")
         self.num_images = array("i")
         self.ext_codes = array("B")
-        self.extensions: List[str] = []
+        self.extensions: list[str] = []
         self.paths = bytearray()
         self.path_ends = array("q")  # end offset of each stored path in ``paths``
         self.path_counts = array("q")  # stored paths so far, after each caption
 
-    def add(self, caption_id: str, caption: str, label: Optional[int], images: Sequence[str],
-            rule_ext: Optional[str]) -> None:
+    def add(
+        self,
+        caption_id: str,
+        caption: str,
+        label: int | None,
+        images: Sequence[str],
+        rule_ext: str | None,
+    ) -> None:
         self.ids.add(caption_id)
         self.texts += caption.encode()
         self.text_ends.append(len(self.texts))
@@ -156,12 +162,14 @@ class _IndexBuilder:
         else:
             if rule_ext not in self.extensions:
                 if len(self.extensions) == _CUSTOM_PATHS:
-                    raise ManifestError(f"caption {caption_id}: more than {_CUSTOM_PATHS} image extensions")
+                    raise ManifestError(
+                        f"caption {caption_id}: more than {_CUSTOM_PATHS} image extensions"
+                    )
                 self.extensions.append(rule_ext)
             self.ext_codes.append(self.extensions.index(rule_ext))
         self.path_counts.append(len(self.path_ends))
 
-    def add_record(self, record: CaptionRecord, rule_ext: Optional[str]) -> None:
+    def add_record(self, record: CaptionRecord, rule_ext: str | None) -> None:
         self.add(record.caption_id, record.caption, record.label, record.images, rule_ext)
 
     def arrays(self) -> dict:
@@ -187,7 +195,7 @@ class _IndexBuilder:
         }
 
 
-def _signature(source: Path, csv_header: Optional[bool]) -> dict:
+def _signature(source: Path, csv_header: bool | None) -> dict:
     """What an index must match to describe ``source`` as it is now."""
     stat = source.stat()
     with open(source, "rb") as f:
@@ -223,7 +231,7 @@ def _write_index(path: Path, arrays: dict, meta: dict) -> None:
         f.truncate(start + offset)
 
 
-def _map_index(path: Path, signature: Optional[dict]) -> Optional[Tuple[dict, dict]]:
+def _map_index(path: Path, signature: dict | None) -> tuple[dict, dict] | None:
     """(header, arrays) of a valid index file at ``path``, or None if absent, truncated, of another
     version or (``signature`` given) of another source."""
     try:
@@ -265,7 +273,7 @@ def _map_index(path: Path, signature: Optional[dict]) -> Optional[Tuple[dict, di
 class _Column(Sequence):
     """A read-only sequence of one string field of an index (ids or caption texts), decoded on access."""
 
-    def __init__(self, index: "CaptionIndex", field: str):
+    def __init__(self, index: CaptionIndex, field: str):
         self._index, self._field = index, field
 
     def __len__(self) -> int:
@@ -277,8 +285,10 @@ class _Column(Sequence):
         return self._index._string(self._field, i)
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, Sequence) and len(other) == len(self) and all(
-            a == b for a, b in zip(self, other)
+        return (
+            isinstance(other, Sequence)
+            and len(other) == len(self)
+            and all(a == b for a, b in zip(self, other))
         )
 
     def __repr__(self) -> str:
@@ -302,12 +312,19 @@ class CaptionIndex:
         caption_ids, captions (Sequence[str]): ids and caption texts, decoded on access.
     """
 
-    def __init__(self, index_path: Path, roots: Sequence[Union[str, Path]], root_per_image: bool,
-                 source: Union[str, Path]):
+    def __init__(
+        self,
+        index_path: Path,
+        roots: Sequence[str | Path],
+        root_per_image: bool,
+        source: str | Path,
+    ):
         mapped = _map_index(index_path, signature=None)
         if mapped is None:
-            raise SyntheticDataError(f"{index_path}: caption index of {source} unreadable or "
-                                     "truncated; delete it: it is rebuilt at the next open")
+            raise SyntheticDataError(
+                f"{index_path}: caption index of {source} unreadable or "
+                "truncated; delete it: it is rebuilt at the next open"
+            )
         self.index_path = Path(index_path)
         self.roots = [Path(r) for r in roots]
         self._root_per_image = root_per_image
@@ -320,14 +337,18 @@ class CaptionIndex:
         self.captions = _Column(self, "text")
 
     def __getstate__(self):
-        return {"index_path": self.index_path, "roots": self.roots,
-                "root_per_image": self._root_per_image, "source": self.source}
+        return {
+            "index_path": self.index_path,
+            "roots": self.roots,
+            "root_per_image": self._root_per_image,
+            "source": self.source,
+        }
 
     def __setstate__(self, state):
         self.__init__(state["index_path"], state["roots"], state["root_per_image"], state["source"])
 
     @classmethod
-    def from_manifest(cls, root: Union[str, Path]) -> "CaptionIndex":
+    def from_manifest(cls, root: str | Path) -> CaptionIndex:
         """The index of ``root/manifest.jsonl``, built (validating every line) if missing or stale."""
         source = Path(root) / MANIFEST_NAME
         if not source.is_file():
@@ -336,20 +357,23 @@ class CaptionIndex:
 
     @classmethod
     def from_authors_csv(
-        cls, csv_path: Union[str, Path], roots: Sequence[Union[str, Path]], header: bool = False
-    ) -> "CaptionIndex":
+        cls, csv_path: str | Path, roots: Sequence[str | Path], header: bool = False
+    ) -> CaptionIndex:
         """The index of the authors' CSV of ``relative image path,caption`` rows; caption id = the
         row's 1-based position in the CSV (a header row counted); errors give the file's line number."""
         csv_path = Path(csv_path)
         if not csv_path.is_file():
             raise ManifestError(f"{csv_path}: caption CSV (data.synthetic.csv) not found")
         if not roots:
-            raise ManifestError(f"{csv_path}: data.synthetic.roots is empty (need one root per seed)")
+            raise ManifestError(
+                f"{csv_path}: data.synthetic.roots is empty (need one root per seed)"
+            )
         for root in roots:
             if not Path(root).is_dir():
                 raise ManifestError(f"{root}: image root folder (data.synthetic.roots) not found")
-        return cls(_ensure_index(csv_path, bool(header)), roots, root_per_image=True,
-                   source=csv_path)
+        return cls(
+            _ensure_index(csv_path, bool(header)), roots, root_per_image=True, source=csv_path
+        )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -365,8 +389,10 @@ class CaptionIndex:
             raise self._corrupt(f"{field} of caption {i} is not UTF-8") from None
 
     def _corrupt(self, what: str) -> SyntheticDataError:
-        return SyntheticDataError(f"{self.index_path}: caption index of {self.source} is corrupt "
-                                  f"({what}); delete it: it is rebuilt at the next open")
+        return SyntheticDataError(
+            f"{self.index_path}: caption index of {self.source} is corrupt "
+            f"({what}); delete it: it is rebuilt at the next open"
+        )
 
     def caption_id(self, i: int) -> str:
         return self._string("id", i)
@@ -419,7 +445,7 @@ class CaptionIndex:
             )
 
 
-def _consistency_problem(header: dict, arrays: dict) -> Optional[str]:
+def _consistency_problem(header: dict, arrays: dict) -> str | None:
     """What makes an index's arrays unusable (offsets out of order or past their blob, labels or
     extension codes out of range, image counts below 1), or None: damage behind a valid header
     would otherwise surface as an IndexError, or wrong captions, deep in training. Vectorised, one
@@ -432,8 +458,12 @@ def _consistency_problem(header: dict, arrays: dict) -> Optional[str]:
             if offsets[0] != 0 or offsets[-1] != len(blob) or np.any(offsets[1:] < offsets[:-1]):
                 return f"{field} offsets"
         starts, counts, codes = arrays["path_starts"], arrays["num_images"], arrays["ext_codes"]
-        lengths = {len(arrays["id_offsets"]), len(arrays["text_offsets"]), len(starts),
-                   len(counts) + 1}
+        lengths = {
+            len(arrays["id_offsets"]),
+            len(arrays["text_offsets"]),
+            len(starts),
+            len(counts) + 1,
+        }
         if lengths != {n + 1}:
             return "array lengths"
         if n == 0:
@@ -448,8 +478,11 @@ def _consistency_problem(header: dict, arrays: dict) -> Optional[str]:
         if np.any(codes[~custom] >= len(header["extensions"])):
             return "extension codes"
         stored = np.diff(starts)  # paths stored per caption: its image count if custom, else none
-        if (starts[0] != 0 or starts[-1] != len(arrays["path_offsets"]) - 1
-                or np.any(stored != np.where(custom, counts, 0))):
+        if (
+            starts[0] != 0
+            or starts[-1] != len(arrays["path_offsets"]) - 1
+            or np.any(stored != np.where(custom, counts, 0))
+        ):
             return "path starts"
     except (KeyError, IndexError, TypeError, ValueError):
         return "arrays missing or of the wrong shape"
@@ -466,7 +499,7 @@ def _valid_index(path: Path, signature: dict) -> bool:
     return problem is None
 
 
-def _ensure_index(source: Path, csv_header: Optional[bool]) -> Path:
+def _ensure_index(source: Path, csv_header: bool | None) -> Path:
     """Path of a valid index of ``source``: an existing one beside it or in the cache, else built now."""
     candidates = derived_file_paths(source, INDEX_SUFFIX)
     signature = _signature(source, csv_header)
@@ -504,9 +537,21 @@ class Progress:
     """A line on stderr every few seconds while a large source is read (standard library only):
     ``<doing> <source>: <done>/<total> <unit>, <seconds> s``."""
 
-    def __init__(self, source: Path, total: Optional[int], every: float = 5.0, doing: str = "indexing",
-                 unit: str = "captions"):
-        self.source, self.total, self.every, self.doing, self.unit = source, total, every, doing, unit
+    def __init__(
+        self,
+        source: Path,
+        total: int | None,
+        every: float = 5.0,
+        doing: str = "indexing",
+        unit: str = "captions",
+    ):
+        self.source, self.total, self.every, self.doing, self.unit = (
+            source,
+            total,
+            every,
+            doing,
+            unit,
+        )
         self.started = self.shown = time.monotonic()
 
     def __call__(self, done: int) -> None:
@@ -514,8 +559,11 @@ class Progress:
         if now - self.shown >= self.every:
             self.shown = now
             of = f"/{self.total}" if self.total is not None else ""
-            print(f"{self.doing} {self.source}: {done}{of} {self.unit}, {now - self.started:.0f} s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{self.doing} {self.source}: {done}{of} {self.unit}, {now - self.started:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def _build_from_manifest(source: Path, builder: _IndexBuilder) -> dict:
@@ -556,14 +604,16 @@ def _build_from_csv(source: Path, csv_header: bool, builder: _IndexBuilder) -> d
     except UnicodeDecodeError:
         line = reader.line_num + 1 if reader is not None else 1
         raise ManifestError(
-            f"{source}:{line}: not valid UTF-8 (near this line); save the CSV as UTF-8") from None
+            f"{source}:{line}: not valid UTF-8 (near this line); save the CSV as UTF-8"
+        ) from None
     except csv.Error as e:
         raise ManifestError(f"{source}:{reader.line_num}: unreadable CSV ({e})") from None
     return {"class_names": None}
 
 
-def _add_csv_rows(source: Path, csv_header: bool, reader, builder: _IndexBuilder,
-                  progress: Progress) -> None:
+def _add_csv_rows(
+    source: Path, csv_header: bool, reader, builder: _IndexBuilder, progress: Progress
+) -> None:
     for row_no, row in enumerate(reader):
         if csv_header and row_no == 0:
             continue
@@ -581,12 +631,12 @@ def _add_csv_rows(source: Path, csv_header: bool, reader, builder: _IndexBuilder
 
 
 def write_indexed_manifest(
-    root: Union[str, Path],
+    root: str | Path,
     records: Iterable[CaptionRecord],
     *,
-    class_names: Optional[Sequence[str]] = None,
-    generator: Optional[dict] = None,
-    num_captions: Optional[int] = None,
+    class_names: Sequence[str] | None = None,
+    generator: dict | None = None,
+    num_captions: int | None = None,
 ) -> Path:
     """:func:`~solo_stablerep.data.manifest.write_manifest`, then its index beside it, built from the
     records as they are written (no second parse). Returns the manifest's path."""
@@ -597,13 +647,20 @@ def write_indexed_manifest(
     with exclusive_lock(root):  # writers of a root take turns: leftovers of a killed one are stale
         remove_stale_temps(root / MANIFEST_NAME)
         remove_stale_temps(index_path)
-        path = write_manifest(root, records, class_names=class_names, generator=generator,
-                              num_captions=num_captions, on_record=builder.add_record)
-        meta = {"source": _signature(path, None),
-                "class_names": None if class_names is None else list(class_names),
-                "extensions": builder.extensions}
+        path = write_manifest(
+            root,
+            records,
+            class_names=class_names,
+            generator=generator,
+            num_captions=num_captions,
+            on_record=builder.add_record,
+        )
+        meta = {
+            "source": _signature(path, None),
+            "class_names": None if class_names is None else list(class_names),
+            "extensions": builder.extensions,
+        }
         arrays = builder.arrays()
         del builder
         _write_index(index_path, arrays, meta)
     return path
-

@@ -48,13 +48,15 @@ import os
 import re
 import secrets
 from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import numpy as np
 
 from solo_stablerep.errors import InputError
+
 FORMAT_NAME = "stablerep-synthetic"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.jsonl"
@@ -76,8 +78,8 @@ class CaptionRecord:
 
     caption_id: str
     caption: str
-    label: Optional[int]
-    images: List[str]
+    label: int | None
+    images: list[str]
 
 
 def image_relpath(caption_id: str, k: int, ext: str) -> str:
@@ -101,7 +103,9 @@ def check_relative_path(path: str, where: str) -> str:
     if not isinstance(path, str) or not path:
         raise ManifestError(f"{where}: image path {path!r} is not a non-empty string")
     if "\\" in path or PurePosixPath(path).is_absolute() or re.match(r"^[A-Za-z]:", path):
-        raise ManifestError(f"{where}: image path {path!r} is absolute (must be relative to the root)")
+        raise ManifestError(
+            f"{where}: image path {path!r} is absolute (must be relative to the root)"
+        )
     depth = 0
     for part in PurePosixPath(path).parts:
         depth += -1 if part == ".." else (0 if part == "." else 1)
@@ -112,7 +116,7 @@ def check_relative_path(path: str, where: str) -> str:
     return path
 
 
-def rule_extension(caption_id: str, images: List[str]) -> Optional[str]:
+def rule_extension(caption_id: str, images: list[str]) -> str | None:
     """The extension ``ext`` if ``images`` is exactly ``[image_relpath(caption_id, k, ext) for k ...]``
     (the writers' rule, so the paths can be derived from the id and need not be stored), else None."""
     first = images[0] if images else None
@@ -128,7 +132,7 @@ def rule_extension(caption_id: str, images: List[str]) -> Optional[str]:
 
 
 @functools.lru_cache(maxsize=64)
-def _rule_suffixes(ext: str, n: int) -> Optional[Tuple[str, ...]]:
+def _rule_suffixes(ext: str, n: int) -> tuple[str, ...] | None:
     return None if "/" in ext else tuple(f"_{k:02d}.{ext}" for k in range(n))
 
 
@@ -136,7 +140,9 @@ def _check_header(header: Any, where: str) -> dict:
     if not isinstance(header, dict):
         raise ManifestError(f"{where}: header must be a JSON object")
     if header.get("format") != FORMAT_NAME:
-        raise ManifestError(f"{where}: format is {header.get('format')!r}, expected {FORMAT_NAME!r}")
+        raise ManifestError(
+            f"{where}: format is {header.get('format')!r}, expected {FORMAT_NAME!r}"
+        )
     if header.get("version") != FORMAT_VERSION:
         raise ManifestError(
             f"{where}: unknown version {header.get('version')!r} (this reader knows {FORMAT_VERSION})"
@@ -157,7 +163,9 @@ def _check_header(header: Any, where: str) -> dict:
     return header
 
 
-def _check_record(obj: Any, where: str, num_classes: Optional[int]) -> Tuple[CaptionRecord, Optional[str]]:
+def _check_record(
+    obj: Any, where: str, num_classes: int | None
+) -> tuple[CaptionRecord, str | None]:
     """The validated record, and its images' extension when their paths follow the writers' rule."""
     if not isinstance(obj, dict):
         raise ManifestError(f"{where}: caption line must be a JSON object")
@@ -212,14 +220,14 @@ class CaptionIds:
         start = self.ends[i - 1] if i > 0 else 0
         return self.blob[start : self.ends[i]].decode()
 
-    def first_repeat(self) -> Optional[Tuple[int, int]]:
+    def first_repeat(self) -> tuple[int, int] | None:
         """(first position, repeat position) of the earliest id that repeats an earlier one, or None."""
         hashes = np.frombuffer(self._hashes, dtype=np.int64) if len(self) else np.empty(0, np.int64)
         order = np.argsort(hashes)
         shared = np.flatnonzero(hashes[order[1:]] == hashes[order[:-1]])
         # ids whose hash is shared: compare the ids themselves (hashes may collide), in file order
         candidates = np.unique(np.concatenate([order[shared], order[shared + 1]]))
-        first_seen: Dict[str, int] = {}
+        first_seen: dict[str, int] = {}
         for position in candidates.tolist():
             first = first_seen.setdefault(self[position], position)
             if first != position:
@@ -228,8 +236,8 @@ class CaptionIds:
 
 
 def scan_manifest(
-    root: Union[str, Path]
-) -> Tuple[Path, dict, Iterator[Tuple[int, CaptionRecord, Optional[str]]]]:
+    root: str | Path,
+) -> tuple[Path, dict, Iterator[tuple[int, CaptionRecord, str | None]]]:
     """Streams ``root/manifest.jsonl``: (path, validated header, iterator of (line number, record,
     rule extension or None)). The iterator validates each line as it goes and, at the end, that
     ``num_captions`` lines were read; repeated ids are left to the caller (:class:`CaptionIds`)."""
@@ -274,15 +282,15 @@ def _parse_line(line: str, where: str) -> Any:
         raise ManifestError(f"{where}: not valid JSON ({e.msg})") from None
 
 
-def read_manifest(root: Union[str, Path]) -> Tuple[dict, List[CaptionRecord]]:
+def read_manifest(root: str | Path) -> tuple[dict, list[CaptionRecord]]:
     """Read and validate ``root/manifest.jsonl``; returns (header, caption records in file order).
 
     One Python object per caption: for large data sets open a
     :class:`~solo_stablerep.data.index.CaptionIndex` instead.
     """
     path, header, lines = scan_manifest(root)
-    records: List[CaptionRecord] = []
-    seen_ids: Dict[str, int] = {}
+    records: list[CaptionRecord] = []
+    seen_ids: dict[str, int] = {}
     for line_no, record, _ in lines:
         if record.caption_id in seen_ids:
             raise ManifestError(
@@ -331,13 +339,13 @@ def atomic_output(path: Path, mode: str = "wb", **open_kwargs):
 
 
 def write_manifest(
-    root: Union[str, Path],
+    root: str | Path,
     records: Iterable[CaptionRecord],
     *,
-    class_names: Optional[Sequence[str]] = None,
-    generator: Optional[dict] = None,
-    num_captions: Optional[int] = None,
-    on_record: Optional[Callable[[CaptionRecord, Optional[str]], None]] = None,
+    class_names: Sequence[str] | None = None,
+    generator: dict | None = None,
+    num_captions: int | None = None,
+    on_record: Callable[[CaptionRecord, str | None], None] | None = None,
 ) -> Path:
     """Validate ``records`` and write ``root/manifest.jsonl`` atomically; returns its path.
 
@@ -375,7 +383,11 @@ def write_manifest(
             f.write(json.dumps(obj, ensure_ascii=False) + "\n")
         repeat = ids.first_repeat()
         if repeat is not None:
-            raise ManifestError(f"{path}: record {repeat[1]}: caption_id {ids[repeat[1]]!r} repeats")
+            raise ManifestError(
+                f"{path}: record {repeat[1]}: caption_id {ids[repeat[1]]!r} repeats"
+            )
         if len(ids) != num_captions:
-            raise ManifestError(f"{path}: {len(ids)} records given, num_captions={num_captions} announced")
+            raise ManifestError(
+                f"{path}: {len(ids)} records given, num_captions={num_captions} announced"
+            )
     return path

@@ -11,9 +11,10 @@ from __future__ import annotations
 import io
 import logging
 import multiprocessing
+from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.context import get_spawning_popen
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional, Sequence, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def large_crop_slots(augmentations) -> List[bool]:
+def large_crop_slots(augmentations) -> list[bool]:
     """For each crop one image yields (in ``cfg.augmentations`` order), whether it is a large crop.
 
     Same rule as solo-learn's ``parse_cfg``: large = crop_size equal to the first pipeline's.
@@ -63,10 +64,14 @@ class SkipCounter:
 
     def __getstate__(self):
         # a worker being started shares the counter; any other pickling gets a detached copy
-        return {"shared": self._shared} if get_spawning_popen() is not None else {"value": self.value}
+        return (
+            {"shared": self._shared} if get_spawning_popen() is not None else {"value": self.value}
+        )
 
     def __setstate__(self, state):
-        self._shared = state["shared"] if "shared" in state else multiprocessing.Value("q", state["value"])
+        self._shared = (
+            state["shared"] if "shared" in state else multiprocessing.Value("q", state["value"])
+        )
 
 
 def corrupt_image_error(path: Path, caption_id: str, err: Exception) -> SyntheticDataError:
@@ -94,10 +99,10 @@ class ReadableImages:
         self.skip_corrupt = skip_corrupt
         self.skipped = SkipCounter()
 
-    def pick(self, i: int, order: Iterable[int], read: Callable[[Path], T]) -> List[T]:
+    def pick(self, i: int, order: Iterable[int], read: Callable[[Path], T]) -> list[T]:
         """``read`` (path -> image; raises on a file it cannot decode) applied to the images of
         caption ``i`` in ``order`` until ``n_img`` succeed."""
-        images: List[T] = []
+        images: list[T] = []
         for k in order:
             path = self.index.image_path(i, k)
             try:
@@ -110,8 +115,12 @@ class ReadableImages:
                 if not self.skip_corrupt:
                     raise corrupt_image_error(path, self.index.caption_id(i), e) from None
                 total = self.skipped.add()
-                log.warning("skipped corrupt image %s (caption %s), %d skipped so far",
-                            path, self.index.caption_id(i), total)
+                log.warning(
+                    "skipped corrupt image %s (caption %s), %d skipped so far",
+                    path,
+                    self.index.caption_id(i),
+                    total,
+                )
                 continue
             if len(images) == self.n_img:
                 return images
@@ -139,7 +148,7 @@ def _jpeg_ends(data: bytes) -> bool:
     return data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda")
 
 
-def undecodable(data: bytes) -> Optional[str]:
+def undecodable(data: bytes) -> str | None:
     """Why PIL cannot decode ``data`` fully, or None: used to name the image a decoder elsewhere
     (DALI) failed on, after the fact (a full decode is too slow for every image read)."""
     try:

@@ -52,11 +52,15 @@ import json
 import logging
 import os
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from solo_stablerep.data.index import Progress, derived_file_paths, exclusive_lock, write_first_writable
+from solo_stablerep.data.index import (
+    Progress,
+    derived_file_paths,
+    exclusive_lock,
+    write_first_writable,
+)
 from solo_stablerep.data.manifest import atomic_output, remove_stale_temps
 from solo_stablerep.errors import InputError
 
@@ -71,7 +75,7 @@ SUMMARY_FORMAT = "stablerep-webdataset-summary"
 SUMMARY_VERSION = 1
 
 # one member of a sample in an index file: (component, data offset, size, member name)
-IndexMember = Tuple[str, int, int, str]
+IndexMember = tuple[str, int, int, str]
 
 
 class ShardFormatError(InputError):
@@ -93,8 +97,14 @@ def index_path(tar_path: Path) -> Path:
     return Path(tar_path).with_suffix(".idx")
 
 
-def make_header(run_id: str, num_captions: int, images_per_caption: int, image_ext: str,
-                class_names: Optional[Sequence[str]], generator: Optional[dict]) -> dict:
+def make_header(
+    run_id: str,
+    num_captions: int,
+    images_per_caption: int,
+    image_ext: str,
+    class_names: Sequence[str] | None,
+    generator: dict | None,
+) -> dict:
     return {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
@@ -110,7 +120,9 @@ def make_header(run_id: str, num_captions: int, images_per_caption: int, image_e
 def read_header(folder: Path) -> dict:
     path = Path(folder) / HEADER_NAME
     if not path.is_file():
-        raise ShardFormatError(f"{path}: shard folder header not found (not written by stablerep-generate?)")
+        raise ShardFormatError(
+            f"{path}: shard folder header not found (not written by stablerep-generate?)"
+        )
     try:
         header = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:
@@ -126,44 +138,51 @@ def read_header(folder: Path) -> dict:
 _REWRITE = "rewrite it (reconvert the shard, or wds2idx)"
 
 
-def index_lines(path: Path) -> Tuple[int, List[str]]:
+def index_lines(path: Path) -> tuple[int, list[str]]:
     """(samples its header line announces, the sample lines) of a DALI index file."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise ShardFormatError(f"{path}: index file missing (write it with the shard writer or wds2idx)") from None
+        raise ShardFormatError(
+            f"{path}: index file missing (write it with the shard writer or wds2idx)"
+        ) from None
     try:
         lines = data.decode("utf-8").splitlines()
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise ShardFormatError(
-            f"{path}:{line}: not UTF-8 text (a damaged index?); {_REWRITE}") from None
+            f"{path}:{line}: not UTF-8 text (a damaged index?); {_REWRITE}"
+        ) from None
     head = lines[0].split() if lines else []
     if len(head) != 2 or head[0] != INDEX_VERSION or not head[1].isdigit():
         raise ShardFormatError(f"{path}:1: not a {INDEX_VERSION} webdataset index header")
     return int(head[1]), lines[1:]
 
 
-def _member_fields(path: Path, number: int, line: str) -> List[str]:
+def _member_fields(path: Path, number: int, line: str) -> list[str]:
     fields = line.split()
     if not fields or len(fields) % 4:
         raise ShardFormatError(
-            f"{path}:{number}: expected groups of 4 fields (ext offset size name); {_REWRITE}")
+            f"{path}:{number}: expected groups of 4 fields (ext offset size name); {_REWRITE}"
+        )
     return fields
 
 
 def _bad_number(path: Path, number: int, fields: Sequence[str]) -> ShardFormatError:
     bad = next(f for f in fields[1::4] + fields[2::4] if not f.isdigit())
     return ShardFormatError(
-        f"{path}:{number}: offset or size {bad!r} is not a non-negative integer; {_REWRITE}")
+        f"{path}:{number}: offset or size {bad!r} is not a non-negative integer; {_REWRITE}"
+    )
 
 
-def _members(path: Path, number: int, line: str) -> List[IndexMember]:
+def _members(path: Path, number: int, line: str) -> list[IndexMember]:
     """The members (component, offset, size, name) of the sample on line ``number`` of index ``path``."""
     fields = _member_fields(path, number, line)
     try:
-        members = [(fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3])
-                   for i in range(0, len(fields), 4)]
+        members = [
+            (fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3])
+            for i in range(0, len(fields), 4)
+        ]
     except ValueError:  # (a negative offset or size is named when read)
         raise _bad_number(path, number, fields) from None
     return members
@@ -171,10 +190,12 @@ def _members(path: Path, number: int, line: str) -> List[IndexMember]:
 
 def _check_count(path: Path, announced: int, lines: Sequence[str]) -> None:
     if len(lines) != announced:
-        raise ShardFormatError(f"{path}: header says {announced} samples, {len(lines)} lines follow")
+        raise ShardFormatError(
+            f"{path}: header says {announced} samples, {len(lines)} lines follow"
+        )
 
 
-def read_index(path: Path) -> List[List[IndexMember]]:
+def read_index(path: Path) -> list[list[IndexMember]]:
     """Samples of a DALI index file: per sample, its members as (component, offset, size, name)."""
     announced, lines = index_lines(path)
     samples = [_members(path, number, line) for number, line in enumerate(lines, start=2)]
@@ -185,11 +206,13 @@ def read_index(path: Path) -> List[List[IndexMember]]:
 def index_text(samples: Sequence[Sequence[IndexMember]]) -> str:
     """The index file of a tar holding ``samples`` (the inverse of :func:`read_index`)."""
     lines = [f"{INDEX_VERSION} {len(samples)}"]
-    lines += [" ".join(f"{ext} {offset} {size} {name}" for ext, offset, size, name in s) for s in samples]
+    lines += [
+        " ".join(f"{ext} {offset} {size} {name}" for ext, offset, size, name in s) for s in samples
+    ]
     return "\n".join(lines) + "\n"
 
 
-def _summary_key(tar: Path) -> Optional[list]:
+def _summary_key(tar: Path) -> list | None:
     """[tar size, tar mtime_ns, idx size, idx mtime_ns]; None when the index is missing."""
     try:
         tar_stat, idx_stat = tar.stat(), index_path(tar).stat()
@@ -203,10 +226,12 @@ def summarise_tar(tar: Path, image_ext: str) -> dict:
     :class:`ShardFormatError` naming the tar (and sample, or index line) if either is unusable: index
     missing or malformed, no sample, tar shorter than its index says, a sample without its JSON first
     or lacking images (components ``00.<ext>``, ``01.<ext>``, ... in order)."""
-    key = _summary_key(tar)  # taken before reading: a tar changed meanwhile is stale at the next open
+    key = _summary_key(
+        tar
+    )  # taken before reading: a tar changed meanwhile is stale at the next open
     path = index_path(tar)
     announced, lines = index_lines(path)
-    expected: Dict[int, List[str]] = {}  # image count -> its components
+    expected: dict[int, list[str]] = {}  # image count -> its components
     end, most, fewest, problem = 0, 0, None, None
     for number, line in enumerate(lines, start=2):
         fields = _member_fields(path, number, line)
@@ -240,8 +265,15 @@ def summarise_tar(tar: Path, image_ext: str) -> dict:
     with open(tar, "rb") as f:
         f.seek(int(offset))
         meta = sample_meta(f.read(int(length)), tar, first)
-    return {"key": key, "samples": len(lines), "fewest": fewest, "most": most, "end": end, "first": first,
-            "run_id": meta["run_id"]}
+    return {
+        "key": key,
+        "samples": len(lines),
+        "fewest": fewest,
+        "most": most,
+        "end": end,
+        "first": first,
+        "run_id": meta["run_id"],
+    }
 
 
 _META_TYPES = {"caption_id": str, "caption": str, "index": int, "run_id": str, "num_images": int}
@@ -255,44 +287,58 @@ def sample_meta(data: bytes, tar, key: str) -> dict:
     try:
         meta = json.loads(data)
         label = meta["label"]
-        if (isinstance(meta["caption_id"], str) and isinstance(meta["caption"], str)
-                and isinstance(meta["index"], int) and isinstance(meta["run_id"], str)
-                and isinstance(meta["num_images"], int) and (label is None or isinstance(label, int))):
+        if (
+            isinstance(meta["caption_id"], str)
+            and isinstance(meta["caption"], str)
+            and isinstance(meta["index"], int)
+            and isinstance(meta["run_id"], str)
+            and isinstance(meta["num_images"], int)
+            and (label is None or isinstance(label, int))
+        ):
             return meta
     except ValueError as e:  # UnicodeDecodeError included
-        raise ShardFormatError(f"{tar}: sample {key}: its .json metadata is not valid JSON "
-                               f"({str(e).splitlines()[0]})") from None
+        raise ShardFormatError(
+            f"{tar}: sample {key}: its .json metadata is not valid JSON ({str(e).splitlines()[0]})"
+        ) from None
     except (KeyError, TypeError):  # a field missing, or not an object: named below
         pass
     if not isinstance(meta, dict):
         raise ShardFormatError(f"{tar}: sample {key}: its .json metadata is not a JSON object")
     for field, kind in _META_TYPES.items():
         if not isinstance(meta.get(field), kind):
-            raise ShardFormatError(f"{tar}: sample {key}: its .json metadata lacks {field} "
-                                   f"(or it is not a {kind.__name__})")
+            raise ShardFormatError(
+                f"{tar}: sample {key}: its .json metadata lacks {field} "
+                f"(or it is not a {kind.__name__})"
+            )
     raise ShardFormatError(
-        f"{tar}: sample {key}: its .json metadata lacks label (null or an integer)")
+        f"{tar}: sample {key}: its .json metadata lacks label (null or an integer)"
+    )
 
 
-def _load_summary(path: Path, image_ext: str) -> Dict[str, dict]:
+def _load_summary(path: Path, image_ext: str) -> dict[str, dict]:
     """Entries of a summary file; none if it is missing, unreadable, of another version or image
     extension (a valid summary's entries are still checked against their tars)."""
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    if (not isinstance(summary, dict) or summary.get("format") != SUMMARY_FORMAT
-            or summary.get("version") != SUMMARY_VERSION or summary.get("image_ext") != image_ext
-            or not isinstance(summary.get("tars"), dict)):
+    if (
+        not isinstance(summary, dict)
+        or summary.get("format") != SUMMARY_FORMAT
+        or summary.get("version") != SUMMARY_VERSION
+        or summary.get("image_ext") != image_ext
+        or not isinstance(summary.get("tars"), dict)
+    ):
         return {}
     return summary["tars"]
 
 
-def _matching_entries(candidates: Sequence[Path], tars: Sequence[Path], keys: Sequence[Optional[list]],
-                      image_ext: str) -> Tuple[Dict[str, dict], Dict[str, dict]]:
+def _matching_entries(
+    candidates: Sequence[Path], tars: Sequence[Path], keys: Sequence[list | None], image_ext: str
+) -> tuple[dict[str, dict], dict[str, dict]]:
     """(all entries of a folder's summary files, those of ``tars`` whose key is the tar's ``keys``)."""
     loaded = [_load_summary(path, image_ext) for path in candidates]
-    known: Dict[str, dict] = {}
+    known: dict[str, dict] = {}
     for entries in reversed(loaded):
         known.update(entries)
     current = {}
@@ -305,12 +351,18 @@ def _matching_entries(candidates: Sequence[Path], tars: Sequence[Path], keys: Se
     return known, current
 
 
-def _save_summary(candidates: Sequence[Path], folder: Path, entries: Dict[str, dict], image_ext: str) -> None:
+def _save_summary(
+    candidates: Sequence[Path], folder: Path, entries: dict[str, dict], image_ext: str
+) -> None:
     """Writes the entries of the folder's tars still there; only warns if no place is writable (the
     summary saves time, the tars were checked)."""
     present = set(os.listdir(folder))
-    summary = {"format": SUMMARY_FORMAT, "version": SUMMARY_VERSION, "image_ext": image_ext,
-               "tars": {name: entry for name, entry in sorted(entries.items()) if name in present}}
+    summary = {
+        "format": SUMMARY_FORMAT,
+        "version": SUMMARY_VERSION,
+        "image_ext": image_ext,
+        "tars": {name: entry for name, entry in sorted(entries.items()) if name in present},
+    }
 
     def write(path: Path) -> None:
         with atomic_output(path, "w", encoding="utf-8") as f:
@@ -319,12 +371,20 @@ def _save_summary(candidates: Sequence[Path], folder: Path, entries: Dict[str, d
     try:
         write_first_writable(candidates, write)
     except OSError as error:
-        log.warning("%s: cannot save its shard summary beside it or in the cache (%s); the next open "
-                    "checks its tars again", folder, error)
+        log.warning(
+            "%s: cannot save its shard summary beside it or in the cache (%s); the next open "
+            "checks its tars again",
+            folder,
+            error,
+        )
 
 
-def _folder_summaries(folder: Path, tars: Sequence[Path], image_ext: str,
-                      on_bad: Optional[Callable[[Path, str], None]]) -> Dict[str, dict]:
+def _folder_summaries(
+    folder: Path,
+    tars: Sequence[Path],
+    image_ext: str,
+    on_bad: Callable[[Path, str], None] | None,
+) -> dict[str, dict]:
     """Entries of ``tars`` (all in ``folder``) by tar name, cached or summarised now (and saved); a
     bad tar raises, or with ``on_bad`` is passed to it with the error and left out."""
     candidates = derived_file_paths(folder / HEADER_NAME, SUMMARY_SUFFIX)
@@ -332,7 +392,9 @@ def _folder_summaries(folder: Path, tars: Sequence[Path], image_ext: str,
     _, current = _matching_entries(candidates, tars, keys, image_ext)
     if len(current) == len(tars):
         return current
-    with exclusive_lock(folder):  # one summariser per folder; the others wait, then find its entries
+    with exclusive_lock(
+        folder
+    ):  # one summariser per folder; the others wait, then find its entries
         for path in candidates:  # left by a summariser killed (SIGKILL) before its rename
             if path.parent.is_dir():
                 remove_stale_temps(path)
@@ -354,17 +416,20 @@ def _folder_summaries(folder: Path, tars: Sequence[Path], image_ext: str,
     return current
 
 
-def tar_summaries(tars: Sequence[Path], image_ext: str,
-                  on_bad: Optional[Callable[[Path, str], None]] = None) -> List[Optional[dict]]:
+def tar_summaries(
+    tars: Sequence[Path], image_ext: str, on_bad: Callable[[Path, str], None] | None = None
+) -> list[dict | None]:
     """The summary entry of each tar, in order (see the module docstring): one ``stat`` of each tar
     and index when the cached summaries are current, else the stale tars' indexes are read. A tar
     that cannot be used raises :class:`ShardFormatError`, or, with ``on_bad(tar, error line)``, is
     passed to it and its entry is None."""
-    by_folder: Dict[Path, List[Path]] = {}
+    by_folder: dict[Path, list[Path]] = {}
     for tar in tars:
         by_folder.setdefault(tar.parent, []).append(tar)
-    entries = {folder: _folder_summaries(folder, group, image_ext, on_bad)
-               for folder, group in by_folder.items()}
+    entries = {
+        folder: _folder_summaries(folder, group, image_ext, on_bad)
+        for folder, group in by_folder.items()
+    }
     return [entries[tar.parent].get(tar.name) for tar in tars]
 
 
@@ -381,11 +446,15 @@ class _TarReader:
 
     def read(self, offset: int, size: int, key: str, component: str) -> bytes:
         if offset + size > self.size:
-            raise ShardFormatError(f"{self.path}: sample {key}: member {component} lies past the tar's "
-                                   f"end ({self.size} bytes; truncated after its index was written?)")
+            raise ShardFormatError(
+                f"{self.path}: sample {key}: member {component} lies past the tar's "
+                f"end ({self.size} bytes; truncated after its index was written?)"
+            )
         if offset < 0 or size < 0:  # a damaged index line
-            raise ShardFormatError(f"{self.path}: sample {key}: member {component} at offset {offset}, "
-                                   f"size {size} in its index; {_REWRITE}")
+            raise ShardFormatError(
+                f"{self.path}: sample {key}: member {component} at offset {offset}, "
+                f"size {size} in its index; {_REWRITE}"
+            )
         return os.pread(self._fd, size, offset)
 
 
@@ -401,7 +470,7 @@ class IndexedSample(Mapping):
 
     def __init__(self, tar: _TarReader, index: Path, number: int, line: str):
         self._tar, self._index, self._number, self._line = tar, index, number, line
-        self._members: Optional[dict] = None
+        self._members: dict | None = None
 
     def _parsed(self) -> dict:
         if self._members is None:  # parsed on first use: most of a buffer's lines wait a while

@@ -11,8 +11,8 @@ the DALI one (:mod:`.synthetic_dali`) from ``data.format``, or the tar-shard loa
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, List, Sequence
 
 import omegaconf
 import torch
@@ -72,7 +72,9 @@ class SyntheticMultiViewDataset(Dataset):
 
     def __getitem__(self, i: int):
         order = torch.randperm(self.index.num_images(i)).tolist()
-        per_image_crops = [self.image_transform(img) for img in self.images.pick(i, order, _open_rgb)]
+        per_image_crops = [
+            self.image_transform(img) for img in self.images.pick(i, order, _open_rgb)
+        ]
         return i, order_views(per_image_crops, self.large_slots), int(self.index.labels[i])
 
 
@@ -132,7 +134,9 @@ class SkippedImagesLogger(Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         total = self.skipped.value
         new, self._logged = total - self._logged, total
-        count = trainer.strategy.reduce(torch.tensor(float(new), device=pl_module.device), reduce_op="sum")
+        count = trainer.strategy.reduce(
+            torch.tensor(float(new), device=pl_module.device), reduce_op="sum"
+        )
         pl_module.log("skipped_corrupt_images", count, rank_zero_only=True)
         if count.item() > 0:
             rank_zero_warn(
@@ -141,7 +145,7 @@ class SkippedImagesLogger(Callback):
             )
 
 
-def synthetic_callbacks(cfg: omegaconf.DictConfig, train_data) -> List[Callback]:
+def synthetic_callbacks(cfg: omegaconf.DictConfig, train_data) -> list[Callback]:
     """Callbacks the synthetic training data needs: :class:`SkippedImagesLogger` with ``skip_corrupt``."""
     if cfg.data.dataset != "synthetic" or not cfg.data.synthetic.skip_corrupt:
         return []

@@ -12,8 +12,8 @@ caption stay on one rank and every caption is seen once per epoch.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import lightning.pytorch as pl
 import numpy as np
@@ -60,8 +60,10 @@ def decode_failure(error: Exception, culprits, captions: str) -> SyntheticDataEr
     decode either, else the captions of those batches. DALI's pipeline stops at such an image (it
     cannot be skipped after the fact); the source's header checks catch the common damage (a file
     cut short) before it, so that ``skip_corrupt`` can skip it."""
-    advice = ("remove or regenerate it (the DALI pipeline cannot skip an image its decoder "
-              "rejects; data.format=image_folder with data.synthetic.skip_corrupt=True can)")
+    advice = (
+        "remove or regenerate it (the DALI pipeline cannot skip an image its decoder "
+        "rejects; data.format=image_folder with data.synthetic.skip_corrupt=True can)"
+    )
     for where, data in culprits:
         try:
             reason = undecodable(data.read_bytes() if isinstance(data, Path) else bytes(data))
@@ -69,11 +71,14 @@ def decode_failure(error: Exception, culprits, captions: str) -> SyntheticDataEr
             reason = e.strerror or str(e)
         if reason is not None:
             return SyntheticDataError(
-                f"{where}: DALI could not decode this image ({reason}); {advice}")
+                f"{where}: DALI could not decode this image ({reason}); {advice}"
+            )
     lines = [line.strip() for line in str(error).splitlines() if "rror" in line and line.strip()]
     dali_error = lines[0] if lines else type(error).__name__
-    return SyntheticDataError(f"DALI could not decode an image of {captions} ({dali_error}); PIL "
-                              "decodes them all: try data.format=image_folder")
+    return SyntheticDataError(
+        f"DALI could not decode an image of {captions} ({dali_error}); PIL "
+        "decodes them all: try data.format=image_folder"
+    )
 
 
 class CaptionBatchSource:
@@ -107,7 +112,9 @@ class CaptionBatchSource:
         return -(-len(self.index) // self.world_size) // self.batch_size
 
     def __iter__(self):
-        self._order = shard_epoch(len(self.index), self.rank, self.world_size, self.epoch, self.seed)
+        self._order = shard_epoch(
+            len(self.index), self.rank, self.world_size, self.epoch, self.seed
+        )
         self._next = 0
         self.epoch += 1
         return self
@@ -119,7 +126,9 @@ class CaptionBatchSource:
         self._next += self.batch_size
         self._recent.append(ids)
         per_caption = [
-            self.images.pick(i, self._rng.permutation(self.index.num_images(i)).tolist(), _read_checked_bytes)
+            self.images.pick(
+                i, self._rng.permutation(self.index.num_images(i)).tolist(), _read_checked_bytes
+            )
             for i in ids
         ]
         # image-major, so that the iterator's views are contiguous slices of DALI's output (no copy)
@@ -132,8 +141,11 @@ class CaptionBatchSource:
         """Names the image of the recent batches that DALI's decoder failed on (see
         :func:`decode_failure`)."""
         ids = [i for batch in self._recent for i in batch]
-        paths = ((self.index.image_path(i, k), self.index.caption_id(i))
-                 for i in ids for k in range(self.index.num_images(i)))
+        paths = (
+            (self.index.image_path(i, k), self.index.caption_id(i))
+            for i in ids
+            for k in range(self.index.num_images(i))
+        )
         culprits = ((f"{path} (caption {caption_id})", path) for path, caption_id in paths)
         first = ", ".join(self.index.caption_id(i) for i in ids[:4])
         return decode_failure(error, culprits, f"captions {first}...")
@@ -143,7 +155,9 @@ class CaptionBatchSource:
 def synthetic_pipeline(source: CaptionBatchSource, transform: Callable, dali_device: str):
     """Outputs each crop of solo-learn's augmentations, then labels and caption indices, for a batch
     of n_img x captions images (pipeline batch size = n_img x captions)."""
-    encoded, labels, indexes = fn.external_source(source=source, num_outputs=3, batch=True, cycle="raise")
+    encoded, labels, indexes = fn.external_source(
+        source=source, num_outputs=3, batch=True, cycle="raise"
+    )
     decoder_device = "mixed" if dali_device == "gpu" else "cpu"
     crops = transform(fn.decoders.image(encoded, device=decoder_device, output_type=types.RGB))
     if dali_device == "gpu":
@@ -163,8 +177,9 @@ class SyntheticDALIIterator(DALIGenericIterator):
         self.batches_per_epoch = source.batches_per_epoch()
         output_map = [f"crop{j}" for j in range(len(self.large_slots))] + ["label", "index"]
         try:  # DALI's iterator runs the pipeline for its first batch already
-            super().__init__(pipeline, output_map, last_batch_policy=LastBatchPolicy.DROP,
-                             auto_reset=True)
+            super().__init__(
+                pipeline, output_map, last_batch_policy=LastBatchPolicy.DROP, auto_reset=True
+            )
         except RuntimeError as error:
             raise self._failure(error) from None
 
@@ -194,8 +209,16 @@ class DALIDataModule(pl.LightningDataModule):
     """What the DALI data modules share: the settings of one training pipeline per rank, built in
     :meth:`setup` by the subclass's ``build_loader(rank, world_size, local_rank)``."""
 
-    def __init__(self, transform: Callable, large_slots: Sequence[bool], n_img: int, batch_size: int,
-                 num_workers: int, dali_device: str, seed: int):
+    def __init__(
+        self,
+        transform: Callable,
+        large_slots: Sequence[bool],
+        n_img: int,
+        batch_size: int,
+        num_workers: int,
+        dali_device: str,
+        seed: int,
+    ):
         super().__init__()
         if dali_device not in ("gpu", "cpu"):
             raise InputError(f"dali.device={dali_device}: choose gpu or cpu")
@@ -210,10 +233,14 @@ class DALIDataModule(pl.LightningDataModule):
 
     def pipeline_options(self, rank: int, local_rank: int) -> dict:
         """The DALI pipeline arguments that depend on the device and the rank."""
-        return dict(num_threads=max(1, self.num_workers), seed=self.seed + rank, prefetch_queue_depth=2,
-                    device_id=local_rank if self.dali_device == "gpu" else None)
+        return dict(
+            num_threads=max(1, self.num_workers),
+            seed=self.seed + rank,
+            prefetch_queue_depth=2,
+            device_id=local_rank if self.dali_device == "gpu" else None,
+        )
 
-    def setup(self, stage: Optional[str] = None):
+    def setup(self, stage: str | None = None):
         self.train_loader = self.build_loader(
             self.trainer.global_rank, self.trainer.world_size, self.trainer.local_rank
         )
@@ -230,15 +257,25 @@ class SyntheticDALIDataModule(DALIDataModule):
     ``dali.device`` (``gpu``: decode with ``mixed``; ``cpu``: CPU-only pipeline), ``seed``.
     """
 
-    def __init__(self, index: CaptionIndex, transform: Callable, large_slots: Sequence[bool], n_img: int,
-                 batch_size: int, num_workers: int, dali_device: str, seed: int, skip_corrupt: bool):
+    def __init__(
+        self,
+        index: CaptionIndex,
+        transform: Callable,
+        large_slots: Sequence[bool],
+        n_img: int,
+        batch_size: int,
+        num_workers: int,
+        dali_device: str,
+        seed: int,
+        skip_corrupt: bool,
+    ):
         super().__init__(transform, large_slots, n_img, batch_size, num_workers, dali_device, seed)
         self.images = ReadableImages(index, n_img, skip_corrupt)
         check_batch_size(len(index), batch_size, index.source)
         self.index = index
 
     @classmethod
-    def from_cfg(cls, cfg: omegaconf.DictConfig) -> "SyntheticDALIDataModule":
+    def from_cfg(cls, cfg: omegaconf.DictConfig) -> SyntheticDALIDataModule:
         return cls(
             load_caption_index(cfg),
             transform=build_image_transform(cfg, dali=True),
@@ -251,7 +288,9 @@ class SyntheticDALIDataModule(DALIDataModule):
             skip_corrupt=cfg.data.synthetic.skip_corrupt,
         )
 
-    def build_loader(self, rank: int = 0, world_size: int = 1, local_rank: int = 0) -> SyntheticDALIIterator:
+    def build_loader(
+        self, rank: int = 0, world_size: int = 1, local_rank: int = 0
+    ) -> SyntheticDALIIterator:
         source = CaptionBatchSource(self.images, self.batch_size, rank, world_size, self.seed)
         pipeline = synthetic_pipeline(
             source=source,

@@ -8,13 +8,17 @@ The downsample augmentation follows the authors' ``DownSampleAndUpsample`` (Stab
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import omegaconf
 import torch
 from PIL import Image
-from solo.data.pretrain_dataloader import FullTransformPipeline, NCropAugmentation, build_transform_pipeline
+from solo.data.pretrain_dataloader import (
+    FullTransformPipeline,
+    NCropAugmentation,
+    build_transform_pipeline,
+)
 from torchvision import transforms
 
 
@@ -91,13 +95,19 @@ def build_image_transform(cfg: omegaconf.DictConfig, dali: bool = False) -> Full
         if dali:
             from solo.data.dali_dataloader import build_transform_pipeline_dali
 
-            transform = build_transform_pipeline_dali(cfg.data.dataset, aug_cfg, dali_device=cfg.dali.device)
+            transform = build_transform_pipeline_dali(
+                cfg.data.dataset, aug_cfg, dali_device=cfg.dali.device
+            )
             if downsample is not None:
-                transform = _Then(DALIRandomDownsample(downsample.prob, downsample.sizes, cfg.dali.device),
-                                  transform)
+                transform = _Then(
+                    DALIRandomDownsample(downsample.prob, downsample.sizes, cfg.dali.device),
+                    transform,
+                )
         else:
             transform = build_transform_pipeline(cfg.data.dataset, aug_cfg)
             if downsample is not None:
-                transform = transforms.Compose([RandomDownsample(downsample.prob, downsample.sizes), transform])
+                transform = transforms.Compose(
+                    [RandomDownsample(downsample.prob, downsample.sizes), transform]
+                )
         pipelines.append(NCropAugmentation(transform, aug_cfg.num_crops))
     return FullTransformPipeline(pipelines)

@@ -50,8 +50,9 @@ import logging
 import os
 import random
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import omegaconf
@@ -60,7 +61,12 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
-from solo_stablerep.data.sampling import SkipCounter, checked_encoded_image, large_crop_slots, order_views
+from solo_stablerep.data.sampling import (
+    SkipCounter,
+    checked_encoded_image,
+    large_crop_slots,
+    order_views,
+)
 from solo_stablerep.data.shards import (
     HEADER_NAME,
     ShardFormatError,
@@ -96,8 +102,10 @@ def _expand(train_path: str) -> tuple[list[Path], Path]:
     if len(missing) == len(tars):
         raise ShardDataError(f"data.train_path={train_path}: the pattern matches no shard file")
     if missing:
-        raise ShardDataError(f"{missing[0]}: shard named by data.train_path={train_path} not found "
-                             f"({len(missing)} of {len(tars)} missing)")
+        raise ShardDataError(
+            f"{missing[0]}: shard named by data.train_path={train_path} not found "
+            f"({len(missing)} of {len(tars)} missing)"
+        )
     return tars, tars[0].parent
 
 
@@ -130,42 +138,54 @@ class ShardSet:
             left_out.append(tar)
 
         try:
-            summaries = tar_summaries(self.tars, self.image_ext,
-                                      leave_out if skip_corrupt else None)
+            summaries = tar_summaries(
+                self.tars, self.image_ext, leave_out if skip_corrupt else None
+            )
         except ShardFormatError as e:
             raise ShardDataError(
-                f"{e}; or set data.synthetic.skip_corrupt=True to leave such tars out") from None
+                f"{e}; or set data.synthetic.skip_corrupt=True to leave such tars out"
+            ) from None
         if left_out:
             if len(left_out) == len(self.tars):
-                raise ShardDataError(f"{self.source}: none of its {len(self.tars)} tars is usable "
-                                     f"(first: {left_out[0]}, see the warnings above)")
+                raise ShardDataError(
+                    f"{self.source}: none of its {len(self.tars)} tars is usable "
+                    f"(first: {left_out[0]}, see the warnings above)"
+                )
             summaries = [summary for summary in summaries if summary is not None]
             self.tars = [tar for tar in self.tars if tar not in left_out]
         for tar, summary in zip(self.tars, summaries):
             if summary["run_id"] != self.run_id:
-                raise ShardDataError(f"{tar}: sample {summary['first']} is from generation run {summary['run_id']}, "
-                                     f"the header from run {self.run_id}: shards of two runs are mixed")
-        self.sample_counts: List[int] = [summary["samples"] for summary in summaries]
+                raise ShardDataError(
+                    f"{tar}: sample {summary['first']} is from generation run {summary['run_id']}, "
+                    f"the header from run {self.run_id}: shards of two runs are mixed"
+                )
+        self.sample_counts: list[int] = [summary["samples"] for summary in summaries]
         # (count, tar, caption id) of the sample with the fewest images, the first such one
-        count, position, key = min((s["fewest"][0], i, s["fewest"][1]) for i, s in enumerate(summaries))
+        count, position, key = min(
+            (s["fewest"][0], i, s["fewest"][1]) for i, s in enumerate(summaries)
+        )
         self.fewest_images = (count, self.tars[position], key)
         self.most_images = max(summary["most"] for summary in summaries)
         counted = Path(train_path).is_dir() and not left_out  # the whole folder, nothing left out
         if counted and sum(self.sample_counts) != header["num_captions"]:
             raise ShardDataError(self._count_mismatch(folder, header["num_captions"], summaries))
 
-    def _count_mismatch(self, folder: Path, num_captions: int, summaries: List[dict]) -> str:
+    def _count_mismatch(self, folder: Path, num_captions: int, summaries: list[dict]) -> str:
         """Why a folder's tars do not hold the header's caption count, and what to do."""
-        held = (f"{folder}: the tars hold {sum(self.sample_counts)} samples, "
-                f"{folder / HEADER_NAME} says {num_captions}")
+        held = (
+            f"{folder}: the tars hold {sum(self.sample_counts)} samples, "
+            f"{folder / HEADER_NAME} says {num_captions}"
+        )
         if sum(self.sample_counts) < num_captions:
             return f"{held} (unfinished writing? rerun the command that wrote it to finish it)"
-        first_seen: Dict[str, Path] = {}
+        first_seen: dict[str, Path] = {}
         for tar, summary in zip(self.tars, summaries):
             other = first_seen.setdefault(summary["first"], tar)
             if other != tar:
-                return (f"{held}: {other.name} and {tar.name} start with the same sample "
-                        "(a copy?); remove one")
+                return (
+                    f"{held}: {other.name} and {tar.name} start with the same sample "
+                    "(a copy?); remove one"
+                )
         return f"{held}: tars of another writer or copies were added to the folder; remove them"
 
     def __len__(self) -> int:
@@ -179,7 +199,9 @@ class ShardSet:
     def check(self, n_img: int) -> None:
         count, tar, key = self.fewest_images
         if count < n_img:
-            raise ShardDataError(f"{tar}: sample {key} has {count} images, fewer than data.synthetic.n_img={n_img}")
+            raise ShardDataError(
+                f"{tar}: sample {key} has {count} images, fewer than data.synthetic.n_img={n_img}"
+            )
 
     def batches_per_epoch(self, world_size: int, batch_size: int) -> int:
         return len(self) // (world_size * batch_size)
@@ -209,9 +231,18 @@ class ShardStream(IterableDataset):
             :meth:`ShardLoader.with_caption_tokens`) for methods that need captions.
     """
 
-    def __init__(self, shards: ShardSet, n_img: int, image_transform: Callable, large_slots: Sequence[bool],
-                 batch_size: int, seed: int = 0, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
-                 skip_corrupt: bool = False, tokenizer: Optional[Callable] = None):
+    def __init__(
+        self,
+        shards: ShardSet,
+        n_img: int,
+        image_transform: Callable,
+        large_slots: Sequence[bool],
+        batch_size: int,
+        seed: int = 0,
+        shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+        skip_corrupt: bool = False,
+        tokenizer: Callable | None = None,
+    ):
         shards.check(n_img)
         self.shards = shards
         self.n_img = n_img
@@ -248,7 +279,9 @@ class ShardStream(IterableDataset):
 
     def _corrupt(self, message: str) -> None:
         if not self.skip_corrupt:
-            raise ShardDataError(message + "; set data.synthetic.skip_corrupt=True to skip such samples")
+            raise ShardDataError(
+                message + "; set data.synthetic.skip_corrupt=True to skip such samples"
+            )
         log.warning("%s: skipped (%d skipped so far)", message, self.skipped.add())
 
     def _samples(self, slot: int, slots: int, rng: np.random.Generator):
@@ -264,8 +297,10 @@ class ShardStream(IterableDataset):
 
     def _nothing_readable(self, slot: int, slots: int, rng: np.random.Generator) -> ShardDataError:
         tars = self._my_tars(slot, slots, rng)
-        return ShardDataError(f"{tars[0]}: no usable sample in it or the {len(tars) - 1} other tars this "
-                              f"process reads ({self.skipped.value} skipped as corrupt): training cannot go on")
+        return ShardDataError(
+            f"{tars[0]}: no usable sample in it or the {len(tars) - 1} other tars this "
+            f"process reads ({self.skipped.value} skipped as corrupt): training cannot go on"
+        )
 
     def _pick(self, sample: dict, rng: np.random.Generator, read: Callable[[bytes], Any]):
         """``(meta, [read(image bytes)] * n_img)`` for ``n_img`` of the sample's images drawn afresh
@@ -282,8 +317,10 @@ class ShardStream(IterableDataset):
             self._corrupt(str(e))
             return None
         if meta["run_id"] != self.shards.run_id:
-            raise ShardDataError(f"{tar}: sample {key} is from generation run {meta['run_id']}, "
-                                 f"not {self.shards.run_id}: shards of two runs are mixed")
+            raise ShardDataError(
+                f"{tar}: sample {key} is from generation run {meta['run_id']}, "
+                f"not {self.shards.run_id}: shards of two runs are mixed"
+            )
         names = [image_component(k, self.shards.image_ext) for k in range(meta["num_images"])]
         picked = []
         for k in rng.permutation(len(names)):
@@ -296,12 +333,16 @@ class ShardStream(IterableDataset):
                 self._corrupt(str(e))
                 continue
             except (OSError, SyntaxError, ValueError) as e:
-                self._corrupt(f"{tar}: sample {key}: corrupt image {names[k]} ({str(e).splitlines()[0]})")
+                self._corrupt(
+                    f"{tar}: sample {key}: corrupt image {names[k]} ({str(e).splitlines()[0]})"
+                )
                 continue
             if len(picked) == self.n_img:
                 return meta, picked
-        self._corrupt(f"{tar}: sample {key}: {len(picked)} readable images, "
-                      f"fewer than data.synthetic.n_img={self.n_img}")
+        self._corrupt(
+            f"{tar}: sample {key}: {len(picked)} readable images, "
+            f"fewer than data.synthetic.n_img={self.n_img}"
+        )
         return None
 
     def _crops(self, data: bytes) -> list:
@@ -332,8 +373,11 @@ class ShardStream(IterableDataset):
     def items(self, slot: int, slots: int, rng: np.random.Generator, make_item: Callable):
         """``make_item`` of every sample of (rank, worker) pair ``slot`` of ``slots``, endlessly,
         through the shuffle buffer; samples it returns None for are left out."""
-        samples = wds.filters.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
-                                      rng=random.Random(int(rng.integers(2**63))))(self._samples(slot, slots, rng))
+        samples = wds.filters.shuffle(
+            self.shuffle_buffer,
+            initial=self.shuffle_buffer,
+            rng=random.Random(int(rng.integers(2**63))),
+        )(self._samples(slot, slots, rng))
         unusable = 0  # in a row: more than the whole set's samples means none is usable
         for sample in samples:
             item = make_item(sample, rng)
@@ -364,21 +408,28 @@ class ShardLoader(DataLoader):
         self._epoch = 0
         # Lightning warns that an IterableDataset's len may count duplicates across workers; here each
         # worker takes its own tars and its own share of the batches, so len is exact (tested under DDP)
-        warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined", category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message="Your `IterableDataset` has `__len__` defined", category=UserWarning
+        )
 
-    def with_caption_tokens(self, tokenizer: Callable) -> "ShardLoader":
+    def with_caption_tokens(self, tokenizer: Callable) -> ShardLoader:
         """Appends each sample's caption tokens to the batches (StableRep++)."""
         self.dataset.tokenizer = tokenizer
         return self
 
     @classmethod
-    def from_cfg(cls, cfg: omegaconf.DictConfig, shards: ShardSet) -> "ShardLoader":
+    def from_cfg(cls, cfg: omegaconf.DictConfig, shards: ShardSet) -> ShardLoader:
         """The loader of a cfg that went through ``add_and_assert_synthetic_cfg``; reads
         ``data.synthetic.*``, ``augmentations``, ``optimizer.batch_size``, ``data.num_workers``, ``seed``."""
         stream = ShardStream(
-            shards, n_img=cfg.data.synthetic.n_img, image_transform=build_image_transform(cfg),
-            large_slots=large_crop_slots(cfg.augmentations), batch_size=cfg.optimizer.batch_size,
-            seed=cfg.seed, shuffle_buffer=shuffle_buffer(cfg), skip_corrupt=cfg.data.synthetic.skip_corrupt,
+            shards,
+            n_img=cfg.data.synthetic.n_img,
+            image_transform=build_image_transform(cfg),
+            large_slots=large_crop_slots(cfg.augmentations),
+            batch_size=cfg.optimizer.batch_size,
+            seed=cfg.seed,
+            shuffle_buffer=shuffle_buffer(cfg),
+            skip_corrupt=cfg.data.synthetic.skip_corrupt,
         )
         return cls(stream, num_workers=cfg.data.num_workers)
 
@@ -395,4 +446,6 @@ class ShardLoader(DataLoader):
 
 
 def shuffle_buffer(cfg: omegaconf.DictConfig) -> int:
-    return omegaconf.OmegaConf.select(cfg, "data.synthetic.shuffle_buffer", default=DEFAULT_SHUFFLE_BUFFER)
+    return omegaconf.OmegaConf.select(
+        cfg, "data.synthetic.shuffle_buffer", default=DEFAULT_SHUFFLE_BUFFER
+    )

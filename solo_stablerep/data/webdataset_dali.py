@@ -17,13 +17,13 @@ its cost matters: 1.2 ms a batch of 8 captions x 6 images, against 1.6 ms for th
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Dict, List, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import omegaconf
 
-from solo_stablerep.data.sampling import large_crop_slots
 from solo_stablerep.data.index import SyntheticDataError
+from solo_stablerep.data.sampling import large_crop_slots
 from solo_stablerep.data.synthetic_dali import (
     RECENT_BATCHES,
     DALIDataModule,
@@ -44,12 +44,14 @@ class ShardBatchSource:
     :meth:`caption_of` is asked for it (StableRep++'s tokens; DALI runs ahead of the iterator).
     """
 
-    def __init__(self, stream: ShardStream, rank: int, world_size: int, keep_captions: bool = False):
+    def __init__(
+        self, stream: ShardStream, rank: int, world_size: int, keep_captions: bool = False
+    ):
         self.stream = stream
         self.rank, self.world_size = rank, world_size
         self.keep_captions = keep_captions
         self.epoch = 0
-        self._in_flight: Dict[int, List] = {}  # index -> [caption, batches holding it not yet read]
+        self._in_flight: dict[int, list] = {}  # index -> [caption, batches holding it not yet read]
         self._recent = deque(maxlen=RECENT_BATCHES)  # samples of the batches DALI may be decoding
 
     def batches_per_epoch(self) -> int:
@@ -85,9 +87,12 @@ class ShardBatchSource:
         """Names the sample of the recent batches whose image DALI's decoder failed on (its
         images read again from the tar)."""
         samples = [sample for batch in self._recent for sample in batch]
-        culprits = ((f"{sample['__url__']}: sample {sample['__key__']}", sample[component])
-                    for sample in samples for component in sample
-                    if not component.startswith("__") and component != "json")
+        culprits = (
+            (f"{sample['__url__']}: sample {sample['__key__']}", sample[component])
+            for sample in samples
+            for component in sample
+            if not component.startswith("__") and component != "json"
+        )
         first_tar = samples[0]["__url__"] if samples else "?"
         return decode_failure(error, culprits, f"{len(samples)} samples of {first_tar}...")
 
@@ -103,8 +108,14 @@ class ShardDALIIterator(SyntheticDALIIterator):
     """:class:`SyntheticDALIIterator` over a :class:`ShardBatchSource`, plus each caption's token ids
     when a tokenizer is given (StableRep++)."""
 
-    def __init__(self, pipeline, n_img: int, large_slots: Sequence[bool], source: ShardBatchSource,
-                 tokenizer: Optional[Callable] = None):
+    def __init__(
+        self,
+        pipeline,
+        n_img: int,
+        large_slots: Sequence[bool],
+        source: ShardBatchSource,
+        tokenizer: Callable | None = None,
+    ):
         self.tokenizer = tokenizer
         super().__init__(pipeline, n_img, large_slots, source)
 
@@ -124,14 +135,32 @@ class ShardDALIDataModule(DALIDataModule):
     process), ``data.num_workers`` (DALI threads), ``dali.device``, ``seed``.
     """
 
-    def __init__(self, shards: ShardSet, transform: Callable, large_slots: Sequence[bool], n_img: int,
-                 batch_size: int, num_workers: int, dali_device: str, seed: int, shuffle_buffer: int,
-                 skip_corrupt: bool = False, tokenizer: Optional[Callable] = None):
+    def __init__(
+        self,
+        shards: ShardSet,
+        transform: Callable,
+        large_slots: Sequence[bool],
+        n_img: int,
+        batch_size: int,
+        num_workers: int,
+        dali_device: str,
+        seed: int,
+        shuffle_buffer: int,
+        skip_corrupt: bool = False,
+        tokenizer: Callable | None = None,
+    ):
         super().__init__(transform, large_slots, n_img, batch_size, num_workers, dali_device, seed)
         # the stream only reads, checks and draws images here: DALI decodes and augments them
-        self.stream = ShardStream(shards, n_img, image_transform=None, large_slots=large_slots,
-                                  batch_size=batch_size, seed=seed, shuffle_buffer=shuffle_buffer,
-                                  skip_corrupt=skip_corrupt)
+        self.stream = ShardStream(
+            shards,
+            n_img,
+            image_transform=None,
+            large_slots=large_slots,
+            batch_size=batch_size,
+            seed=seed,
+            shuffle_buffer=shuffle_buffer,
+            skip_corrupt=skip_corrupt,
+        )
         self.tokenizer = tokenizer
 
     @property
@@ -139,23 +168,37 @@ class ShardDALIDataModule(DALIDataModule):
         return self.stream.skipped
 
     @classmethod
-    def from_cfg(cls, cfg: omegaconf.DictConfig, shards: ShardSet) -> "ShardDALIDataModule":
-        return cls(shards, transform=build_image_transform(cfg, dali=True),
-                   large_slots=large_crop_slots(cfg.augmentations), n_img=cfg.data.synthetic.n_img,
-                   batch_size=cfg.optimizer.batch_size, num_workers=cfg.data.num_workers,
-                   dali_device=cfg.dali.device, seed=cfg.seed, shuffle_buffer=shuffle_buffer(cfg),
-                   skip_corrupt=cfg.data.synthetic.skip_corrupt)
+    def from_cfg(cls, cfg: omegaconf.DictConfig, shards: ShardSet) -> ShardDALIDataModule:
+        return cls(
+            shards,
+            transform=build_image_transform(cfg, dali=True),
+            large_slots=large_crop_slots(cfg.augmentations),
+            n_img=cfg.data.synthetic.n_img,
+            batch_size=cfg.optimizer.batch_size,
+            num_workers=cfg.data.num_workers,
+            dali_device=cfg.dali.device,
+            seed=cfg.seed,
+            shuffle_buffer=shuffle_buffer(cfg),
+            skip_corrupt=cfg.data.synthetic.skip_corrupt,
+        )
 
-    def with_caption_tokens(self, tokenizer: Callable) -> "ShardDALIDataModule":
+    def with_caption_tokens(self, tokenizer: Callable) -> ShardDALIDataModule:
         """Appends each sample's caption tokens to the batches (StableRep++); call before ``setup``."""
         self.tokenizer = tokenizer
         return self
 
-    def build_loader(self, rank: int = 0, world_size: int = 1, local_rank: int = 0) -> ShardDALIIterator:
-        source = ShardBatchSource(self.stream, rank, world_size, keep_captions=self.tokenizer is not None)
+    def build_loader(
+        self, rank: int = 0, world_size: int = 1, local_rank: int = 0
+    ) -> ShardDALIIterator:
+        source = ShardBatchSource(
+            self.stream, rank, world_size, keep_captions=self.tokenizer is not None
+        )
         pipeline = synthetic_pipeline(
-            source=source, transform=self.transform, dali_device=self.dali_device,
-            batch_size=self.batch_size * self.n_img, **self.pipeline_options(rank, local_rank),
+            source=source,
+            transform=self.transform,
+            dali_device=self.dali_device,
+            batch_size=self.batch_size * self.n_img,
+            **self.pipeline_options(rank, local_rank),
         )
         pipeline.build()
         return ShardDALIIterator(pipeline, self.n_img, self.large_slots, source, self.tokenizer)

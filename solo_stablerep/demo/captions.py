@@ -36,9 +36,16 @@ def write_captions(path: Path, captions_per_class: int, seed: int) -> int:
     """
 
     rng = random.Random(seed)
-    others = [c for c in itertools.product(COLOURS, SIZES, STYLES, BACKGROUNDS, (False, True)) if c != SCAN_LIKE]
+    others = [
+        c
+        for c in itertools.product(COLOURS, SIZES, STYLES, BACKGROUNDS, (False, True))
+        if c != SCAN_LIKE
+    ]
     rows = []
-    for colour, size, style, background, as_word in [SCAN_LIKE, *rng.sample(others, captions_per_class - 1)]:
+    for colour, size, style, background, as_word in [
+        SCAN_LIKE,
+        *rng.sample(others, captions_per_class - 1),
+    ]:
         for digit in range(10):
             name = f"number {NUMBER_WORDS[digit]}" if as_word else f"digit {digit}"
             rows.append((f"a {size} {style} {colour} {name} {background}", digit))

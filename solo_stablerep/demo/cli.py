@@ -21,26 +21,58 @@ def _parse_args(argv):
         description="Synthetic images from captions -> StableRep and baselines (solo-learn configs) -> "
         "kNN, linear and few-shot probes on real handwritten digits -> table and plot.",
     )
-    p.add_argument("--output", type=Path, default=Path("demo_output"), help="output folder (default: demo_output)")
-    p.add_argument("--size", choices=tuple(SIZES_PRESETS), default="default",
-                   help="preset: default (about 4 min on 2 idle cores) or tiny (the test)")
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=Path("demo_output"),
+        help="output folder (default: demo_output)",
+    )
+    p.add_argument(
+        "--size",
+        choices=tuple(SIZES_PRESETS),
+        default="default",
+        help="preset: default (about 4 min on 2 idle cores) or tiny (the test)",
+    )
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS)
-    p.add_argument("--seeds", nargs="+", type=int, default=[0],
-                   help="training seeds; give 2 or more for the spread (default: 0, which fits in 10 minutes)")
+    p.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="training seeds; give 2 or more for the spread (default: 0, which fits in 10 minutes)",
+    )
     p.add_argument("--steps", type=int, help="training steps per method (preset's otherwise)")
     p.add_argument("--views", type=int, help="images per caption StableRep uses per step")
     p.add_argument("--images-per-caption", type=int, help="images generated per caption")
     p.add_argument("--captions-per-class", type=int)
-    p.add_argument("--crops-per-step", type=int, help="crops per step for every method (a multiple of views and 2)")
+    p.add_argument(
+        "--crops-per-step",
+        type=int,
+        help="crops per step for every method (a multiple of views and 2)",
+    )
     p.add_argument("--lr", type=float, help="effective AdamW learning rate of every method")
     # 0: StableRep's epochs are one step long here (10 captions), and starting workers every
     # epoch cost more than they overlapped (measured)
-    p.add_argument("--workers", type=int, default=0, help="data loader workers (default 0: the main process)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads for training and probes")
-    p.add_argument("--config-dir", type=Path, default=None,
-                   help="solo-learn config folder (default: scripts/pretrain/synthetic of this repo)")
-    p.add_argument("--set", dest="extra_overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra Hydra override for every run, e.g. --set method_kwargs.temperature=0.2")
+    p.add_argument(
+        "--workers", type=int, default=0, help="data loader workers (default 0: the main process)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads for training and probes"
+    )
+    p.add_argument(
+        "--config-dir",
+        type=Path,
+        default=None,
+        help="solo-learn config folder (default: scripts/pretrain/synthetic of this repo)",
+    )
+    p.add_argument(
+        "--set",
+        dest="extra_overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra Hydra override for every run, e.g. --set method_kwargs.temperature=0.2",
+    )
     return p.parse_args(argv)
 
 
@@ -87,8 +119,11 @@ def main(argv=None) -> int:
     _configure_output()
     size = SIZES_PRESETS[args.size]
     chosen = {
-        "steps": args.steps, "views": args.views, "images_per_caption": args.images_per_caption,
-        "captions_per_class": args.captions_per_class, "lr": args.lr,
+        "steps": args.steps,
+        "views": args.views,
+        "images_per_caption": args.images_per_caption,
+        "captions_per_class": args.captions_per_class,
+        "lr": args.lr,
         "crops_per_step": args.crops_per_step,
     }
     size = replace(size, **{k: v for k, v in chosen.items() if v is not None})
@@ -97,9 +132,16 @@ def main(argv=None) -> int:
     from solo_stablerep.demo.report import markdown_table
 
     try:
-        results = run_demo(args.output, size, args.methods, args.seeds,
-                           args.config_dir.resolve() if args.config_dir else None, args.workers,
-                           args.extra_overrides, args.threads)
+        results = run_demo(
+            args.output,
+            size,
+            args.methods,
+            args.seeds,
+            args.config_dir.resolve() if args.config_dir else None,
+            args.workers,
+            args.extra_overrides,
+            args.threads,
+        )
     except InputError as error:  # config and data errors (DemoError, DataGenError, ...): one line
         print(f"stablerep-demo: error: {error}", file=sys.stderr)
         return 2

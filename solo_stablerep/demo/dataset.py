@@ -11,7 +11,9 @@ from data_gen import GenerationSettings, RunOptions, generate
 from solo_stablerep.data.manifest import CaptionRecord, read_manifest, write_manifest
 
 
-def generate_images(captions: Path, root: Path, images_per_caption: int, image_size: int, seed: int) -> dict:
+def generate_images(
+    captions: Path, root: Path, images_per_caption: int, image_size: int, seed: int
+) -> dict:
     """Renders ``images_per_caption`` images of each caption into the data set ``root``; returns
     data_gen's run summary."""
 

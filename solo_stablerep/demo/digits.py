@@ -47,7 +47,9 @@ class ProbeData:
     test_labels: np.ndarray
 
 
-def place_digits(scans: torch.Tensor, image_size: int, min_fraction: float, seed: int) -> torch.Tensor:
+def place_digits(
+    scans: torch.Tensor, image_size: int, min_fraction: float, seed: int
+) -> torch.Tensor:
     """(N, 1, 8, 8) scans in [0, 1] -> (N, 1, S, S) frames, each scan upsampled (bilinear) to a
     random side in [``min_fraction`` S, S] and pasted at a random place on black."""
 
@@ -57,12 +59,16 @@ def place_digits(scans: torch.Tensor, image_size: int, min_fraction: float, seed
     for i, scan in enumerate(scans):
         side = int(rng.integers(smallest, image_size + 1))
         x, y = rng.integers(0, image_size - side + 1, size=2)
-        digit = F.interpolate(scan[None], size=(side, side), mode="bilinear", align_corners=False)[0]
+        digit = F.interpolate(scan[None], size=(side, side), mode="bilinear", align_corners=False)[
+            0
+        ]
         frames[i, :, y : y + side, x : x + side] = digit.clamp(0, 1)
     return frames
 
 
-def load_real_digits(image_size: int, min_fraction: float = MIN_DIGIT_FRACTION, seed: int = 0) -> ProbeData:
+def load_real_digits(
+    image_size: int, min_fraction: float = MIN_DIGIT_FRACTION, seed: int = 0
+) -> ProbeData:
     """scikit-learn's handwritten digits at random sizes and places (:func:`place_digits`), split in
     halves per class, as normalised 3-channel tensors."""
 
@@ -70,7 +76,9 @@ def load_real_digits(image_size: int, min_fraction: float = MIN_DIGIT_FRACTION, 
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
-    scans = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # ink counts 0..16
+    scans = (
+        torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    )  # ink counts 0..16
     pixels = place_digits(scans, image_size, min_fraction, seed).expand(-1, 3, -1, -1)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -78,18 +86,24 @@ def load_real_digits(image_size: int, min_fraction: float = MIN_DIGIT_FRACTION, 
     train_idx, test_idx = train_test_split(
         np.arange(len(images)), test_size=0.5, random_state=seed, stratify=digits.target
     )
-    return ProbeData(images[train_idx], digits.target[train_idx], images[test_idx], digits.target[test_idx])
+    return ProbeData(
+        images[train_idx], digits.target[train_idx], images[test_idx], digits.target[test_idx]
+    )
 
 
 @torch.no_grad()
-def extract_features(backbone: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+def extract_features(
+    backbone: torch.nn.Module, images: torch.Tensor, batch_size: int = 256
+) -> np.ndarray:
     """Pooled backbone features in eval mode (BatchNorm uses its running statistics)."""
 
     was_training = backbone.training
     backbone.eval()
     device = next(backbone.parameters(), torch.empty(0)).device
-    features = [backbone(images[i : i + batch_size].to(device)).float().cpu()
-                for i in range(0, len(images), batch_size)]
+    features = [
+        backbone(images[i : i + batch_size].to(device)).float().cpu()
+        for i in range(0, len(images), batch_size)
+    ]
     backbone.train(was_training)
     return torch.cat(features).numpy()
 
@@ -104,7 +118,10 @@ def evaluate_backbone(backbone: torch.nn.Module, data: ProbeData) -> dict:
     test_x = extract_features(backbone, data.test_images)
     return {
         "knn_acc": knn_accuracy(train_x, data.train_labels, test_x, data.test_labels),
-        "linear_acc": linear_probe(train_x, data.train_labels, test_x, data.test_labels, device="cpu").score,
-        "few_shot_acc": few_shot(test_x, data.test_labels, ways=FEW_SHOT_WAYS, shots=FEW_SHOTS,
-                                 device="cpu").mean,
+        "linear_acc": linear_probe(
+            train_x, data.train_labels, test_x, data.test_labels, device="cpu"
+        ).score,
+        "few_shot_acc": few_shot(
+            test_x, data.test_labels, ways=FEW_SHOT_WAYS, shots=FEW_SHOTS, device="cpu"
+        ).mean,
     }

@@ -30,21 +30,32 @@ def check_options(size: DemoSize, methods, config_dir: Path) -> None:
     """Raises :class:`DemoError` (one line) for options the runs cannot honour, before any work."""
 
     if not (config_dir / "stablerep.yaml").is_file():
-        raise DemoError(f"no stablerep.yaml in {config_dir}: pass --config-dir scripts/pretrain/synthetic")
+        raise DemoError(
+            f"no stablerep.yaml in {config_dir}: pass --config-dir scripts/pretrain/synthetic"
+        )
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise DemoError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
     if size.crops_per_step % size.views or size.crops_per_step % 2:
-        raise DemoError(f"crops per step {size.crops_per_step} must be a multiple of views {size.views} and of 2")
+        raise DemoError(
+            f"crops per step {size.crops_per_step} must be a multiple of views {size.views} and of 2"
+        )
     if size.views > size.images_per_caption:
         raise DemoError(f"views {size.views} > images per caption {size.images_per_caption}")
 
 
-def save_run_config(configs_dir: Path, method: str, config_dir: Path, composed_yaml: str, overrides: list) -> None:
+def save_run_config(
+    configs_dir: Path, method: str, config_dir: Path, composed_yaml: str, overrides: list
+) -> None:
     """A method's composed config and the ``solo-stablerep-pretrain`` command that reproduces it."""
 
     (configs_dir / f"{method}.yaml").write_text(composed_yaml)
-    command = ["solo-stablerep-pretrain", f"--config-path {config_dir}", f"--config-name {method}.yaml", *overrides]
+    command = [
+        "solo-stablerep-pretrain",
+        f"--config-path {config_dir}",
+        f"--config-name {method}.yaml",
+        *overrides,
+    ]
     (configs_dir / f"{method}.command.txt").write_text(" \\\n    ".join(command) + "\n")
 
 
@@ -81,15 +92,25 @@ def run_demo(
     data_root = output / "data"
     generate_images(captions, data_root, size.images_per_caption, size.crop_size, seed=0)
     write_per_image_manifest(data_root)
-    logger.info("generated %d captions x %d images (%d px) in %.1f s -> %s",
-                count, size.images_per_caption, size.crop_size, time.perf_counter() - t, data_root)
+    logger.info(
+        "generated %d captions x %d images (%d px) in %.1f s -> %s",
+        count,
+        size.images_per_caption,
+        size.crop_size,
+        time.perf_counter() - t,
+        data_root,
+    )
     sheets = sorted((data_root / "contact_sheets").glob("*.png"))
     if sheets:
         shutil.copyfile(sheets[0], output / "contact_sheet.png")
 
     probe_data = load_real_digits(size.crop_size)
-    logger.info("real probe set: sklearn digits, %d train / %d test, at random sizes and places in %d px",
-                len(probe_data.train_labels), len(probe_data.test_labels), size.crop_size)
+    logger.info(
+        "real probe set: sklearn digits, %d train / %d test, at random sizes and places in %d px",
+        len(probe_data.train_labels),
+        len(probe_data.test_labels),
+        size.crop_size,
+    )
 
     configs_dir = output / "configs"
     configs_dir.mkdir(exist_ok=True)
@@ -98,8 +119,15 @@ def run_demo(
     for seed in seeds:
         run_root = output / "runs" / f"seed{seed}"
         backbone = random_backbone(size, config_dir, data_root, run_root / "random", seed)
-        rows.append({"method": RANDOM_FLOOR, "seed": seed, "train_seconds": 0.0, "images_seen": 0,
-                     **evaluate_backbone(backbone, probe_data)})
+        rows.append(
+            {
+                "method": RANDOM_FLOOR,
+                "seed": seed,
+                "train_seconds": 0.0,
+                "images_seen": 0,
+                **evaluate_backbone(backbone, probe_data),
+            }
+        )
         logger.info("seed %d %s: %s", seed, RANDOM_FLOOR, accuracy_text(rows[-1]))
         for method in methods:
             run_dir = run_root / method
@@ -111,9 +139,16 @@ def run_demo(
             row.update(evaluate_backbone(backbone, probe_data))
             rows.append(row)
             curves[method][seed] = curve
-            logger.info("seed %d %s: %d steps, %s images in %.0f s; probes (%.0f s): %s", seed, method,
-                        row["steps"], f"{row['images_seen']:,}", row["train_seconds"], time.perf_counter() - t,
-                        accuracy_text(row))
+            logger.info(
+                "seed %d %s: %d steps, %s images in %.0f s; probes (%.0f s): %s",
+                seed,
+                method,
+                row["steps"],
+                f"{row['images_seen']:,}",
+                row["train_seconds"],
+                time.perf_counter() - t,
+                accuracy_text(row),
+            )
             if seed == seeds[0]:
                 save_run_config(configs_dir, method, config_dir, composed_yaml, overrides)
         # after every seed, so that a long seed study stopped early keeps the seeds it finished
@@ -126,9 +161,15 @@ def run_demo(
             "summary": summarise(rows, [RANDOM_FLOOR, *methods]),
             "margins": margins(rows) if "stablerep" in methods else {},
             "runs": rows,
-            "loss_curves": {m: {str(s): c for s, c in per_seed.items()} for m, per_seed in curves.items()},
+            "loss_curves": {
+                m: {str(s): c for s, c in per_seed.items()} for m, per_seed in curves.items()
+            },
             "total_seconds": time.perf_counter() - started,
         }
         write_report(output, results, curves)
-    logger.info("done in %.0f s; results, plot, contact sheet and configs in %s", results["total_seconds"], output)
+    logger.info(
+        "done in %.0f s; results, plot, contact sheet and configs in %s",
+        results["total_seconds"],
+        output,
+    )
     return results

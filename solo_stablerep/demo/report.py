@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from statistics import mean, stdev
 
+from solo_stablerep.data.manifest import atomic_output
 from solo_stablerep.demo.digits import ACCURACIES
 from solo_stablerep.demo.runs import CEILING, LOSS_COLUMNS, RANDOM_FLOOR
-from solo_stablerep.data.manifest import atomic_output
 
 SUBJECT = "stablerep"  # the method whose margins the verdict reports
 
@@ -69,7 +69,9 @@ def markdown_table(summary: list) -> str:
         return f"{entry[key]:.3f} ± {entry[key + '_std']:.3f} (min {entry[key + '_min']:.3f})"
 
     lines = [
-        "| method | " + " | ".join(f"{name} acc" for _, name in ACCURACIES) + " | train time (s) | images seen |",
+        "| method | "
+        + " | ".join(f"{name} acc" for _, name in ACCURACIES)
+        + " | train time (s) | images seen |",
         "|---" * (len(ACCURACIES) + 3) + "|",
     ]
     for entry in summary:
@@ -118,8 +120,11 @@ def plot(rows: list, curves: dict, path: Path) -> None:
     fig, axes = plt.subplots(2, columns, figsize=(4.2 * columns, 7.5), squeeze=False)
     for ax, (key, name) in zip(axes[0], ACCURACIES):
         for x, method in enumerate(methods):
-            diffs = [row[key] - floor[row["seed"]][key] for row in rows
-                     if row["method"] == method and row["seed"] in floor]
+            diffs = [
+                row[key] - floor[row["seed"]][key]
+                for row in rows
+                if row["method"] == method and row["seed"] in floor
+            ]
             if not diffs:
                 continue
             offsets = [0.25 * (i / max(1, len(diffs) - 1) - 0.5) for i in range(len(diffs))]
@@ -129,14 +134,14 @@ def plot(rows: list, curves: dict, path: Path) -> None:
         ax.set_xticks(range(len(methods)), [method_label(m).replace(" (", "\n(") for m in methods])
         ax.set_title(f"{name}: accuracy minus random init")
         ax.set_ylabel("accuracy - random init's (same seed)")
-    for ax in axes[0][len(ACCURACIES):]:
+    for ax in axes[0][len(ACCURACIES) :]:
         ax.axis("off")
     for ax, method in zip(axes[1], trained):
         for seed, curve in curves[method].items():
             ax.plot([s for s, _ in curve], [v for _, v in curve], alpha=0.6, linewidth=1)
         ax.set_title(f"{method}: {LOSS_COLUMNS[method].removesuffix('_step')} (one line per seed)")
         ax.set_xlabel("step")
-    for ax in axes[1][len(trained):]:
+    for ax in axes[1][len(trained) :]:
         ax.axis("off")
     fig.tight_layout()
     with atomic_output(path) as f:

@@ -79,7 +79,9 @@ SIZES_PRESETS = {
 }
 
 
-def method_overrides(method: str, size: DemoSize, data_root: Path, run_dir: Path, seed: int, workers: int) -> list:
+def method_overrides(
+    method: str, size: DemoSize, data_root: Path, run_dir: Path, seed: int, workers: int
+) -> list:
     """Command-line overrides that shrink ``scripts/pretrain/synthetic/<method>.yaml`` to the demo.
     StableRep reads ``data_root``, the other methods its per-image view (:func:`per_image_root`)."""
 
@@ -132,9 +134,11 @@ def method_overrides(method: str, size: DemoSize, data_root: Path, run_dir: Path
     if method == "byol":
         overrides.append(f"method_kwargs.pred_hidden_dim={size.proj_hidden_dim}")
     if method == "synclr":
-        overrides += [f"augmentations.1.crop_size={size.crop_size // 2}",
-                      "augmentations.1.horizontal_flip.prob=0.0",
-                      f"++method_kwargs.pred_hidden_dim={size.proj_hidden_dim}"]
+        overrides += [
+            f"augmentations.1.crop_size={size.crop_size // 2}",
+            "augmentations.1.horizontal_flip.prob=0.0",
+            f"++method_kwargs.pred_hidden_dim={size.proj_hidden_dim}",
+        ]
     return overrides
 
 
@@ -183,8 +187,15 @@ def progress_callback(label: str, method: str, total_steps: int, lines: int = 10
             elapsed = time.perf_counter() - self.started
             loss = trainer.callback_metrics.get(loss_key)
             loss_text = f"{float(loss):.3f}" if loss is not None else "?"
-            logger.info("%s: step %d/%d, loss %s, %.0f s, ~%.0f s left", label, step, total_steps,
-                        loss_text, elapsed, elapsed / step * (total_steps - step))
+            logger.info(
+                "%s: step %d/%d, loss %s, %.0f s, ~%.0f s left",
+                label,
+                step,
+                total_steps,
+                loss_text,
+                elapsed,
+                elapsed / step * (total_steps - step),
+            )
 
     return ProgressLog()
 
@@ -196,7 +207,9 @@ def train_method(method, size, config_dir, data_root, run_dir, seed, workers, ex
 
     from solo_stablerep.pretrain import run_pretrain
 
-    overrides = method_overrides(method, size, data_root, run_dir, seed, workers) + list(extra_overrides)
+    overrides = method_overrides(method, size, data_root, run_dir, seed, workers) + list(
+        extra_overrides
+    )
     cfg = compose(config_dir, method, overrides)
     composed_yaml = OmegaConf.to_yaml(cfg)
     started = time.perf_counter()
@@ -210,7 +223,13 @@ def train_method(method, size, config_dir, data_root, run_dir, seed, workers, ex
         "steps": trainer.global_step,
         "images_seen": trainer.global_step * crops_per_step,
     }
-    return trainer.lightning_module.backbone, row, read_loss_curve(run_dir, method), composed_yaml, overrides
+    return (
+        trainer.lightning_module.backbone,
+        row,
+        read_loss_curve(run_dir, method),
+        composed_yaml,
+        overrides,
+    )
 
 
 def random_backbone(size, config_dir, data_root, run_dir, seed):
@@ -221,6 +240,12 @@ def random_backbone(size, config_dir, data_root, run_dir, seed):
     from solo_stablerep.pretrain import METHODS as SOLO_METHODS
     from solo_stablerep.pretrain import parse_pretrain_cfg
 
-    cfg = parse_pretrain_cfg(compose(config_dir, "stablerep", method_overrides("stablerep", size, data_root, run_dir, seed, 0)))
+    cfg = parse_pretrain_cfg(
+        compose(
+            config_dir,
+            "stablerep",
+            method_overrides("stablerep", size, data_root, run_dir, seed, 0),
+        )
+    )
     seed_everything(seed, verbose=False)
     return SOLO_METHODS["stablerep"](cfg).backbone

@@ -21,9 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -48,14 +48,14 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
 
-    def _paths(self, key: str) -> Tuple[Path, Path, Path]:
+    def _paths(self, key: str) -> tuple[Path, Path, Path]:
         return (
             self.root / f"{key}.features.npy",
             self.root / f"{key}.labels.npy",
             self.root / f"{key}.json",
         )
 
-    def load(self, key: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    def load(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
         """(features memory map, labels) of a valid entry, else None (counted as a miss)."""
         entry = self._read(key)
         if entry is None:
@@ -64,7 +64,7 @@ class FeatureCache:
             self.hits += 1
         return entry
 
-    def _read(self, key: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    def _read(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
         features_path, labels_path, meta_path = self._paths(key)
         if not meta_path.is_file():
             return None
@@ -86,7 +86,7 @@ class FeatureCache:
         return features, labels
 
     @contextmanager
-    def writer(self, key: str, identity: dict, num_items: int) -> Iterator["_EntryWriter"]:
+    def writer(self, key: str, identity: dict, num_items: int) -> Iterator[_EntryWriter]:
         """Streams an entry's features to disk batch by batch (never all in memory); the entry
         becomes valid when the block ends without error, with the labels the writer was given."""
         self.root.mkdir(parents=True, exist_ok=True)
@@ -108,7 +108,7 @@ class FeatureCache:
         with atomic_output(meta_path, "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=1, default=str)
 
-    def read_back(self, key: str) -> Tuple[np.ndarray, np.ndarray]:
+    def read_back(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """The entry just written (memory-mapped)."""
         entry = self._read(key)
         if entry is None:

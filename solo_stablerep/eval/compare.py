@@ -12,8 +12,8 @@ For each data set, each model's features of each split are read from the cache o
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -64,14 +64,14 @@ class ProbeSettings:
 
 @dataclass
 class Comparison:
-    models: List[BackboneSpec]
-    datasets: List[EvalDataset] = field(default_factory=list)
-    results: List[Result] = field(default_factory=list)
+    models: list[BackboneSpec]
+    datasets: list[EvalDataset] = field(default_factory=list)
+    results: list[Result] = field(default_factory=list)
 
 
-def _labels_of_models(specs: List[BackboneSpec]) -> None:
+def _labels_of_models(specs: list[BackboneSpec]) -> None:
     """Row names: each model's run name, made unique with its spec where two share one."""
-    seen: Dict[str, int] = {}
+    seen: dict[str, int] = {}
     for spec in specs:
         seen[spec.label] = seen.get(spec.label, 0) + 1
     for spec in specs:
@@ -93,7 +93,7 @@ def compare(
     _labels_of_models(models)
     datasets = [open_dataset(spec) for spec in dataset_specs]  # all checked before any work
     comparison = Comparison(models, datasets)
-    built: Dict[str, object] = {}
+    built: dict[str, object] = {}
 
     def backbone_of(spec: BackboneSpec):
         def get():
@@ -152,7 +152,7 @@ def _input_size(spec: BackboneSpec, requested: int | None) -> int:
     return size
 
 
-def _probe(model: str, dataset: EvalDataset, features: Dict[str, Tuple], settings: ProbeSettings):
+def _probe(model: str, dataset: EvalDataset, features: dict[str, tuple], settings: ProbeSettings):
     train_x, train_y = features["train"]
     test_x, test_y = features["test"]
     val = features.get("val")

@@ -37,9 +37,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional
 
 import numpy as np
 from PIL import Image
@@ -84,7 +84,7 @@ class EvalDataset:
     spec: str
     name: str
     metric: str
-    splits: Dict[str, Split]
+    splits: dict[str, Split]
     identity: dict  # what makes its images what they are (for the feature cache key)
 
     @property
@@ -110,7 +110,7 @@ def image_transform(image_size: int, mean, std):
 # ------------------------------------------------------------------------------------ digits
 
 
-def _digits(spec: str, root: Optional[str]) -> EvalDataset:
+def _digits(spec: str, root: str | None) -> EvalDataset:
     import sklearn
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -137,7 +137,7 @@ def _digits(spec: str, root: Optional[str]) -> EvalDataset:
 # ------------------------------------------------------------------------------- imagefolder
 
 
-def _image_folder(spec: str, root: Optional[str]) -> EvalDataset:
+def _image_folder(spec: str, root: str | None) -> EvalDataset:
     if not root:
         raise EvalError(f"{spec}: give the folder, imagefolder:PATH")
     base = Path(root)
@@ -227,8 +227,8 @@ def _open(constructor, spec, **kwargs):
         ) from None
 
 
-def _split_sets(constructor, split_names: Dict[str, str], **kwargs):
-    def build(spec: str, root: str) -> Dict[str, Split]:
+def _split_sets(constructor, split_names: dict[str, str], **kwargs):
+    def build(spec: str, root: str) -> dict[str, Split]:
         opened = {
             ours: _open(constructor, spec, root=root, split=theirs, **kwargs)
             for ours, theirs in split_names.items()
@@ -252,7 +252,7 @@ def _split_sets(constructor, split_names: Dict[str, str], **kwargs):
 
 
 def _cifar(constructor):
-    def build(spec: str, root: str) -> Dict[str, Split]:
+    def build(spec: str, root: str) -> dict[str, Split]:
         splits = {}
         for ours, train in (("train", True), ("test", False)):
             dataset = _open(constructor, spec, root=root, train=train)
@@ -266,7 +266,7 @@ def _cifar(constructor):
     return build
 
 
-def _caltech101(spec: str, root: str) -> Dict[str, Split]:
+def _caltech101(spec: str, root: str) -> dict[str, Split]:
     from torchvision.datasets import Caltech101
 
     dataset = _open(Caltech101, spec, root=root, target_type="category")
@@ -291,7 +291,7 @@ def _caltech101(spec: str, root: str) -> Dict[str, Split]:
     return {"train": split(train), "test": split(test)}
 
 
-def _sun397(spec: str, root: str) -> Dict[str, Split]:
+def _sun397(spec: str, root: str) -> dict[str, Split]:
     from torchvision.datasets import SUN397
 
     dataset = _open(SUN397, spec, root=root)
@@ -315,7 +315,7 @@ def _sun397(spec: str, root: str) -> Dict[str, Split]:
     return splits
 
 
-def _voc2007(spec: str, root: str) -> Dict[str, Split]:
+def _voc2007(spec: str, root: str) -> dict[str, Split]:
     from torchvision.datasets import VOCDetection
 
     splits = {}
@@ -342,7 +342,7 @@ def _read_xml(path):
     return parse(path).getroot()
 
 
-def _torchvision_builders() -> Dict[str, tuple]:
+def _torchvision_builders() -> dict[str, tuple]:
     """name -> (builder(spec, root) -> splits, metric)."""
     from torchvision import datasets as tv
 

@@ -9,8 +9,8 @@ probes get back is a memory map of the finished file.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ class _Images(Dataset):
 class ExtractionSettings:
     batch_size: int = 128
     num_workers: int = 4
-    device: Optional[str] = None  # default: CUDA when available
+    device: str | None = None  # default: CUDA when available
     progress: bool = True
 
     @property

@@ -41,8 +41,8 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -80,7 +80,7 @@ class Standardization:
     std: torch.Tensor
 
     @classmethod
-    def of(cls, blocks: Sequence[torch.Tensor]) -> "Standardization":
+    def of(cls, blocks: Sequence[torch.Tensor]) -> Standardization:
         """Statistics of the rows of all ``blocks`` (N_b, D) together, accumulated in float64 over
         chunks of rows (no float64 copy of a block)."""
         count, total, total_sq = 0, 0.0, 0.0
@@ -107,16 +107,16 @@ class LogisticModel:
     weight: torch.Tensor
     bias: torch.Tensor
     binary: bool
-    standardization: Optional[Standardization] = None
+    standardization: Standardization | None = None
     n_iter: int = 0
     # gradient of J's data term (no penalty) at (weight, bias) on the rows it was fitted to
-    data_gradient: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+    data_gradient: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def decision_function(self, features: torch.Tensor) -> torch.Tensor:
         """Scores (..., N, K) of raw ``features`` (..., N, D)."""
         return _logits(features, self.weight, self.bias, self.standardization)
 
-    def restandardized(self, standardization: Standardization) -> "LogisticModel":
+    def restandardized(self, standardization: Standardization) -> LogisticModel:
         """The same function of the raw features, with its weights in ``standardization``'s
         coordinates (a warm start for a refit on rows z-scored with other statistics)."""
         assert self.standardization is not None
@@ -137,7 +137,7 @@ class LogisticModel:
         return scores.argmax(-1)
 
 
-def _logits(x, weight, bias, standardization: Optional[Standardization]):
+def _logits(x, weight, bias, standardization: Standardization | None):
     if standardization is None:
         return x @ weight + bias.unsqueeze(-2)
     scale = 1.0 / standardization.std
@@ -179,13 +179,13 @@ def meets_tolerance(model: LogisticModel, weight_decay: float, num_rows: int, to
 
 
 def fit_logistic_regression(
-    blocks: Sequence[Tuple[torch.Tensor, torch.Tensor]],
+    blocks: Sequence[tuple[torch.Tensor, torch.Tensor]],
     weight_decay: float,
     num_outputs: int,
     *,
     binary: bool = False,
-    standardization: Optional[Standardization] = None,
-    init: Optional[LogisticModel] = None,
+    standardization: Standardization | None = None,
+    init: LogisticModel | None = None,
     max_iter: int = MAX_ITER,
     tol: float = TOL,
 ) -> LogisticModel:

@@ -28,8 +28,8 @@ labels, and returns fractions in [0, 1]. numpy, torch and scipy only: no solo-le
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -192,7 +192,7 @@ def linear_probe(
     return LinearProbeResult(score, float(weight_decays[best]), val_scores, weight_decays)
 
 
-def _extrapolate(path, weight_decay: float) -> Optional[LogisticModel]:
+def _extrapolate(path, weight_decay: float) -> LogisticModel | None:
     """Warm start for ``weight_decay``: the last solution of the ``path`` (weight decay, model),
     moved along the line through the last two in log weight decay. The solutions change smoothly
     along the path: this start needs about half the L-BFGS iterations of the last solution alone

@@ -14,7 +14,6 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
 
 from solo_stablerep.data.manifest import atomic_output
 
@@ -30,8 +29,8 @@ class Result:
     probe: str  # column name: "linear", "kNN", "5-way 1-shot", ...
     metric: str
     score: float
-    ci95: Optional[float] = None
-    weight_decay: Optional[float] = None
+    ci95: float | None = None
+    weight_decay: float | None = None
     details: dict = field(default_factory=dict)
 
     @property
@@ -39,11 +38,11 @@ class Result:
         return f"{self.dataset} {self.probe}"
 
 
-def _columns(results: List[Result]) -> List[str]:
+def _columns(results: list[Result]) -> list[str]:
     return list(dict.fromkeys(r.column for r in results))
 
 
-def _cell(result: Optional[Result]) -> str:
+def _cell(result: Result | None) -> str:
     if result is None:
         return "n/a"
     text = f"{100 * result.score:.1f}"
@@ -52,9 +51,9 @@ def _cell(result: Optional[Result]) -> str:
     return text
 
 
-def markdown_table(models: List[str], results: List[Result]) -> str:
+def markdown_table(models: list[str], results: list[Result]) -> str:
     columns = _columns(results)
-    by_cell: Dict[tuple, Result] = {(r.model, r.column): r for r in results}
+    by_cell: dict[tuple, Result] = {(r.model, r.column): r for r in results}
     metrics = {r.column: r.metric for r in results}
     lines = [
         "| model | " + " | ".join(columns) + " |",
@@ -73,8 +72,8 @@ def markdown_table(models: List[str], results: List[Result]) -> str:
 
 
 def write_report(
-    output: Path, summary: dict, models: List[str], results: List[Result]
-) -> List[Path]:
+    output: Path, summary: dict, models: list[str], results: list[Result]
+) -> list[Path]:
     """Writes the four files into ``output``; returns their paths (the plot only if matplotlib is
     installed)."""
     output.mkdir(parents=True, exist_ok=True)
@@ -117,7 +116,7 @@ def write_report(
     return written
 
 
-def plot(models: List[str], results: List[Result], file) -> None:
+def plot(models: list[str], results: list[Result], file) -> None:
     """Grouped bars: a panel per data set, a group per probe, a bar per model (random in grey)."""
     import matplotlib.pyplot as plt
 
@@ -167,5 +166,5 @@ def plot(models: List[str], results: List[Result], file) -> None:
     plt.close(figure)
 
 
-def _probes(results: List[Result], dataset: str) -> List[str]:
+def _probes(results: list[Result], dataset: str) -> list[str]:
     return list(dict.fromkeys(r.probe for r in results if r.dataset == dataset))

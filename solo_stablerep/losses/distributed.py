@@ -9,7 +9,7 @@ rows, labels and a validity flag: nothing waits for the device. Without it, the 
 exchanged first (a second collective and a host sync: the receive buffers' shapes depend on them).
 """
 
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -58,9 +58,9 @@ def _columns_as_labels(columns: torch.Tensor) -> torch.Tensor:
 
 
 def gather_labelled_rows(
-    *blocks: Tuple[torch.Tensor, torch.Tensor],
-    max_rows: Optional[Sequence[int]] = None,
-) -> List[Tuple[torch.Tensor, torch.Tensor, int, Optional[torch.Tensor]]]:
+    *blocks: tuple[torch.Tensor, torch.Tensor],
+    max_rows: Sequence[int] | None = None,
+) -> list[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]]:
     """Concatenates each ``(rows, labels)`` block over all ranks, in rank order.
 
     Args:
@@ -104,7 +104,9 @@ def gather_labelled_rows(
         if max_rows is not None:
             columns.append(rows.new_ones(rows.shape[0], 1))
         packed = torch.cat(columns, dim=1)
-        padded.append(torch.cat([packed, packed.new_zeros(length - rows.shape[0], packed.shape[1])]))
+        padded.append(
+            torch.cat([packed, packed.new_zeros(length - rows.shape[0], packed.shape[1])])
+        )
     gathered = _AllGatherWithGrad.apply(torch.cat(padded))
 
     results, start = [], 0
@@ -118,17 +120,21 @@ def gather_labelled_rows(
             all_packed = gathered[:, start : start + length].reshape(-1, gathered.shape[-1])
             valid, offset = all_packed[:, -1].detach() > 0.5, rank * length
             all_packed = all_packed[:, :-1]
-        results.append((all_packed[:, :width], _columns_as_labels(all_packed[:, width:]), offset, valid))
+        results.append(
+            (all_packed[:, :width], _columns_as_labels(all_packed[:, width:]), offset, valid)
+        )
         start += length
     return results
 
 
-def row_weights(ids: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+def row_weights(ids: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     """1 for each real row, 0 for padding (``valid`` from :func:`gather_labelled_rows`)."""
     return torch.ones_like(ids) if valid is None else valid.to(ids.dtype)
 
 
-def group_ids(labels: torch.Tensor, valid: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+def group_ids(
+    labels: torch.Tensor, valid: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense ids of equal labels and the size of each id's group.
 
     Returns ``(ids, group_sizes)``: ``ids[i] == ids[j]`` iff ``labels[i] == labels[j]``, ids in

@@ -37,8 +37,6 @@ indices). Each direction returns this rank's share of its global mean (see
 does with gradients, gives the loss of one process on the whole batch.
 """
 
-from typing import Optional, Tuple, Union
-
 import torch
 import torch.nn.functional as F
 
@@ -57,8 +55,8 @@ def image_text_contrastive_loss(
     image_labels: torch.Tensor,
     text_z: torch.Tensor,
     text_labels: torch.Tensor,
-    logit_scale: Union[torch.Tensor, float],
-    max_rows_per_rank: Optional[Tuple[int, int]] = None,
+    logit_scale: torch.Tensor | float,
+    max_rows_per_rank: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Symmetric multi-positive image–text contrastive loss (formula in the module docstring).
 
@@ -84,9 +82,13 @@ def image_text_contrastive_loss(
             f"{tuple(text_z.shape)}"
         )
     if image_labels.shape != image_z.shape[:1]:
-        raise ValueError(f"image_labels must be ({image_z.shape[0]},), got {tuple(image_labels.shape)}")
+        raise ValueError(
+            f"image_labels must be ({image_z.shape[0]},), got {tuple(image_labels.shape)}"
+        )
     if text_labels.shape != text_z.shape[:1]:
-        raise ValueError(f"text_labels must be ({text_z.shape[0]},), got {tuple(text_labels.shape)}")
+        raise ValueError(
+            f"text_labels must be ({text_z.shape[0]},), got {tuple(text_labels.shape)}"
+        )
 
     image_z = F.normalize(_as_float32_if_half(image_z), dim=1)
     text_z = F.normalize(_as_float32_if_half(text_z), dim=1)
@@ -110,11 +112,17 @@ def image_text_contrastive_loss(
     local_image_ids = image_ids[image_offset : image_offset + image_z.shape[0]]
     local_text_ids = text_ids[text_offset : text_offset + text_z.shape[0]]
     image_to_text = multi_positive_row_losses(
-        logit_scale * image_z, all_texts, text_sums[local_image_ids], text_counts[local_image_ids],
+        logit_scale * image_z,
+        all_texts,
+        text_sums[local_image_ids],
+        text_counts[local_image_ids],
         valid_cols=text_valid,
     )
     text_to_image = multi_positive_row_losses(
-        logit_scale * text_z, all_images, image_sums[local_text_ids], image_counts[local_text_ids],
+        logit_scale * text_z,
+        all_images,
+        image_sums[local_text_ids],
+        image_counts[local_text_ids],
         valid_cols=image_valid,
     )
     # each direction is a mean over the global (real) rows that have a positive on the other side

@@ -4,8 +4,6 @@ Its state is buffers (checkpointed and moved with the module). Every rank pushes
 all-gathered keys, so the queues of all ranks stay equal without a collective of their own.
 """
 
-from typing import Optional
-
 import torch
 import torch.nn as nn
 
@@ -37,7 +35,7 @@ class LabelledKeyQueue(nn.Module):
 
     @torch.no_grad()
     def push(
-        self, keys: torch.Tensor, labels: torch.Tensor, valid: Optional[torch.Tensor] = None
+        self, keys: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None = None
     ) -> None:
         """Writes ``keys`` (n, dim) and their ``labels`` over the oldest entries; rows with
         ``valid`` False (padding of an all-gather) are stored as invalid. Keys are stored as

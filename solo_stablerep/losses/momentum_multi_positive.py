@@ -39,8 +39,6 @@ numbers of images); each rank returns its share of the global means (see
 computes for gradients, is the loss of one process on the whole batch.
 """
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 
@@ -59,12 +57,12 @@ def momentum_multi_positive_loss(
     queries: torch.Tensor,
     keys: torch.Tensor,
     labels: torch.Tensor,
-    local_queries: Optional[torch.Tensor] = None,
-    local_owners: Optional[torch.Tensor] = None,
+    local_queries: torch.Tensor | None = None,
+    local_owners: torch.Tensor | None = None,
     temperature: float = 0.08,
     avoid_local_global_same: bool = True,
-    queue: Optional[LabelledKeyQueue] = None,
-    max_rows_per_rank: Optional[int] = None,
+    queue: LabelledKeyQueue | None = None,
+    max_rows_per_rank: int | None = None,
 ) -> torch.Tensor:
     """SynCLR's contrastive loss (formula in the module docstring).
 

@@ -31,8 +31,6 @@ rank returns is its share of the global mean (see :func:`global_row_mean`): aver
 ranks, as DDP does with gradients, it equals the loss of one process on the whole batch.
 """
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 
@@ -53,8 +51,8 @@ def multi_positive_row_losses(
     cols: torch.Tensor,
     positive_col_sums: torch.Tensor,
     n_positives: torch.Tensor,
-    excluded_cols: Optional[torch.Tensor] = None,
-    valid_cols: Optional[torch.Tensor] = None,
+    excluded_cols: torch.Tensor | None = None,
+    valid_cols: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Sum over rows with a positive of :math:`H(p_i, \operatorname{softmax}(a_i))`, where
     :math:`a_{ij} = r_i^\top c_j` and :math:`p_i` is uniform over row ``i``'s positives.
@@ -105,7 +103,7 @@ def multi_positive_contrastive_loss(
     z: torch.Tensor,
     labels: torch.Tensor,
     temperature: float = 0.1,
-    max_rows_per_rank: Optional[int] = None,
+    max_rows_per_rank: int | None = None,
 ) -> torch.Tensor:
     """StableRep's multi-positive contrastive loss (formula in the module docstring).
 

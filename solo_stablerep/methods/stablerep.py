@@ -1,4 +1,5 @@
-from typing import Any, Dict, List, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import omegaconf
 import torch
@@ -8,8 +9,8 @@ from solo.methods.base import BaseMethod
 from solo.utils.metrics import accuracy_at_k
 from solo.utils.misc import omegaconf_select
 
-from solo_stablerep.losses import multi_positive_contrastive_loss
 from solo_stablerep.errors import InputError
+from solo_stablerep.losses import multi_positive_contrastive_loss
 from solo_stablerep.methods.needs import EntryPointNeeds
 
 # BaseMethod logs these for every batch; without labels they would be a meaningless 0 %.
@@ -23,7 +24,7 @@ def build_projector(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int)
     """
 
     dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-    layers: List[nn.Module] = []
+    layers: list[nn.Module] = []
     for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
         is_last = i == num_layers - 1
         # no bias before a BN: it would be cancelled by the BN's mean subtraction
@@ -33,7 +34,7 @@ def build_projector(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int)
     return nn.Sequential(*layers)
 
 
-def fill_method_kwargs(cfg: omegaconf.DictConfig, defaults: Dict[str, Any]) -> None:
+def fill_method_kwargs(cfg: omegaconf.DictConfig, defaults: dict[str, Any]) -> None:
     """Sets the defaults of ``cfg.method_kwargs``; a key left ``???`` or an unknown key (a typo
     that would otherwise be silently ignored) is a one-line error naming it."""
 
@@ -155,7 +156,7 @@ class StableRep(EntryPointNeeds, BaseMethod):
         return cfg
 
     @property
-    def learnable_params(self) -> List[dict]:
+    def learnable_params(self) -> list[dict]:
         """Adds projector parameters (if there is an image–image term) to the parent's
         learnable parameters.
 
@@ -168,7 +169,7 @@ class StableRep(EntryPointNeeds, BaseMethod):
         extra_learnable_params = [{"name": "projector", "params": self.projector.parameters()}]
         return super().learnable_params + extra_learnable_params
 
-    def forward(self, X: torch.Tensor) -> Dict[str, Any]:
+    def forward(self, X: torch.Tensor) -> dict[str, Any]:
         """Performs the forward pass of the backbone and the projector.
 
         Args:
@@ -182,7 +183,7 @@ class StableRep(EntryPointNeeds, BaseMethod):
         out["z"] = self.projector(out["feats"])
         return out
 
-    def multicrop_forward(self, X: torch.Tensor) -> Dict[str, Any]:
+    def multicrop_forward(self, X: torch.Tensor) -> dict[str, Any]:
         """Performs the forward pass for the small multicrop views.
 
         Args:
@@ -196,7 +197,7 @@ class StableRep(EntryPointNeeds, BaseMethod):
         out["z"] = self.projector(out["feats"])
         return out
 
-    def base_training_step(self, X: torch.Tensor, targets: torch.Tensor) -> Dict[str, Any]:
+    def base_training_step(self, X: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         """Online classifier step that stays finite on unlabelled data.
 
         solo-learn's version takes ``F.cross_entropy(..., ignore_index=-1)``, which is NaN
@@ -206,7 +207,7 @@ class StableRep(EntryPointNeeds, BaseMethod):
 
         return self.classifier_outputs(self(X), targets)
 
-    def classifier_outputs(self, out: Dict[str, Any], targets: torch.Tensor) -> Dict[str, Any]:
+    def classifier_outputs(self, out: dict[str, Any], targets: torch.Tensor) -> dict[str, Any]:
         """Adds the online classifier's "loss", "acc1" and "acc5" to a view's forward outputs
         (see :meth:`base_training_step`); a subclass with another forward reuses it."""
 
@@ -242,7 +243,7 @@ class StableRep(EntryPointNeeds, BaseMethod):
 
         return self.batch_size * self.num_crops
 
-    def contrastive_loss(self, batch: Sequence[Any], out: Dict[str, Any]) -> torch.Tensor:
+    def contrastive_loss(self, batch: Sequence[Any], out: dict[str, Any]) -> torch.Tensor:
         """The method's loss, added to the online classifier's by :meth:`training_step`.
 
         StableRep: ``w1 *`` the multi-positive loss over every view of the batch (logged as
@@ -260,7 +261,10 @@ class StableRep(EntryPointNeeds, BaseMethod):
             return torch.zeros((), device=self.device)
         z = torch.cat(out["z"])
         image_loss = multi_positive_contrastive_loss(
-            z, self.view_labels(batch[0]), self.temperature, max_rows_per_rank=self.max_views_per_step
+            z,
+            self.view_labels(batch[0]),
+            self.temperature,
+            max_rows_per_rank=self.max_views_per_step,
         )
         self.log("train_stablerep_loss", image_loss, on_epoch=True, sync_dist=True)
         return self.w1 * image_loss

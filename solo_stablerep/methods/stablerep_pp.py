@@ -1,5 +1,6 @@
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import omegaconf
 import torch
@@ -89,11 +90,11 @@ class StableRepPP(StableRep):
         self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
 
         self.tokenizer = CaptionTokenizer(kwargs.context_length)
-        self.class_names: Optional[List[str]] = (
+        self.class_names: list[str] | None = (
             list(kwargs.class_names) if kwargs.class_names else _manifest_class_names(cfg)
         )
         self.zero_shot_template: str = kwargs.zero_shot_template
-        self._zero_shot_classifier: Optional[torch.Tensor] = None
+        self._zero_shot_classifier: torch.Tensor | None = None
         self._zero_shot_hits = torch.zeros(2, dtype=torch.long)  # (correct, seen)
 
     @classmethod
@@ -128,7 +129,9 @@ class StableRepPP(StableRep):
         if names is not None and (
             isinstance(names, str) or not names or not all(isinstance(n, str) for n in names)
         ):
-            raise InputError(f"method_kwargs.class_names must be null or a list of names, got {names}")
+            raise InputError(
+                f"method_kwargs.class_names must be null or a list of names, got {names}"
+            )
         num_classes = omegaconf_select(cfg, "data.num_classes", 1)
         if names is not None and num_classes > 1 and len(names) != num_classes:
             raise InputError(
@@ -143,7 +146,7 @@ class StableRepPP(StableRep):
         return cfg
 
     @property
-    def learnable_params(self) -> List[dict]:
+    def learnable_params(self) -> list[dict]:
         """Adds the text tower, the image projection and the logit scale (no weight decay, as in
         CLIP) to StableRep's learnable parameters.
 
@@ -161,7 +164,7 @@ class StableRepPP(StableRep):
         """(B, context_length) token ids -> (B, embed_dim) text embeddings (not normalised)."""
         return self.text_tower(tokens)
 
-    def contrastive_loss(self, batch: Sequence[Any], out: Dict[str, Any]) -> torch.Tensor:
+    def contrastive_loss(self, batch: Sequence[Any], out: dict[str, Any]) -> torch.Tensor:
         """StableRep's ``w1 *`` image–image loss plus ``w2 *`` the image–text loss between
         every view's image embedding and the caption it was generated from (logged as
         ``train_image_text_loss``, with ``train_logit_scale``).
@@ -179,7 +182,11 @@ class StableRepPP(StableRep):
         image_emb = self.image_projection(torch.cat(out["feats"]))
         logit_scale = self.logit_scale.exp()
         image_text_loss = image_text_contrastive_loss(
-            image_emb, self.view_labels(indexes), self.encode_text(tokens), indexes, logit_scale,
+            image_emb,
+            self.view_labels(indexes),
+            self.encode_text(tokens),
+            indexes,
+            logit_scale,
             max_rows_per_rank=(self.max_views_per_step, self.batch_size),
         )
         self.log_dict(
@@ -231,7 +238,7 @@ class StableRepPP(StableRep):
                 text = self.encode_text(self.tokenizer(prompts).to(self.device))
             self._zero_shot_classifier = F.normalize(text.float(), dim=1)
 
-    def base_validation_step(self, X: torch.Tensor, targets: torch.Tensor) -> Dict[str, Any]:
+    def base_validation_step(self, X: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         """StableRep's validation step, plus zero-shot predictions counted for the epoch."""
 
         out = super().base_validation_step(X, targets)
@@ -257,7 +264,7 @@ class StableRepPP(StableRep):
         self._zero_shot_classifier = None
 
 
-def _manifest_class_names(cfg: omegaconf.DictConfig) -> Optional[List[str]]:
+def _manifest_class_names(cfg: omegaconf.DictConfig) -> list[str] | None:
     """The manifest's class_names when a labelled validation set is used, else None."""
 
     if cfg.data.get("val_path") is None or cfg.data.get("dataset") != "synthetic":

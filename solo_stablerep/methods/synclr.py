@@ -1,5 +1,6 @@
 import math
-from typing import Any, Dict, List, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import omegaconf
 import torch
@@ -21,7 +22,7 @@ from solo_stablerep.methods.stablerep import StableRep, build_projector
 
 def vit_tokens(
     vit: nn.Module, X: torch.Tensor, masks: torch.Tensor = None, mask_token: torch.Tensor = None
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A timm ViT's features (what ``vit(X)`` returns) and its patch tokens after the final
     norm, with the patches flagged in ``masks`` (B, T) replaced by ``mask_token`` (iBOT)."""
 
@@ -255,7 +256,7 @@ class SynCLR(StableRep, BaseMomentumMethod):
         return cfg
 
     @property
-    def learnable_params(self) -> List[dict]:
+    def learnable_params(self) -> list[dict]:
         """Adds the predictor and, with iBOT, its head and mask token to StableRep's.
 
         Returns:
@@ -269,7 +270,7 @@ class SynCLR(StableRep, BaseMomentumMethod):
         return super().learnable_params + extra
 
     @property
-    def momentum_pairs(self) -> List[Tuple[Any, Any]]:
+    def momentum_pairs(self) -> list[tuple[Any, Any]]:
         """The teacher's backbone, projector and, with iBOT, prototype head follow the student's.
 
         Returns:
@@ -281,21 +282,21 @@ class SynCLR(StableRep, BaseMomentumMethod):
             pairs.append((self.ibot_head, self.momentum_ibot_head))
         return pairs
 
-    def forward(self, X: torch.Tensor) -> Dict[str, Any]:
+    def forward(self, X: torch.Tensor) -> dict[str, Any]:
         """StableRep's forward (features, logits, projection "z") plus the query "q"."""
 
         out = super().forward(X)
         out["q"] = self.predictor(out["z"])
         return out
 
-    def multicrop_forward(self, X: torch.Tensor) -> Dict[str, Any]:
+    def multicrop_forward(self, X: torch.Tensor) -> dict[str, Any]:
         """StableRep's multicrop forward plus the query "q"."""
 
         out = super().multicrop_forward(X)
         out["q"] = self.predictor(out["z"])
         return out
 
-    def base_training_step(self, X: torch.Tensor, targets: torch.Tensor) -> Dict[str, Any]:
+    def base_training_step(self, X: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         """A global crop's step: with iBOT, some images have masked patches and the outputs
         gain their "ibot_masks" and the student's "patch_tokens"; else StableRep's."""
 
@@ -322,7 +323,7 @@ class SynCLR(StableRep, BaseMomentumMethod):
         return self.classifier_outputs(out, targets)
 
     @torch.no_grad()
-    def momentum_forward(self, X: torch.Tensor) -> Dict[str, Any]:
+    def momentum_forward(self, X: torch.Tensor) -> dict[str, Any]:
         """The teacher on a global crop: features, key "z" and, with iBOT, "patch_tokens"."""
 
         if self.ibot_weight == 0:
@@ -358,7 +359,7 @@ class SynCLR(StableRep, BaseMomentumMethod):
         rows = torch.arange(batch_size, device=device)
         return (global_view[:, None] * batch_size + rows[None, :]).flatten()
 
-    def contrastive_loss(self, batch: Sequence[Any], out: Dict[str, Any]) -> torch.Tensor:
+    def contrastive_loss(self, batch: Sequence[Any], out: dict[str, Any]) -> torch.Tensor:
         """SynCLR's loss: the momentum multi-positive loss (logged as ``train_synclr_loss``) plus
         ``ibot_weight`` times the iBOT loss (``train_ibot_loss``).
 
@@ -395,7 +396,7 @@ class SynCLR(StableRep, BaseMomentumMethod):
             loss = loss + self.ibot_weight * ibot_loss
         return loss
 
-    def ibot_loss(self, out: Dict[str, Any]) -> torch.Tensor:
+    def ibot_loss(self, out: dict[str, Any]) -> torch.Tensor:
         """iBOT's loss over the masked patches of every global view (the teacher sees them
         unmasked), with Sinkhorn–Knopp targets (:mod:`solo_stablerep.losses.ibot`)."""
 

@@ -11,7 +11,8 @@ the second column of the authors' CSV), memory-mapped: no second parse of the ma
 Python string per caption held by the training process or its workers.
 """
 
-from typing import Any, Iterable, List, Sequence, Tuple
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import omegaconf
 from torch.utils.data import DataLoader, Dataset
@@ -70,7 +71,7 @@ class CaptionTokensLoader:
             yield [indexes, views, targets, self.tokenizer(captions).to(indexes.device)]
 
 
-def load_captions(cfg: omegaconf.DictConfig) -> Tuple[List[str], List[str]]:
+def load_captions(cfg: omegaconf.DictConfig) -> tuple[list[str], list[str]]:
     """(caption ids, caption texts) of the synthetic data set of ``cfg``, in data set order, as lists.
 
     Ids are the manifest's ``caption_id`` or, for the authors' CSV, the row's position (the ids
@@ -106,7 +107,9 @@ def with_caption_tokens(cfg: omegaconf.DictConfig, train_data: Any) -> Any:
 
     check_caption_data(cfg)
     tokenizer = CaptionTokenizer(cfg.method_kwargs.get("context_length", DEFAULT_CONTEXT_LENGTH))
-    if hasattr(train_data, "with_caption_tokens"):  # WebDataset shards: each sample holds its caption
+    if hasattr(
+        train_data, "with_caption_tokens"
+    ):  # WebDataset shards: each sample holds its caption
         return train_data.with_caption_tokens(tokenizer)
     source = train_data.dataset if isinstance(train_data, DataLoader) else train_data
     captions = source.index.captions  # the data set's own index: the same captions, in its order
@@ -120,5 +123,7 @@ def with_caption_tokens(cfg: omegaconf.DictConfig, train_data: Any) -> Any:
             num_workers=cfg.data.num_workers,
         )
     train_dataloader = train_data.train_dataloader
-    train_data.train_dataloader = lambda: CaptionTokensLoader(train_dataloader(), captions, tokenizer)
+    train_data.train_dataloader = lambda: CaptionTokensLoader(
+        train_dataloader(), captions, tokenizer
+    )
     return train_data

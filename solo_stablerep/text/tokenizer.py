@@ -1,8 +1,6 @@
 """CLIP's byte-pair-encoding tokenizer, offline: open_clip's ``SimpleTokenizer`` reads the BPE
 vocabulary shipped inside the open_clip package (``bpe_simple_vocab_16e6.txt.gz``), never the hub."""
 
-from typing import List, Union
-
 import torch
 
 # CLIP's vocabulary (the text tower's embedding rows): 49,152 BPE merges + 256 bytes (x2 with
@@ -36,7 +34,7 @@ class CaptionTokenizer:
             self._tokenizer = SimpleTokenizer(context_length=self.context_length)
         return self._tokenizer
 
-    def __call__(self, texts: Union[str, List[str]]) -> torch.Tensor:
+    def __call__(self, texts: str | list[str]) -> torch.Tensor:
         """(context_length,) ids for one caption, (len(texts), context_length) for a list."""
         tokens = self.tokenizer(texts, context_length=self.context_length)
         return tokens[0] if isinstance(texts, str) else tokens

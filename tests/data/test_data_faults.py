@@ -14,8 +14,6 @@ import pytest
 
 pytest.importorskip("solo", reason="the entry point builds on solo-learn")
 
-from data_gen.cli import main as generate_main  # noqa: E402
-from data_gen.convert import convert  # noqa: E402
 from helpers import (
     SYNTHETIC_CPU_OVERRIDES,
     compose_parsed_cfg,
@@ -23,6 +21,9 @@ from helpers import (
     copy_configs,
     run_pretrain_command,
 )  # noqa: E402
+
+from data_gen.cli import main as generate_main  # noqa: E402
+from data_gen.convert import convert  # noqa: E402
 
 NUM_CAPTIONS = 8
 TINY_RUN = [
@@ -276,8 +277,7 @@ def test_a_copied_tar_is_named_with_its_twin(data):
     message = entry(data, data / "shards", "data.synthetic.layout=webdataset")
     assert (
         "shard-000001-copy.tar and shard-000001.tar start with the same sample (a copy?); "
-        "remove one"
-        in message
+        "remove one" in message
     )
 
 

@@ -3,10 +3,15 @@ webdataset package's tar stream, only the members asked for, and a tar cut short
 opened named in one line."""
 
 import pytest
+from helpers import make_manifest_dataset
 
 from data_gen.convert import convert
-from helpers import make_manifest_dataset
-from solo_stablerep.data.shards import ShardFormatError, index_path, iter_indexed_samples, read_index
+from solo_stablerep.data.shards import (
+    ShardFormatError,
+    index_path,
+    iter_indexed_samples,
+    read_index,
+)
 
 
 @pytest.fixture
@@ -22,7 +27,9 @@ def test_same_members_as_the_webdataset_stream(shard_folder):
     assert len(tars) > 1
     for tar in tars:
         with open(tar, "rb") as f:
-            files = ({**member, "__url__": str(tar)} for member in wds.tariterators.tar_file_iterator(f))
+            files = (
+                {**member, "__url__": str(tar)} for member in wds.tariterators.tar_file_iterator(f)
+            )
             streamed = list(wds.tariterators.group_by_keys(files))
         indexed = list(iter_indexed_samples(tar))
         assert [s["__key__"] for s in indexed] == [s["__key__"] for s in streamed]
@@ -43,7 +50,10 @@ def test_unknown_component_and_member_past_the_end(shard_folder):
     with open(tar, "r+b") as f:
         f.truncate(end - 1)  # cuts the last byte of the last sample's last member
     fresh_last = list(iter_indexed_samples(tar))[-1]
-    with pytest.raises(ShardFormatError, match=rf"{tar.name}: sample {last['__key__']}: member .* past the tar's end"):
+    with pytest.raises(
+        ShardFormatError,
+        match=rf"{tar.name}: sample {last['__key__']}: member .* past the tar's end",
+    ):
         [fresh_last[c] for c in fresh_last]
 
 

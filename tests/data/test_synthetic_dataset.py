@@ -50,7 +50,9 @@ def dataset_dir(tmp_path_factory):
 
 
 def _cfg(config_dir, root, *overrides, name="stablerep.yaml"):
-    return compose_parsed_cfg(config_dir, name, [f"data.train_path={root}", *SYNTHETIC_CPU_OVERRIDES, *overrides])
+    return compose_parsed_cfg(
+        config_dir, name, [f"data.train_path={root}", *SYNTHETIC_CPU_OVERRIDES, *overrides]
+    )
 
 
 def _loaders(cfg):
@@ -139,9 +141,16 @@ def _smooth(view):
 @pytest.mark.parametrize("prob", [0.0, 0.3])
 def test_downsample_rate(config_dir, tmp_path, backend, prob):
     _noise_dataset(tmp_path)
-    cfg = _cfg(config_dir, tmp_path, "data.synthetic.n_img=2", "augmentations.0.rrc.enabled=False",
-               "augmentations.0.crop_size=32", f"data.synthetic.downsample.prob={prob}",
-               "data.synthetic.downsample.sizes=[8]", "+seed=3")
+    cfg = _cfg(
+        config_dir,
+        tmp_path,
+        "data.synthetic.n_img=2",
+        "augmentations.0.rrc.enabled=False",
+        "augmentations.0.crop_size=32",
+        f"data.synthetic.downsample.prob={prob}",
+        "data.synthetic.downsample.sizes=[8]",
+        "+seed=3",
+    )
     torch.manual_seed(3)
     if backend == "torch":
         dataset = build_synthetic_dataset(cfg)
@@ -149,7 +158,9 @@ def test_downsample_rate(config_dir, tmp_path, backend, prob):
     else:
         cfg.data.format = "dali"
         loader = prepare_synthetic_train_data(cfg).build_loader()
-        views = [v[row] for _ in range(100) for _, vs, _ in loader for v in vs for row in range(len(v))]
+        views = [
+            v[row] for _ in range(100) for _, vs, _ in loader for v in vs for row in range(len(v))
+        ]
     assert len(views) == 800
     rate = sum(map(_smooth, views)) / len(views)
     # binomial sd at p=0.3 over 800 views is 0.016
@@ -166,9 +177,12 @@ def _authors_layout(tmp_path, rows, num_roots=3, header=False):
         if header:
             writer.writerow(["path", "caption"])
         writer.writerows(rows)
-    return ["data.synthetic.layout=authors", "data.synthetic.csv=captions.csv",
-            f"data.synthetic.roots=[{','.join(f'seed{r}' for r in range(num_roots))}]",
-            f"data.synthetic.csv_header={header}"]
+    return [
+        "data.synthetic.layout=authors",
+        "data.synthetic.csv=captions.csv",
+        f"data.synthetic.roots=[{','.join(f'seed{r}' for r in range(num_roots))}]",
+        f"data.synthetic.csv_header={header}",
+    ]
 
 
 @pytest.mark.parametrize("header", [False, True])
@@ -197,11 +211,18 @@ def test_labelled_manifest_sets_num_classes_and_targets(config_dir, tmp_path):
     # online validation on an ImageFolder whose sorted classes are the manifest's
     for name in ["cat", "dog", "eel"]:
         solid_image(tmp_path / "val" / name / "0.png", (1, 2, 3))
-    cfg = _cfg(config_dir, tmp_path / "ds", "data.synthetic.n_img=2", f"data.val_path={tmp_path / 'val'}")
+    cfg = _cfg(
+        config_dir, tmp_path / "ds", "data.synthetic.n_img=2", f"data.val_path={tmp_path / 'val'}"
+    )
     assert cfg.data.val_path == str(tmp_path / "val")
     (tmp_path / "val" / "fox").mkdir()
     with pytest.raises(SyntheticDataError, match=r"data.val_path=.*class folders"):
-        _cfg(config_dir, tmp_path / "ds", "data.synthetic.n_img=2", f"data.val_path={tmp_path / 'val'}")
+        _cfg(
+            config_dir,
+            tmp_path / "ds",
+            "data.synthetic.n_img=2",
+            f"data.val_path={tmp_path / 'val'}",
+        )
 
 
 def test_unlabelled_refuses_online_validation_and_supcon(config_dir, dataset_dir, tmp_path):
@@ -213,6 +234,7 @@ def test_unlabelled_refuses_online_validation_and_supcon(config_dir, dataset_dir
 
 
 # ---- bad input: one-line errors naming the culprit ----
+
 
 def _one_line(excinfo):
     assert "\n" not in str(excinfo.value)
@@ -236,11 +258,15 @@ def test_missing_image_names_file_and_caption(config_dir, tmp_path):
     missing.unlink()
     cfg = _cfg(config_dir, tmp_path, "data.synthetic.n_img=2")
     dataset = build_synthetic_dataset(cfg)
-    with pytest.raises(SyntheticDataError, match=rf"{missing}: image file missing \(caption cap0002\)") as e:
+    with pytest.raises(
+        SyntheticDataError, match=rf"{missing}: image file missing \(caption cap0002\)"
+    ) as e:
         dataset[2]
     _one_line(e)
     cfg.data.format = "dali"
-    with pytest.raises(SyntheticDataError, match=rf"{missing}: image file missing \(caption cap0002\)"):
+    with pytest.raises(
+        SyntheticDataError, match=rf"{missing}: image file missing \(caption cap0002\)"
+    ):
         for _ in prepare_synthetic_train_data(cfg).build_loader():
             pass
 
@@ -252,7 +278,9 @@ def test_corrupt_image_raises_or_is_skipped_and_counted(config_dir, tmp_path):
     cfg = _cfg(config_dir, tmp_path, "data.synthetic.n_img=2")
     dataset = build_synthetic_dataset(cfg)
     torch.manual_seed(0)
-    with pytest.raises(SyntheticDataError, match=rf"{corrupt}: corrupt image \(caption cap0001\)") as e:
+    with pytest.raises(
+        SyntheticDataError, match=rf"{corrupt}: corrupt image \(caption cap0001\)"
+    ) as e:
         for _ in range(20):  # draws 2 of 3 images: the corrupt one comes up quickly
             dataset[1]
     _one_line(e)
@@ -290,9 +318,11 @@ def test_too_few_images_empty_and_small_datasets(config_dir, tmp_path):
 
 @pytest.mark.parametrize(
     "rel, match",
-    [("sub/000.txt", r"captions.csv:1: 'sub/000.txt' is not an image path"),
-     ("/abs/000.png", r"captions.csv:1.*absolute"),
-     ("../000.png", r"captions.csv:1.*escapes the root")],
+    [
+        ("sub/000.txt", r"captions.csv:1: 'sub/000.txt' is not an image path"),
+        ("/abs/000.png", r"captions.csv:1.*absolute"),
+        ("../000.png", r"captions.csv:1.*escapes the root"),
+    ],
 )
 def test_bad_csv_rows(config_dir, tmp_path, rel, match):
     overrides = _authors_layout(tmp_path, [(rel, "a caption"), ("sub/001.png", "another")])
@@ -302,12 +332,14 @@ def test_bad_csv_rows(config_dir, tmp_path, rel, match):
 
 @pytest.mark.parametrize(
     "override, match",
-    [("data.synthetic.n_img=0", "data.synthetic.n_img=0"),
-     ("data.synthetic.layout=folders", "data.synthetic.layout=folders"),
-     ("data.synthetic.layout=authors", "needs data.synthetic.csv"),
-     ("data.synthetic.downsample.prob=1.5", "data.synthetic.downsample.prob=1.5"),
-     ("data.synthetic.downsample.sizes=[]", "data.synthetic.downsample.sizes"),
-     ("data.format=h5", "data.format=h5")],
+    [
+        ("data.synthetic.n_img=0", "data.synthetic.n_img=0"),
+        ("data.synthetic.layout=folders", "data.synthetic.layout=folders"),
+        ("data.synthetic.layout=authors", "needs data.synthetic.csv"),
+        ("data.synthetic.downsample.prob=1.5", "data.synthetic.downsample.prob=1.5"),
+        ("data.synthetic.downsample.sizes=[]", "data.synthetic.downsample.sizes"),
+        ("data.format=h5", "data.format=h5"),
+    ],
 )
 def test_bad_cfg_names_the_key(config_dir, dataset_dir, override, match):
     root, _ = dataset_dir
@@ -317,9 +349,13 @@ def test_bad_cfg_names_the_key(config_dir, dataset_dir, override, match):
 
 def test_the_four_configs_parse_and_share_data_backbone_optimizer(config_dir, tmp_path):
     make_manifest_dataset(tmp_path, 8, 6, class_names=["a", "b"])
-    cfgs = {name: _cfg(config_dir, tmp_path, name=f"{name}.yaml")
-            for name in ("stablerep", "simclr", "byol", "supcon")}
-    views = {name: (cfg.data.synthetic.n_img, cfg.data.num_large_crops) for name, cfg in cfgs.items()}
+    cfgs = {
+        name: _cfg(config_dir, tmp_path, name=f"{name}.yaml")
+        for name in ("stablerep", "simclr", "byol", "supcon")
+    }
+    views = {
+        name: (cfg.data.synthetic.n_img, cfg.data.num_large_crops) for name, cfg in cfgs.items()
+    }
     assert views == {"stablerep": (6, 6), "simclr": (1, 2), "byol": (1, 2), "supcon": (2, 2)}
     for name, cfg in cfgs.items():
         assert cfg.method == name and cfg.data.num_classes == 2
@@ -337,8 +373,11 @@ def test_worker_errors_stay_one_line(config_dir, tmp_path):
     cfg = _cfg(config_dir, tmp_path, "data.synthetic.n_img=2", "data.num_workers=1")
     loader = prepare_synthetic_train_data(cfg)
     assert loader.num_workers == 1
-    with pytest.raises(SyntheticDataError, match=rf"^{missing}: image file missing \(caption cap0002\) "
-                                                 r"\(in DataLoader worker process 0\)$") as e:
+    with pytest.raises(
+        SyntheticDataError,
+        match=rf"^{missing}: image file missing \(caption cap0002\) "
+        r"\(in DataLoader worker process 0\)$",
+    ) as e:
         for _ in loader:
             pass
     _one_line(e)
@@ -351,8 +390,13 @@ def test_skipped_images_are_counted_over_workers_and_logged_per_epoch(config_dir
 
     make_manifest_dataset(tmp_path, 4, 3)
     (tmp_path / "images" / "ca" / "p0" / "cap0001_02.png").write_bytes(b"not an image at all")
-    cfg = _cfg(config_dir, tmp_path, "data.synthetic.n_img=2", "data.synthetic.skip_corrupt=True",
-               "data.num_workers=2")
+    cfg = _cfg(
+        config_dir,
+        tmp_path,
+        "data.synthetic.n_img=2",
+        "data.synthetic.skip_corrupt=True",
+        "data.num_workers=2",
+    )
     loader = prepare_synthetic_train_data(cfg)
     callbacks = synthetic_callbacks(cfg, loader)
     assert len(callbacks) == 1
@@ -370,16 +414,27 @@ def test_skipped_images_are_counted_over_workers_and_logged_per_epoch(config_dir
 
     torch.manual_seed(0)
     logger = pl.loggers.CSVLogger(tmp_path / "logs", name="probe")
-    trainer = pl.Trainer(max_epochs=8, accelerator="cpu", devices=1, logger=logger, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
+    trainer = pl.Trainer(
+        max_epochs=8,
+        accelerator="cpu",
+        devices=1,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
     with pytest.warns(UserWarning, match=r"epoch \d+: skipped \d+ corrupt images"):
         trainer.fit(Probe(), loader)
     total = loader.dataset.skipped.value  # the workers' counts, seen by the training process
     # caption 1 is drawn once per epoch; its corrupt image is skipped when drawn among the first two
     assert 1 <= total <= 8
     with open(Path(logger.log_dir) / "metrics.csv") as f:
-        logged = [float(row["skipped_corrupt_images"]) for row in csv.DictReader(f)
-                  if row.get("skipped_corrupt_images")]
+        logged = [
+            float(row["skipped_corrupt_images"])
+            for row in csv.DictReader(f)
+            if row.get("skipped_corrupt_images")
+        ]
     assert len(logged) == 8 and sum(logged) == total  # one value per epoch, adding up
 
 

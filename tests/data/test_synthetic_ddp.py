@@ -12,7 +12,6 @@ import torch.multiprocessing as mp
 
 pytest.importorskip("solo", reason="the synthetic dataset builds on solo-learn's augmentations")
 
-from omegaconf import OmegaConf  # noqa: E402
 from helpers import (  # noqa: E402
     SYNTHETIC_CPU_OVERRIDES,
     compose_parsed_cfg,
@@ -21,6 +20,7 @@ from helpers import (  # noqa: E402
     nearest_colour,
     view_colour,
 )
+from omegaconf import OmegaConf  # noqa: E402
 
 WORLD_SIZE = 2
 NUM_CAPTIONS = 16
@@ -36,8 +36,14 @@ def _torch_loader(cfg, rank):
     from solo_stablerep.data.synthetic import prepare_synthetic_train_data
 
     loader = prepare_synthetic_train_data(cfg)
-    sampler = _get_distributed_sampler(loader, shuffle=True, overfit_batches=0,
-                                       mode=RunningStage.TRAINING, num_replicas=WORLD_SIZE, rank=rank)
+    sampler = _get_distributed_sampler(
+        loader,
+        shuffle=True,
+        overfit_batches=0,
+        mode=RunningStage.TRAINING,
+        num_replicas=WORLD_SIZE,
+        rank=rank,
+    )
     loader = _update_dataloader(loader, sampler, mode=RunningStage.TRAINING)
     assert loader.drop_last and loader.batch_size == BATCH_SIZE
     return loader, sampler.set_epoch
@@ -86,14 +92,21 @@ def test_ddp_keeps_captions_whole_and_loses_none(tmp_path):
     root = tmp_path / "ds"
     colours = make_manifest_dataset(root, NUM_CAPTIONS, 4)
     config_dir = copy_configs(tmp_path / "cfg")
-    cfg = compose_parsed_cfg(config_dir, "stablerep.yaml", [f"data.train_path={root}", *SYNTHETIC_CPU_OVERRIDES,
-                                                      "data.synthetic.n_img=3"])
+    cfg = compose_parsed_cfg(
+        config_dir,
+        "stablerep.yaml",
+        [f"data.train_path={root}", *SYNTHETIC_CPU_OVERRIDES, "data.synthetic.n_img=3"],
+    )
     assert cfg.optimizer.batch_size == BATCH_SIZE
 
     results = mp.get_context("spawn").SimpleQueue()
     port = 29500 + os.getpid() % 1000
-    mp.spawn(_worker, args=(OmegaConf.to_container(cfg), colours, port, results),
-             nprocs=WORLD_SIZE, join=True)
+    mp.spawn(
+        _worker,
+        args=(OmegaConf.to_container(cfg), colours, port, results),
+        nprocs=WORLD_SIZE,
+        join=True,
+    )
     gathered = results.get()
 
     steps_per_epoch = NUM_CAPTIONS // WORLD_SIZE // BATCH_SIZE
@@ -106,6 +119,8 @@ def test_ddp_keeps_captions_whole_and_loses_none(tmp_path):
                 a, b = (seen[epoch][step] for seen in per_rank)
                 assert not set(a) & set(b), f"{backend}: a caption is on both ranks in step {step}"
             captions = [i for seen in per_rank for step in seen[epoch] for i in step]
-            assert sorted(captions) == list(range(NUM_CAPTIONS)), f"{backend}: epoch {epoch} lost captions"
+            assert sorted(captions) == list(range(NUM_CAPTIONS)), (
+                f"{backend}: epoch {epoch} lost captions"
+            )
             orders.append(captions)
         assert orders[0] != orders[1], f"{backend}: the epochs were not reshuffled"

@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("solo", reason="the entry point runs solo-learn's training")
 
 from helpers import (  # noqa: E402
-    SYNTHETIC_CPU_OVERRIDES,
     REPO,
+    SYNTHETIC_CPU_OVERRIDES,
     colour,
     copy_configs,
     make_manifest_dataset,
@@ -38,7 +38,11 @@ def test_fit_pytorch_loader_unlabelled(tmp_path, monkeypatch):
 
     make_manifest_dataset(tmp_path / "ds", 8, 3)
     config_dir = copy_configs(tmp_path / "cfg")
-    overrides = [f"data.train_path={tmp_path / 'ds'}", f"checkpoint.dir={tmp_path / 'ckpt'}", *TINY_RUN]
+    overrides = [
+        f"data.train_path={tmp_path / 'ds'}",
+        f"checkpoint.dir={tmp_path / 'ckpt'}",
+        *TINY_RUN,
+    ]
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.2"):
         cfg = compose(config_name="stablerep.yaml", overrides=overrides)
 
@@ -48,7 +52,9 @@ def test_fit_pytorch_loader_unlabelled(tmp_path, monkeypatch):
     assert trainer.global_step == 2
     metrics = {k: v.item() for k, v in trainer.callback_metrics.items()}
     assert metrics and all(math.isfinite(v) for v in metrics.values()), metrics
-    assert trainer.lightning_module.classifier.out_features == 1  # no labels: 1 class, as solo-learn
+    assert (
+        trainer.lightning_module.classifier.out_features == 1
+    )  # no labels: 1 class, as solo-learn
     assert list((tmp_path / "ckpt").rglob("*.ckpt"))
 
 
@@ -59,11 +65,25 @@ def test_fit_dali_cpu_with_labels_and_online_eval_through_the_cli(tmp_path):
     for k, name in enumerate("ab"):
         solid_image(tmp_path / "val" / name / "0.png", colour(200 + k))
     config_dir = copy_configs(tmp_path / "cfg")
-    command = [sys.executable, "-m", "solo_stablerep.pretrain", "--config-path", str(config_dir),
-               "--config-name", "stablerep.yaml", f"data.train_path={tmp_path / 'ds'}",
-               f"data.val_path={tmp_path / 'val'}", "data.format=dali",
-               f"checkpoint.dir={tmp_path / 'ckpt'}", *TINY_RUN]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    command = [
+        sys.executable,
+        "-m",
+        "solo_stablerep.pretrain",
+        "--config-path",
+        str(config_dir),
+        "--config-name",
+        "stablerep.yaml",
+        f"data.train_path={tmp_path / 'ds'}",
+        f"data.val_path={tmp_path / 'val'}",
+        "data.format=dali",
+        f"checkpoint.dir={tmp_path / 'ckpt'}",
+        *TINY_RUN,
+    ]
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    )
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert list((tmp_path / "ckpt").rglob("*.ckpt"))

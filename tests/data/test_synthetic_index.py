@@ -9,8 +9,8 @@ import sys
 import textwrap
 
 import pytest
-
 from helpers import REPO
+
 from solo_stablerep.data.index import INDEX_SUFFIX, CaptionIndex, write_indexed_manifest
 from solo_stablerep.data.manifest import (
     MANIFEST_NAME,
@@ -25,10 +25,24 @@ from solo_stablerep.data.manifest import (
 def _records():
     """Rule paths (two extensions), custom paths, a short id, unicode captions."""
     return [
-        CaptionRecord("abcd01", "a cat on a mat", 0, [image_relpath("abcd01", k, "jpg") for k in range(3)]),
-        CaptionRecord("ab", "日本語のキャプション, with \"quotes\"", 1, [image_relpath("ab", k, "png") for k in range(2)]),
-        CaptionRecord("x-9_z", "custom paths 😀", 2, ["elsewhere/one.webp", "two.jpg", "./deep/../three.png"]),
-        CaptionRecord("mixed", "one rule path then a custom one", 0, [image_relpath("mixed", 0, "jpg"), "b.jpg"]),
+        CaptionRecord(
+            "abcd01", "a cat on a mat", 0, [image_relpath("abcd01", k, "jpg") for k in range(3)]
+        ),
+        CaptionRecord(
+            "ab",
+            '日本語のキャプション, with "quotes"',
+            1,
+            [image_relpath("ab", k, "png") for k in range(2)],
+        ),
+        CaptionRecord(
+            "x-9_z", "custom paths 😀", 2, ["elsewhere/one.webp", "two.jpg", "./deep/../three.png"]
+        ),
+        CaptionRecord(
+            "mixed",
+            "one rule path then a custom one",
+            0,
+            [image_relpath("mixed", 0, "jpg"), "b.jpg"],
+        ),
         CaptionRecord("e", "", 1, [image_relpath("e", 5, "jpg")]),  # k=5 alone: not the rule's list
     ]
 
@@ -82,7 +96,9 @@ def test_authors_csv_index(tmp_path):
     index = CaptionIndex.from_authors_csv(tmp_path / "c.csv", roots, header=True)
     assert list(index.caption_ids) == ["2", "3"] and list(index.captions) == [c for _, c in rows]
     assert index.labels.tolist() == [-1, -1] and index.class_names is None
-    assert [index.image_path(1, k) for k in range(index.num_images(1))] == [r / "sub/1.jpg" for r in roots]
+    assert [index.image_path(1, k) for k in range(index.num_images(1))] == [
+        r / "sub/1.jpg" for r in roots
+    ]
     # the header flag is part of what the index describes: without it the header row is a caption
     with pytest.raises(ManifestError, match=r"c.csv:1: 'path' is not an image path"):
         CaptionIndex.from_authors_csv(tmp_path / "c.csv", roots, header=False)
@@ -98,21 +114,40 @@ def test_stale_truncated_or_foreign_index_is_rebuilt(tmp_path):
     assert list(CaptionIndex.from_manifest(tmp_path).caption_ids) == [r.caption_id for r in records]
 
     good = index_file.read_bytes()
-    for broken in (good[: len(good) - 7], good[:20], b"", b"not an index at all" * 10,
-                   good.replace(b'"version": 1', b'"version": 7', 1)):
+    for broken in (
+        good[: len(good) - 7],
+        good[:20],
+        b"",
+        b"not an index at all" * 10,
+        good.replace(b'"version": 1', b'"version": 7', 1),
+    ):
         index_file.write_bytes(broken)
         _assert_index_equals(CaptionIndex.from_manifest(tmp_path), read_manifest(tmp_path)[1], None)
         assert index_file.read_bytes() == good
 
 
 def test_build_validates_every_line_with_the_readers_errors(tmp_path):
-    header = {"format": "stablerep-synthetic", "version": 1, "num_captions": 2, "class_names": None,
-              "generator": None}
-    row = {"caption_id": "abcd", "caption": "a cat", "label": None, "images": ["images/ab/cd/abcd_00.png"]}
-    (tmp_path / MANIFEST_NAME).write_text("\n".join(json.dumps(o) for o in (header, row, row)) + "\n")
+    header = {
+        "format": "stablerep-synthetic",
+        "version": 1,
+        "num_captions": 2,
+        "class_names": None,
+        "generator": None,
+    }
+    row = {
+        "caption_id": "abcd",
+        "caption": "a cat",
+        "label": None,
+        "images": ["images/ab/cd/abcd_00.png"],
+    }
+    (tmp_path / MANIFEST_NAME).write_text(
+        "\n".join(json.dumps(o) for o in (header, row, row)) + "\n"
+    )
     with pytest.raises(ManifestError, match=r"manifest.jsonl:3: caption_id 'abcd' repeats line 2$"):
         CaptionIndex.from_manifest(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST_NAME]  # no index of a bad manifest
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        MANIFEST_NAME
+    ]  # no index of a bad manifest
 
 
 def test_unwritable_data_folder_puts_the_index_in_the_cache(tmp_path, monkeypatch):
@@ -125,8 +160,10 @@ def test_unwritable_data_folder_puts_the_index_in_the_cache(tmp_path, monkeypatc
 
 
 def test_concurrent_first_opens_build_one_valid_index(tmp_path):
-    records = [CaptionRecord(f"c{i:06d}", f"caption {i}", None, [image_relpath(f"c{i:06d}", 0, "jpg")])
-               for i in range(20000)]
+    records = [
+        CaptionRecord(f"c{i:06d}", f"caption {i}", None, [image_relpath(f"c{i:06d}", 0, "jpg")])
+        for i in range(20000)
+    ]
     write_manifest(tmp_path, records)
     script = textwrap.dedent(f"""
         import sys, time
@@ -136,13 +173,24 @@ def test_concurrent_first_opens_build_one_valid_index(tmp_path):
         print(len(index), index.caption_id(19999), index.index_path)
     """)
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     outputs = [p.communicate(timeout=300) for p in procs]
     for (out, err), p in zip(outputs, procs):
         assert p.returncode == 0, err
         assert out.split()[:2] == ["20000", "c019999"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST_NAME, MANIFEST_NAME + INDEX_SUFFIX]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        MANIFEST_NAME,
+        MANIFEST_NAME + INDEX_SUFFIX,
+    ]
 
 
 MEMORY_SCRIPT = """
@@ -168,14 +216,38 @@ print(len(index), after[0] - before[0], after[1] - before[1])
 def test_index_memory_per_caption_is_bounded(tmp_path):
     n = 100_000
     with open(tmp_path / MANIFEST_NAME, "w") as f:
-        f.write(json.dumps({"format": "stablerep-synthetic", "version": 1, "num_captions": n,
-                            "class_names": None, "generator": None}) + "\n")
+        f.write(
+            json.dumps(
+                {
+                    "format": "stablerep-synthetic",
+                    "version": 1,
+                    "num_captions": n,
+                    "class_names": None,
+                    "generator": None,
+                }
+            )
+            + "\n"
+        )
         for i in range(n):
             cid = f"{i:08x}"
-            f.write(json.dumps({"caption_id": cid, "caption": f"a photo of thing number {i}", "label": None,
-                                "images": [image_relpath(cid, k, "jpg") for k in range(10)]}) + "\n")
-    result = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path)], capture_output=True,
-                            text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=600)
+            f.write(
+                json.dumps(
+                    {
+                        "caption_id": cid,
+                        "caption": f"a photo of thing number {i}",
+                        "label": None,
+                        "images": [image_relpath(cid, k, "jpg") for k in range(10)],
+                    }
+                )
+                + "\n"
+            )
+    result = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     count, private_growth, rss_growth = map(int, result.stdout.split())
     assert count == n
@@ -187,7 +259,13 @@ def test_index_memory_per_caption_is_bounded(tmp_path):
 
 def test_data_gen_cli_imports_neither_solo_nor_lightning():
     script = "import sys, data_gen.cli; print(sorted({'solo', 'lightning'} & set(sys.modules)))"
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

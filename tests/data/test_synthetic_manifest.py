@@ -18,8 +18,12 @@ from solo_stablerep.data.manifest import (
 
 def _records(n=3, labelled=False):
     return [
-        CaptionRecord(f"id{c:04d}", f"caption {c}", c % 2 if labelled else None,
-                      [image_relpath(f"id{c:04d}", k, "jpg") for k in range(2)])
+        CaptionRecord(
+            f"id{c:04d}",
+            f"caption {c}",
+            c % 2 if labelled else None,
+            [image_relpath(f"id{c:04d}", k, "jpg") for k in range(2)],
+        )
         for c in range(n)
     ]
 
@@ -30,14 +34,24 @@ def _write_raw(root, header, rows):
 
 
 def _header(**changes):
-    header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "num_captions": 1,
-              "class_names": None, "generator": {}}
+    header = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "num_captions": 1,
+        "class_names": None,
+        "generator": {},
+    }
     header.update(changes)
     return header
 
 
 def _row(**changes):
-    row = {"caption_id": "abcd", "caption": "a cat", "label": None, "images": ["images/ab/cd/abcd_00.png"]}
+    row = {
+        "caption_id": "abcd",
+        "caption": "a cat",
+        "label": None,
+        "images": ["images/ab/cd/abcd_00.png"],
+    }
     row.update(changes)
     return row
 
@@ -75,13 +89,21 @@ def test_write_replaces_atomically_and_rejects_bad_records(tmp_path):
         (_header(format="other"), [_row()], r"format is 'other'"),
         (_header(num_captions=2), [_row()], r"num_captions=2 but 1"),
         (_header(), [_row(images=["/etc/passwd.png"])], r":2 \(caption abcd\).*absolute"),
-        (_header(), [_row(images=["images/../../x.png"])], r":2 \(caption abcd\).*escapes the root"),
+        (
+            _header(),
+            [_row(images=["images/../../x.png"])],
+            r":2 \(caption abcd\).*escapes the root",
+        ),
         (_header(), [_row(images=["a\\b.png"])], r"absolute"),
         (_header(), [_row(images=[])], r"non-empty list"),
         (_header(), [_row(extra=1)], r":2: columns"),
         (_header(), [{"caption_id": "abcd", "caption": "x", "images": ["a.png"]}], r":2: columns"),
         (_header(), [_row(label=3)], r"no class_names"),
-        (_header(class_names=["a", "b"]), [_row(label=2)], r"label 2 is not an integer in \[0, 2\)"),
+        (
+            _header(class_names=["a", "b"]),
+            [_row(label=2)],
+            r"label 2 is not an integer in \[0, 2\)",
+        ),
         (_header(num_captions=2), [_row(), _row()], r":3: caption_id 'abcd' repeats line 2"),
         (_header(), [_row(caption_id="a/b")], r"caption_id 'a/b'"),
     ],

@@ -9,9 +9,6 @@ import pytest
 
 pytest.importorskip("solo", reason="the loaders build on solo-learn's augmentations")
 
-from data_gen.convert import convert  # noqa: E402
-from data_gen.shards import ShardWriter  # noqa: E402
-from solo_stablerep.data.shards import make_header  # noqa: E402
 from helpers import (  # noqa: E402
     SYNTHETIC_CPU_OVERRIDES,
     compose_parsed_cfg,
@@ -20,6 +17,10 @@ from helpers import (  # noqa: E402
     nearest_colour,
     view_colour,
 )
+
+from data_gen.convert import convert  # noqa: E402
+from data_gen.shards import ShardWriter  # noqa: E402
+from solo_stablerep.data.shards import make_header  # noqa: E402
 
 NUM_CAPTIONS, IMAGES, N_IMG = 10, 4, 3
 
@@ -35,9 +36,18 @@ def cfg_for(tmp_path, train_path, *extra):
     config_dir = tmp_path / "cfg"
     if not config_dir.exists():
         copy_configs(config_dir)
-    return compose_parsed_cfg(config_dir, "stablerep.yaml", [
-        f"data.train_path={train_path}", "data.synthetic.layout=webdataset", *SYNTHETIC_CPU_OVERRIDES,
-        f"data.synthetic.n_img={N_IMG}", "data.synthetic.shuffle_buffer=4", *extra])
+    return compose_parsed_cfg(
+        config_dir,
+        "stablerep.yaml",
+        [
+            f"data.train_path={train_path}",
+            "data.synthetic.layout=webdataset",
+            *SYNTHETIC_CPU_OVERRIDES,
+            f"data.synthetic.n_img={N_IMG}",
+            "data.synthetic.shuffle_buffer=4",
+            *extra,
+        ],
+    )
 
 
 def check_batches(loader, colours, epochs=2):
@@ -125,11 +135,16 @@ def test_corrupt_sample_metadata_error_or_opt_in_skip(tmp_path, shards, data_for
     cfg = [f"data.format={data_format}", "data.num_workers=0"]
     loader = prepare_synthetic_train_data(cfg_for(tmp_path, folder, *cfg))
     loader = loader.build_loader() if data_format == "dali" else loader
-    with pytest.raises(ShardDataError, match=rf"shard-000000.tar: sample {name[:-5]}: its .json metadata is not valid"):
+    with pytest.raises(
+        ShardDataError,
+        match=rf"shard-000000.tar: sample {name[:-5]}: its .json metadata is not valid",
+    ):
         for _ in range(4):  # an epoch reads 8 of the 10 samples
             for _ in loader:
                 pass
-    data = prepare_synthetic_train_data(cfg_for(tmp_path, folder, *cfg, "data.synthetic.skip_corrupt=True"))
+    data = prepare_synthetic_train_data(
+        cfg_for(tmp_path, folder, *cfg, "data.synthetic.skip_corrupt=True")
+    )
     loader = data.build_loader() if data_format == "dali" else data
     for _ in range(4):  # the other samples fill each epoch
         assert sum(1 for _ in loader) == len(loader)
@@ -158,15 +173,17 @@ def write_tar_by_hand(folder, members, run_id="run-x"):
     wds2idx = pytest.importorskip("wds2idx", reason="DALI's wds2idx tool builds the index")
     folder.mkdir(parents=True, exist_ok=True)
     keys = sorted({name.split(".")[0] for name in members})
-    (folder / "webdataset.json").write_text(json.dumps(
-        make_header(run_id, len(keys), IMAGES, "png", None, None)))
+    (folder / "webdataset.json").write_text(
+        json.dumps(make_header(run_id, len(keys), IMAGES, "png", None, None))
+    )
     with tarfile.open(folder / "shard-000000.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    with wds2idx.IndexCreator(str(folder / "shard-000000.tar"), str(folder / "shard-000000.idx"),
-                              verbose=False) as creator:
+    with wds2idx.IndexCreator(
+        str(folder / "shard-000000.tar"), str(folder / "shard-000000.idx"), verbose=False
+    ) as creator:
         creator.create_index()
 
 
@@ -175,7 +192,9 @@ def test_sample_missing_an_image(tmp_path):
 
     meta = b'{"caption_id": "c1", "caption": "x", "label": null, "index": 0, "run_id": "run-x", "num_images": 3}'
     write_tar_by_hand(tmp_path, {"c1.json": meta, "c1.00.png": b"a", "c1.02.png": b"c"})
-    with pytest.raises(ShardDataError, match=r"shard-000000.tar: sample c1 lacks some of its images"):
+    with pytest.raises(
+        ShardDataError, match=r"shard-000000.tar: sample c1 lacks some of its images"
+    ):
         ShardSet(str(tmp_path))
 
 
@@ -185,7 +204,10 @@ def test_sample_with_fewer_than_n_images(tmp_path):
     with ShardWriter(tmp_path, make_header("run-a", 2, 4, "png", None, None)) as writer:
         writer.write(0, "full", "c", None, [b"x"] * 4)
         writer.write(1, "short", "c", None, [b"x"] * 2)
-    with pytest.raises(ShardDataError, match=r"shard-000000.tar: sample short has 2 images, fewer than data.synthetic.n_img=3"):
+    with pytest.raises(
+        ShardDataError,
+        match=r"shard-000000.tar: sample short has 2 images, fewer than data.synthetic.n_img=3",
+    ):
         ShardSet(str(tmp_path)).check(3)
 
 
@@ -193,11 +215,15 @@ def test_shards_of_two_runs_mixed(tmp_path):
     from solo_stablerep.data.webdataset import ShardDataError, ShardSet
 
     for run in ("a", "b"):
-        with ShardWriter(tmp_path / run, make_header(f"run-{run}", 1, 2, "png", None, None), prefix=run) as writer:
+        with ShardWriter(
+            tmp_path / run, make_header(f"run-{run}", 1, 2, "png", None, None), prefix=run
+        ) as writer:
             writer.write(0, f"cap{run}", "c", None, [b"x"] * 2)
     for suffix in (".tar", ".idx"):
         shutil.copy(tmp_path / "b" / f"b-000000{suffix}", tmp_path / "a")
-    with pytest.raises(ShardDataError, match=r"b-000000.tar: sample capb is from generation run run-b, .*mixed"):
+    with pytest.raises(
+        ShardDataError, match=r"b-000000.tar: sample capb is from generation run run-b, .*mixed"
+    ):
         ShardSet(f"{tmp_path / 'a'}/{{a,b}}-000000.tar")
     with pytest.raises(ShardDataError, match=r"b-000000.tar: sample capb .*two runs are mixed"):
         ShardSet(str(tmp_path / "a"))
@@ -217,7 +243,10 @@ def test_dali_loader_names_a_corrupt_image_or_skips_it_when_asked(tmp_path):
         for _ in data.build_loader():  # DALI prefetches its first batches when the loader is built
             pass
     data = prepare_synthetic_train_data(
-        cfg_for(tmp_path, tmp_path / "shards", "data.format=dali", "data.synthetic.skip_corrupt=True"))
+        cfg_for(
+            tmp_path, tmp_path / "shards", "data.format=dali", "data.synthetic.skip_corrupt=True"
+        )
+    )
     loader = data.build_loader()
     assert sum(1 for _ in loader) == len(loader) == 2  # the other captions fill the epoch
     assert data.skipped.value >= 1
@@ -236,11 +265,20 @@ def test_nothing_readable_with_skip_corrupt_is_an_error_not_a_hang(tmp_path, dat
         for path in (tmp_path / "ds" / "images").rglob("*.png"):
             path.write_bytes(b"not a png" * 10)
     convert(tmp_path / "ds", tmp_path / "shards", shard_bytes=12000, progress=False)
-    data = prepare_synthetic_train_data(cfg_for(tmp_path, tmp_path / "shards", f"data.format={data_format}",
-                                                "data.synthetic.skip_corrupt=True", "data.num_workers=0"))
+    data = prepare_synthetic_train_data(
+        cfg_for(
+            tmp_path,
+            tmp_path / "shards",
+            f"data.format={data_format}",
+            "data.synthetic.skip_corrupt=True",
+            "data.num_workers=0",
+        )
+    )
     if damage == "tar":  # emptied after the set was opened and checked: no tar is readable
         for tar in (tmp_path / "shards").glob("*.tar"):
             tar.write_bytes(b"")
-    with pytest.raises(ShardDataError, match=r"shard-\d+.tar: no usable sample in it or the \d+ other tars"):
+    with pytest.raises(
+        ShardDataError, match=r"shard-\d+.tar: no usable sample in it or the \d+ other tars"
+    ):
         for _ in data.build_loader() if data_format == "dali" else data:
             pass

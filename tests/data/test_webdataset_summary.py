@@ -20,7 +20,9 @@ NUM_CAPTIONS, IMAGES = 6, 4
 def folder(tmp_path):
     """3 tars of 2 captions; caption 3 has 2 images, the others 4."""
     out = tmp_path / "shards"
-    with ShardWriter(out, make_header("run-a", NUM_CAPTIONS, IMAGES, "png", None, None), max_bytes=8000) as writer:
+    with ShardWriter(
+        out, make_header("run-a", NUM_CAPTIONS, IMAGES, "png", None, None), max_bytes=8000
+    ) as writer:
         for i in range(NUM_CAPTIONS):
             images = [bytes([i, k]) * 50 for k in range(2 if i == 3 else IMAGES)]
             writer.write(i, f"cap{i}", f"caption {i}", None, images)
@@ -54,8 +56,13 @@ def test_second_open_reads_no_index(folder, monkeypatch):
     no_index_reading(monkeypatch)
     again = ShardSet(str(folder))
     assert len(again) == NUM_CAPTIONS and again.sample_counts == first.sample_counts == [2, 2, 2]
-    assert again.fewest_images == (2, folder / "shard-000001.tar", "cap3") and again.most_images == IMAGES
-    with pytest.raises(ShardDataError, match=r"shard-000001.tar: sample cap3 has 2 images, fewer than .*n_img=3"):
+    assert (
+        again.fewest_images == (2, folder / "shard-000001.tar", "cap3")
+        and again.most_images == IMAGES
+    )
+    with pytest.raises(
+        ShardDataError, match=r"shard-000001.tar: sample cap3 has 2 images, fewer than .*n_img=3"
+    ):
         again.check(3)
 
 
@@ -64,7 +71,9 @@ def test_tar_changed_after_caching_is_checked_again(folder, monkeypatch):
     tar = folder / "shard-000001.tar"
     tar.write_bytes(tar.read_bytes()[:3000])
     summarised = count_summarised(monkeypatch)
-    with pytest.raises(ShardDataError, match=r"shard-000001.tar: truncated \(3000 bytes, its index reaches"):
+    with pytest.raises(
+        ShardDataError, match=r"shard-000001.tar: truncated \(3000 bytes, its index reaches"
+    ):
         ShardSet(str(folder))
     assert summarised == ["shard-000001.tar"]
     (folder / "shard-000001.idx").unlink()
@@ -83,13 +92,19 @@ def test_tars_checked_before_a_bad_one_are_kept(folder, monkeypatch):
 
 def test_mixed_runs_reported_from_the_cache_too(tmp_path, monkeypatch):
     for run in ("a", "b"):
-        with ShardWriter(tmp_path / run, make_header(f"run-{run}", 1, 2, "png", None, None), prefix=run) as writer:
+        with ShardWriter(
+            tmp_path / run, make_header(f"run-{run}", 1, 2, "png", None, None), prefix=run
+        ) as writer:
             writer.write(0, f"cap{run}", "c", None, [b"x"] * 2)
     for suffix in (".tar", ".idx"):
-        (tmp_path / "a" / f"b-000000{suffix}").write_bytes((tmp_path / "b" / f"b-000000{suffix}").read_bytes())
+        (tmp_path / "a" / f"b-000000{suffix}").write_bytes(
+            (tmp_path / "b" / f"b-000000{suffix}").read_bytes()
+        )
     pattern = f"{tmp_path / 'a'}/{{a,b}}-000000.tar"
     for _ in range(2):
-        with pytest.raises(ShardDataError, match=r"b-000000.tar: sample capb is from generation run run-b, .*mixed"):
+        with pytest.raises(
+            ShardDataError, match=r"b-000000.tar: sample capb is from generation run run-b, .*mixed"
+        ):
             ShardSet(pattern)
         no_index_reading(monkeypatch)
 

@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from helpers import REPO, compose_parsed_cfg, make_manifest_dataset, requires_solo
 
 PAPER_CONFIGS = REPO / "scripts" / "pretrain" / "synthetic-paper"
@@ -46,7 +45,11 @@ def test_captions_name_their_label_digit_and_are_distinct(tmp_path):
     templates = {}
     for row in rows:
         digit = int(row["label"])
-        template = row["caption"].replace(f"number {NUMBER_WORDS[digit]}", "NAME").replace(f"digit {digit}", "NAME")
+        template = (
+            row["caption"]
+            .replace(f"number {NUMBER_WORDS[digit]}", "NAME")
+            .replace(f"digit {digit}", "NAME")
+        )
         templates.setdefault(template, set()).add(digit)
     assert len(templates) == 7 and all(digits == set(range(10)) for digits in templates.values())
 
@@ -74,7 +77,12 @@ def test_each_scan_is_placed_in_a_square_of_its_own_size_and_place():
     boxes = []
     for frame in frames[:, 0]:
         rows, cols = torch.nonzero(frame > 0.5, as_tuple=True)
-        top, left, height, width = rows.min(), cols.min(), rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        top, left, height, width = (
+            rows.min(),
+            cols.min(),
+            rows.max() - rows.min() + 1,
+            cols.max() - cols.min() + 1,
+        )
         assert height == width and 20 <= height <= 32
         square = frame[top : top + height, left : left + width]
         assert torch.allclose(square, torch.ones_like(square))
@@ -101,8 +109,15 @@ def test_probes_of_a_fixed_backbone_are_above_chance_and_reproducible():
 def _rows(values):
     """Result rows of (method, seed, accuracy): the same accuracy for every probe."""
     return [
-        {"method": m, "seed": s, "knn_acc": a, "linear_acc": a, "few_shot_acc": a / 2,
-         "train_seconds": 10.0, "images_seen": 640}
+        {
+            "method": m,
+            "seed": s,
+            "knn_acc": a,
+            "linear_acc": a,
+            "few_shot_acc": a / 2,
+            "train_seconds": 10.0,
+            "images_seen": 640,
+        }
         for m, s, a in values
     ]
 
@@ -110,34 +125,61 @@ def _rows(values):
 def test_summary_and_table_report_mean_spread_and_minimum():
     from solo_stablerep.demo.report import markdown_table, summarise
 
-    (entry,) = summarise(_rows([("stablerep", 0, 0.8), ("stablerep", 1, 0.9)]), ["stablerep", "simclr"])
+    (entry,) = summarise(
+        _rows([("stablerep", 0, 0.8), ("stablerep", 1, 0.9)]), ["stablerep", "simclr"]
+    )
     assert entry["knn_acc"] == pytest.approx(0.85) and entry["knn_acc_min"] == 0.8
     assert entry["knn_acc_std"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
     table = markdown_table([entry]).splitlines()
     assert table[0].startswith("| method | kNN acc | linear acc | 5-shot acc |")
-    assert table[2] == ("| stablerep | 0.850 ± 0.071 (min 0.800) | 0.850 ± 0.071 (min 0.800) "
-                        "| 0.425 ± 0.035 (min 0.400) | 10 | 640 |")
+    assert table[2] == (
+        "| stablerep | 0.850 ± 0.071 (min 0.800) | 0.850 ± 0.071 (min 0.800) "
+        "| 0.425 ± 0.035 (min 0.400) | 10 | 640 |"
+    )
 
 
 def test_margins_compare_stablerep_with_each_opponent_seed_by_seed():
     from solo_stablerep.demo.report import margins, margins_table
 
-    rows = _rows([("random init", 0, 0.5), ("stablerep", 0, 0.6), ("simclr", 0, 0.65),
-                  ("random init", 1, 0.4), ("stablerep", 1, 0.7), ("simclr", 1, 0.5),
-                  ("random init", 2, 0.45)])  # seed 2 stopped before training: left out
+    rows = _rows(
+        [
+            ("random init", 0, 0.5),
+            ("stablerep", 0, 0.6),
+            ("simclr", 0, 0.65),
+            ("random init", 1, 0.4),
+            ("stablerep", 1, 0.7),
+            ("simclr", 1, 0.5),
+            ("random init", 2, 0.45),
+        ]
+    )  # seed 2 stopped before training: left out
     result = margins(rows)
     floor, simclr = result["random init"]["knn_acc"], result["simclr"]["knn_acc"]
     assert floor["per_seed"] == pytest.approx({0: 0.1, 1: 0.3})
     assert (floor["wins"], floor["seeds"], floor["min"]) == (2, 2, pytest.approx(0.1))
-    assert (simclr["wins"], simclr["min"], simclr["mean"]) == (1, pytest.approx(-0.05), pytest.approx(0.075))
+    assert (simclr["wins"], simclr["min"], simclr["mean"]) == (
+        1,
+        pytest.approx(-0.05),
+        pytest.approx(0.075),
+    )
     assert "| simclr | ahead at 1/2 seeds, min -0.050, mean +0.075 |" in margins_table(result)
 
 
 def test_plot_draws_every_seed_and_the_loss_curves(tmp_path):
     from solo_stablerep.demo.report import plot
 
-    rows = _rows([("random init", 0, 0.5), ("stablerep", 0, 0.6), ("random init", 1, 0.4), ("stablerep", 1, 0.7)])
-    plot(rows, {"stablerep": {0: [(0, 4.0), (1, 3.5)], 1: [(0, 4.1), (1, 3.0)]}}, tmp_path / "results.png")
+    rows = _rows(
+        [
+            ("random init", 0, 0.5),
+            ("stablerep", 0, 0.6),
+            ("random init", 1, 0.4),
+            ("stablerep", 1, 0.7),
+        ]
+    )
+    plot(
+        rows,
+        {"stablerep": {0: [(0, 4.0), (1, 3.5)], 1: [(0, 4.1), (1, 3.0)]}},
+        tmp_path / "results.png",
+    )
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -151,8 +193,12 @@ def test_demo_overrides_give_every_method_the_same_budget(tmp_path, method):
     from solo_stablerep.demo.runs import SIZES_PRESETS, default_config_dir, method_overrides
 
     size = SIZES_PRESETS["default"]
-    make_manifest_dataset(tmp_path / "ds", 10 * size.captions_per_class, size.images_per_caption,
-                          class_names=[str(d) for d in range(10)])
+    make_manifest_dataset(
+        tmp_path / "ds",
+        10 * size.captions_per_class,
+        size.images_per_caption,
+        class_names=[str(d) for d in range(10)],
+    )
     write_per_image_manifest(tmp_path / "ds")
     overrides = method_overrides(method, size, tmp_path / "ds", tmp_path / "run", seed=3, workers=0)
     cfg = compose_parsed_cfg(default_config_dir(), f"{method}.yaml", overrides)
@@ -173,8 +219,13 @@ def test_demo_overrides_give_every_method_the_same_budget(tmp_path, method):
         assert cfg.data.synthetic.n_img == 1 and cfg.data.num_large_crops == 2
     assert cfg.max_epochs * (items // cfg.optimizer.batch_size) >= size.steps
     # the same augmentations for every method: whole digits, never mirrored, at the probe's 8 px
-    assert cfg.augmentations[0].horizontal_flip.prob == 0 and cfg.augmentations[0].rrc.crop_min_scale == 0.3
-    assert cfg.data.synthetic.downsample.prob == 1.0 and list(cfg.data.synthetic.downsample.sizes) == [8]
+    assert (
+        cfg.augmentations[0].horizontal_flip.prob == 0
+        and cfg.augmentations[0].rrc.crop_min_scale == 0.3
+    )
+    assert cfg.data.synthetic.downsample.prob == 1.0 and list(
+        cfg.data.synthetic.downsample.sizes
+    ) == [8]
 
 
 def test_per_image_manifest_lists_every_image_once_as_its_own_item(tmp_path):
@@ -187,9 +238,12 @@ def test_per_image_manifest_lists_every_image_once_as_its_own_item(tmp_path):
     per_header, items = read_manifest(root)
     assert per_header["class_names"] == header["class_names"] and len(items) == 12
     assert sorted((i.caption, i.label, i.images[0]) for i in items) == sorted(
-        (c.caption, c.label, image) for c in captions for image in c.images)
+        (c.caption, c.label, image) for c in captions for image in c.images
+    )
     # the same files, not copies
-    assert all((root / i.images[0]).resolve() == (tmp_path / "ds" / i.images[0]).resolve() for i in items)
+    assert all(
+        (root / i.images[0]).resolve() == (tmp_path / "ds" / i.images[0]).resolve() for i in items
+    )
     assert write_per_image_manifest(tmp_path / "ds") == root  # a rerun replaces it
 
 
@@ -202,7 +256,9 @@ def test_paper_scale_configs_build_vit_base(tmp_path, method, images_per_item):
     from solo.methods import METHODS
 
     make_manifest_dataset(tmp_path / "ds", 4, 10, class_names=["a", "b"])
-    cfg = compose_parsed_cfg(PAPER_CONFIGS, f"{method}.yaml", [f"data.train_path={tmp_path / 'ds'}"])
+    cfg = compose_parsed_cfg(
+        PAPER_CONFIGS, f"{method}.yaml", [f"data.train_path={tmp_path / 'ds'}"]
+    )
 
     gpus = len(cfg.devices) * cfg.num_nodes
     images_per_step = cfg.optimizer.batch_size * cfg.data.num_large_crops * gpus
@@ -239,8 +295,21 @@ def test_paper_scale_config_refuses_a_missing_train_path():
 def test_demo_runs_end_to_end_and_writes_its_table_plot_and_configs(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "solo_stablerep.demo", "--size", "tiny", "--seeds", "0", "--output", str(out)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=1200,
+        [
+            sys.executable,
+            "-m",
+            "solo_stablerep.demo",
+            "--size",
+            "tiny",
+            "--seeds",
+            "0",
+            "--output",
+            str(out),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -253,16 +322,23 @@ def test_demo_runs_end_to_end_and_writes_its_table_plot_and_configs(tmp_path):
     for entry in summary.values():
         for key, chance in (("knn_acc", 0.1), ("linear_acc", 0.1), ("few_shot_acc", 0.2)):
             assert math.isfinite(entry[key]) and chance < entry[key] <= 1.0, (entry["method"], key)
-    assert summary["random init"]["train_seconds"] == 0 and summary["random init"]["images_seen"] == 0
+    assert (
+        summary["random init"]["train_seconds"] == 0 and summary["random init"]["images_seen"] == 0
+    )
     for method in methods[1:]:
-        assert summary[method]["images_seen"] == results["size"]["steps"] * results["size"]["crops_per_step"]
+        assert (
+            summary[method]["images_seen"]
+            == results["size"]["steps"] * results["size"]["crops_per_step"]
+        )
         curve = results["loss_curves"][method]["0"]
         assert len(curve) > 1 and all(math.isfinite(loss) for _, loss in curve)
         assert (out / "configs" / f"{method}.yaml").read_text().count(f"method: {method}") == 1
     per_seed = results["margins"]["simclr"]["knn_acc"]["per_seed"]
     assert set(results["margins"]) == {"random init", "simclr"} and list(per_seed) == ["0"]
     table = (out / "results.md").read_text()
-    assert sum(line.startswith("| ") for line in table.splitlines()) == (1 + 4) + (1 + 2)  # 2 tables
+    assert sum(line.startswith("| ") for line in table.splitlines()) == (1 + 4) + (
+        1 + 2
+    )  # 2 tables
     assert table.split("\n| method")[1].split("\n\n")[0] in proc.stdout  # the table is printed too
     for name in ("results.png", "contact_sheet.png", "captions.csv", "data/manifest.jsonl"):
         assert (out / name).stat().st_size > 0
@@ -270,7 +346,9 @@ def test_demo_runs_end_to_end_and_writes_its_table_plot_and_configs(tmp_path):
     # cannot act on (cli.UNACTIONABLE_WARNINGS)
     steps = results["size"]["steps"]
     for method in methods[1:]:
-        assert re.search(rf"seed 0 {method}: step {steps}/{steps}, loss [0-9.]+, \d+ s, ~0 s left", proc.stderr)
+        assert re.search(
+            rf"seed 0 {method}: step {steps}/{steps}, loss [0-9.]+, \d+ s, ~0 s left", proc.stderr
+        )
     assert "Warning" not in proc.stderr and "warn" not in proc.stderr.lower(), proc.stderr[-3000:]
 
 
@@ -280,16 +358,22 @@ def test_demo_runs_end_to_end_and_writes_its_table_plot_and_configs(tmp_path):
 def test_bench_runner_reports_ratios_goals_and_failures(tmp_path):
     run_all = load_run_all()
     good = tmp_path / "bench_good.py"
-    good.write_text('print("warm-up")\nprint("RATIO speed_vs_ref 0.80 (goal <= 1.02)")\nprint("RATIO thr 0.9 (goal >= 0.95)")\n')
+    good.write_text(
+        'print("warm-up")\nprint("RATIO speed_vs_ref 0.80 (goal <= 1.02)")\nprint("RATIO thr 0.9 (goal >= 0.95)")\n'
+    )
     bad = tmp_path / "bench_bad.py"
-    bad.write_text('print("RATIO partial 1.0 (goal <= 2)")\nraise SystemExit("bench_bad: error: no data")\n')
+    bad.write_text(
+        'print("RATIO partial 1.0 (goal <= 2)")\nraise SystemExit("bench_bad: error: no data")\n'
+    )
     silent = tmp_path / "bench_silent.py"
     silent.write_text('print("nothing to report")\n')
 
     results = [run_all.run_script(script, timeout=60) for script in (good, bad, silent)]
     assert results[0]["status"] == "ok"
     assert [(r["name"], r["value"], r["met"]) for r in results[0]["ratios"]] == [
-        ("speed_vs_ref", 0.8, True), ("thr", 0.9, False)]
+        ("speed_vs_ref", 0.8, True),
+        ("thr", 0.9, False),
+    ]
     assert results[1]["status"] == "failed (exit 1)" and "no data" in results[1]["detail"]
     assert results[2]["status"] == "no RATIO line"
     table = run_all.table(results)
@@ -306,10 +390,14 @@ def test_bench_runner_discovers_every_benchmark_but_itself():
 def test_cli_output_hides_lightnings_info_banners():
     # Lightning prints "Seed set to 0", "GPU available" ... at INFO through a handler of its own;
     # the demo's progress lines would drown in them
-    script = ("import logging, lightning.pytorch as pl; from solo_stablerep.demo.cli import _configure_output; "
-              "_configure_output(); pl.seed_everything(0); "
-              "logging.getLogger('solo_stablerep.demo.pipeline').info('progress line')")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    script = (
+        "import logging, lightning.pytorch as pl; from solo_stablerep.demo.cli import _configure_output; "
+        "_configure_output(); pl.seed_everything(0); "
+        "logging.getLogger('solo_stablerep.demo.pipeline').info('progress line')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     assert "progress line" in result.stderr
     assert "Seed set" not in result.stderr
@@ -324,7 +412,9 @@ def test_cli_output_hides_only_the_warnings_a_user_cannot_act_on():
         "warnings.warn(\"'pin_memory' argument is set as true but no accelerator is found\"); "
         "warnings.warn('a warning the user can act on')"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     assert "a warning the user can act on" in result.stderr
     for hidden in ("scheduler_interval", "validation_step", "pin_memory"):

@@ -11,7 +11,6 @@ import sys
 import pytest
 import torch
 from conftest import write_checkpoint, write_dtd, write_voc2007
-
 from helpers import (
     PRETRAIN_CONFIGS,
     console_script,
@@ -20,6 +19,7 @@ from helpers import (
     run_pretrain_command,
     write_image_folder,
 )
+
 from solo_stablerep.eval.cli import main
 
 pytestmark = requires_solo

@@ -4,9 +4,9 @@ downloaded), image folders, digits, and the one-line errors for bad ones."""
 import numpy as np
 import pytest
 from conftest import write_dtd, write_voc2007
+from helpers import write_image_folder
 from PIL import Image
 
-from helpers import write_image_folder
 from solo_stablerep.eval.datasets import KNOWN, VOC_CLASSES, image_transform, open_dataset
 from solo_stablerep.eval.errors import EvalError
 

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from helpers import requires_solo
 from scipy import stats
 from sklearn.linear_model import LogisticRegression
 
-from helpers import requires_solo
 from solo_stablerep.eval.errors import EvalError
 from solo_stablerep.eval.probes import (
     DEFAULT_WEIGHT_DECAYS,

@@ -40,12 +40,31 @@ def test_built_in_backends_are_registered_with_the_fields_they_read():
     assert ProceduralBackend.settings_fields == ()
 
 
-def test_a_registered_backend_is_chosen_by_name_from_the_command_line(flat_backend, tmp_path, capsys):
+def test_a_registered_backend_is_chosen_by_name_from_the_command_line(
+    flat_backend, tmp_path, capsys
+):
     captions = tmp_path / "captions.txt"
     captions.write_text("a grey square\na long caption that the flat backend truncates\n")
     out = tmp_path / "out"
-    args = [str(captions), str(out), "--backend", "flat", "--guidance-scale", "3", "--images-per-caption", "2",
-            "--resolution", "16", "--image-size", "8", "--image-format", "png", "--device", "cpu", "--no-progress"]
+    args = [
+        str(captions),
+        str(out),
+        "--backend",
+        "flat",
+        "--guidance-scale",
+        "3",
+        "--images-per-caption",
+        "2",
+        "--resolution",
+        "16",
+        "--image-size",
+        "8",
+        "--image-format",
+        "png",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert cli.main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["images_written"] == 4 and summary["captions_truncated"] == 1
@@ -62,10 +81,18 @@ def test_a_registered_backend_is_chosen_by_name_from_the_command_line(flat_backe
 
 
 def test_only_the_settings_a_backend_reads_are_validated(flat_backend, tmp_path, capsys):
-    assert GenerationSettings(backend="flat", num_inference_steps=0, scheduler="none").validate().backend == "flat"
+    assert (
+        GenerationSettings(backend="flat", num_inference_steps=0, scheduler="none")
+        .validate()
+        .backend
+        == "flat"
+    )
     with pytest.raises(DataGenError, match="--guidance-scale -1"):
         GenerationSettings(backend="flat", guidance_scale=-1).validate()
-    assert cli.main(["captions.txt", str(tmp_path), "--backend", "flat", "--guidance-scale", "-1"]) == 2
+    assert (
+        cli.main(["captions.txt", str(tmp_path), "--backend", "flat", "--guidance-scale", "-1"])
+        == 2
+    )
     assert "--guidance-scale -1" in capsys.readouterr().err
 
 

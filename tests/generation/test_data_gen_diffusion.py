@@ -8,16 +8,29 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import REPO
 from PIL import Image
 
 from data_gen.cli import main
 from data_gen.storage import SHARDS_DIR
 from data_gen.tiny_pipeline import build_tiny_pipeline
-from helpers import REPO
 from solo_stablerep.data.manifest import read_manifest
 
-FAST = ["--resolution", "32", "--image-size", "16", "--steps", "2", "--images-per-caption", "3",
-        "--image-format", "png", "--no-progress", "--device", "cpu"]
+FAST = [
+    "--resolution",
+    "32",
+    "--image-size",
+    "16",
+    "--steps",
+    "2",
+    "--images-per-caption",
+    "3",
+    "--image-format",
+    "png",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +41,10 @@ def tiny_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def captions(tmp_path_factory):
     path = tmp_path_factory.mktemp("captions") / "captions.csv"
-    rows = [f"a photo of a {animal} number {i}" for i, animal in enumerate(["cat", "dog", "fox", "owl", "cow", "eel"] * 2)]
+    rows = [
+        f"a photo of a {animal} number {i}"
+        for i, animal in enumerate(["cat", "dog", "fox", "owl", "cow", "eel"] * 2)
+    ]
     lines = ["caption,label"] + [f"{text},{text.split()[4]}" for text in rows]
     lines.insert(3, f"{rows[0]},cat")  # a duplicate
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -41,7 +57,9 @@ def run(captions_path, out, model, *extra):
 
 def pixels(out):
     header, records = read_manifest(out)
-    return {r.caption_id: [np.asarray(Image.open(Path(out) / p)) for p in r.images] for r in records}
+    return {
+        r.caption_id: [np.asarray(Image.open(Path(out) / p)) for p in r.images] for r in records
+    }
 
 
 def assert_same_images(expected, got, exact):
@@ -55,7 +73,11 @@ def assert_same_images(expected, got, exact):
                 np.testing.assert_array_equal(a, b)
             else:
                 diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
-                assert diff.max() <= 2 and diff.mean() <= 0.01, (cid, int(diff.max()), float(diff.mean()))
+                assert diff.max() <= 2 and diff.mean() <= 0.01, (
+                    cid,
+                    int(diff.max()),
+                    float(diff.mean()),
+                )
 
 
 @pytest.fixture(scope="session")
@@ -69,13 +91,20 @@ def test_counts_sizes_labels_and_manifest(reference):
     header, records = read_manifest(reference)
     assert header["num_captions"] == len(records) == 12  # the duplicate is dropped
     assert header["class_names"] == sorted({"cat", "dog", "fox", "owl", "cow", "eel"})
-    assert header["generator"]["guidance_scale"] == 2.0 and header["generator"]["num_inference_steps"] == 2
+    assert (
+        header["generator"]["guidance_scale"] == 2.0
+        and header["generator"]["num_inference_steps"] == 2
+    )
     for record in records:
         assert header["class_names"][record.label] == record.caption.split()[4]
         assert len(record.images) == 3
         for path in record.images:
             assert Image.open(reference / path).size == (16, 16)
-    files = {p.relative_to(reference).as_posix() for p in (reference / "images").rglob("*") if p.is_file()}
+    files = {
+        p.relative_to(reference).as_posix()
+        for p in (reference / "images").rglob("*")
+        if p.is_file()
+    }
     assert files == {p for r in records for p in r.images}
     # images of one caption differ (own generator each)
     first = pixels(reference)[records[0].caption_id]
@@ -90,10 +119,24 @@ def test_same_images_for_batch_size_1_and_4(reference, tiny_model, captions, tmp
 
 def test_two_shards_then_merge_equal_one_shard(reference, tiny_model, captions, tmp_path):
     for shard in ("0", "1"):
-        assert run(captions, tmp_path, tiny_model, "--num-shards", "2", "--shard-index", shard, "--no-merge") == 0
+        assert (
+            run(
+                captions,
+                tmp_path,
+                tiny_model,
+                "--num-shards",
+                "2",
+                "--shard-index",
+                shard,
+                "--no-merge",
+            )
+            == 0
+        )
     assert not (tmp_path / "manifest.jsonl").exists()
     assert main(["merge", str(tmp_path)]) == 0
-    assert [r.caption_id for r in read_manifest(tmp_path)[1]] == [r.caption_id for r in read_manifest(reference)[1]]
+    assert [r.caption_id for r in read_manifest(tmp_path)[1]] == [
+        r.caption_id for r in read_manifest(reference)[1]
+    ]
     # a shard's last batch can be smaller than the reference's batches of 4
     assert_same_images(pixels(reference), pixels(tmp_path), exact=False)
 
@@ -107,14 +150,30 @@ def test_merge_refuses_unfinished_run(tiny_model, captions, tmp_path, capsys):
 
 def test_resume_after_sigkill(reference, tiny_model, tmp_path):
     many = tmp_path / "many.txt"
-    many.write_text("\n".join(f"caption number {i} of a long run" for i in range(40)) + "\n", encoding="utf-8")
-    command = [sys.executable, "-m", "data_gen", str(many), str(tmp_path / "out"), "--model", tiny_model, *FAST,
-               "--batch-size", "1"]
+    many.write_text(
+        "\n".join(f"caption number {i} of a long run" for i in range(40)) + "\n", encoding="utf-8"
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "data_gen",
+        str(many),
+        str(tmp_path / "out"),
+        "--model",
+        tiny_model,
+        *FAST,
+        "--batch-size",
+        "1",
+    ]
     log = tmp_path / "out" / SHARDS_DIR / "shard-00000-of-00001.jsonl"
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while not (log.exists() and log.read_bytes().count(b"\n") >= 3):
-        assert process.poll() is None and time.time() < deadline, "generator ended before it could be killed"
+        assert process.poll() is None and time.time() < deadline, (
+            "generator ended before it could be killed"
+        )
         time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -126,7 +185,9 @@ def test_resume_after_sigkill(reference, tiny_model, tmp_path):
     header, records = read_manifest(resumed)
     assert len(records) == 40 and len({r.caption_id for r in records}) == 40
     files = [p for p in resumed.rglob("*") if p.is_file() and "images" in p.parts]
-    assert sorted(p.relative_to(resumed).as_posix() for p in files) == sorted(p for r in records for p in r.images)
+    assert sorted(p.relative_to(resumed).as_posix() for p in files) == sorted(
+        p for r in records for p in r.images
+    )
     for path in files:
         Image.open(path).load()  # no truncated file
     assert not [p for p in resumed.rglob("*.tmp")]
@@ -146,8 +207,10 @@ def test_long_captions_are_counted_as_truncated(tiny_model, tmp_path, capsys):
     assert len(read_manifest(tmp_path / "out")[1]) == 2
 
 
-@pytest.mark.parametrize("model, expected", [("/no/such/model/folder", "no such folder"),
-                                              ("nobody-here/no-such-model-xyz", "cannot load")])
+@pytest.mark.parametrize(
+    "model, expected",
+    [("/no/such/model/folder", "no such folder"), ("nobody-here/no-such-model-xyz", "cannot load")],
+)
 def test_unknown_model_is_one_clear_line(model, expected, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     path = tmp_path / "c.txt"
@@ -157,13 +220,23 @@ def test_unknown_model_is_one_clear_line(model, expected, tmp_path, capsys, monk
     assert len(err.splitlines()) == 1 and expected in err and model in err
 
 
-@pytest.mark.parametrize("flag, value", [("--guidance-scale", "-1"), ("--steps", "0"), ("--images-per-caption", "0"),
-                                         ("--batch-size", "0")])
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--guidance-scale", "-1"),
+        ("--steps", "0"),
+        ("--images-per-caption", "0"),
+        ("--batch-size", "0"),
+    ],
+)
 def test_invalid_numbers_rejected_before_model_loads(flag, value, tmp_path, capsys):
     path = tmp_path / "c.txt"
     path.write_text("a cat\n", encoding="utf-8")
     # The model does not exist: an error about the number proves it came first.
-    assert main([str(path), str(tmp_path / "out"), "--model", "/no/such/model", *FAST, flag, value]) == 2
+    assert (
+        main([str(path), str(tmp_path / "out"), "--model", "/no/such/model", *FAST, flag, value])
+        == 2
+    )
     err = capsys.readouterr().err
     assert flag in err and "model" not in err.replace(flag, "")
     assert not (tmp_path / "out").exists()
@@ -175,14 +248,30 @@ def test_other_settings_refused_unless_overwrite(reference, tiny_model, captions
     assert "guidance_scale" in capsys.readouterr().err
     assert run(captions, tmp_path, tiny_model, "--guidance-scale", "5", "--overwrite") == 0
     assert read_manifest(tmp_path)[0]["generator"]["guidance_scale"] == 5.0
-    assert not np.array_equal(pixels(tmp_path)[read_manifest(tmp_path)[1][0].caption_id][0],
-                              pixels(reference)[read_manifest(tmp_path)[1][0].caption_id][0])
+    assert not np.array_equal(
+        pixels(tmp_path)[read_manifest(tmp_path)[1][0].caption_id][0],
+        pixels(reference)[read_manifest(tmp_path)[1][0].caption_id][0],
+    )
 
 
 def test_procedural_backend_is_byte_identical_across_batch_sizes(captions, tmp_path):
     # no float reductions over the batch there: the bytes cannot depend on the batch shape
-    procedural = ["--backend", "procedural", "--image-size", "16", "--images-per-caption", "2", "--image-format", "png",
-                  "--no-progress"]
+    procedural = [
+        "--backend",
+        "procedural",
+        "--image-size",
+        "16",
+        "--images-per-caption",
+        "2",
+        "--image-format",
+        "png",
+        "--no-progress",
+    ]
     for batch_size in ("1", "5"):
-        assert main([str(captions), str(tmp_path / batch_size), *procedural, "--batch-size", batch_size]) == 0
+        assert (
+            main(
+                [str(captions), str(tmp_path / batch_size), *procedural, "--batch-size", batch_size]
+            )
+            == 0
+        )
     assert_same_images(pixels(tmp_path / "1"), pixels(tmp_path / "5"), exact=True)

@@ -10,9 +10,9 @@ import subprocess
 import sys
 
 import pytest
+from helpers import REPO
 
 from data_gen.shards import read_records
-from helpers import REPO
 from solo_stablerep.data.shards import iter_indexed_samples
 
 PROCEDURAL = [

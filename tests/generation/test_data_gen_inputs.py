@@ -8,16 +8,27 @@ import sys
 import unicodedata
 
 import pytest
+from helpers import REPO
 
 from data_gen.captions import load_captions
 from data_gen.cli import main
 from data_gen.settings import DataGenError, GenerationSettings, image_seed, resolve_shard
 from data_gen.storage import ShardLog, read_log
-from helpers import REPO
 from solo_stablerep.data.manifest import read_manifest
 
-PROCEDURAL = ["--backend", "procedural", "--resolution", "32", "--image-size", "16", "--images-per-caption", "2",
-              "--no-progress", "--device", "cpu"]
+PROCEDURAL = [
+    "--backend",
+    "procedural",
+    "--resolution",
+    "32",
+    "--image-size",
+    "16",
+    "--images-per-caption",
+    "2",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
 
 
 def test_normalise_dedup_empty_and_ids(tmp_path):
@@ -27,7 +38,9 @@ def test_normalise_dedup_empty_and_ids(tmp_path):
     result = load_captions(path)
     assert [c.text for c in result.captions] == ["a café by the sea", "another one"]
     assert result.empty == 2 and result.duplicates == 1 and result.lines == 5
-    assert result.captions[0].caption_id == hashlib.sha1("a café by the sea".encode()).hexdigest()[:16]
+    assert (
+        result.captions[0].caption_id == hashlib.sha1("a café by the sea".encode()).hexdigest()[:16]
+    )
     assert [c.index for c in result.captions] == [0, 1] and result.class_names is None
 
 
@@ -37,7 +50,11 @@ def test_non_utf8_line_is_an_error_with_its_number_or_skipped_on_request(tmp_pat
     with pytest.raises(DataGenError, match=r"c\.txt:3: not valid UTF-8"):
         load_captions(path)
     result = load_captions(path, skip_bad_lines=True)
-    assert [c.text for c in result.captions] == ["fine", "also fine", "last"] and result.bad_utf8_skipped == 1
+    assert [c.text for c in result.captions] == [
+        "fine",
+        "also fine",
+        "last",
+    ] and result.bad_utf8_skipped == 1
     assert main([str(path), str(tmp_path / "out"), *PROCEDURAL]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
 
@@ -46,7 +63,12 @@ def test_integer_labels_stay_and_names_map_to_ids(tmp_path):
     ints = tmp_path / "ints.tsv"
     ints.write_text("label\tcaption\n3\ta three\n0\ta zero\n3\tanother three\n", encoding="utf-8")
     result = load_captions(ints)
-    assert [c.label for c in result.captions] == [3, 0, 3] and result.class_names == ["0", "1", "2", "3"]
+    assert [c.label for c in result.captions] == [3, 0, 3] and result.class_names == [
+        "0",
+        "1",
+        "2",
+        "3",
+    ]
     names = tmp_path / "names.csv"
     names.write_text('caption,label\n"a dog, running",dog\na cat,cat\n', encoding="utf-8")
     result = load_captions(names)
@@ -60,8 +82,10 @@ def test_labels_reach_the_manifest(tmp_path):
     assert main([str(path), str(tmp_path / "out"), *PROCEDURAL]) == 0
     header, records = read_manifest(tmp_path / "out")
     assert header["class_names"] == ["one", "two"]
-    assert [(r.caption, header["class_names"][r.label]) for r in records] == [("a red digit 1", "one"),
-                                                                               ("a blue digit 2", "two")]
+    assert [(r.caption, header["class_names"][r.label]) for r in records] == [
+        ("a red digit 1", "one"),
+        ("a blue digit 2", "two"),
+    ]
 
 
 def test_missing_caption_column_and_empty_label_are_errors(tmp_path):
@@ -105,7 +129,11 @@ def test_shard_log_drops_a_line_cut_short(tmp_path):
 
 def test_procedural_settings_null_the_diffusion_fields():
     stored = GenerationSettings(backend="procedural").validate().resolved("cpu").to_dict()
-    assert stored["model"] is None and stored["guidance_scale"] is None and stored["images_per_caption"] == 10
+    assert (
+        stored["model"] is None
+        and stored["guidance_scale"] is None
+        and stored["images_per_caption"] == 10
+    )
     with pytest.raises(DataGenError, match="--dtype fp16"):
         GenerationSettings(dtype="fp16").validate().resolved("cpu")
 
@@ -113,14 +141,23 @@ def test_procedural_settings_null_the_diffusion_fields():
 def test_tsv_keeps_quotes_and_never_merges_rows(tmp_path):
     # cc12m captions begin with quotes; a csv-style reader would strip them and let the open one swallow rows
     path = tmp_path / "c.tsv"
-    captions = ['"Hello" said the cat', '"an open quote', "plain", 'a "quoted" word', '"""', "last one"]
+    captions = [
+        '"Hello" said the cat',
+        '"an open quote',
+        "plain",
+        'a "quoted" word',
+        '"""',
+        "last one",
+    ]
     path.write_text("caption\n" + "".join(f"{c}\n" for c in captions), encoding="utf-8")
     assert [c.text for c in load_captions(path).captions] == captions
 
 
 def test_ambiguous_csv_quoting_is_an_error_naming_the_line(tmp_path):
     path = tmp_path / "c.csv"
-    path.write_text('caption,label\n"a dog, running",dog\n"an open quote,cat\na cat,cat\n', encoding="utf-8")
+    path.write_text(
+        'caption,label\n"a dog, running",dog\n"an open quote,cat\na cat,cat\n', encoding="utf-8"
+    )
     with pytest.raises(DataGenError, match=r"c\.csv:3: bad CSV quoting"):
         load_captions(path)
     path.write_text('caption,label\n"Hello" said the cat,cat\n', encoding="utf-8")
@@ -130,8 +167,11 @@ def test_ambiguous_csv_quoting_is_an_error_naming_the_line(tmp_path):
 
 def test_headerless_cc12m_tsv_by_column_number(tmp_path):
     path = tmp_path / "cc12m.tsv"
-    rows = [("https://x.org/1.jpg", '"Sunset" over the <PERSON> lake'), ("https://x.org/2.jpg", "a red bus"),
-            ("https://x.org/3.jpg", "a red bus")]
+    rows = [
+        ("https://x.org/1.jpg", '"Sunset" over the <PERSON> lake'),
+        ("https://x.org/2.jpg", "a red bus"),
+        ("https://x.org/3.jpg", "a red bus"),
+    ]
     path.write_text("".join(f"{url}\t{caption}\n" for url, caption in rows), encoding="utf-8")
     result = load_captions(path, caption_column="2")
     assert [c.text for c in result.captions] == ['"Sunset" over the <PERSON> lake', "a red bus"]
@@ -141,10 +181,14 @@ def test_headerless_cc12m_tsv_by_column_number(tmp_path):
     with pytest.raises(DataGenError, match=r"cc12m\.tsv:1: 2 columns, column 3 is read"):
         load_captions(path, caption_column="3")
     assert main([str(path), str(tmp_path / "out"), *PROCEDURAL, "--caption-column", "2"]) == 0
-    assert [r.caption for r in read_manifest(tmp_path / "out")[1]] == [c.text for c in result.captions]
+    assert [r.caption for r in read_manifest(tmp_path / "out")[1]] == [
+        c.text for c in result.captions
+    ]
 
 
-@pytest.mark.parametrize("content", ["", "\n  \n\t\n", "caption,label\n\n"], ids=["empty", "blank", "header-only"])
+@pytest.mark.parametrize(
+    "content", ["", "\n  \n\t\n", "caption,label\n\n"], ids=["empty", "blank", "header-only"]
+)
 def test_a_file_without_captions_is_an_error(content, tmp_path, capsys):
     path = tmp_path / ("c.csv" if content.startswith("caption") else "c.txt")
     path.write_text(content, encoding="utf-8")
@@ -166,8 +210,15 @@ def test_read_only_output_folder_is_one_line_naming_it(tmp_path):
         if not shutil.which("setpriv"):
             pytest.skip("running as root without setpriv: cannot make a folder read-only")
         command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *command]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])))
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(
+            os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+        ),
+    )
     assert result.returncode == 2
     err = result.stderr.strip()
     assert len(err.splitlines()) == 1 and "not writable" in err and str(locked / "out") in err, err
@@ -189,13 +240,19 @@ def test_headerless_labels_by_column_number(tmp_path):
 
 def test_a_shard_holds_its_captions_only_with_the_counts_and_digest_of_all(tmp_path):
     path = tmp_path / "c.tsv"
-    rows = [f"caption {i % 7} {'x' * (i % 3)}\t{'ab'[i % 2]}" for i in range(40)]  # duplicates, label conflicts
+    rows = [
+        f"caption {i % 7} {'x' * (i % 3)}\t{'ab'[i % 2]}" for i in range(40)
+    ]  # duplicates, label conflicts
     path.write_text("caption\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
     whole = load_captions(path)
     shards = [load_captions(path, shard=(i, 3)) for i in range(3)]
     for i, part in enumerate(shards):
         assert part.captions == whole.captions[i::3]
-        assert (part.digest, part.stats(), part.class_names) == (whole.digest, whole.stats(), whole.class_names)
+        assert (part.digest, part.stats(), part.class_names) == (
+            whole.digest,
+            whole.stats(),
+            whole.class_names,
+        )
     assert whole.num_captions == len(whole.captions) == 21 and whole.duplicates == 19
     assert whole.label_conflicts > 0
 
@@ -205,6 +262,11 @@ def test_two_captions_with_one_id_are_an_error_naming_the_line(tmp_path, monkeyp
 
     path = tmp_path / "c.txt"
     path.write_text("first\nfirst\nsecond\n", encoding="utf-8")
-    monkeypatch.setattr(data_gen.captions, "caption_id", lambda text: "00000000000000ab")  # a forced collision
-    with pytest.raises(DataGenError, match=r"c\.txt:3: caption id 00000000000000ab collides with a different caption"):
+    monkeypatch.setattr(
+        data_gen.captions, "caption_id", lambda text: "00000000000000ab"
+    )  # a forced collision
+    with pytest.raises(
+        DataGenError,
+        match=r"c\.txt:3: caption id 00000000000000ab collides with a different caption",
+    ):
         load_captions(path)

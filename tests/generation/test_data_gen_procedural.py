@@ -31,7 +31,9 @@ def test_samples_of_one_caption_differ_and_are_reproducible():
     for i in range(4):
         for j in range(i + 1, 4):
             assert np.abs(images[i] - images[j]).mean() > 3
-    np.testing.assert_array_equal(np.asarray(render(caption, 123, 64)), np.asarray(render(caption, 123, 64)))
+    np.testing.assert_array_equal(
+        np.asarray(render(caption, 123, 64)), np.asarray(render(caption, 123, 64))
+    )
 
 
 def test_digit_class_is_recoverable_by_a_linear_classifier():
@@ -65,10 +67,18 @@ def test_colour_size_and_position_follow_the_caption():
     small = np.mean([ink("a tiny black circle on a light background", s).mean() for s in range(5)])
     large = np.mean([ink("a huge black circle on a light background", s).mean() for s in range(5)])
     assert large > 3 * small
-    left = np.mean([np.nonzero(ink("a small black star on the left on a light background", s))[1].mean()
-                    for s in range(5)])
-    right = np.mean([np.nonzero(ink("a small black star on the right on a light background", s))[1].mean()
-                     for s in range(5)])
+    left = np.mean(
+        [
+            np.nonzero(ink("a small black star on the left on a light background", s))[1].mean()
+            for s in range(5)
+        ]
+    )
+    right = np.mean(
+        [
+            np.nonzero(ink("a small black star on the right on a light background", s))[1].mean()
+            for s in range(5)
+        ]
+    )
     assert left < 28 < 36 < right
 
 
@@ -93,4 +103,8 @@ def test_contact_sheet_shows_at_most_max_columns_images_per_caption(tmp_path):
     sheet = np.asarray(contact_sheet(rows, thumb=10, text_width=20, max_columns=4))
     assert sheet.shape == (2 * 14, 20 + 4 * 14, 3)
     # row 0 shows caption 0's (red) images, row 1 caption 1's (blue)
-    assert tuple(sheet[5, 20 + 5]) == (255, 0, 0) and tuple(sheet[14 + 5, 20 + 3 * 14 + 5]) == (0, 0, 255)
+    assert tuple(sheet[5, 20 + 5]) == (255, 0, 0) and tuple(sheet[14 + 5, 20 + 3 * 14 + 5]) == (
+        0,
+        0,
+        255,
+    )

@@ -11,6 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from helpers import REPO, make_manifest_dataset
 from PIL import Image
 
 from data_gen.convert import convert
@@ -23,7 +24,6 @@ from solo_stablerep.data.shards import (
     make_header,
     read_index,
 )
-from helpers import REPO, make_manifest_dataset
 
 
 def png(value: int, size: int = 8) -> bytes:
@@ -65,8 +65,14 @@ def test_round_trip_naming_index_and_records(tmp_path):
         assert sorted(sample) == ["00.png", "01.png", "02.png", "json"]
         assert [sample[f"{k:02d}.png"] for k in range(3)] == images_of(i)
         meta = json.loads(sample["json"])
-        assert meta == {"caption_id": f"cap{i}", "caption": f"caption {i}", "label": i % 2, "index": i,
-                        "run_id": "run-a", "num_images": 3}
+        assert meta == {
+            "caption_id": f"cap{i}",
+            "caption": f"caption {i}",
+            "label": i % 2,
+            "index": i,
+            "run_id": "run-a",
+            "num_images": 3,
+        }
     assert json.loads((tmp_path / HEADER_NAME).read_text())["class_names"] == ["x", "y"]
     records = read_records(tmp_path)
     assert sorted(i for r in records for i in r["captions"]) == list(range(7))
@@ -94,7 +100,9 @@ def test_other_run_refused_same_run_resumes(tmp_path):
         assert np.flatnonzero(writer.done).tolist() == [0]
         writer.write(1, "cap1", "c", None, images_of(1))
     assert sorted(tar_samples(tmp_path)) == ["cap0", "cap1"]
-    with ShardWriter(tmp_path, make_header("run-b", 2, 3, "png", None, None), overwrite=True) as writer:
+    with ShardWriter(
+        tmp_path, make_header("run-b", 2, 3, "png", None, None), overwrite=True
+    ) as writer:
         assert not writer.done.any()
     assert not list(tmp_path.glob("*.tar"))
 
@@ -120,7 +128,9 @@ def test_sigkill_loses_only_the_tar_in_progress_and_a_rerun_completes(tmp_path):
     script = tmp_path / "writer.py"
     script.write_text(KILLED_WRITER)
     env = {"PYTHONPATH": str(REPO)}
-    killed = subprocess.run([sys.executable, str(script), str(out), "11"], env=env, capture_output=True)
+    killed = subprocess.run(
+        [sys.executable, str(script), str(out), "11"], env=env, capture_output=True
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
     assert list(out.glob(".shard-*.tar.tmp")), "the kill should leave a tar in progress"
     done = {i for r in read_records(out) for i in r["captions"]}
@@ -129,12 +139,16 @@ def test_sigkill_loses_only_the_tar_in_progress_and_a_rerun_completes(tmp_path):
     stray = out / "shard-000099.tar"
     stray.write_bytes(b"x" * 1024)
 
-    rerun = subprocess.run([sys.executable, str(script), str(out), "-1"], env=env, capture_output=True)
+    rerun = subprocess.run(
+        [sys.executable, str(script), str(out), "-1"], env=env, capture_output=True
+    )
     assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
     assert not list(out.glob(".*.tmp")) and not stray.exists()
     samples = tar_samples(out)  # fails on a caption written twice
     assert sorted(samples) == sorted(f"cap{i}" for i in range(20))
-    assert all([samples[f"cap{i}"][f"{k:02d}.png"] for k in range(3)] == images_of(i) for i in range(20))
+    assert all(
+        [samples[f"cap{i}"][f"{k:02d}.png"] for k in range(3)] == images_of(i) for i in range(20)
+    )
 
 
 def test_convert_manifest_keeps_bytes_and_labels_and_resumes(tmp_path):
@@ -147,7 +161,9 @@ def test_convert_manifest_keeps_bytes_and_labels_and_resumes(tmp_path):
     _, records = read_manifest(tmp_path / "ds")
     for i, record in enumerate(records):
         sample = samples[record.caption_id]
-        assert [sample[f"{k:02d}.png"] for k in range(4)] == [(tmp_path / "ds" / p).read_bytes() for p in record.images]
+        assert [sample[f"{k:02d}.png"] for k in range(4)] == [
+            (tmp_path / "ds" / p).read_bytes() for p in record.images
+        ]
         meta = json.loads(sample["json"])
         assert (meta["index"], meta["caption"], meta["label"]) == (i, record.caption, record.label)
     again = convert(tmp_path / "ds", tmp_path / "shards", progress=False)
@@ -158,8 +174,12 @@ def test_convert_generated_procedural_set(tmp_path):
     """Images generated as a manifest (procedural backend) reach the shards byte for byte."""
     from data_gen.runner import RunOptions, generate
 
-    (tmp_path / "captions.txt").write_text("a red digit 3 on a dark background\na blue digit 8 on white\n")
-    settings = GenerationSettings(backend="procedural", images_per_caption=3, resolution=64, image_size=32)
+    (tmp_path / "captions.txt").write_text(
+        "a red digit 3 on a dark background\na blue digit 8 on white\n"
+    )
+    settings = GenerationSettings(
+        backend="procedural", images_per_caption=3, resolution=64, image_size=32
+    )
     generate(tmp_path / "captions.txt", tmp_path / "gen", settings, RunOptions(progress=False))
     convert(tmp_path / "gen", tmp_path / "shards", progress=False)
     from solo_stablerep.data.manifest import read_manifest
@@ -167,8 +187,9 @@ def test_convert_generated_procedural_set(tmp_path):
     _, records = read_manifest(tmp_path / "gen")
     samples = tar_samples(tmp_path / "shards")
     for record in records:
-        assert [samples[record.caption_id][f"{k:02d}.jpg"] for k in range(3)] == \
-            [(tmp_path / "gen" / p).read_bytes() for p in record.images]
+        assert [samples[record.caption_id][f"{k:02d}.jpg"] for k in range(3)] == [
+            (tmp_path / "gen" / p).read_bytes() for p in record.images
+        ]
 
 
 def test_convert_authors_layout_and_cli(tmp_path):
@@ -180,12 +201,34 @@ def test_convert_authors_layout_and_cli(tmp_path):
     rows = "".join(f"img/{i}.png,caption {i}\n" for i in range(3))
     (tmp_path / "src" / "rows.csv").write_text("path,caption\n" + rows)
     done = subprocess.run(
-        [sys.executable, "-m", "data_gen", "convert", str(tmp_path / "src"), str(tmp_path / "shards"),
-         "--layout", "authors", "--csv", "rows.csv", "--csv-header", "--roots", "seed0", "seed1", "--no-progress"],
-        env={"PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "data_gen",
+            "convert",
+            str(tmp_path / "src"),
+            str(tmp_path / "shards"),
+            "--layout",
+            "authors",
+            "--csv",
+            "rows.csv",
+            "--csv-header",
+            "--roots",
+            "seed0",
+            "seed1",
+            "--no-progress",
+        ],
+        env={"PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     samples = tar_samples(tmp_path / "shards")
-    assert sorted(samples) == ["2", "3", "4"]  # caption id = CSV line number, as the CSV loader numbers them
+    assert sorted(samples) == [
+        "2",
+        "3",
+        "4",
+    ]  # caption id = CSV line number, as the CSV loader numbers them
     assert [samples["3"]["00.png"], samples["3"]["01.png"]] == [png(1), png(101)]
     assert json.loads(samples["3"]["json"])["caption"] == "caption 1"
 
@@ -194,14 +237,18 @@ def test_convert_missing_image_is_one_line(tmp_path):
     make_manifest_dataset(tmp_path / "ds", 3, 2)
     victim = sorted((tmp_path / "ds" / "images").rglob("*.png"))[3]
     victim.unlink()
-    with pytest.raises(DataGenError, match=rf"{victim.name}: image file missing \(caption cap0001\)"):
+    with pytest.raises(
+        DataGenError, match=rf"{victim.name}: image file missing \(caption cap0001\)"
+    ):
         convert(tmp_path / "ds", tmp_path / "shards", progress=False)
 
 
 # ------------------------------------------------------------ stablerep-generate --format webdataset
 
 PROCEDURAL = dict(backend="procedural", images_per_caption=3, resolution=48, image_size=24)
-DIGITS = "".join(f"a {c} digit {d} on a dark background\n" for d in range(6) for c in ("red", "blue"))
+DIGITS = "".join(
+    f"a {c} digit {d} on a dark background\n" for d in range(6) for c in ("red", "blue")
+)
 SHEET = "contact_sheets/shard-00000-of-00001.png"  # of a run in one process
 
 
@@ -214,9 +261,19 @@ def generate_shards(captions, out, num_shards=1, shard_bytes=6000, **settings):
     from data_gen.runner import RunOptions, generate
 
     for shard_index in range(num_shards):
-        generate(captions, out, GenerationSettings(**{**PROCEDURAL, **settings}), RunOptions(
-            format="webdataset", shard_bytes=shard_bytes, num_shards=num_shards, shard_index=shard_index,
-            batch_size=2, progress=False))
+        generate(
+            captions,
+            out,
+            GenerationSettings(**{**PROCEDURAL, **settings}),
+            RunOptions(
+                format="webdataset",
+                shard_bytes=shard_bytes,
+                num_shards=num_shards,
+                shard_index=shard_index,
+                batch_size=2,
+                progress=False,
+            ),
+        )
 
 
 def test_generate_as_shards_and_as_manifest_gives_the_same_bytes(tmp_path):
@@ -225,19 +282,29 @@ def test_generate_as_shards_and_as_manifest_gives_the_same_bytes(tmp_path):
 
     captions = tmp_path / "captions.txt"
     captions.write_text(DIGITS)
-    generate(captions, tmp_path / "gen", GenerationSettings(**PROCEDURAL), RunOptions(progress=False))
-    generate_shards(captions, tmp_path / "shards", num_shards=2)  # two processes, one tar prefix each
+    generate(
+        captions, tmp_path / "gen", GenerationSettings(**PROCEDURAL), RunOptions(progress=False)
+    )
+    generate_shards(
+        captions, tmp_path / "shards", num_shards=2
+    )  # two processes, one tar prefix each
 
     _, records = read_manifest(tmp_path / "gen")
     samples = tar_samples(tmp_path / "shards")  # fails on a caption written twice
     assert sorted(samples) == sorted(r.caption_id for r in records)
     for i, record in enumerate(records):
         sample = samples[record.caption_id]
-        assert [sample[f"{k:02d}.jpg"] for k in range(3)] == [(tmp_path / "gen" / p).read_bytes() for p in record.images]
+        assert [sample[f"{k:02d}.jpg"] for k in range(3)] == [
+            (tmp_path / "gen" / p).read_bytes() for p in record.images
+        ]
         meta = json.loads(sample["json"])
         assert (meta["index"], meta["caption"]) == (i, record.caption)
     header = json.loads((tmp_path / "shards" / HEADER_NAME).read_text())
-    assert (header["num_captions"], header["images_per_caption"], header["image_ext"]) == (len(records), 3, "jpg")
+    assert (header["num_captions"], header["images_per_caption"], header["image_ext"]) == (
+        len(records),
+        3,
+        "jpg",
+    )
     prefixes = {tar.name.rsplit("-", 1)[0] for tar in (tmp_path / "shards").glob("*.tar")}
     assert prefixes == {"shard-00000-of-00002", "shard-00001-of-00002"}
     assert not (tmp_path / "shards" / "manifest.jsonl").exists()  # no merge step for shards
@@ -256,12 +323,27 @@ def test_shard_generation_writes_the_same_contact_sheet_as_the_manifest_layout(t
     captions = tmp_path / "captions.txt"
     captions.write_text(DIGITS)
     for layout in ("manifest", "webdataset"):
-        generate(captions, tmp_path / layout, GenerationSettings(**PROCEDURAL), RunOptions(
-            format=layout, shard_bytes=3000, num_shards=1, shard_index=0, batch_size=2,
-            contact_sheet_captions=5, progress=False))
+        generate(
+            captions,
+            tmp_path / layout,
+            GenerationSettings(**PROCEDURAL),
+            RunOptions(
+                format=layout,
+                shard_bytes=3000,
+                num_shards=1,
+                shard_index=0,
+                batch_size=2,
+                contact_sheet_captions=5,
+                progress=False,
+            ),
+        )
     sheet = sheet_pixels(tmp_path / "webdataset" / SHEET)
     thumb, text_width = 96, 220  # contact_sheet's defaults; a cell is the thumbnail + 4 px
-    assert sheet.shape == (5 * (thumb + 4), text_width + 3 * (thumb + 4), 3)  # 5 captions x 3 images
+    assert sheet.shape == (
+        5 * (thumb + 4),
+        text_width + 3 * (thumb + 4),
+        3,
+    )  # 5 captions x 3 images
     # the last caption shown lies in a later tar than the first: its images are read at their offsets
     tar_of = {i: r["tar"] for r in read_records(tmp_path / "webdataset") for i in r["captions"]}
     assert tar_of[4] != tar_of[0]
@@ -270,7 +352,9 @@ def test_shard_generation_writes_the_same_contact_sheet_as_the_manifest_layout(t
         expected = np.asarray(image.convert("RGB").resize((thumb, thumb)))
     y, x = 4 * (thumb + 4) + 2, text_width + 2 * (thumb + 4)
     np.testing.assert_array_equal(sheet[y : y + thumb, x : x + thumb], expected)
-    np.testing.assert_array_equal(sheet, sheet_pixels(tmp_path / "manifest" / SHEET))  # text rows too
+    np.testing.assert_array_equal(
+        sheet, sheet_pixels(tmp_path / "manifest" / SHEET)
+    )  # text rows too
 
 
 KILLED_GENERATION = textwrap.dedent("""
@@ -296,13 +380,17 @@ def test_sigkill_during_shard_generation_then_rerun_has_every_caption_once(tmp_p
     script = tmp_path / "generate.py"
     script.write_text(KILLED_GENERATION)
     out, env = tmp_path / "killed", {"PYTHONPATH": str(REPO)}
-    killed = subprocess.run([sys.executable, str(script), str(captions), str(out), "9"], env=env, capture_output=True)
+    killed = subprocess.run(
+        [sys.executable, str(script), str(captions), str(out), "9"], env=env, capture_output=True
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
     done = {i for r in read_records(out) for i in r["captions"]}
     assert done and max(done) < 9, "the kill should come after some tars and before the end"
     assert not (out / SHEET).exists()  # written at the end of a run
 
-    rerun = subprocess.run([sys.executable, str(script), str(captions), str(out), "-1"], env=env, capture_output=True)
+    rerun = subprocess.run(
+        [sys.executable, str(script), str(captions), str(out), "-1"], env=env, capture_output=True
+    )
     assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
     assert not list(out.glob(".*.tmp"))
     generate_shards(captions, tmp_path / "clean")  # never killed
@@ -311,4 +399,6 @@ def test_sigkill_during_shard_generation_then_rerun_has_every_caption_once(tmp_p
     assert sorted(i for r in read_records(out) for i in r["captions"]) == list(range(12))
     # the rerun's sheet (first 6 captions) shows captions the killed run generated, read from its tars
     assert done & set(range(6))
-    np.testing.assert_array_equal(sheet_pixels(out / SHEET), sheet_pixels(tmp_path / "clean" / SHEET))
+    np.testing.assert_array_equal(
+        sheet_pixels(out / SHEET), sheet_pixels(tmp_path / "clean" / SHEET)
+    )

@@ -107,7 +107,11 @@ def test_gradcheck_float64_including_the_logit_scale():
 def test_half_precision_inputs_are_computed_in_float32(dtype):
     image_z, image_labels, text_z, text_labels = unequal_batch(torch.Generator().manual_seed(5))
     loss = image_text_contrastive_loss(
-        image_z.to(dtype), image_labels, text_z.to(dtype), text_labels, torch.tensor(100.0, dtype=dtype)
+        image_z.to(dtype),
+        image_labels,
+        text_z.to(dtype),
+        text_labels,
+        torch.tensor(100.0, dtype=dtype),
     )
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     expected = reference_loss(image_z.to(dtype), image_labels, text_z.to(dtype), text_labels, 100.0)
@@ -160,8 +164,14 @@ def _rank_worker(rank, world_size, port, data, results):
                 u = image_z[i0:i1].clone().requires_grad_(True)
                 v = text_z[t0:t1].clone().requires_grad_(True)
                 t = log_scale.clone().requires_grad_(True)
-                loss = image_text_contrastive_loss(u, image_labels[i0:i1], v, text_labels[t0:t1], t.exp(),
-                                                   max_rows_per_rank=max_rows)
+                loss = image_text_contrastive_loss(
+                    u,
+                    image_labels[i0:i1],
+                    v,
+                    text_labels[t0:t1],
+                    t.exp(),
+                    max_rows_per_rank=max_rows,
+                )
                 loss.backward()
                 results[(name, gather, rank)] = (loss.detach(), u.grad, v.grad, t.grad)
     finally:

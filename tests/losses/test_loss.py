@@ -109,8 +109,11 @@ def test_large_logits_stay_finite():
 
 @pytest.mark.parametrize(
     "z_shape, labels_shape, temperature, match",
-    [((4,), (4,), 0.1, "z must be"), ((4, 3), (5,), 0.1, "labels must be"),
-     ((4, 3), (4,), 0.0, "temperature")],
+    [
+        ((4,), (4,), 0.1, "z must be"),
+        ((4, 3), (5,), 0.1, "labels must be"),
+        ((4, 3), (4,), 0.0, "temperature"),
+    ],
 )
 def test_bad_input_is_named(z_shape, labels_shape, temperature, match):
     with pytest.raises(ValueError, match=match):
@@ -119,7 +122,9 @@ def test_bad_input_is_named(z_shape, labels_shape, temperature, match):
         )
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to detect host syncs")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device to detect host syncs"
+)
 def test_no_host_sync_on_cuda():
     # Every step waiting for the device (an .item(), a boolean-mask index, torch.unique) would
     # stall the training loop: CUDA's sync debug mode turns any such wait into an error.
@@ -211,7 +216,9 @@ def test_two_gloo_ranks_compare_large_labels_exactly():
 
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_rank_worker, args=(2, _free_port(), z, labels, [7, 5], results), nprocs=2, join=True)
+        mp.spawn(
+            _rank_worker, args=(2, _free_port(), z, labels, [7, 5], results), nprocs=2, join=True
+        )
         results = dict(results)
 
     mean_loss = (results[0][0] + results[1][0]) / 2

@@ -5,7 +5,6 @@ import sys
 
 import pytest
 import torch
-
 from helpers import (
     PRETRAIN_CONFIGS,
     SMOKE_OVERRIDES,
@@ -22,12 +21,16 @@ CUSTOM = PRETRAIN_CONFIGS / "custom"
 
 
 def stablerep_cfg(train_path, *extra, num_views=4):
-    overrides = SMOKE_OVERRIDES + crop_overrides(1) + [
-        f"data.train_path={train_path}",
-        f"augmentations.0.num_crops={num_views}",
-        "checkpoint.enabled=False",
-        *extra,
-    ]
+    overrides = (
+        SMOKE_OVERRIDES
+        + crop_overrides(1)
+        + [
+            f"data.train_path={train_path}",
+            f"augmentations.0.num_crops={num_views}",
+            "checkpoint.enabled=False",
+            *extra,
+        ]
+    )
     return compose_parsed_cfg(CUSTOM, "stablerep.yaml", overrides)
 
 
@@ -183,7 +186,9 @@ def run_entry_point(command, config_name, cwd, *overrides):
     ],
     ids=["stablerep-console-script", "simclr-module"],
 )
-def test_entry_point_runs_one_short_epoch(image_folder, tmp_path, command, config_name, num_pipelines):
+def test_entry_point_runs_one_short_epoch(
+    image_folder, tmp_path, command, config_name, num_pipelines
+):
     result = run_entry_point(
         command,
         config_name,

@@ -7,8 +7,6 @@ import socket
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-
 from helpers import (
     PRETRAIN_CONFIGS,
     SMOKE_OVERRIDES,
@@ -18,6 +16,7 @@ from helpers import (
     requires_solo,
     run_pretrain_command,
 )
+from omegaconf import OmegaConf
 
 pytestmark = requires_solo
 
@@ -85,8 +84,15 @@ def tiny_caption(c: int) -> str:
 
 def write_tiny_manifest(root, num_captions=8, images_per_caption=2):
     """A labelled manifest data set of 32 px images captioned by :func:`tiny_caption`; returns its captions."""
-    make_manifest_dataset(root, num_captions, images_per_caption, class_names=["class0", "class1"], size=32,
-                          caption=tiny_caption, caption_id="cap{:03d}".format)
+    make_manifest_dataset(
+        root,
+        num_captions,
+        images_per_caption,
+        class_names=["class0", "class1"],
+        size=32,
+        caption=tiny_caption,
+        caption_id="cap{:03d}".format,
+    )
     return [tiny_caption(c) for c in range(num_captions)]
 
 
@@ -101,16 +107,25 @@ def test_load_captions_reads_both_layouts_in_data_set_order(tmp_path):
     from solo_stablerep.text import load_captions
 
     captions = write_tiny_manifest(tmp_path / "m", num_captions=3, images_per_caption=1)
-    cfg = OmegaConf.create({"data": {"train_path": str(tmp_path / "m"), "synthetic": {"layout": "manifest"}}})
+    cfg = OmegaConf.create(
+        {"data": {"train_path": str(tmp_path / "m"), "synthetic": {"layout": "manifest"}}}
+    )
     assert load_captions(cfg) == (["cap000", "cap001", "cap002"], captions)
 
     (tmp_path / "a" / "seed0").mkdir(parents=True)
-    (tmp_path / "a" / "cc.csv").write_text('path,caption\nx/0.jpg,a red bus\nx/1.jpg,"a cat, asleep"\n')
+    (tmp_path / "a" / "cc.csv").write_text(
+        'path,caption\nx/0.jpg,a red bus\nx/1.jpg,"a cat, asleep"\n'
+    )
     cfg = OmegaConf.create(
         {
             "data": {
                 "train_path": str(tmp_path / "a"),
-                "synthetic": {"layout": "authors", "csv": "cc.csv", "csv_header": True, "roots": ["seed0"]},
+                "synthetic": {
+                    "layout": "authors",
+                    "csv": "cc.csv",
+                    "csv_header": True,
+                    "roots": ["seed0"],
+                },
             }
         }
     )
@@ -145,13 +160,17 @@ def test_caption_wrapper_appends_the_tokens_of_each_items_caption():
 
 
 def pp_cfg(train_path, *extra, config="stablerep_pp.yaml", n_img=2):
-    overrides = SMOKE_OVERRIDES + TINY_TEXT + [
-        "augmentations.0.crop_size=32",
-        f"data.train_path={train_path}",
-        f"data.synthetic.n_img={n_img}",
-        "checkpoint.enabled=False",
-        *extra,
-    ]
+    overrides = (
+        SMOKE_OVERRIDES
+        + TINY_TEXT
+        + [
+            "augmentations.0.crop_size=32",
+            f"data.train_path={train_path}",
+            f"data.synthetic.n_img={n_img}",
+            "checkpoint.enabled=False",
+            *extra,
+        ]
+    )
     return compose_parsed_cfg(SYNTHETIC, config, overrides)
 
 
@@ -201,7 +220,14 @@ def test_model_builds_towers_and_parameter_groups(manifest_root):
     assert tower.text_projection.shape == (32, 16)
     assert model.image_projection.weight.shape == (16, 512)
     groups = {g["name"]: g for g in model.learnable_params}
-    expected = {"backbone", "classifier", "projector", "text_tower", "image_projection", "logit_scale"}
+    expected = {
+        "backbone",
+        "classifier",
+        "projector",
+        "text_tower",
+        "image_projection",
+        "logit_scale",
+    }
     assert expected <= set(groups)
     assert groups["logit_scale"]["weight_decay"] == 0
     assert "weight_decay" not in groups["text_tower"]  # decayed like the backbone
@@ -325,14 +351,23 @@ def test_no_class_names_no_zero_shot(manifest_root):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["+method_kwargs.text_widht=64"], "unknown method_kwargs.text_widht for method stablerep_pp"),
+        (
+            ["+method_kwargs.text_widht=64"],
+            "unknown method_kwargs.text_widht for method stablerep_pp",
+        ),
         (["method_kwargs.w2=0"], "method_kwargs.w2 must be > 0"),
         (["method_kwargs.w1=-1"], "method_kwargs.w1 must be >= 0"),
-        (["method_kwargs.text_heads=3"], "text_width \\(32\\) must be divisible by method_kwargs.text_heads"),
+        (
+            ["method_kwargs.text_heads=3"],
+            "text_width \\(32\\) must be divisible by method_kwargs.text_heads",
+        ),
         (["method_kwargs.context_length=???"], "method_kwargs.context_length is missing"),
         (["method_kwargs.temperature=0"], "method_kwargs.temperature must be > 0"),
         (["method_kwargs.zero_shot_template=photo"], "zero_shot_template must contain"),
-        (["method_kwargs.class_names=[a,b,c]"], "class_names has 3 names but data.num_classes is 2"),
+        (
+            ["method_kwargs.class_names=[a,b,c]"],
+            "class_names has 3 names but data.num_classes is 2",
+        ),
     ],
 )
 def test_bad_method_kwargs_are_named(manifest_root, overrides, message):
@@ -443,7 +478,9 @@ def test_fit_through_the_entry_point(
 
     assert trainer.global_step == 2  # 8 captions, 4 per batch, one epoch
     model = trainer.lightning_module
-    assert any(not torch.equal(built["text"][k], v) for k, v in model.text_tower.state_dict().items())
+    assert any(
+        not torch.equal(built["text"][k], v) for k, v in model.text_tower.state_dict().items()
+    )
     metrics = trainer.callback_metrics
     assert torch.isfinite(metrics["train_image_text_loss"]) and metrics["train_image_text_loss"] > 0
     assert ("train_stablerep_loss" in metrics) == (config == "stablerep_pp.yaml")

@@ -4,7 +4,6 @@ import copy
 
 import pytest
 import torch
-
 from helpers import (
     PRETRAIN_CONFIGS,
     SMOKE_OVERRIDES,
