@@ -36,8 +36,8 @@ tracemalloc.start()  # traced again, for the allocations alone (slower)
 captions = load_captions(sys.argv[2], caption_column="2", shard=(0, int(sys.argv[3])))
 gc.collect()
 held, peak = tracemalloc.get_traced_memory()
-print(json.dumps({"seconds": seconds, "objects": len(captions.captions), "total": captions.num_captions,
-                  "held": held, "peak": peak}))
+print(json.dumps({"seconds": seconds, "objects": len(captions.captions),
+                  "total": captions.num_captions, "held": held, "peak": peak}))
 """
 
 
@@ -47,7 +47,10 @@ def write_tsv(path: Path, captions: int) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for i in range(captions):
             n = i if rng.random() > 0.03 else rng.randrange(i + 1)  # ~3 % repeat an earlier caption
-            text = f"a photo number {n} of a {words[n % 14]} {words[n // 14 % 14]} near the {words[n // 196 % 14]}"
+            text = (
+                f"a photo number {n} of a {words[n % 14]} {words[n // 14 % 14]} "
+                f"near the {words[n // 196 % 14]}"
+            )
             f.write(f"https://example.com/images/{i}.jpg\t{text}\n")
 
 
@@ -74,8 +77,9 @@ def main():
         results = {n: measure(path, n) for n in (1, args.processes)}
     for n, r in results.items():
         print(
-            f"1 of {n} process(es): {r['seconds']:.1f} s, {r['objects']} Caption objects of {r['total']}, "
-            f"held {r['held'] / 1e6:.0f} MB ({r['held'] / r['total']:.0f} B per caption of the file), "
+            f"1 of {n} process(es): {r['seconds']:.1f} s, "
+            f"{r['objects']} Caption objects of {r['total']}, held {r['held'] / 1e6:.0f} MB "
+            f"({r['held'] / r['total']:.0f} B per caption of the file), "
             f"peak {r['peak'] / 1e6:.0f} MB"
         )
     one, single = results[args.processes], results[1]

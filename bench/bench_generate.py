@@ -1,13 +1,15 @@
-"""Images/s of data_gen's generator vs a bare diffusers pipeline call (same pipeline, settings, batch).
+"""Images/s of data_gen's generator vs a bare diffusers call (same pipeline, settings, batch).
 
-Runs on the tiny random Stable Diffusion (CPU is fine). Rounds alternate (bare, ours, bare, ours, ...) so
-drifting machine load hits both alike. "Ours" includes everything a real run does per batch: per-image
-generators, truncation check, resize + encode + atomic write of every image, fsynced shard log.
+Runs on the tiny random Stable Diffusion (CPU is fine). Rounds alternate (bare, ours, bare, ours,
+...) so drifting machine load hits both alike. "Ours" includes everything a real run does per batch:
+per-image generators, truncation check, resize + encode + atomic write of every image, fsynced
+shard log.
 
     python bench/bench_generate.py [--rounds 10] [--captions 16] [--batch-size 4] [--resolution 32]
 """
 
 import argparse
+import functools
 import statistics
 import tempfile
 import time
@@ -75,13 +77,14 @@ def main():
 
     bare()  # warm-up (allocator, thread pools)
     ours(-1)
-    # Wall time is what a user sees; CPU time (this process, all threads) is robust to other jobs sharing
-    # the machine. Each round flips the order, so neither side always runs in the other's wake.
+    # Wall time is what a user sees; CPU time (this process, all threads) is robust to other jobs
+    # sharing the machine. Each round flips the order, so neither side always runs in the wake
+    # of the other.
     wall, cpu = {"bare": 0.0, "ours": 0.0}, {"bare": 0.0, "ours": 0.0}
     round_ratios = []
     for r in range(args.rounds):
         before = dict(wall)
-        order = (("bare", bare), ("ours", lambda: ours(r)))
+        order = (("bare", bare), ("ours", functools.partial(ours, r)))
         for name, fn in order if r % 2 == 0 else order[::-1]:
             wall_start, cpu_start = time.perf_counter(), time.process_time()
             fn()
@@ -90,11 +93,13 @@ def main():
         bare_s, ours_s = wall["bare"] - before["bare"], wall["ours"] - before["ours"]
         round_ratios.append(bare_s / ours_s)
         print(
-            f"round {r}: bare {n_images / bare_s:.2f} img/s, ours {n_images / ours_s:.2f} img/s, ratio {bare_s / ours_s:.3f}"
+            f"round {r}: bare {n_images / bare_s:.2f} img/s, ours {n_images / ours_s:.2f} img/s, "
+            f"ratio {bare_s / ours_s:.3f}"
         )
     print(
-        f"batch {args.batch_size} captions x {k} images, {settings.resolution}px -> {settings.image_size}px "
-        f"{settings.image_format}, {settings.num_inference_steps} steps, {torch.get_num_threads()} torch threads"
+        f"batch {args.batch_size} captions x {k} images, "
+        f"{settings.resolution}px -> {settings.image_size}px {settings.image_format}, "
+        f"{settings.num_inference_steps} steps, {torch.get_num_threads()} torch threads"
     )
     for label, spent in (("wall", wall), ("cpu", cpu)):
         bare_ips, ours_ips = (

@@ -1,9 +1,10 @@
-"""Images/s of data_gen on the full-size SD 1.5 architecture (random weights, nothing downloaded), on a GPU.
+"""Images/s of data_gen on a GPU, full-size SD 1.5 architecture (random weights, no download).
 
-The UNet, VAE and CLIP text encoder are built from SD 1.5's published config values (written inline
-below), saved with `save_pretrained`, and loaded back through data_gen's own `from_pretrained` path, so
-the measured work is exactly a real run's: 512 px, fp16, DDIM, guidance 2.0, SDPA attention, images
-resized to 256 px and written as JPEG. Prints images/s for each batch size (captions per call x k images).
+The UNet, VAE and CLIP text encoder are built from SD 1.5's published config values (written
+inline below), saved with `save_pretrained`, and loaded back through data_gen's own
+`from_pretrained` path, so the measured work is exactly a real run's: 512 px, fp16, DDIM, guidance
+2.0, SDPA attention, images resized to 256 px and written as JPEG. Prints images/s for each batch
+size (captions per call x k images).
 
     python bench/gpu_generate_sd15.py [--batch-sizes 1 2 4 8] [--steps 50] [--images-per-caption 10]
 """
@@ -89,8 +90,9 @@ def build_sd15_random(folder: Path) -> Path:
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    # The real 49k-token BPE vocabulary cannot be downloaded here; a byte-level one with a 49408-entry
-    # embedding table keeps the text encoder's size and cost (it runs once per caption anyway).
+    # The real 49k-token BPE vocabulary cannot be downloaded here; a byte-level one with a
+    # 49408-entry embedding table keeps the text encoder's size and cost (it runs once per caption
+    # anyway).
     write_tiny_tokenizer(folder / "_tokenizer_src")
     tokenizer = CLIPTokenizer(
         vocab=str(folder / "_tokenizer_src/vocab.json"),

@@ -8,9 +8,11 @@ figures; a crash or a hang in one check does not stop the others.
 2. ``dali_mixed``: one epoch of the synthetic DALI loader with ``dali.device=gpu`` (decoder
    ``mixed``), from the manifest layout and from the same data as WebDataset shards: views on the
    GPU, their shapes, images/s
-3. ``train_16mixed``: StableRep through the entry point, ``precision=16-mixed`` (GradScaler), DALI gpu
+3. ``train_16mixed``: StableRep through the entry point, ``precision=16-mixed`` (GradScaler),
+   DALI gpu
 4. ``train_bf16``: StableRep through the entry point, ``precision=bf16-mixed``, PyTorch DataLoader
-5. ``train_pp_bf16``: StableRep++ (CLIP-size text tower) through the entry point, bf16-mixed, DALI gpu
+5. ``train_pp_bf16``: StableRep++ (CLIP-size text tower) through the entry point, bf16-mixed,
+   DALI gpu
 6. ``generate_fp16``: stablerep-generate with a tiny random SD pipeline, ``--dtype fp16`` on cuda
 7. ``sd15_bench``: bench/gpu_generate_sd15.py (full-size SD-1.5 architecture, random weights,
    512 px, fp16), shortened
@@ -419,7 +421,8 @@ def main():
         )
         shown = " ".join(f"{k}={v}" for k, v in figures.items())
         print(
-            f"{'PASS' if ok else 'FAIL'} {name} ({seconds:.0f} s) {shown}{'  ' + detail if detail else ''}",
+            f"{'PASS' if ok else 'FAIL'} {name} ({seconds:.0f} s) {shown}"
+            f"{'  ' + detail if detail else ''}",
             flush=True,
         )
         passed += ok

@@ -5,7 +5,8 @@ script is run in its own process from the repository root; one that exits non-ze
 prints no RATIO line is listed as such (with the last line of its output), never dropped. Scripts
 named ``gpu_*.py`` are listed as skipped when no CUDA device is visible.
 
-    python bench/run_all.py [--only bench_loss bench_step] [--timeout 1800] [--output bench/results.json]
+    python bench/run_all.py [--only bench_loss bench_step] [--timeout 1800]
+                            [--output bench/results.json]
 
 Exit status: 0 if every script that ran succeeded, 1 otherwise (goals missed do not fail the run).
 """
@@ -74,7 +75,7 @@ def cuda_visible() -> bool:
 
 
 def run_script(script: Path, timeout: float) -> dict:
-    """Runs one benchmark; returns its status, ratios, time and (when it went wrong) last output line."""
+    """Runs one benchmark; returns its status, ratios, time and (on failure) last output line."""
     started = time.perf_counter()
     try:
         proc = subprocess.run(
@@ -137,7 +138,8 @@ def table(results: list) -> str:
             )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
     ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
