@@ -35,12 +35,18 @@ def check_solo_learn() -> None:
         with _quiet_imports():
             importlib.import_module("solo")
     except ImportError as error:
-        raise SoloLearnNotAvailable(f"solo-learn is not importable ({error}): {INSTALL_HINT}")
+        raise SoloLearnNotAvailable(
+            f"solo-learn is not importable ({error}): {INSTALL_HINT}"
+        ) from error
     try:
         with _quiet_imports():
-            importlib.import_module("solo.args.pretrain").parse_cfg
-            importlib.import_module("solo.methods").METHODS
+            pretrain = importlib.import_module("solo.args.pretrain")
+            methods = importlib.import_module("solo.methods")
+        # the Hydra entry point and the method registry this package plugs into
+        new_enough = hasattr(pretrain, "parse_cfg") and hasattr(methods, "METHODS")
     except (ImportError, AttributeError):
+        new_enough = False
+    if not new_enough:
         try:
             version = metadata.version("solo-learn")
         except metadata.PackageNotFoundError:

@@ -91,7 +91,7 @@ def gather_labelled_rows(
         counts = _all_gather(local_counts).tolist()  # [rank][block]: sizes the buffers below
         longest = [max(rank_counts[b] for rank_counts in counts) for b in range(len(blocks))]
     else:
-        for (rows, _), bound in zip(blocks, max_rows):
+        for (rows, _), bound in zip(blocks, max_rows, strict=True):
             if rows.shape[0] > bound:
                 raise ValueError(f"{rows.shape[0]} rows on rank {rank}, more than max_rows={bound}")
         longest = list(max_rows)
@@ -99,7 +99,7 @@ def gather_labelled_rows(
     # One buffer per rank: each block padded to its longest rank, label columns (and, when
     # padded to a bound, a column flagging real rows) on the right.
     padded = []
-    for (rows, labels), length in zip(blocks, longest):
+    for (rows, labels), length in zip(blocks, longest, strict=True):
         columns = [rows, _labels_as_columns(labels, dtype)]
         if max_rows is not None:
             columns.append(rows.new_ones(rows.shape[0], 1))
@@ -110,7 +110,7 @@ def gather_labelled_rows(
     gathered = _AllGatherWithGrad.apply(torch.cat(padded))
 
     results, start = [], 0
-    for b, ((rows, _), length) in enumerate(zip(blocks, longest)):
+    for b, ((rows, _), length) in enumerate(zip(blocks, longest, strict=True)):
         width = rows.shape[1]
         if max_rows is None:
             per_rank = [gathered[r, start : start + counts[r][b]] for r in range(len(counts))]
@@ -139,8 +139,9 @@ def group_ids(
 
     Returns ``(ids, group_sizes)``: ``ids[i] == ids[j]`` iff ``labels[i] == labels[j]``, ids in
     ``[0, len(labels))``, and ``group_sizes[ids[i]]`` is the number of real rows (``valid``;
-    default all) labelled like ``i``. Built by sorting, so its shapes depend only on ``len(labels)`` (``torch.unique``
-    would wait for the device to learn how many labels there are).
+    default all) labelled like ``i``. Built by sorting, so its shapes depend only on
+    ``len(labels)`` (``torch.unique`` would wait for the device to learn how many labels there
+    are).
     """
 
     sorted_labels, order = labels.sort()

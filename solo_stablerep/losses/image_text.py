@@ -17,9 +17,11 @@ uniform target over the matching captions (Tian et al., 2023, StableRep++, the a
     p_{ik} = \frac{\mathbb{1}[c_k = y_i]}{\sum_{k'} \mathbb{1}[c_{k'} = y_i]}, \qquad
     q_{ki} = \frac{\mathbb{1}[y_i = c_k]}{\sum_{i'} \mathbb{1}[y_{i'} = c_k]}
 
-    \mathcal{L}_{i \to t} = \frac{1}{|V_I|} \sum_{i \in V_I} -\sum_k p_{ik} \log \operatorname{softmax}_k(a_i),
+    \mathcal{L}_{i \to t} = \frac{1}{|V_I|} \sum_{i \in V_I}
+        -\sum_k p_{ik} \log \operatorname{softmax}_k(a_i),
     \qquad
-    \mathcal{L}_{t \to i} = \frac{1}{|V_T|} \sum_{k \in V_T} -\sum_i q_{ki} \log \operatorname{softmax}_i(b_k)
+    \mathcal{L}_{t \to i} = \frac{1}{|V_T|} \sum_{k \in V_T}
+        -\sum_i q_{ki} \log \operatorname{softmax}_i(b_k)
 
     \mathcal{L} = \tfrac12 \left( \mathcal{L}_{i \to t} + \mathcal{L}_{t \to i} \right)
 

@@ -214,7 +214,8 @@ class StableRepPP(StableRep):
         if len(batch) != 4:
             raise InputError(
                 "stablerep_pp needs batches of (indexes, views, targets, caption tokens), got "
-                f"{len(batch)} items: train through solo_stablerep.pretrain on data.dataset=synthetic"
+                f"{len(batch)} items: train through solo_stablerep.pretrain on "
+                "data.dataset=synthetic"
             )
         return super().training_step(batch, batch_idx)
 

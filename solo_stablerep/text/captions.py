@@ -72,11 +72,13 @@ class CaptionTokensLoader:
 
 
 def load_captions(cfg: omegaconf.DictConfig) -> tuple[list[str], list[str]]:
-    """(caption ids, caption texts) of the synthetic data set of ``cfg``, in data set order, as lists.
+    """(caption ids, caption texts) of the synthetic data set of ``cfg``, in data set order, as
+    lists.
 
     Ids are the manifest's ``caption_id`` or, for the authors' CSV, the row's position (the ids
-    :class:`~solo_stablerep.data.index.CaptionIndex` gives). Lists hold a Python string per caption:
-    for large data sets use the index's ``captions`` sequence instead (as :func:`with_caption_tokens`).
+    :class:`~solo_stablerep.data.index.CaptionIndex` gives). Lists hold a Python string per
+    caption: for large data sets use the index's ``captions`` sequence instead (as
+    :func:`with_caption_tokens`).
     """
 
     from solo_stablerep.data.config import load_caption_index

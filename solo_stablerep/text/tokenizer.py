@@ -1,5 +1,6 @@
 """CLIP's byte-pair-encoding tokenizer, offline: open_clip's ``SimpleTokenizer`` reads the BPE
-vocabulary shipped inside the open_clip package (``bpe_simple_vocab_16e6.txt.gz``), never the hub."""
+vocabulary shipped inside the open_clip package (``bpe_simple_vocab_16e6.txt.gz``), never the
+hub."""
 
 import torch
 
