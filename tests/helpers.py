@@ -1,8 +1,9 @@
-"""Helpers shared by the tests: paths, cfg overrides and composition, tiny data sets, and the entry point
-run as a subprocess. conftest.py holds only pytest fixtures and marks, built on this module.
+"""Helpers shared by the tests: paths, cfg overrides and composition, tiny data sets, and the entry
+point run as a subprocess. conftest.py holds only pytest fixtures and marks, built on this module.
 
-Manifest data sets are solid-colour images, each colour unique over the data set, so a view can be traced
-back to its file by content (the augmentations set by :func:`copy_configs` change geometry only).
+Manifest data sets are solid-colour images, each colour unique over the data set, so a view can be
+traced back to its file by content (the augmentations set by :func:`copy_configs` change geometry
+only).
 """
 
 import shutil
@@ -41,11 +42,12 @@ CPU_OVERRIDES = [
     "data.num_workers=0",
 ]
 SMALL_BATCH_OVERRIDE = "optimizer.batch_size=4"
-# Configs with a dali: section (synthetic/, synthetic-paper/; custom/ has none) run DALI on the CPU too.
+# Configs with a dali: section (synthetic/, synthetic-paper/; custom/ has none) run DALI on the CPU
+# too.
 DALI_CPU_OVERRIDE = "dali.device=cpu"
 SYNTHETIC_CPU_OVERRIDES = CPU_OVERRIDES + [DALI_CPU_OVERRIDE, SMALL_BATCH_OVERRIDE]
-# Shrinks any scripts/pretrain config to a CPU smoke run: resnet18, tiny projector, batches of 4 items,
-# one epoch, no wandb, no auto-resume.
+# Shrinks any scripts/pretrain config to a CPU smoke run: resnet18, tiny projector, batches of 4
+# items, one epoch, no wandb, no auto-resume.
 SMOKE_OVERRIDES = CPU_OVERRIDES + [
     SMALL_BATCH_OVERRIDE,
     "backbone.name=resnet18",
@@ -73,7 +75,8 @@ def compose_raw_cfg(config_dir: Path, config_name: str, overrides: Sequence[str]
 
 
 def compose_parsed_cfg(config_dir: Path, config_name: str, overrides: Sequence[str]):
-    """The cfg as the entry point sees it after parsing (solo-learn's parse_cfg + the synthetic part)."""
+    """The cfg as the entry point sees it after parsing (solo-learn's parse_cfg + the synthetic
+    part)."""
     from solo_stablerep.pretrain import parse_pretrain_cfg
 
     return parse_pretrain_cfg(compose_raw_cfg(config_dir, config_name, overrides))
@@ -85,7 +88,10 @@ def copy_configs(dst: Path, crop_size: int = 16) -> Path:
     for aug_file in (dst / "augmentations").glob("*.yaml"):
         text = aug_file.read_text()
         colour_changing = ("color_jitter", "grayscale", "gaussian_blur")
-        for key in (f"{aug}:\n    prob: {p}" for aug, p in zip(colour_changing, (0.8, 0.2, 0.5))):
+        for key in (
+            f"{aug}:\n    prob: {p}"
+            for aug, p in zip(colour_changing, (0.8, 0.2, 0.5), strict=True)
+        ):
             assert key in text, f"{aug_file} changed: update tests/helpers.py"
             text = text.replace(key, key.rsplit(" ", 1)[0] + " 0.0")
         text = text.replace("crop_size: 224", f"crop_size: {crop_size}")
@@ -127,7 +133,8 @@ def make_manifest_dataset(
     caption_id: Callable[[int], str] = "cap{:04d}".format,
 ) -> dict[str, list[tuple[int, int, int]]]:
     """Writes a manifest data set of solid-colour PNGs; caption c is ``caption(c)`` with id
-    ``caption_id(c)`` and label ``c % len(class_names)``. Returns caption id -> colours of its images."""
+    ``caption_id(c)`` and label ``c % len(class_names)``. Returns caption id -> colours of its
+    images."""
     records, colours = [], {}
     for c in range(num_captions):
         cid = caption_id(c)
@@ -166,8 +173,9 @@ def nearest_colour(
 
 
 def console_script(name: str) -> str:
-    """The console script ``name`` installed beside the running Python (its venv's ``bin/``), not the
-    first one on PATH: the venv need not be activated, and PATH may hold another installation."""
+    """The console script ``name`` installed beside the running Python (its venv's ``bin/``), not
+    the first one on PATH: the venv need not be activated, and PATH may hold another
+    installation."""
 
     bin_dir = Path(sys.executable).parent
     for candidate in (bin_dir / name, bin_dir / f"{name}.exe"):

@@ -1,9 +1,11 @@
-"""Offline linear evaluation of a StableRep checkpoint with solo-learn's own `main_linear.py`, run exactly as
-docs/pretraining.md shows (Hydra-escaped `=` in the checkpoint name, `devices='1'` on CPU).
+"""Offline linear evaluation of a StableRep checkpoint with solo-learn's own `main_linear.py`, run
+exactly as docs/pretraining.md shows (Hydra-escaped `=` in the checkpoint name, `devices='1'` on
+CPU).
 
-`main_linear.py` is a script at the root of solo-learn's source, not part of the installed package: it is taken
-from SOLO_LEARN_SRC (a source folder), else from the vendored source archive that set-up installs from
-(SOLO_LEARN_ARCHIVE, default ../shared/vendor/solo-learn-9187ea3.tar.gz next to the repository).
+`main_linear.py` is a script at the root of solo-learn's source, not part of the installed package:
+it is taken from SOLO_LEARN_SRC (a source folder), else from the vendored source archive that set-up
+installs from (SOLO_LEARN_ARCHIVE, default ../shared/vendor/solo-learn-9187ea3.tar.gz next to the
+repository).
 """
 
 import os
@@ -39,7 +41,8 @@ def solo_learn_scripts(dst: Path) -> Path:
         return Path(source)
     if not ARCHIVE.is_file():
         pytest.skip(
-            f"solo-learn's main_linear.py not found: set SOLO_LEARN_SRC, or SOLO_LEARN_ARCHIVE (no {ARCHIVE})"
+            "solo-learn's main_linear.py not found: set SOLO_LEARN_SRC, or SOLO_LEARN_ARCHIVE "
+            f"(no {ARCHIVE})"
         )
     with tarfile.open(ARCHIVE) as archive:
         top = archive.getnames()[0].split("/")[0]

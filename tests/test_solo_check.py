@@ -38,7 +38,7 @@ def test_missing_solo_learn_is_reported_with_the_install_command(tmp_path):
     """
     result = run_python(textwrap.dedent(block) + textwrap.dedent(REGISTER), tmp_path)
     assert result.returncode == 0, result.stderr
-    (line,) = [l for l in result.stdout.splitlines() if l.startswith("ERROR:")]
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("ERROR:")]
     assert "solo-learn is not importable" in line
     assert "scripts/install_solo_learn.sh" in line
 
@@ -53,7 +53,7 @@ def test_old_solo_learn_release_is_named_too_old(tmp_path):
     code = f"import sys; sys.path.insert(0, {str(old.parent)!r})\n" + textwrap.dedent(REGISTER)
     result = run_python(code, tmp_path)
     assert result.returncode == 0, result.stderr
-    (line,) = [l for l in result.stdout.splitlines() if l.startswith("ERROR:")]
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("ERROR:")]
     assert "too old (no solo.args.pretrain.parse_cfg)" in line
     assert "1.0.2 does not work" in line
 
@@ -63,7 +63,8 @@ def test_importing_the_losses_loads_no_trainer(tmp_path):
     code = """
         import sys
         import solo_stablerep
-        from solo_stablerep.losses import image_text_contrastive_loss, multi_positive_contrastive_loss
+        from solo_stablerep.losses import image_text_contrastive_loss
+        from solo_stablerep.losses import multi_positive_contrastive_loss
         heavy = [m for m in ("solo", "lightning", "pytorch_lightning", "timm") if m in sys.modules]
         print("HEAVY:", heavy)
     """
@@ -78,7 +79,8 @@ def test_importing_the_methods_registers_them_in_solo_learn(tmp_path):
         import solo.methods
         assert "stablerep" not in solo.methods.METHODS
         import solo_stablerep.methods
-        print("REGISTERED:", solo.methods.METHODS["stablerep_pp"] is solo_stablerep.methods.StableRepPP)
+        registered = solo.methods.METHODS["stablerep_pp"]
+        print("REGISTERED:", registered is solo_stablerep.methods.StableRepPP)
     """
     result = run_python(code, tmp_path)
     assert result.returncode == 0, result.stderr

@@ -1,4 +1,5 @@
-"""Installed like a package (a wheel, not this checkout), the package still finds its configs and trains."""
+"""Installed like a package (a wheel, not this checkout), the package still finds its configs and
+trains."""
 
 import os
 import shutil

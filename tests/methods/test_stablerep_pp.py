@@ -83,7 +83,8 @@ def tiny_caption(c: int) -> str:
 
 
 def write_tiny_manifest(root, num_captions=8, images_per_caption=2):
-    """A labelled manifest data set of 32 px images captioned by :func:`tiny_caption`; returns its captions."""
+    """A labelled manifest data set of 32 px images captioned by :func:`tiny_caption`; returns its
+    captions."""
     make_manifest_dataset(
         root,
         num_captions,
@@ -407,7 +408,7 @@ def test_dali_loader_batches_get_their_captions_tokens(manifest_root):
     assert len(loader) == 2
     _, captions = load_captions(cfg)
     seen = []
-    for indexes, views, targets, tokens in loader:
+    for indexes, views, _targets, tokens in loader:
         assert len(views) == 2 and views[0].shape[0] == 4
         assert torch.equal(tokens, CaptionTokenizer(12)([captions[i] for i in indexes.tolist()]))
         seen += indexes.tolist()
