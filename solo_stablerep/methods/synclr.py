@@ -8,7 +8,7 @@ import torch.nn as nn
 from solo.methods.base import BaseMomentumMethod
 from solo.methods.dino import DINOHead
 from solo.utils.misc import omegaconf_select
-from solo.utils.momentum import initialize_momentum_params
+from solo.utils.momentum import MomentumUpdater, initialize_momentum_params
 from timm.layers import trunc_normal_
 
 from solo_stablerep.errors import InputError
@@ -90,6 +90,19 @@ def warmup_teacher_temperature(
         return end
     alpha = epoch / warmup_epochs
     return start * (1 - alpha) + end * alpha
+
+
+class FusedMomentumUpdater(MomentumUpdater):
+    """solo-learn's EMA update, ``teacher = tau * teacher + (1 - tau) * student``, as one fused
+    in-place ``torch._foreach_lerp_`` over a module's parameters instead of a Python loop that
+    allocates two temporaries per parameter (same value up to rounding; tau schedule unchanged).
+    """
+
+    @torch.no_grad()
+    def update(self, online_net: nn.Module, momentum_net: nn.Module):
+        torch._foreach_lerp_(
+            list(momentum_net.parameters()), list(online_net.parameters()), 1 - self.cur_tau
+        )
 
 
 class SynCLR(StableRep, BaseMomentumMethod):
@@ -208,6 +221,7 @@ class SynCLR(StableRep, BaseMomentumMethod):
             self.predictor = nn.Identity()
         self.momentum_projector = build_head(*projector_dims)
         initialize_momentum_params(self.projector, self.momentum_projector)
+        self.momentum_updater = FusedMomentumUpdater(cfg.momentum.base_tau, cfg.momentum.final_tau)
         self.queue = (
             LabelledKeyQueue(kwargs.queue_size, kwargs.proj_output_dim)
             if kwargs.queue_size

@@ -59,12 +59,14 @@ def test_registered_with_solo_learns_momentum_conventions(image_folder):
     from solo.methods.base import BaseMomentumMethod
 
     from solo_stablerep.methods import SynCLR
+    from solo_stablerep.methods.synclr import FusedMomentumUpdater
 
     assert solo.methods.METHODS["synclr"] is SynCLR
     cfg = synclr_cfg(image_folder)
     assert (cfg.momentum.base_tau, cfg.momentum.final_tau) == (0.994, 1.0)
     model = build(cfg)
     assert isinstance(model, BaseMomentumMethod)
+    assert isinstance(model.momentum_updater, FusedMomentumUpdater)
     assert model.momentum_updater.base_tau == 0.994 and model.momentum_updater.final_tau == 1.0
     pairs = {id(s): t for s, t in model.momentum_pairs}
     assert pairs[id(model.backbone)] is model.momentum_backbone
@@ -145,6 +147,34 @@ def test_teacher_follows_the_student_by_ema_after_a_step(image_folder, tmp_path,
         expected = tau * teacher_before[name] + (1 - tau) * seen["student"][name]
         torch.testing.assert_close(after, expected, rtol=1e-6, atol=1e-7)
     assert not torch.equal(model.momentum_projector[0].weight, teacher_before["0.weight"])
+
+
+def test_fused_ema_update_is_solo_learns():
+    from solo.utils.momentum import MomentumUpdater
+
+    from solo_stablerep.methods.synclr import FusedMomentumUpdater
+
+    torch.manual_seed(0)
+    student = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16))
+    teachers = [copy.deepcopy(student) for _ in range(2)]
+    for teacher in teachers:
+        for p in teacher.parameters():
+            p.requires_grad = False
+            p.data.normal_()  # a teacher that differs from the student
+    teachers[1].load_state_dict(teachers[0].state_dict())
+    fused, solo = FusedMomentumUpdater(0.9, 1.0), MomentumUpdater(0.9, 1.0)
+    for updater in (fused, solo):
+        updater.update_tau(cur_step=3, max_steps=10)
+    fused.update(student, teachers[0])
+    solo.update(student, teachers[1])
+    for a, b in zip(teachers[0].parameters(), teachers[1].parameters(), strict=True):
+        # the same formula, one rounding apart
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    before = copy.deepcopy(teachers[0].state_dict())
+    fused.cur_tau = 1.0  # the end of the schedule leaves the teacher where it is
+    fused.update(student, teachers[0])
+    for name, value in teachers[0].state_dict().items():
+        assert torch.equal(value, before[name]), name
 
 
 def test_queue_fills_with_the_teacher_keys_and_caption_ids(image_folder):
