@@ -184,7 +184,8 @@ class SynCLR(StableRep, BaseMomentumMethod):
                     it rises linearly to ``ibot_teacher_temperature`` over the warm-up, as
                     DINO's and iBOT's (the authors' ``--warmup_teacher_temp``). Defaults to 0.04.
                 ibot_warmup_teacher_temperature_epochs (float): epochs of that warm-up, counted
-                    in optimiser steps (max_epochs x step / steps of the run); 0: constant
+                    in optimiser steps as solo-learn counts ``scheduler.warmup_epochs``
+                    (max_epochs x step / steps of the run); 0: constant
                     ``ibot_teacher_temperature``. Defaults to 1.0 (the authors' README command;
                     their script's default, -1, is no warm-up).
                 weight_decay_end (Optional[float]): the weight decay of the decayed parameter

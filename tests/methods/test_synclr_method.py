@@ -122,7 +122,8 @@ def test_teacher_follows_the_student_by_ema_after_a_step(image_folder, tmp_path,
     from solo_stablerep.pretrain import build_trainer, prepare_train_data
 
     monkeypatch.chdir(tmp_path)
-    cfg = synclr_cfg(image_folder)
+    # the warm-up starts at lr 0, and a student that does not move leaves the teacher in place
+    cfg = synclr_cfg(image_folder, "scheduler.warmup_start_lr=1e-3")
     cfg.max_steps = 1
     from solo.methods import METHODS
 
@@ -146,6 +147,7 @@ def test_teacher_follows_the_student_by_ema_after_a_step(image_folder, tmp_path,
         assert torch.equal(seen["teacher"][name], teacher_before[name]), name  # the step left it
         expected = tau * teacher_before[name] + (1 - tau) * seen["student"][name]
         torch.testing.assert_close(after, expected, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(seen["student"]["0.weight"], teacher_before["0.weight"])
     assert not torch.equal(model.momentum_projector[0].weight, teacher_before["0.weight"])
 
 
