@@ -13,6 +13,10 @@ The ratios printed:
   over the global crops and its EMA update all in the step) against StableRep on the same
   crops: ``--views`` global crops (32 px) and ``--local-crops`` 16 px crops per global one, both
   with the paper's 3-layer projector — goal <= 1.10;
+* ``synclr_floor_measured`` / ``synclr_floor_flops``: StableRep's step plus the teacher's
+  forward over the global crops (timed on its own in the same rounds / counted in FLOPs), over
+  StableRep's step: what any SynCLR step costs at least, for information;
+  ``synclr_step_vs_floor``: SynCLR's step over the measured floor (1 = nothing but the teacher);
 * ``stablerep_demo_layout_vs_simclr``: the demo's steps (``stablerep-demo``), for information:
   64 crops each, StableRep's as 8 views of 8 captions, SimCLR's as 2 views of 32 images, the
   ImageNet stem the demo's 32 px crops get. solo-learn runs the backbone once per view, so
@@ -29,6 +33,7 @@ import time
 import torch
 from omegaconf import OmegaConf
 from solo.methods import METHODS
+from torch.utils.flop_counter import FlopCounterMode
 
 import solo_stablerep.methods  # noqa: F401 - registers stablerep
 
@@ -88,6 +93,21 @@ def step(model, optimizer, batch) -> float:
     return time.perf_counter() - start
 
 
+def teacher_forward(model, batch) -> float:
+    """SynCLR's teacher over the global crops alone, as its step runs it."""
+
+    start = time.perf_counter()
+    for crop in batch[1][: model.num_large_crops]:
+        model.momentum_forward(crop)
+    return time.perf_counter() - start
+
+
+def flops(fn, *args) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn(*args)
+    return counter.get_total_flops()
+
+
 def views_batch(batch: int, views: int, local_views: int = 0) -> list:
     crops = [torch.randn(batch, 3, 32, 32) for _ in range(views)]
     crops += [torch.randn(batch, 3, 16, 16) for _ in range(local_views)]
@@ -143,17 +163,22 @@ def main():
     batches.update(demo_stablerep_8x8=views_batch(8, 8), demo_simclr_2x32=views_batch(32, 2))
     single_crop = views_batch(args.batch, args.views)
     times = {name: [] for name in contenders}
+    times["synclr_teacher_forward"] = []
     for round_index in range(args.rounds + 1):
         for name, (model, optimizer) in contenders.items():
             elapsed = step(model, optimizer, batches.get(name, single_crop))
             if round_index > 0:  # the first round warms up allocators and kernels
                 times[name].append(elapsed)
+        elapsed = teacher_forward(contenders["synclr"][0], batches["synclr"])
+        if round_index > 0:
+            times["synclr_teacher_forward"].append(elapsed)
 
     median = {name: statistics.median(t) for name, t in times.items()}
     for name, value in median.items():
         print(f"{name:>28}: {value * 1000:8.1f} ms/step (median of {args.rounds})")
     print(
-        f"RATIO stablerep_step_vs_simclr {median['stablerep'] / median['simclr']:.3f} (goal <= 1.02)"
+        f"RATIO stablerep_step_vs_simclr {median['stablerep'] / median['simclr']:.3f} "
+        "(goal <= 1.02)"
     )
     print(
         "RATIO stablerep_paper_projector_vs_simclr "
@@ -163,6 +188,12 @@ def main():
         f"RATIO synclr_step_vs_stablerep {median['synclr'] / median['stablerep_multicrop']:.3f} "
         "(goal <= 1.10)"
     )
+    floor = median["stablerep_multicrop"] + median["synclr_teacher_forward"]
+    print(f"RATIO synclr_floor_measured {floor / median['stablerep_multicrop']:.3f} (information)")
+    stablerep_flops = flops(step, *contenders["stablerep_multicrop"], batches["synclr"])
+    teacher_flops = flops(teacher_forward, contenders["synclr"][0], batches["synclr"])
+    print(f"RATIO synclr_floor_flops {1 + teacher_flops / stablerep_flops:.3f} (information)")
+    print(f"RATIO synclr_step_vs_floor {median['synclr'] / floor:.3f} (information)")
     print(
         "RATIO stablerep_demo_layout_vs_simclr "
         f"{median['demo_stablerep_8x8'] / median['demo_simclr_2x32']:.3f} (information)"

@@ -28,6 +28,11 @@ PAPER_MASKING = (0.5, 0.5)  # 50 % of the images, 50 % of their patches
 # the authors' crops (SynCLR/train_pytorch/main_mask_synclr.py defaults): scales and sizes
 GLOBAL_CROP = {"crop_size": 224, "rrc": {"crop_min_scale": 0.32, "crop_max_scale": 1.0}}
 LOCAL_CROP = {"crop_size": 96, "rrc": {"crop_min_scale": 0.08, "crop_max_scale": 0.32}}
+# where the paper is silent, the authors' PyTorch command (SynCLR/train_pytorch/README.md) and
+# main_mask_synclr.py's defaults: iBOT teacher temperature --warmup_teacher_temp 0.04 ->
+# --teacher_temp 0.07 over --warmup_teacher_temp_epochs 1.0; --contrast_mlp_norm ln
+AUTHORS_TEACHER_TEMPERATURE = (0.04, 0.07, 1.0)
+AUTHORS_HEAD_NORM = "ln"
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +79,12 @@ def test_loss_crops_and_ibot_are_the_papers(cfg):
     assert cfg.data.num_small_crops == PAPER_IMAGES_PER_CAPTION * PAPER_LOCAL_CROPS
     assert kwargs.ibot_weight > 0 and kwargs.ibot_num_prototypes == PAPER_PROTOTYPES
     assert (kwargs.ibot_mask_probability, kwargs.ibot_mask_ratio) == PAPER_MASKING
+    assert (
+        kwargs.ibot_warmup_teacher_temperature,
+        kwargs.ibot_teacher_temperature,
+        kwargs.ibot_warmup_teacher_temperature_epochs,
+    ) == AUTHORS_TEACHER_TEMPERATURE
+    assert kwargs.head_norm == AUTHORS_HEAD_NORM
     global_aug, local_aug = cfg.augmentations
     for aug, expected in ((global_aug, GLOBAL_CROP), (local_aug, LOCAL_CROP)):
         assert aug.crop_size == expected["crop_size"]

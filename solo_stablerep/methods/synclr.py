@@ -8,7 +8,8 @@ import torch.nn as nn
 from solo.methods.base import BaseMomentumMethod
 from solo.methods.dino import DINOHead
 from solo.utils.misc import omegaconf_select
-from solo.utils.momentum import initialize_momentum_params
+from solo.utils.momentum import MomentumUpdater, initialize_momentum_params
+from timm.layers import trunc_normal_
 
 from solo_stablerep.errors import InputError
 from solo_stablerep.losses import (
@@ -51,6 +52,59 @@ def random_patch_masks(
     return masks & masked_images[:, None]
 
 
+def build_layer_norm_head(
+    in_dim: int, hidden_dim: int, out_dim: int, num_layers: int
+) -> nn.Sequential:
+    """The authors' projector and predictor (``MLPHead``, ``--contrast_mlp_norm ln``, their
+    default): ``num_layers`` linear layers with LayerNorm + GELU between them, the last without
+    bias and followed by a LayerNorm without affine parameters; linear weights truncated normal
+    (std 0.02), biases 0."""
+
+    dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+    layers: list[nn.Module] = []
+    for i in range(num_layers - 1):
+        layers += [nn.Linear(dims[i], dims[i + 1]), nn.LayerNorm(dims[i + 1]), nn.GELU()]
+    layers += [
+        nn.Linear(dims[-2], out_dim, bias=False),
+        nn.LayerNorm(out_dim, elementwise_affine=False),
+    ]
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            trunc_normal_(layer.weight, std=0.02)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+    return nn.Sequential(*layers)
+
+
+HEAD_BUILDERS = {"ln": build_layer_norm_head, "bn": build_projector}
+
+
+def warmup_teacher_temperature(
+    epoch: float, start: float, end: float, warmup_epochs: float
+) -> float:
+    """iBOT's teacher temperature after ``epoch`` (fractional) epochs: linear from ``start`` to
+    ``end`` over ``warmup_epochs``, then ``end`` (the authors' ``teacher_temp_schedule``, as
+    DINO's); ``warmup_epochs`` 0: ``end`` throughout."""
+
+    if epoch >= warmup_epochs:
+        return end
+    alpha = epoch / warmup_epochs
+    return start * (1 - alpha) + end * alpha
+
+
+class FusedMomentumUpdater(MomentumUpdater):
+    """solo-learn's EMA update, ``teacher = tau * teacher + (1 - tau) * student``, as one fused
+    in-place ``torch._foreach_lerp_`` over a module's parameters instead of a Python loop that
+    allocates two temporaries per parameter (same value up to rounding; tau schedule unchanged).
+    """
+
+    @torch.no_grad()
+    def update(self, online_net: nn.Module, momentum_net: nn.Module):
+        torch._foreach_lerp_(
+            list(momentum_net.parameters()), list(online_net.parameters()), 1 - self.cur_tau
+        )
+
+
 class SynCLR(StableRep, BaseMomentumMethod):
     # views: one global crop of each of n_img images of a caption, plus local crops
     any_number_of_large_crops = True
@@ -59,6 +113,7 @@ class SynCLR(StableRep, BaseMomentumMethod):
         "temperature": 0.08,
         "pred_hidden_dim": 4096,
         "pred_num_layers": 2,
+        "head_norm": "ln",
         "num_local_crops": 4,
         "avoid_local_global_same": True,
         "queue_size": 0,
@@ -70,6 +125,8 @@ class SynCLR(StableRep, BaseMomentumMethod):
         "ibot_mask_ratio": 0.5,
         "ibot_student_temperature": 0.1,
         "ibot_teacher_temperature": 0.07,
+        "ibot_warmup_teacher_temperature": 0.04,
+        "ibot_warmup_teacher_temperature_epochs": 1.0,
         "weight_decay_end": None,
     }
 
@@ -98,8 +155,13 @@ class SynCLR(StableRep, BaseMomentumMethod):
             method_kwargs:
                 temperature (float): temperature of the contrastive loss. Defaults to 0.08.
                 pred_hidden_dim (int): hidden width of the student's predictor. Defaults to 4096.
-                pred_num_layers (int): linear layers of the predictor (BN + ReLU between them);
-                    0: no predictor. Defaults to 2 (the authors' code).
+                pred_num_layers (int): linear layers of the predictor; 0: no predictor.
+                    Defaults to 2 (the authors' code).
+                head_norm (str): the projector's (student and teacher) and the predictor's
+                    layers: "ln", the authors' (Linear + LayerNorm + GELU between layers, a
+                    LayerNorm without affine parameters on the output, truncated-normal init),
+                    or "bn", StableRep's projector (Linear + BN + ReLU between layers, no norm
+                    on the output). Defaults to "ln".
                 num_local_crops (int): local crops per global crop, as the augmentations give
                     them (checked). Defaults to 4.
                 avoid_local_global_same (bool): a local crop does not see its own image's key,
@@ -116,8 +178,16 @@ class SynCLR(StableRep, BaseMomentumMethod):
                 ibot_mask_probability (float): share of global crops masked. Defaults to 0.5.
                 ibot_mask_ratio (float): share of a masked crop's patches masked. Defaults to 0.5.
                 ibot_student_temperature (float): Defaults to 0.1.
-                ibot_teacher_temperature (float): of the Sinkhorn–Knopp targets (3 iterations).
-                    Defaults to 0.07.
+                ibot_teacher_temperature (float): of the Sinkhorn–Knopp targets (3 iterations)
+                    after the warm-up. Defaults to 0.07.
+                ibot_warmup_teacher_temperature (float): the teacher temperature at the start;
+                    it rises linearly to ``ibot_teacher_temperature`` over the warm-up, as
+                    DINO's and iBOT's (the authors' ``--warmup_teacher_temp``). Defaults to 0.04.
+                ibot_warmup_teacher_temperature_epochs (float): epochs of that warm-up, counted
+                    in optimiser steps as solo-learn counts ``scheduler.warmup_epochs``
+                    (max_epochs x step / steps of the run); 0: constant
+                    ``ibot_teacher_temperature``. Defaults to 1.0 (the authors' README command;
+                    their script's default, -1, is no warm-up).
                 weight_decay_end (Optional[float]): the weight decay of the decayed parameter
                     groups follows a cosine from ``optimizer.weight_decay`` to this value over
                     the training steps (SynCLR: 0.04 to 0.2; solo-learn has no such schedule);
@@ -132,8 +202,17 @@ class SynCLR(StableRep, BaseMomentumMethod):
         kwargs = cfg.method_kwargs
         self.avoid_local_global_same: bool = kwargs.avoid_local_global_same
         self.local_crops_per_global: int = kwargs.num_local_crops
+        build_head = HEAD_BUILDERS[kwargs.head_norm]
+        projector_dims = (
+            self.features_dim,
+            kwargs.proj_hidden_dim,
+            kwargs.proj_output_dim,
+            kwargs.proj_num_layers,
+        )
+        if build_head is not build_projector:  # StableRep's __init__ built a BN projector
+            self.projector = build_head(*projector_dims)
         if kwargs.pred_num_layers > 0:
-            self.predictor = build_projector(
+            self.predictor = build_head(
                 kwargs.proj_output_dim,
                 kwargs.pred_hidden_dim,
                 kwargs.proj_output_dim,
@@ -141,13 +220,9 @@ class SynCLR(StableRep, BaseMomentumMethod):
             )
         else:
             self.predictor = nn.Identity()
-        self.momentum_projector = build_projector(
-            self.features_dim,
-            kwargs.proj_hidden_dim,
-            kwargs.proj_output_dim,
-            kwargs.proj_num_layers,
-        )
+        self.momentum_projector = build_head(*projector_dims)
         initialize_momentum_params(self.projector, self.momentum_projector)
+        self.momentum_updater = FusedMomentumUpdater(cfg.momentum.base_tau, cfg.momentum.final_tau)
         self.queue = (
             LabelledKeyQueue(kwargs.queue_size, kwargs.proj_output_dim)
             if kwargs.queue_size
@@ -155,6 +230,8 @@ class SynCLR(StableRep, BaseMomentumMethod):
         )
 
         self.ibot_weight: float = kwargs.ibot_weight
+        # set per step by on_train_batch_start; its value at step 0 until then
+        self.ibot_teacher_temperature: float = self.teacher_temperature_at(0.0)
         if self.ibot_weight > 0:
             head_kwargs = dict(
                 in_dim=self.features_dim,
@@ -238,9 +315,23 @@ class SynCLR(StableRep, BaseMomentumMethod):
         end = kwargs.weight_decay_end
         if end is not None and not (isinstance(end, (int, float)) and end >= 0):
             raise InputError(f"method_kwargs.weight_decay_end must be null or >= 0, got {end}")
-        for key in ("ibot_student_temperature", "ibot_teacher_temperature"):
-            if not kwargs[key] > 0:
+        if kwargs.head_norm not in HEAD_BUILDERS:
+            raise InputError(
+                f"method_kwargs.head_norm must be one of {sorted(HEAD_BUILDERS)}, got "
+                f"{kwargs.head_norm!r}"
+            )
+        for key in (
+            "ibot_student_temperature",
+            "ibot_teacher_temperature",
+            "ibot_warmup_teacher_temperature",
+        ):
+            if not (isinstance(kwargs[key], (int, float)) and kwargs[key] > 0):
                 raise InputError(f"method_kwargs.{key} must be > 0, got {kwargs[key]}")
+        warmup = kwargs.ibot_warmup_teacher_temperature_epochs
+        if not (isinstance(warmup, (int, float)) and warmup >= 0):
+            raise InputError(
+                f"method_kwargs.ibot_warmup_teacher_temperature_epochs must be >= 0, got {warmup}"
+            )
         devices = omegaconf_select(cfg, "devices", 1)
         devices = devices if isinstance(devices, int) else len(devices)
         keys_per_step = (
@@ -334,13 +425,29 @@ class SynCLR(StableRep, BaseMomentumMethod):
         out["z"] = self.momentum_projector(out["feats"])
         return out
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        """Sets this step's weight decay on the decayed groups (``weight_decay_end``)."""
+    def teacher_temperature_at(self, epoch: float) -> float:
+        """iBOT's teacher temperature after ``epoch`` epochs (:func:`warmup_teacher_temperature`
+        with this run's settings)."""
 
+        kwargs = self.cfg.method_kwargs
+        return warmup_teacher_temperature(
+            epoch,
+            kwargs.ibot_warmup_teacher_temperature,
+            kwargs.ibot_teacher_temperature,
+            kwargs.ibot_warmup_teacher_temperature_epochs,
+        )
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Sets this step's iBOT teacher temperature and the weight decay of the decayed groups
+        (``weight_decay_end``), both from the optimiser steps done so far."""
+
+        progress = self.trainer.global_step / max(1, self.trainer.estimated_stepping_batches)
+        if self.ibot_weight > 0:
+            self.ibot_teacher_temperature = self.teacher_temperature_at(progress * self.max_epochs)
+            self.log("ibot_teacher_temperature", self.ibot_teacher_temperature)
         end = self.cfg.method_kwargs.weight_decay_end
         if end is None:
             return
-        progress = self.trainer.global_step / max(1, self.trainer.estimated_stepping_batches)
         decay = end + (self.weight_decay - end) * (1 + math.cos(math.pi * progress)) / 2
         for optimizer in self.trainer.optimizers:
             for group in optimizer.param_groups:
@@ -406,7 +513,7 @@ class SynCLR(StableRep, BaseMomentumMethod):
         with torch.no_grad():
             teacher_tokens = torch.cat(out["momentum_patch_tokens"])[masks]
             targets = sinkhorn_knopp(
-                self.momentum_ibot_head(teacher_tokens), kwargs.ibot_teacher_temperature
+                self.momentum_ibot_head(teacher_tokens), self.ibot_teacher_temperature
             )
         return ibot_patch_loss(
             self.ibot_head(student_tokens), targets, masks, kwargs.ibot_student_temperature
