@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 DEPRECATED_FLAGS = {"--num-shards": "--num-parts", "--shard-index": "--part-index"}
 
 
+def _dest(flag: str) -> str:
+    return flag[2:].replace("-", "_")
+
+
 def _generate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stablerep-generate",
@@ -84,9 +88,8 @@ def _generate_parser() -> argparse.ArgumentParser:
         default=None,
         help="this process's part (default: RANK or SLURM_PROCID, else 0)",
     )
-    for old, new in DEPRECATED_FLAGS.items():  # kept working for one release
-        dest = f"deprecated_{new[2:].replace('-', '_')}"
-        r.add_argument(old, type=int, default=None, dest=dest, help=SUPPRESS)
+    for old in DEPRECATED_FLAGS:  # kept working for one release
+        r.add_argument(old, type=int, default=None, dest=_dest(old), help=SUPPRESS)
     r.add_argument(
         "--device", default=None, help="default: cuda:LOCAL_RANK if a GPU is present, else cpu"
     )
@@ -119,14 +122,13 @@ def _generate_parser() -> argparse.ArgumentParser:
 def _apply_deprecated_flags(args: argparse.Namespace) -> None:
     """Moves the values of :data:`DEPRECATED_FLAGS` to their new names, with a warning each."""
     for old, new in DEPRECATED_FLAGS.items():
-        name = new[2:].replace("-", "_")
-        value = getattr(args, f"deprecated_{name}")
+        value = getattr(args, _dest(old))
         if value is None:
             continue
-        if getattr(args, name) is not None:
+        if getattr(args, _dest(new)) is not None:
             raise DataGenError(f"{old} is the deprecated name of {new}: give {new} alone")
         log.warning("%s is deprecated (a shard is a tar): use %s", old, new)
-        setattr(args, name, value)
+        setattr(args, _dest(new), value)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ back to its file by content (the augmentations set by :func:`copy_configs` chang
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +112,20 @@ def procedural_flags(images_per_caption: int = 2) -> list[str]:
     size_and_count = ["--resolution", "32", "--image-size", "16"]
     size_and_count += ["--images-per-caption", str(images_per_caption)]
     return ["--backend", "procedural", *size_and_count, "--no-progress", "--device", "cpu"]
+
+
+def cut_copies(pristine: Path, log: str, tmp_path: Path) -> Iterator[tuple[int, bool, Path]]:
+    """A crash cutting an append-only log inside its last record, at every byte: for each cut, a
+    copy of the folder ``pristine`` whose log (``log``, relative to it) is cut there, as
+    (cut, whether the log is whole, copy); each copy is removed when the next is made."""
+    full = (pristine / log).read_bytes()
+    last_start = full.rindex(b"\n", 0, len(full) - 1) + 1
+    for cut in range(last_start, len(full) + 1):
+        copy = tmp_path / f"cut{cut}"
+        shutil.copytree(pristine, copy)
+        (copy / log).write_bytes(full[:cut])
+        yield cut, cut == len(full), copy
+        shutil.rmtree(copy)
 
 
 def colour(g: int) -> tuple[int, int, int]:

@@ -4,10 +4,9 @@ and merge."""
 
 import json
 import logging
-import shutil
 
 import pytest
-from helpers import procedural_flags
+from helpers import cut_copies, procedural_flags
 from test_shards import DIGITS, PROCEDURAL, generate_shards, tar_samples
 
 from data_gen.cli import main
@@ -145,19 +144,12 @@ def test_a_part_log_cut_at_every_byte_of_its_last_record_resumes_twice(tmp_path)
     options = RunOptions(batch_size=1, contact_sheet_captions=0, merge=False, progress=False)
     pristine = tmp_path / "pristine"
     generate(captions, pristine, settings, options)
-    log = pristine / "parts" / "part-00000-of-00001.jsonl"
-    full = log.read_bytes()
-    last_start = full.rindex(b"\n", 0, len(full) - 1) + 1
-    for cut in range(last_start, len(full) + 1):
-        out = tmp_path / f"cut{cut}"
-        shutil.copytree(pristine, out)
-        (out / "parts" / "part-00000-of-00001.jsonl").write_bytes(full[:cut])
+    log = "parts/part-00000-of-00001.jsonl"
+    for cut, whole, out in cut_copies(pristine, log, tmp_path):
         (out / "parts" / "part-00000-of-00001.summary.json").unlink()
         generated = [generate(captions, out, settings, options)["captions_generated"]]
         generated += [generate(captions, out, settings, options)["captions_generated"]]
-        assert generated == [0 if cut == len(full) else 1, 0], cut
-        entries = list(iter_log(out / "parts" / "part-00000-of-00001.jsonl"))
-        assert [e["index"] for e in entries] == [0, 1, 2], cut
-        shutil.rmtree(out)
+        assert generated == [0 if whole else 1, 0], cut
+        assert [entry["index"] for entry in iter_log(out / log)] == [0, 1, 2], cut
     assert main(["merge", str(pristine)]) == 0
     assert [r.caption for r in read_manifest(pristine)[1]] == ["a red 1", "a blue 2", "a green 3"]

@@ -3,7 +3,6 @@ index, crash safety (SIGKILL then resume), conversion keeping the images' bytes.
 
 import io
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from helpers import REPO, make_manifest_dataset
+from helpers import REPO, cut_copies, make_manifest_dataset
 from PIL import Image
 
 from data_gen.convert import convert
@@ -118,13 +117,7 @@ def test_records_log_cut_at_every_byte_of_its_last_record_resumes_twice(tmp_path
     with ShardWriter(pristine, header, max_bytes=1) as writer:  # one tar per caption
         for i in range(4):
             writer.write(i, f"cap{i}", f"caption {i}", None, images_of(i))
-    log = pristine / "records" / "shard.jsonl"
-    full = log.read_bytes()
-    last_start = full.rindex(b"\n", 0, len(full) - 1) + 1
-    for cut in range(last_start, len(full) + 1):
-        out = tmp_path / f"cut{cut}"
-        shutil.copytree(pristine, out)
-        (out / "records" / "shard.jsonl").write_bytes(full[:cut])
+    for cut, _, out in cut_copies(pristine, "records/shard.jsonl", tmp_path):
         for _ in range(2):  # resume, then resume again
             with ShardWriter(out, header, max_bytes=1) as writer:
                 for i in np.flatnonzero(~writer.done):
