@@ -1,4 +1,4 @@
-"""Writing WebDataset tar shards of a StableRep data set: one sample per caption, crash-safe and resumable.
+"""The writer of WebDataset tar shards: one sample per caption, crash-safe and resumable.
 
 The format (header, sample naming, index files) is :mod:`solo_stablerep.data.shards`. Besides it the
 writer keeps, per writer prefix, the list of its finished tars::
@@ -6,7 +6,9 @@ writer keeps, per writer prefix, the list of its finished tars::
     OUT/records/<prefix>.jsonl     finished tars of writer ``<prefix>``, one JSON line per tar
 
 Crash safety: a tar is written as ``.<name>.tar.tmp`` and renamed when complete (after its index),
-then recorded in ``records/<prefix>.jsonl`` (one fsynced line). A writer that starts again deletes
+then recorded in ``records/<prefix>.jsonl`` (one fsynced line of an
+:class:`~solo_stablerep.data.storage.AppendLog`: a line cut by a crash is dropped on resume, its tar
+redone). A writer that starts again deletes
 its temporary tar and any of its tars that are not recorded, and skips the captions recorded as
 done, so a SIGKILL loses at most the tar in progress and a rerun finishes the set with no caption
 missing or duplicated. Several writers (processes) share a folder by using different prefixes.
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import tarfile
 from collections.abc import Iterator, Sequence
@@ -28,15 +29,22 @@ import numpy as np
 
 from solo_stablerep.data.shards import (
     HEADER_NAME,
-    ShardFormatError,
-    image_member,
     index_path,
     index_text,
     iter_indexed_samples,
     read_header,
 )
-
-from .storage import atomic_write_bytes, atomic_write_json, iter_log
+from solo_stablerep.data.storage import (
+    AppendLog,
+    atomic_output,
+    atomic_write_bytes,
+    atomic_write_json,
+    exclusive_lock,
+    image_member,
+    iter_log,
+    remove_stale_temps,
+)
+from solo_stablerep.errors import ShardFormatError
 
 RECORDS_DIR = "records"
 DEFAULT_SHARD_BYTES = (
@@ -69,10 +77,10 @@ def read_records(folder: Path) -> list[dict]:
 
 
 def read_images(folder: Path, indices: Sequence[int]) -> dict[int, list[bytes]]:
-    """Encoded images (in order k = 0, 1, ...) of the captions at positions ``indices`` of the caption
-    list, read back from the finished tars of any writer: the records name each caption's tar and its
-    sample number there, and only those samples' images are read (through the tar's index). Captions
-    in no finished tar are left out."""
+    """Encoded images (in order k = 0, 1, ...) of the captions at positions ``indices`` of the
+    caption list, read back from the finished tars of any writer: the records name each caption's
+    tar and its sample number there, and only those samples' images are read (through the tar's
+    index). Captions in no finished tar are left out."""
     wanted = set(indices)
     found: dict[int, list[bytes]] = {}
     for record in iter_records(folder):
@@ -96,9 +104,9 @@ class _OpenTar:
 
     def __init__(self, path: Path):
         self.path = path
-        self.tmp = path.with_name(f".{path.name}.tmp")
-        self.file = open(self.tmp, "wb")
-        self.tar = tarfile.open(fileobj=self.file, mode="w", format=tarfile.USTAR_FORMAT)
+        # one writer per prefix: a fixed temporary name, which the next writer deletes
+        self.output = atomic_output(path, sole_writer=True)
+        self.tar = tarfile.open(fileobj=self.output.file, mode="w", format=tarfile.USTAR_FORMAT)
         self.samples: list[list[tuple[str, int, int, str]]] = []
         self.captions: list[int] = []
 
@@ -116,17 +124,14 @@ class _OpenTar:
         return self.tar.offset
 
     def finish(self) -> None:
-        """Closes the tar (end-of-archive blocks), fsyncs it, writes its index, renames it."""
+        """Closes the tar (end-of-archive blocks), writes its index, fsyncs and renames the tar."""
         self.tar.close()
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        atomic_write_bytes(index_path(self.path), index_text(self.samples).encode(), fsync=True)
-        os.replace(self.tmp, self.path)
+        index = index_text(self.samples).encode()
+        atomic_write_bytes(index_path(self.path), index, sole_writer=True)
+        self.output.commit()
 
     def abandon(self) -> None:
-        self.file.close()
-        self.tmp.unlink(missing_ok=True)
+        self.output.discard()
 
 
 class ShardWriter:
@@ -134,14 +139,16 @@ class ShardWriter:
 
     Args:
         out (Path): shard folder; created if needed.
-        header (dict): from :func:`solo_stablerep.data.shards.make_header`. A folder holding another run (other ``run_id``) is
-            refused unless ``overwrite``, which deletes that run's shards first; the same run resumes.
+        header (dict): from :func:`solo_stablerep.data.shards.make_header`. A folder holding
+            another run (other ``run_id``) is refused unless ``overwrite``, which deletes that
+            run's shards first; the same run resumes.
         prefix (str): tar name prefix of this writer; concurrent writers need different prefixes.
         max_bytes (int): a tar is closed once it reaches this size (a sample is never split).
 
     ``done[i]`` is True for caption index ``i`` already in a finished tar (of any writer of the
-    folder): skip those. A boolean array, one byte per caption, not a Python object per caption. Use as a context manager; leaving it normally finishes the last, partial tar, while
-    an exception leaves that tar unfinished (deleted by the next writer with this prefix).
+    folder): skip those. A boolean array, one byte per caption, not a Python object per caption. Use
+    as a context manager; leaving it normally finishes the last, partial tar, while an exception
+    leaves that tar unfinished (deleted by the next writer with this prefix).
 
     Examples:
         >>> header = make_header("run1", 1, 2, "jpg", None, None)
@@ -184,20 +191,25 @@ class ShardWriter:
                 tar.unlink()
                 index_path(tar).unlink(missing_ok=True)
         (self.out / RECORDS_DIR).mkdir(exist_ok=True)
-        self._log = open(self.out / RECORDS_DIR / f"{prefix}.jsonl", "ab")
+        self._log = AppendLog(self.out / RECORDS_DIR / f"{prefix}.jsonl")
         self._tar: _OpenTar | None = None
 
     def _prepare(self, overwrite: bool) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / HEADER_NAME
+        with exclusive_lock(self.out):  # writers (parts) start at once: one checks at a time
+            remove_stale_temps(path)  # left by a writer killed while writing it
+            self._prepare_locked(path, overwrite)
+
+    def _prepare_locked(self, path: Path, overwrite: bool) -> None:
         if path.exists():
             previous = read_header(self.out)
             if previous["run_id"] == self.header["run_id"]:
                 return
             if not overwrite:
                 raise ShardFormatError(
-                    f"{self.out} holds shards of run {previous['run_id']}, not {self.header['run_id']}; "
-                    "pass --overwrite to replace them"
+                    f"{self.out} holds shards of run {previous['run_id']}, not "
+                    f"{self.header['run_id']}; pass --overwrite to replace them"
                 )
             self._remove_shards()
         elif any(self.out.glob("*.tar")):
@@ -272,9 +284,7 @@ class ShardWriter:
             "samples": len(tar.captions),
             "bytes": tar.path.stat().st_size,
         }
-        self._log.write((json.dumps(record) + "\n").encode())
-        self._log.flush()
-        os.fsync(self._log.fileno())
+        self._log.append([record])
         self.done[tar.captions] = True
 
     def close(self, finish: bool = True) -> None:

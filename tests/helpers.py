@@ -9,7 +9,7 @@ only).
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +111,27 @@ def write_image_folder(root: Path, num_classes: int = 2, per_class: int = 8, siz
             pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(root / f"class{c}" / f"{i}.png")
     return root
+
+
+def procedural_flags(images_per_caption: int = 2) -> list[str]:
+    """``stablerep-generate`` options of a tiny CPU run of the weights-free procedural backend."""
+    size_and_count = ["--resolution", "32", "--image-size", "16"]
+    size_and_count += ["--images-per-caption", str(images_per_caption)]
+    return ["--backend", "procedural", *size_and_count, "--no-progress", "--device", "cpu"]
+
+
+def cut_copies(pristine: Path, log: str, tmp_path: Path) -> Iterator[tuple[int, bool, Path]]:
+    """A crash cutting an append-only log inside its last record, at every byte: for each cut, a
+    copy of the folder ``pristine`` whose log (``log``, relative to it) is cut there, as
+    (cut, whether the log is whole, copy); each copy is removed when the next is made."""
+    full = (pristine / log).read_bytes()
+    last_start = full.rindex(b"\n", 0, len(full) - 1) + 1
+    for cut in range(last_start, len(full) + 1):
+        copy = tmp_path / f"cut{cut}"
+        shutil.copytree(pristine, copy)
+        (copy / log).write_bytes(full[:cut])
+        yield cut, cut == len(full), copy
+        shutil.rmtree(copy)
 
 
 def colour(g: int) -> tuple[int, int, int]:

@@ -14,7 +14,8 @@ Layout of this package:
 the names below that need solo-learn are imported on first use.
 """
 
-from solo_stablerep.data.index import CaptionIndex, SyntheticDataError
+from solo_stablerep.data.index import CaptionIndex
+from solo_stablerep.errors import SyntheticDataError
 
 _LAZY = {
     "add_and_assert_synthetic_cfg": "solo_stablerep.data.config",

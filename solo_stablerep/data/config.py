@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING
 import omegaconf
 from solo.utils.misc import omegaconf_select
 
-from solo_stablerep.data.index import CaptionIndex, SyntheticDataError
+from solo_stablerep.data.index import CaptionIndex
 from solo_stablerep.data.sampling import large_crop_slots
+from solo_stablerep.errors import SyntheticDataError
 
 if TYPE_CHECKING:
     from solo_stablerep.data.webdataset import ShardSet

@@ -19,7 +19,8 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from solo_stablerep.data.index import CaptionIndex, SyntheticDataError
+from solo_stablerep.data.index import CaptionIndex
+from solo_stablerep.errors import SyntheticDataError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

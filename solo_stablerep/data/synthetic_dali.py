@@ -24,7 +24,7 @@ from nvidia.dali import pipeline_def
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from solo_stablerep.data.config import check_batch_size, load_caption_index
-from solo_stablerep.data.index import CaptionIndex, SyntheticDataError
+from solo_stablerep.data.index import CaptionIndex
 from solo_stablerep.data.sampling import (
     ReadableImages,
     SkipCounter,
@@ -34,7 +34,7 @@ from solo_stablerep.data.sampling import (
     undecodable,
 )
 from solo_stablerep.data.transforms import build_image_transform
-from solo_stablerep.errors import InputError
+from solo_stablerep.errors import InputError, SyntheticDataError
 
 
 def shard_epoch(num_items: int, rank: int, world_size: int, epoch: int, seed: int) -> np.ndarray:

@@ -69,7 +69,6 @@ from solo_stablerep.data.sampling import (
 )
 from solo_stablerep.data.shards import (
     HEADER_NAME,
-    ShardFormatError,
     image_component,
     iter_indexed_samples,
     read_header,
@@ -77,14 +76,10 @@ from solo_stablerep.data.shards import (
     tar_summaries,
 )
 from solo_stablerep.data.transforms import build_image_transform
-from solo_stablerep.errors import InputError
+from solo_stablerep.errors import ShardDataError, ShardFormatError
 
 log = logging.getLogger(__name__)
 DEFAULT_SHUFFLE_BUFFER = 256  # samples (raw bytes of m images each) held per worker to shuffle
-
-
-class ShardDataError(InputError):
-    """Shards unusable for training; the message is one line naming the shard and the sample."""
 
 
 def _expand(train_path: str) -> tuple[list[Path], Path]:

@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import omegaconf
 
-from solo_stablerep.data.index import SyntheticDataError
 from solo_stablerep.data.sampling import large_crop_slots
 from solo_stablerep.data.synthetic_dali import (
     RECENT_BATCHES,
@@ -33,6 +32,7 @@ from solo_stablerep.data.synthetic_dali import (
 )
 from solo_stablerep.data.transforms import build_image_transform
 from solo_stablerep.data.webdataset import ShardSet, ShardStream, shuffle_buffer
+from solo_stablerep.errors import SyntheticDataError
 
 
 class ShardBatchSource:

@@ -1,4 +1,5 @@
-"""Backends are chosen by name from a registry: a new one is one class, selectable from the command line."""
+"""Backends are chosen by name from a registry: a new one is one class, selectable from the command
+line."""
 
 import json
 
@@ -6,15 +7,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_gen import DataGenError, cli
+from data_gen import cli
 from data_gen.backends import BACKENDS, DiffusionBackend, ProceduralBackend, register_backend
 from data_gen.settings import BACKEND_FIELDS, GenerationSettings
 from solo_stablerep.data.manifest import read_manifest
+from solo_stablerep.errors import DataGenError
 
 
 @pytest.fixture
 def flat_backend():
-    """A backend that paints every image one grey level, ``10 * guidance_scale``: it reads one setting."""
+    """A backend that paints every image one grey level, ``10 * guidance_scale``: it reads one
+    setting."""
 
     @register_backend("flat")
     class FlatBackend:
