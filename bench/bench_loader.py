@@ -81,7 +81,7 @@ def make_cfg(root: Path, args) -> OmegaConf:
 def torch_loaders(cfg, root: Path):
     from solo.data.pretrain_dataloader import prepare_dataloader, prepare_datasets
 
-    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
+    from solo_stablerep.data.loaders import prepare_synthetic_train_data
     from solo_stablerep.data.transforms import build_image_transform
 
     multi = prepare_synthetic_train_data(cfg)

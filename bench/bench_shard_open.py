@@ -8,8 +8,8 @@ tar itself a sparse file of that size (``os.truncate``) holding only its first s
 the header ``webdataset.json``. Then, in this process (page cache warm for all):
 
 1. ``read_index`` of every ``.idx``: the parse the open did before the summary (a lower bound of it);
-2. first open, ``ShardSet(folder)``: checks every index, writes ``webdataset.json.summary``;
-3. cached open, ``ShardSet(folder)`` again (median of ``--repeats``).
+2. first open, ``ShardReader(folder)``: checks every index, writes ``webdataset.json.summary``;
+3. cached open, ``ShardReader(folder)`` again (median of ``--repeats``).
 
     python bench/bench_shard_open.py [--captions 1000000 --per-tar 4000 --images 10]
 
@@ -104,7 +104,7 @@ def main():
     args = parser.parse_args()
 
     from solo_stablerep.data.shards import HEADER_NAME, SUMMARY_SUFFIX, index_path, read_index
-    from solo_stablerep.data.webdataset import ShardSet
+    from solo_stablerep.data.readers import ShardReader
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "shards"
@@ -114,16 +114,16 @@ def main():
         tars = sorted(folder.glob("*.tar"))
         parse = sum(timed(lambda: read_index(index_path(tar))) for tar in tars)
         print(f"read_index of every .idx (the open before the summary, at least): {parse:.2f} s")
-        first = timed(lambda: ShardSet(str(folder)))
+        first = timed(lambda: ShardReader(str(folder)))
         summary = folder / (HEADER_NAME + SUMMARY_SUFFIX)
         print(
             f"first open (checks every index, writes the summary of {summary.stat().st_size / 1e3:.0f} kB): "
             f"{first:.2f} s"
         )
         cached = statistics.median(
-            timed(lambda: ShardSet(str(folder))) for _ in range(args.repeats)
+            timed(lambda: ShardReader(str(folder))) for _ in range(args.repeats)
         )
-        shards = ShardSet(str(folder))
+        shards = ShardReader(str(folder))
         assert len(shards) == args.captions and shards.fewest_images[0] == args.images
         print(f"cached open (median of {args.repeats}): {cached * 1e3:.1f} ms")
         print(f"RATIO shard_open_cached_vs_first {cached / first:.4f} (goal <= 0.05)")

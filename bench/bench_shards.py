@@ -79,7 +79,7 @@ def source_ms_per_batch(source, batches: int) -> float:
 def compare_dali_sources(
     cfg, manifest_root: Path, shard_root: Path, rounds: int, batches: int
 ) -> None:
-    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
+    from solo_stablerep.data.loaders import prepare_synthetic_train_data
     from solo_stablerep.data.synthetic_dali import CaptionBatchSource
     from solo_stablerep.data.webdataset_dali import ShardBatchSource
 
@@ -112,7 +112,7 @@ def compare_dali_sources(
 
 
 def loaders(cfg, manifest_root: Path, shard_root: Path, dali: bool):
-    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
+    from solo_stablerep.data.loaders import prepare_synthetic_train_data
 
     built = []
     for root, layout in ((manifest_root, "manifest"), (shard_root, "webdataset")):

@@ -9,7 +9,7 @@ from data_gen import cli as generate_cli
 from solo_stablerep.data.index import SyntheticDataError
 from solo_stablerep.data.manifest import ManifestError
 from solo_stablerep.data.shards import ShardFormatError
-from solo_stablerep.data.webdataset import ShardDataError
+from solo_stablerep.data.readers import ShardDataError
 from solo_stablerep.demo.runs import DemoError
 from solo_stablerep.errors import InputError
 

@@ -42,7 +42,7 @@ read with one ``pread`` at its offset when asked for, as DALI's reader reads the
 loaders and the generator's contact sheets read tars this way.
 
 The writer (crash safety, resuming) is :mod:`data_gen.shards`; the loaders are
-:mod:`solo_stablerep.data.webdataset`. Only the standard library is used, and the caption index's
+:mod:`solo_stablerep.data.readers`, :mod:`solo_stablerep.data.loaders`. Only the standard library is used, and the caption index's
 cache helpers.
 """
 

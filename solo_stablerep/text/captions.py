@@ -1,6 +1,6 @@
 """Captions for methods that need them (``needs_captions = True``, e.g. StableRep++).
 
-The synthetic data set (:mod:`solo_stablerep.data.synthetic`) yields ``(index, views, target)``,
+The synthetic data set (:mod:`solo_stablerep.data.loaders`) yields ``(index, views, target)``,
 where ``index`` is the caption's position in its data set. :class:`CaptionTokensDataset` wraps
 it and appends that caption's CLIP token ids: ``(index, views, target, tokens)``, tokenized in
 the DataLoader workers. The DALI loader carries no text, but its batches carry the caption
@@ -79,9 +79,9 @@ def load_captions(cfg: omegaconf.DictConfig) -> tuple[list[str], list[str]]:
     for large data sets use the index's ``captions`` sequence instead (as :func:`with_caption_tokens`).
     """
 
-    from solo_stablerep.data.config import load_caption_index
+    from solo_stablerep.data.config import open_reader
 
-    index = load_caption_index(cfg)
+    index = open_reader(cfg).index
     return list(index.caption_ids), list(index.captions)
 
 

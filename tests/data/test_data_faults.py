@@ -313,7 +313,7 @@ def test_an_error_in_a_dataloader_worker_is_one_line(data):
 
 def loader_batches(data: Path, path, *overrides, epochs=2):
     """Every batch of ``epochs`` epochs of the loader a cfg with ``overrides`` gives."""
-    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
+    from solo_stablerep.data.loaders import prepare_synthetic_train_data
 
     cfg = compose_parsed_cfg(
         data / "cfg",
@@ -338,7 +338,7 @@ def loader_batches(data: Path, path, *overrides, epochs=2):
     ],
 )
 def test_sample_damage_met_while_training_is_named_or_skipped(data, data_format, damage, expected):
-    from solo_stablerep.data.webdataset import ShardDataError
+    from solo_stablerep.data.readers import ShardDataError
 
     if data_format == "dali":
         pytest.importorskip("nvidia.dali", reason="data.format=dali needs nvidia-dali")

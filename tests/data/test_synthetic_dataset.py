@@ -386,7 +386,7 @@ def test_worker_errors_stay_one_line(config_dir, tmp_path):
 def test_skipped_images_are_counted_over_workers_and_logged_per_epoch(config_dir, tmp_path):
     import lightning.pytorch as pl
 
-    from solo_stablerep.data.synthetic import synthetic_callbacks
+    from solo_stablerep.data.loaders import synthetic_callbacks
 
     make_manifest_dataset(tmp_path, 4, 3)
     (tmp_path / "images" / "ca" / "p0" / "cap0001_02.png").write_bytes(b"not an image at all")

@@ -33,7 +33,7 @@ def _torch_loader(cfg, rank):
     from lightning.pytorch.trainer.states import RunningStage
     from lightning.pytorch.utilities.data import _update_dataloader
 
-    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
+    from solo_stablerep.data.loaders import prepare_synthetic_train_data
 
     loader = prepare_synthetic_train_data(cfg)
     sampler = _get_distributed_sampler(
