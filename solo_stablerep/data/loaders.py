@@ -28,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
 from solo_stablerep.data.config import DataConfig, check_batch_size, open_reader
-from solo_stablerep.data.readers import Reader, SkipCounter, Slot, decode_rgb
+from solo_stablerep.data.readers import Item, Reader, SkipCounter, Slot, decode_rgb
 from solo_stablerep.data.transforms import build_image_transform
 
 
@@ -97,6 +97,16 @@ class MultiViewStream(IterableDataset):
     def _crops(self, data: bytes) -> list:
         return self.image_transform(decode_rgb(data))
 
+    def _row(self, item: Item, per_image_crops: list) -> tuple:
+        row = (item.index, order_views(per_image_crops, self.data.large_slots), item.label)
+        return (*row, self.tokenizer(item.caption())) if self.tokenizer else row
+
+    def item(self, sample, rng: np.random.Generator | None = None) -> tuple | None:
+        """The row ``(index, views, target)`` of one sample (a caption position for the caption
+        layouts), or None when it is skipped as unusable."""
+        picked = self.reader.pick(sample, rng or np.random.default_rng(), self._crops)
+        return None if picked is None else self._row(*picked)
+
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
@@ -105,11 +115,7 @@ class MultiViewStream(IterableDataset):
         items = picked_items(self.reader, slot, self._crops)
         total = len(self)
         for _ in range(total // workers + (worker < total % workers)):
-            batch = []
-            for item, per_image_crops in (next(items) for _ in range(d.batch_size)):
-                row = (item.index, order_views(per_image_crops, d.large_slots), item.label)
-                batch.append((*row, self.tokenizer(item.caption())) if self.tokenizer else row)
-            yield default_collate(batch)
+            yield default_collate([self._row(*next(items)) for _ in range(d.batch_size)])
 
 
 class MultiViewLoader(DataLoader):
@@ -124,6 +130,10 @@ class MultiViewLoader(DataLoader):
         warnings.filterwarnings(
             "ignore", message="Your `IterableDataset` has `__len__` defined", category=UserWarning
         )
+
+    @property
+    def skipped(self) -> SkipCounter:
+        return self.dataset.skipped
 
     def with_caption_tokens(self, tokenizer: Callable) -> MultiViewLoader:
         """Appends each item's caption tokens to the batches (StableRep++)."""
@@ -187,5 +197,4 @@ def synthetic_callbacks(cfg: omegaconf.DictConfig, train_data) -> list[Callback]
     ``skip_corrupt``."""
     if cfg.data.dataset != "synthetic" or not cfg.data.synthetic.skip_corrupt:
         return []
-    source = train_data.dataset if isinstance(train_data, DataLoader) else train_data
-    return [SkippedImagesLogger(source.skipped)]
+    return [SkippedImagesLogger(train_data.skipped)]

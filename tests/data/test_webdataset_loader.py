@@ -134,11 +134,11 @@ def test_corrupt_sample_metadata_error_or_opt_in_skip(tmp_path, shards, data_for
     tar.write_bytes(bytes(data))
     cfg = [f"data.format={data_format}", "data.num_workers=0"]
     loader = prepare_synthetic_train_data(cfg_for(tmp_path, folder, *cfg))
-    loader = loader.build_loader() if data_format == "dali" else loader
     with pytest.raises(
         ShardDataError,
         match=rf"shard-000000.tar: sample {name[:-5]}: its .json metadata is not valid",
     ):
+        loader = loader.build_loader() if data_format == "dali" else loader  # DALI prefetches
         for _ in range(4):  # an epoch reads 8 of the 10 samples
             for _ in loader:
                 pass
@@ -161,7 +161,9 @@ def test_corrupt_image_names_shard_and_sample(tmp_path):
         path.write_bytes(b"not a png" * 10)
     convert(tmp_path / "ds", tmp_path / "shards", progress=False)
     loader = prepare_synthetic_train_data(cfg_for(tmp_path, tmp_path / "shards"))
-    with pytest.raises(ShardDataError, match=r"shard-000000.tar: sample cap0002: corrupt image"):
+    with pytest.raises(
+        ShardDataError, match=r"shard-000000.tar: sample cap0002: image \d+.png: corrupt image"
+    ):
         for _ in loader:
             pass
 
@@ -239,7 +241,9 @@ def test_dali_loader_names_a_corrupt_image_or_skips_it_when_asked(tmp_path):
         path.write_bytes(b"not a png" * 10)
     convert(tmp_path / "ds", tmp_path / "shards", progress=False)
     data = prepare_synthetic_train_data(cfg_for(tmp_path, tmp_path / "shards", "data.format=dali"))
-    with pytest.raises(ShardDataError, match=r"shard-000000.tar: sample cap0002: corrupt image"):
+    with pytest.raises(
+        ShardDataError, match=r"shard-000000.tar: sample cap0002: image \d+.png: corrupt image"
+    ):
         for _ in data.build_loader():  # DALI prefetches its first batches when the loader is built
             pass
     data = prepare_synthetic_train_data(
