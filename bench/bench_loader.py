@@ -104,11 +104,11 @@ def dali_loaders(cfg, root: Path):
     from nvidia.dali.plugin.pytorch import LastBatchPolicy
     from solo.data.dali_dataloader import PretrainPipelineBuilder, PretrainWrapper
 
-    from solo_stablerep.data.synthetic_dali import SyntheticDALIDataModule
+    from solo_stablerep.data.loaders import prepare_synthetic_train_data
     from solo_stablerep.data.transforms import build_image_transform
 
     cfg.data.format = "dali"
-    multi = SyntheticDALIDataModule.from_cfg(cfg).build_loader()
+    multi = prepare_synthetic_train_data(cfg).build_loader()
     images_per_batch = cfg.optimizer.batch_size * cfg.data.synthetic.n_img
     gpu = cfg.dali.device == "gpu"
     builder = PretrainPipelineBuilder(

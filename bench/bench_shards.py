@@ -79,9 +79,8 @@ def source_ms_per_batch(source, batches: int) -> float:
 def compare_dali_sources(
     cfg, manifest_root: Path, shard_root: Path, rounds: int, batches: int
 ) -> None:
+    from solo_stablerep.data.dali import BatchSource
     from solo_stablerep.data.loaders import prepare_synthetic_train_data
-    from solo_stablerep.data.synthetic_dali import CaptionBatchSource
-    from solo_stablerep.data.webdataset_dali import ShardBatchSource
 
     sources = {}
     for key, root, layout in (
@@ -90,11 +89,7 @@ def compare_dali_sources(
     ):
         cfg.data.train_path, cfg.data.synthetic.layout = str(root), layout
         data = prepare_synthetic_train_data(cfg)
-        sources[key] = (
-            CaptionBatchSource(data.images, data.batch_size)
-            if key == "manifest"
-            else ShardBatchSource(data.stream, rank=0, world_size=1)
-        )
+        sources[key] = BatchSource(data.reader, data.data)
     ratios = []
     for r in range(rounds):
         ms = {

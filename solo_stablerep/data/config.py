@@ -17,6 +17,7 @@ Three layouts are read (on-disk formats in :mod:`solo_stablerep.data.manifest` a
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,18 @@ def large_crop_slots(augmentations) -> list[bool]:
     """
     big_size = augmentations[0].crop_size
     return [aug.crop_size == big_size for aug in augmentations for _ in range(aug.num_crops)]
+
+
+def order_views(per_image_crops: Sequence[Sequence], large_slots: Sequence[bool]) -> list:
+    """Flattens the crops of each image into solo-learn's view order: every image's large crops
+    (image-major), then every image's small crops."""
+    return [
+        crops[j]
+        for want_large in (True, False)
+        for crops in per_image_crops
+        for j, large in enumerate(large_slots)
+        if large == want_large
+    ]
 
 
 @dataclass(frozen=True)

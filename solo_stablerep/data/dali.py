@@ -28,8 +28,7 @@ from nvidia.dali import pipeline_def
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 from PIL import Image
 
-from solo_stablerep.data.config import DataConfig
-from solo_stablerep.data.loaders import order_views, picked_items
+from solo_stablerep.data.config import DataConfig, order_views
 from solo_stablerep.data.readers import Reader, Slot, checked_encoded_image
 from solo_stablerep.errors import InputError
 
@@ -72,7 +71,7 @@ class BatchSource:
     def __iter__(self):
         d = self.data
         slot = Slot(self.rank, self.world_size, 0, 1, self.epoch, d.seed, d.batch_size)
-        self._items = picked_items(self.reader, slot, checked_encoded_image)
+        self._items = self.reader.items(slot, checked_encoded_image)
         self._left = self.batches_per_epoch()
         self.epoch += 1
         return self
@@ -87,11 +86,11 @@ class BatchSource:
         self._recent.append(items)
         if self.keep_captions:
             for item in items:
-                self._in_flight.setdefault(item.index, [item.caption(), 0])[1] += 1
+                self._in_flight.setdefault(item.position, [item.caption(), 0])[1] += 1
         # image-major, so that the iterator's views are contiguous slices of DALI's output
         encoded = [images[k] for k in range(self.data.n_img) for _, images in picked]
         labels = [np.array([item.label], dtype=np.int64) for item in items] * self.data.n_img
-        indexes = [np.array([item.index], dtype=np.int64) for item in items] * self.data.n_img
+        indexes = [np.array([item.position], dtype=np.int64) for item in items] * self.data.n_img
         return encoded, labels, indexes
 
     def caption_of(self, index: int) -> str:

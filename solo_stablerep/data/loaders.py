@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import omegaconf
@@ -27,41 +27,15 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
-from solo_stablerep.data.config import DataConfig, check_batch_size, open_reader
+from solo_stablerep.data.config import DataConfig, check_batch_size, open_reader, order_views
 from solo_stablerep.data.readers import Item, Reader, SkipCounter, Slot, decode_rgb
 from solo_stablerep.data.transforms import build_image_transform
-
-
-def order_views(per_image_crops: Sequence[Sequence], large_slots: Sequence[bool]) -> list:
-    """Flattens the crops of each image into solo-learn's view order: every image's large crops
-    (image-major), then every image's small crops."""
-    return [
-        crops[j]
-        for want_large in (True, False)
-        for crops in per_image_crops
-        for j, large in enumerate(large_slots)
-        if large == want_large
-    ]
 
 
 def dist_info() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def picked_items(reader: Reader, slot: Slot, decode: Callable) -> Iterator:
-    """``reader.pick`` of the slot's samples with ``decode``, endlessly; an item that cannot be used
-    (skipped) is left out, and more of them in a row than the data set holds stop with one line."""
-    rng = np.random.default_rng([slot.seed, slot.epoch, slot.rank, slot.worker, 1])
-    unusable = 0
-    for sample in reader.samples(slot):
-        picked = reader.pick(sample, rng, decode)
-        if picked is not None:
-            unusable = 0
-            yield picked
-        elif (unusable := unusable + 1) > len(reader):
-            raise reader.nothing_usable(slot)
 
 
 class MultiViewStream(IterableDataset):
@@ -98,7 +72,7 @@ class MultiViewStream(IterableDataset):
         return self.image_transform(decode_rgb(data))
 
     def _row(self, item: Item, per_image_crops: list) -> tuple:
-        row = (item.index, order_views(per_image_crops, self.data.large_slots), item.label)
+        row = (item.position, order_views(per_image_crops, self.data.large_slots), item.label)
         return (*row, self.tokenizer(item.caption())) if self.tokenizer else row
 
     def item(self, sample, rng: np.random.Generator | None = None) -> tuple | None:
@@ -112,7 +86,7 @@ class MultiViewStream(IterableDataset):
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         d = self.data
         slot = Slot(self.rank, self.world_size, worker, workers, self.epoch, d.seed, d.batch_size)
-        items = picked_items(self.reader, slot, self._crops)
+        items = self.reader.items(slot, self._crops)
         total = len(self)
         for _ in range(total // workers + (worker < total % workers)):
             yield default_collate([self._row(*next(items)) for _ in range(d.batch_size)])

@@ -93,7 +93,7 @@ class Slot(NamedTuple):
 class Item(NamedTuple):
     """An opened item: ``read(k)`` gives image k's encoded bytes, ``where(k)`` names it."""
 
-    index: int  # the caption's position in the data set's caption list
+    position: int  # the caption's position in the data set's caption list (its batch index)
     label: int  # -1 when unlabelled
     caption: Callable[[], str]
     num_images: int
@@ -155,6 +155,20 @@ class Reader:
             f"{item.name}: only {len(images)} readable images, "
             f"fewer than data.synthetic.n_img={self.n_img}"
         )
+
+    def items(self, slot: Slot, decode: Callable[[bytes], Any]) -> Iterator:
+        """:meth:`pick` of the slot's samples with ``decode``, endlessly; an item that cannot be
+        used (skipped) is left out, and more of them in a row than the data set holds stop with
+        one line (:meth:`nothing_usable`)."""
+        rng = np.random.default_rng([slot.seed, slot.epoch, slot.rank, slot.worker, 1])
+        unusable = 0
+        for sample in self.samples(slot):
+            picked = self.pick(sample, rng, decode)
+            if picked is not None:
+                unusable = 0
+                yield picked
+            elif (unusable := unusable + 1) > len(self):
+                raise self.nothing_usable(slot)
 
 
 class CaptionReader(Reader):
