@@ -4,9 +4,11 @@ Writes the ``stablerep-synthetic`` format of :mod:`solo_stablerep.data.manifest`
 ``stablerep-generate CAPTIONS OUT [options]`` / ``python -m data_gen``; ``stablerep-generate merge OUT``.
 """
 
+from solo_stablerep.errors import DataGenError
+
 from .captions import CaptionSet, load_captions, normalize_caption
 from .runner import RunOptions, generate
-from .settings import DataGenError, GenerationSettings, image_seed
+from .settings import GenerationSettings, image_seed
 from .storage import merge
 
 __all__ = [

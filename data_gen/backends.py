@@ -17,7 +17,8 @@ from typing import ClassVar, Protocol
 
 from PIL import Image
 
-from .errors import DataGenError
+from solo_stablerep.errors import DataGenError
+
 from .procedural import render
 
 logger = logging.getLogger(__name__)

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from solo_stablerep.data.index import unlimited_csv_fields
-
-from .settings import DataGenError
+from solo_stablerep.data.storage import unlimited_csv_fields
+from solo_stablerep.errors import DataGenError
 
 _INTEGER = re.compile(r"^[+-]?\d+$")
 

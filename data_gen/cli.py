@@ -7,8 +7,7 @@ import argparse
 import json
 import sys
 
-from solo_stablerep.console import configure_logging
-from solo_stablerep.errors import InputError
+from solo_stablerep.console import configure_logging, run_command
 
 from .settings import BACKENDS, DEFAULT_MODEL, DTYPES, IMAGE_FORMATS, SCHEDULERS, GenerationSettings
 from .shards import DEFAULT_SHARD_BYTES, shard_bytes
@@ -103,50 +102,50 @@ def _generate_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     configure_logging()
-    try:
-        if argv[:1] == ["merge"]:
-            p = argparse.ArgumentParser(
-                prog="stablerep-generate merge",
-                description="Write OUT/manifest.jsonl from every shard's finished captions.",
-            )
-            p.add_argument("out")
-            from .storage import merge
+    return run_command("stablerep-generate", lambda: _run(argv))
 
-            print(f"wrote {merge(p.parse_args(argv[1:]).out)}")
-            return 0
-        if argv[:1] == ["convert"]:  # manifest / authors' CSV -> WebDataset shards
-            from .convert import main as convert_main
 
-            return convert_main(argv[1:])
-        args = _generate_parser().parse_args(argv)
-        settings = GenerationSettings(
-            **{name: getattr(args, name) for name in GenerationSettings.__dataclass_fields__}
-        ).validate()  # before any model loads
-        check_writable(args.out)
-        from .runner import RunOptions, generate
-
-        summary = generate(
-            args.captions,
-            args.out,
-            settings,
-            RunOptions(
-                batch_size=args.batch_size,
-                format=args.format,
-                shard_bytes=shard_bytes(args.shard_size),
-                num_shards=args.num_shards,
-                shard_index=args.shard_index,
-                device=args.device,
-                overwrite=args.overwrite,
-                skip_bad_lines=args.skip_bad_lines,
-                caption_column=args.caption_column,
-                label_column=args.label_column,
-                contact_sheet_captions=args.contact_sheet_captions,
-                merge=not args.no_merge,
-                progress=not args.no_progress,
-            ),
+def _run(argv: list[str]) -> None:
+    if argv[:1] == ["merge"]:
+        p = argparse.ArgumentParser(
+            prog="stablerep-generate merge",
+            description="Write OUT/manifest.jsonl from every shard's finished captions.",
         )
-        print(json.dumps(summary, indent=2))
-        return 0
-    except InputError as e:  # DataGenError, ManifestError, ...: one line; anything else is a bug
-        print(f"stablerep-generate: error: {e}", file=sys.stderr)
-        return 2
+        p.add_argument("out")
+        from .storage import merge
+
+        print(f"wrote {merge(p.parse_args(argv[1:]).out)}")
+        return
+    if argv[:1] == ["convert"]:  # manifest / authors' CSV -> WebDataset shards
+        from .convert import main as convert_main
+
+        convert_main(argv[1:])
+        return
+    args = _generate_parser().parse_args(argv)
+    settings = GenerationSettings(
+        **{name: getattr(args, name) for name in GenerationSettings.__dataclass_fields__}
+    ).validate()  # before any model loads
+    check_writable(args.out)
+    from .runner import RunOptions, generate
+
+    summary = generate(
+        args.captions,
+        args.out,
+        settings,
+        RunOptions(
+            batch_size=args.batch_size,
+            format=args.format,
+            shard_bytes=shard_bytes(args.shard_size),
+            num_shards=args.num_shards,
+            shard_index=args.shard_index,
+            device=args.device,
+            overwrite=args.overwrite,
+            skip_bad_lines=args.skip_bad_lines,
+            caption_column=args.caption_column,
+            label_column=args.label_column,
+            contact_sheet_captions=args.contact_sheet_captions,
+            merge=not args.no_merge,
+            progress=not args.no_progress,
+        ),
+    )
+    print(json.dumps(summary, indent=2))

@@ -14,16 +14,16 @@ hashed: an image replaced in the source is not noticed, convert into a new folde
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from solo_stablerep.data.shards import ShardFormatError, make_header
+from solo_stablerep.data.shards import make_header
+from solo_stablerep.data.storage import file_sha256, json_digest
+from solo_stablerep.errors import DataGenError
 
-from .settings import DataGenError
 from .shards import DEFAULT_SHARD_BYTES, ShardWriter, shard_bytes
 from .storage import check_writable
 
@@ -47,14 +47,9 @@ class Source:
 
 
 def _identity(path: Path) -> dict:
-    """What identifies a source file: its size and the SHA-256 of its content, read in 1 MiB
-    blocks (about 1 s per GB: a manifest of 10M captions is a few GB, copying its images takes
-    far longer)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"name": path.name, "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    """What identifies a source file: its size and the SHA-256 of its content (about 1 s per GB:
+    a manifest of 10M captions is a few GB, copying its images takes far longer)."""
+    return {"name": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def open_source(
@@ -71,28 +66,21 @@ def open_source(
     folder of ``csv_name`` and ``roots``; image k of a row is ``roots[k]/<path>``; caption id = the
     row's 1-based line number, as the training loader numbers them).
     """
-    from solo_stablerep.data.index import CaptionIndex, SyntheticDataError
-    from solo_stablerep.data.manifest import MANIFEST_NAME, ManifestError
+    from solo_stablerep.data.index import CaptionIndex
+    from solo_stablerep.data.manifest import MANIFEST_NAME
 
     if layout not in ("manifest", "authors"):
         raise DataGenError(f"--layout {layout}: choose manifest or authors")
     if layout == "authors" and (not csv_name or not roots):
         raise DataGenError("--layout authors needs --csv and --roots")
-    try:
-        if layout == "manifest":
-            index = CaptionIndex.from_manifest(src)
-            description = {"layout": layout, "source": _identity(src / MANIFEST_NAME)}
-        else:
-            index = CaptionIndex.from_authors_csv(
-                src / csv_name, [src / r for r in roots], header=csv_header
-            )
-            description = {
-                "layout": layout,
-                "source": _identity(src / csv_name),
-                "roots": list(roots),
-            }
-    except (ManifestError, SyntheticDataError) as e:
-        raise DataGenError(str(e)) from None
+    if layout == "manifest":
+        index = CaptionIndex.from_manifest(src)
+        description = {"layout": layout, "source": _identity(src / MANIFEST_NAME)}
+    else:
+        index = CaptionIndex.from_authors_csv(
+            src / csv_name, [src / r for r in roots], header=csv_header
+        )
+        description = {"layout": layout, "source": _identity(src / csv_name), "roots": list(roots)}
 
     def captions() -> Iterator[SourceCaption]:
         for i in range(len(index)):
@@ -127,9 +115,7 @@ def convert(
     src, out = Path(src), Path(out)
     check_writable(out)
     source = open_source(src, layout, csv_name, roots, csv_header)
-    run_id = hashlib.sha256(json.dumps(source.description, sort_keys=True).encode()).hexdigest()[
-        :16
-    ]
+    run_id = json_digest(source.description)
     from tqdm.auto import tqdm
 
     writer = None
@@ -173,11 +159,9 @@ def convert(
             written += 1
         if writer is not None:
             writer.close()
-    except BaseException as e:
+    except BaseException:
         if writer is not None:
             writer.close(finish=False)  # the tar in progress is redone by the next run
-        if isinstance(e, ShardFormatError):
-            raise DataGenError(str(e)) from None
         raise
     finally:
         bar.close()
@@ -190,7 +174,7 @@ def convert(
     }
 
 
-def main(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str]) -> None:
     """``stablerep-generate convert`` (the arguments after ``convert``)."""
     import argparse
 
@@ -236,4 +220,3 @@ def main(argv: Sequence[str]) -> int:
         progress=not args.no_progress,
     )
     print(json.dumps(summary, indent=2))
-    return 0

@@ -11,9 +11,7 @@ both end with the same contact sheet of the shard's first captions (each sink re
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import sys
 import textwrap
 import time
@@ -24,19 +22,23 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from solo_stablerep.data.manifest import image_relpath
 from solo_stablerep.data.shards import make_header
+from solo_stablerep.data.storage import (
+    AppendLog,
+    atomic_write_bytes,
+    atomic_write_json,
+    image_relpath,
+    json_digest,
+)
+from solo_stablerep.errors import DataGenError
 
 from .backends import load_backend
 from .captions import Caption, load_captions
-from .settings import DataGenError, GenerationSettings, image_seed, resolve_device, resolve_shard
-from .shards import DEFAULT_SHARD_BYTES, RECORDS_DIR, ShardFormatError, ShardWriter, read_images
+from .settings import GenerationSettings, image_seed, resolve_device, resolve_shard
+from .shards import DEFAULT_SHARD_BYTES, RECORDS_DIR, ShardWriter, read_images
 from .storage import (
     CONTACT_SHEETS_DIR,
     SHARDS_DIR,
-    ShardLog,
-    atomic_write_bytes,
-    atomic_write_json,
     encode_image,
     finished_mask,
     merge,
@@ -91,7 +93,7 @@ class FileSink:
         self.log_path = out / SHARDS_DIR / f"{name}.jsonl"
         self.summary_path = out / SHARDS_DIR / f"{name}.summary.json"
         self._done = finished_mask(self.log_path, num_captions)  # this shard's own log only
-        self._log: ShardLog | None = None
+        self._log: AppendLog | None = None
         self._entries: list[dict] = []
 
     def finished(self, index: int) -> bool:
@@ -103,7 +105,8 @@ class FileSink:
             relpath = image_relpath(caption.caption_id, k, self.settings.image_format)
             target = self.out / relpath
             target.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(target, _encode(image, self.settings))
+            # no fsync per image (it stalls busy disks); the caption is logged after its images
+            atomic_write_bytes(target, _encode(image, self.settings), fsync=False, sole_writer=True)
             paths.append(relpath)
         self._entries.append(
             {
@@ -118,7 +121,7 @@ class FileSink:
     def flush(self) -> None:
         """Logs the captions written since the last flush (only once all their files are in place)."""
         if self._log is None:
-            self._log = ShardLog(self.log_path)
+            self._log = AppendLog(self.log_path)
         self._log.append(self._entries)
         self._entries = []
 
@@ -145,12 +148,9 @@ class ShardSink:
         self.out = out
         self.settings = settings
         self.summary_path = out / RECORDS_DIR / f"{name}.summary.json"
-        try:
-            self.writer = ShardWriter(
-                out, header, prefix=name, max_bytes=options.shard_bytes, overwrite=options.overwrite
-            )
-        except ShardFormatError as e:
-            raise DataGenError(str(e)) from None
+        self.writer = ShardWriter(
+            out, header, prefix=name, max_bytes=options.shard_bytes, overwrite=options.overwrite
+        )
 
     def finished(self, index: int) -> bool:
         return bool(self.writer.done[index])
@@ -301,9 +301,8 @@ def generate(
     if shown:
         sheet_path = out / CONTACT_SHEETS_DIR / f"{name}.png"
         sheet_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(
-            sheet_path, encode_image(contact_sheet(sink.sheet_rows(shown)), "png", 100)
-        )
+        sheet = encode_image(contact_sheet(sink.sheet_rows(shown)), "png", 100)
+        atomic_write_bytes(sheet_path, sheet, fsync=False, sole_writer=True)
     if options.format == "webdataset":
         return summary  # nothing to merge: the tars are the data set
     # a shard's summary is written once all its captions are: the last shard to finish merges
@@ -326,9 +325,8 @@ def _open_sink(
     if options.format != "webdataset":
         raise DataGenError(f"--format {options.format}: choose manifest or webdataset")
     # the run id names what the images depend on: settings and caption list, not versions or paths
-    run = json.dumps({key: stored[key] for key in ("settings", "captions_digest")}, sort_keys=True)
     header = make_header(
-        hashlib.sha256(run.encode()).hexdigest()[:16],
+        json_digest({key: stored[key] for key in ("settings", "captions_digest")}),
         stored["num_captions"],
         settings.images_per_caption,
         settings.image_format,

@@ -8,8 +8,9 @@ import hashlib
 import os
 from dataclasses import dataclass
 
+from solo_stablerep.errors import DataGenError
+
 from .backends import BACKENDS, SCHEDULERS
-from .errors import DataGenError
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 IMAGE_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}

@@ -6,7 +6,9 @@ writer keeps, per writer prefix, the list of its finished tars::
     OUT/records/<prefix>.jsonl     finished tars of writer ``<prefix>``, one JSON line per tar
 
 Crash safety: a tar is written as ``.<name>.tar.tmp`` and renamed when complete (after its index),
-then recorded in ``records/<prefix>.jsonl`` (one fsynced line). A writer that starts again deletes
+then recorded in ``records/<prefix>.jsonl`` (one fsynced line of an
+:class:`~solo_stablerep.data.storage.AppendLog`: a line cut by a crash is dropped on resume, its tar
+redone). A writer that starts again deletes
 its temporary tar and any of its tars that are not recorded, and skips the captions recorded as
 done, so a SIGKILL loses at most the tar in progress and a rerun finishes the set with no caption
 missing or duplicated. Several writers (processes) share a folder by using different prefixes.
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import tarfile
 from collections.abc import Iterator, Sequence
@@ -28,15 +29,20 @@ import numpy as np
 
 from solo_stablerep.data.shards import (
     HEADER_NAME,
-    ShardFormatError,
-    image_member,
     index_path,
     index_text,
     iter_indexed_samples,
     read_header,
 )
-
-from .storage import atomic_write_bytes, atomic_write_json, iter_log
+from solo_stablerep.data.storage import (
+    AppendLog,
+    atomic_output,
+    atomic_write_bytes,
+    atomic_write_json,
+    image_member,
+    iter_log,
+)
+from solo_stablerep.errors import ShardFormatError
 
 RECORDS_DIR = "records"
 DEFAULT_SHARD_BYTES = (
@@ -96,9 +102,9 @@ class _OpenTar:
 
     def __init__(self, path: Path):
         self.path = path
-        self.tmp = path.with_name(f".{path.name}.tmp")
-        self.file = open(self.tmp, "wb")
-        self.tar = tarfile.open(fileobj=self.file, mode="w", format=tarfile.USTAR_FORMAT)
+        # one writer per prefix: a fixed temporary name, which the next writer deletes
+        self.output = atomic_output(path, sole_writer=True)
+        self.tar = tarfile.open(fileobj=self.output.file, mode="w", format=tarfile.USTAR_FORMAT)
         self.samples: list[list[tuple[str, int, int, str]]] = []
         self.captions: list[int] = []
 
@@ -116,17 +122,14 @@ class _OpenTar:
         return self.tar.offset
 
     def finish(self) -> None:
-        """Closes the tar (end-of-archive blocks), fsyncs it, writes its index, renames it."""
+        """Closes the tar (end-of-archive blocks), writes its index, fsyncs and renames the tar."""
         self.tar.close()
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        atomic_write_bytes(index_path(self.path), index_text(self.samples).encode(), fsync=True)
-        os.replace(self.tmp, self.path)
+        index = index_text(self.samples).encode()
+        atomic_write_bytes(index_path(self.path), index, sole_writer=True)
+        self.output.commit()
 
     def abandon(self) -> None:
-        self.file.close()
-        self.tmp.unlink(missing_ok=True)
+        self.output.discard()
 
 
 class ShardWriter:
@@ -184,7 +187,7 @@ class ShardWriter:
                 tar.unlink()
                 index_path(tar).unlink(missing_ok=True)
         (self.out / RECORDS_DIR).mkdir(exist_ok=True)
-        self._log = open(self.out / RECORDS_DIR / f"{prefix}.jsonl", "ab")
+        self._log = AppendLog(self.out / RECORDS_DIR / f"{prefix}.jsonl")
         self._tar: _OpenTar | None = None
 
     def _prepare(self, overwrite: bool) -> None:
@@ -272,9 +275,7 @@ class ShardWriter:
             "samples": len(tar.captions),
             "bytes": tar.path.stat().st_size,
         }
-        self._log.write((json.dumps(record) + "\n").encode())
-        self._log.flush()
-        os.fsync(self._log.fileno())
+        self._log.append([record])
         self.done[tar.captions] = True
 
     def close(self, finish: bool = True) -> None:

@@ -8,7 +8,8 @@ Layout (besides the data set itself, ``manifest.jsonl`` + ``images/``)::
     OUT/contact_sheets/shard-00003-of-00008.png
 
 Every file is written under a temporary name in its own folder, then renamed with ``os.replace``, so a
-reader (or a rerun after SIGKILL) sees either the old file or the complete new one. A caption is logged
+reader (or a rerun after SIGKILL) sees either the old file or the complete new one, and each log is an
+:class:`~solo_stablerep.data.storage.AppendLog` (a line cut by a crash is dropped on resume). A caption is logged
 as finished only after all its images are in place, so the log never claims a missing image.
 
 Scale: a shard resumes from its own log only, and the merge streams the logs (each in caption order)
@@ -21,10 +22,8 @@ from __future__ import annotations
 import heapq
 import io
 import json
-import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +31,10 @@ from PIL import Image
 
 from solo_stablerep.data.index import INDEX_SUFFIX, write_indexed_manifest
 from solo_stablerep.data.manifest import MANIFEST_NAME, CaptionRecord
+from solo_stablerep.data.storage import atomic_write_json, iter_log
+from solo_stablerep.errors import DataGenError
 
-from .settings import IMAGE_FORMATS, DataGenError
+from .settings import IMAGE_FORMATS
 
 SETTINGS_NAME = "generation.json"
 SHARDS_DIR = "shards"
@@ -42,24 +43,6 @@ CONTACT_SHEETS_DIR = "contact_sheets"
 
 def shard_name(shard_index: int, num_shards: int) -> str:
     return f"shard-{shard_index:05d}-of-{num_shards:05d}"
-
-
-def atomic_write_bytes(path: Path, data: bytes, fsync: bool = False) -> None:
-    # A fixed temporary name: a rerun after a crash overwrites a leftover instead of adding another.
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(
-        path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode(), fsync=True
-    )
 
 
 def check_writable(out) -> None:
@@ -85,50 +68,6 @@ def encode_image(image: Image.Image, image_format: str, quality: int) -> bytes:
     options = {"quality": quality} if pil_format in ("JPEG", "WEBP") else {}
     image.save(buffer, format=pil_format, **options)
     return buffer.getvalue()
-
-
-def iter_log(path: Path) -> Iterator[dict]:
-    """Entries of a shard log, streamed. A last line without its newline is a write cut short: ignored."""
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.endswith(b"\n"):
-                return
-            try:
-                yield json.loads(line)
-            except ValueError:
-                raise DataGenError(
-                    f"{path}:{number}: corrupt log line (not JSON); delete the shard log to redo it"
-                ) from None
-
-
-def read_log(path: Path) -> list[dict]:
-    """Entries of a shard log (see :func:`iter_log`)."""
-    return list(iter_log(path))
-
-
-class ShardLog:
-    """Append-only JSONL record of one shard's finished captions; each append is fsynced."""
-
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        if path.exists():
-            data = path.read_bytes()
-            complete = data.rfind(b"\n") + 1
-            if complete < len(data):  # drop a line cut short by a crash before appending after it
-                os.truncate(path, complete)
-        self._file = open(path, "ab")
-
-    def append(self, entries: list[dict]) -> None:
-        """Append entries with one write and one fsync (an fsync per caption stalls on busy disks)."""
-        self._file.write(
-            "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries).encode()
-        )
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        self._file.close()
 
 
 def finished_mask(log: Path, num_captions: int) -> np.ndarray:

@@ -1,12 +1,17 @@
-"""Where the command-line tools send log records (standard library only).
+"""What the command-line tools share (standard library only): where log records go, and how an
+input error ends a command.
 
 Library modules log through ``logging.getLogger(__name__)`` and never configure output; each entry
 point calls :func:`configure_logging` once. Only this project's INFO lines are shown, with
 everyone's warnings: torch.distributed, Hydra and timm log at INFO too, and would bury them.
+Each entry point runs its work through :func:`run_command`: bad input is one line and exit code 2.
 """
 
 import logging
 import sys
+from collections.abc import Callable
+
+from solo_stablerep.errors import INPUT_ERROR_EXIT, InputError
 
 OUR_LOGGERS = ("solo_stablerep", "data_gen")
 
@@ -20,3 +25,16 @@ def configure_logging(fmt: str = "%(name)s: %(message)s", datefmt=None) -> None:
         lambda record: record.levelno >= logging.WARNING or record.name.startswith(OUR_LOGGERS)
     )
     logging.basicConfig(level=logging.INFO, format=fmt, datefmt=datefmt, handlers=[handler])
+
+
+def run_command(prog: str, command: Callable[[], object]) -> int:
+    """Runs ``command()``; returns the exit code: 0 when it ends, or :data:`INPUT_ERROR_EXIT` (2,
+    argparse's code for a bad command line) when it raises an :class:`InputError`, printed on
+    stderr as one line, ``<prog>: error: <message>``. Any other exception is a bug and keeps its
+    traceback."""
+    try:
+        command()
+    except InputError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return INPUT_ERROR_EXIT
+    return 0

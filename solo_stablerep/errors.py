@@ -1,12 +1,15 @@
-"""The one error class for bad input or configuration.
+"""The error classes for bad input or configuration, all of them.
 
 Everything a user can get wrong - a config key, a data set on disk, a captions file, a command-line
 option - raises a subclass of :class:`InputError` with a one-line message that names the culprit
-(the key, or the file, line and caption). The entry points (``solo-stablerep-pretrain``,
-``stablerep-generate``, ``stablerep-demo``) catch this class alone and print that line; any other
-exception is a bug and keeps its traceback. Standard library only: ``data_gen`` and the on-disk
-format modules import it on machines where nobody trains.
+(the key, or the file, line and caption); the subclass says which part found it. The entry points
+(``solo-stablerep-pretrain``, ``stablerep-generate``, ``stablerep-demo``, ``solo-stablerep-eval``)
+catch this class alone through :func:`solo_stablerep.console.run_command`, print that line and exit
+with :data:`INPUT_ERROR_EXIT`; any other exception is a bug and keeps its traceback. Standard
+library only: ``data_gen`` and the on-disk format modules import it on machines where nobody trains.
 """
+
+INPUT_ERROR_EXIT = 2  # argparse's code for a bad command line
 
 
 class InputError(ValueError):
@@ -28,3 +31,34 @@ class InputError(ValueError):
             original = message.rstrip().rsplit("\n", 1)[-1]
             message = f"{original.split(': ', 1)[-1]} (in {where})"
         super().__init__(message)
+
+
+class ManifestError(InputError):
+    """A synthetic data set's manifest (or a file it names) is invalid; the message is one line."""
+
+
+class SyntheticDataError(InputError):
+    """A synthetic data set or its config is unusable; the message is one line naming the culprit
+    (also when raised in a DataLoader worker: see :class:`InputError`)."""
+
+
+class ShardFormatError(InputError):
+    """A shard folder, tar or sample is invalid; the message is one line naming the shard and
+    sample."""
+
+
+class ShardDataError(InputError):
+    """Shards unusable for training; the message is one line naming the shard and the sample."""
+
+
+class DataGenError(InputError):
+    """``stablerep-generate``: bad input or state; the message is one line naming the culprit."""
+
+
+class EvalError(InputError):
+    """A checkpoint, data set, cache entry or probe setting the evaluation cannot use; the message
+    is one line naming it and what to do."""
+
+
+class DemoError(InputError):
+    """``stablerep-demo``: bad options or missing inputs; the message is one line."""

@@ -34,7 +34,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from solo_stablerep import register_methods
-from solo_stablerep.console import configure_logging
+from solo_stablerep.console import configure_logging, run_command
 from solo_stablerep.errors import InputError
 
 register_methods()  # adds stablerep & co to solo's METHODS; a one-line error without solo-learn
@@ -53,6 +53,7 @@ from solo.utils.misc import make_contiguous, omegaconf_select  # noqa: E402
 from solo_stablerep.methods import EntryPointNeeds  # noqa: E402
 
 log = logging.getLogger(__name__)
+PROG = "solo-stablerep-pretrain"
 
 # solo-learn's own methods that are not limited to 2 large crops (main_pretrain.py's list)
 _SOLO_ANY_NUMBER_OF_LARGE_CROPS = ("wmse", "mae")
@@ -322,14 +323,14 @@ def run_pretrain(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> Trainer
 @hydra.main(version_base="1.2", config_path=None, config_name=None)
 def hydra_main(cfg: DictConfig) -> None:
     configure_logging()  # the shipped configs turn Hydra's job logging off
-    try:
+    # configuration and data errors: one line that names the culprit; Hydra's own switch brings
+    # the traceback back for debugging (any other exception keeps its traceback)
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
         run_pretrain(cfg)
-    except InputError as error:
-        # configuration and data errors: one line that names the culprit; Hydra's own switch
-        # brings the traceback back for debugging (any other exception keeps its traceback)
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        sys.exit(f"solo-stablerep-pretrain: error: {error}")
+        return
+    exit_code = run_command(PROG, lambda: run_pretrain(cfg))
+    if exit_code:
+        sys.exit(exit_code)
 
 
 def unquoted_brace_override(argv: list[str]) -> str | None:
@@ -345,16 +346,23 @@ def unquoted_brace_override(argv: list[str]) -> str | None:
     return None
 
 
-def main() -> None:
-    """``solo-stablerep-pretrain``: Hydra's command line, plus a hint Hydra's parser cannot give."""
-    override = unquoted_brace_override(sys.argv[1:])
+def check_overrides(argv: list[str]) -> None:
+    """Raises the hint Hydra's parser cannot give for an unquoted brace (InputError)."""
+    override = unquoted_brace_override(argv)
     if override is not None:
         key, _, value = override.partition("=")
         quoted = f"'{key}=\"{value}\"'"
-        sys.exit(
-            f"solo-stablerep-pretrain: error: {override}: Hydra reads a brace as the start of "
-            f"a dict; quote the value for Hydra, inside the shell's quotes: {quoted}"
+        raise InputError(
+            f"{override}: Hydra reads a brace as the start of a dict; quote the value for "
+            f"Hydra, inside the shell's quotes: {quoted}"
         )
+
+
+def main() -> None:
+    """``solo-stablerep-pretrain``: Hydra's command line, plus a hint Hydra's parser cannot give."""
+    exit_code = run_command(PROG, lambda: check_overrides(sys.argv[1:]))
+    if exit_code:
+        sys.exit(exit_code)
     hydra_main()
 
 

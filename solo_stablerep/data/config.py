@@ -24,8 +24,9 @@ from pathlib import Path
 import omegaconf
 from solo.utils.misc import omegaconf_select
 
-from solo_stablerep.data.index import CaptionIndex, SyntheticDataError
+from solo_stablerep.data.index import CaptionIndex
 from solo_stablerep.data.readers import CaptionReader, Reader, ShardReader
+from solo_stablerep.errors import SyntheticDataError
 
 LAYOUTS = ("manifest", "authors", "webdataset")
 # the keys of data.synthetic (documented in add_and_assert_synthetic_cfg); any other is a typo

@@ -43,11 +43,8 @@ import json
 import logging
 import mmap
 import os
-import sys
-import time
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -56,19 +53,23 @@ from solo_stablerep.data.manifest import (
     MANIFEST_NAME,
     CaptionIds,
     CaptionRecord,
-    ManifestError,
-    atomic_output,
     check_relative_path,
-    remove_stale_temps,
     scan_manifest,
     write_manifest,
 )
-from solo_stablerep.errors import InputError
-
-try:
-    import fcntl
-except ImportError:  # Windows: concurrent first opens may build the index twice, still atomically
-    fcntl = None
+from solo_stablerep.data.storage import (
+    Progress,
+    atomic_output,
+    cache_dir,
+    derived_file_paths,
+    exclusive_lock,
+    image_component,
+    image_stem,
+    remove_stale_temps,
+    unlimited_csv_fields,
+    write_first_writable,
+)
+from solo_stablerep.errors import ManifestError, SyntheticDataError
 
 INDEX_VERSION = 1
 INDEX_SUFFIX = ".index"
@@ -78,52 +79,6 @@ _ALIGN = 64
 _CUSTOM_PATHS = 255  # extension code of a caption whose image paths are stored
 
 log = logging.getLogger(__name__)
-
-
-class SyntheticDataError(InputError):
-    """A synthetic data set or its config is unusable; the message is one line naming the culprit
-    (also when raised in a DataLoader worker: see :class:`~solo_stablerep.errors.InputError`)."""
-
-
-def cache_dir() -> Path:
-    """Folder for indexes (and shard summaries) of sources in read-only folders."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "solo-stablerep"
-
-
-def derived_file_paths(source: Path, suffix: str) -> list[Path]:
-    """Where a file derived from ``source`` (an index, a summary) is looked for and written, in that
-    order: beside it (``<source><suffix>``), then in :func:`cache_dir` under a name unique to it."""
-    key = hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:20]
-    return [source.with_name(source.name + suffix), cache_dir() / f"{source.name}.{key}{suffix}"]
-
-
-@contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (a file or a folder, opened read-only), held in the block:
-    processes building the same derived file take turns, so that it is built once."""
-    if fcntl is None:  # no flock (Windows): builders may overlap, each still writing atomically
-        yield
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def write_first_writable(paths: Sequence[Path], write: Callable[[Path], None]) -> Path:
-    """Calls ``write(path)`` (an atomic write) on each of ``paths`` in turn until one succeeds; returns
-    it. A read-only data folder falls through to the cache. Raises the last ``OSError`` if none does."""
-    for path in paths:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write(path)
-            return path
-        except OSError as error:
-            last_error = error
-    raise last_error
 
 
 class _IndexBuilder:
@@ -419,9 +374,7 @@ class CaptionIndex:
         """Path of image ``k`` of caption ``i``, relative to its root."""
         code = int(self._arrays["ext_codes"][i])
         if code != _CUSTOM_PATHS:
-            cid = self.caption_id(i)
-            padded = cid.ljust(4, "_")
-            return f"images/{padded[0:2]}/{padded[2:4]}/{cid}_{k:02d}.{self._extensions[code]}"
+            return f"{image_stem(self.caption_id(i))}_{image_component(k, self._extensions[code])}"
         start = int(self._arrays["path_starts"][i])
         return self._stored_path(start if self._root_per_image else start + k)
 
@@ -533,39 +486,6 @@ def _ensure_index(source: Path, csv_header: bool | None) -> Path:
             ) from None
 
 
-class Progress:
-    """A line on stderr every few seconds while a large source is read (standard library only):
-    ``<doing> <source>: <done>/<total> <unit>, <seconds> s``."""
-
-    def __init__(
-        self,
-        source: Path,
-        total: int | None,
-        every: float = 5.0,
-        doing: str = "indexing",
-        unit: str = "captions",
-    ):
-        self.source, self.total, self.every, self.doing, self.unit = (
-            source,
-            total,
-            every,
-            doing,
-            unit,
-        )
-        self.started = self.shown = time.monotonic()
-
-    def __call__(self, done: int) -> None:
-        now = time.monotonic()
-        if now - self.shown >= self.every:
-            self.shown = now
-            of = f"/{self.total}" if self.total is not None else ""
-            print(
-                f"{self.doing} {self.source}: {done}{of} {self.unit}, {now - self.started:.0f} s",
-                file=sys.stderr,
-                flush=True,
-            )
-
-
 def _build_from_manifest(source: Path, builder: _IndexBuilder) -> dict:
     path, header, lines = scan_manifest(source.parent)
     progress = Progress(source, header["num_captions"])
@@ -580,18 +500,6 @@ def _build_from_manifest(source: Path, builder: _IndexBuilder) -> dict:
             f"{path}:{again + 2}: caption_id {builder.ids[again]!r} repeats line {first + 2}"
         )
     return {"class_names": header["class_names"]}
-
-
-@contextmanager
-def unlimited_csv_fields() -> Iterator[None]:
-    """Lifts the csv module's 128 KiB field limit in the block: a long caption is no quoting
-    error."""
-    previous = csv.field_size_limit()
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    try:
-        yield
-    finally:
-        csv.field_size_limit(previous)
 
 
 def _build_from_csv(source: Path, csv_header: bool, builder: _IndexBuilder) -> dict:

@@ -40,13 +40,9 @@ in memory-mapped arrays.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import glob
 import json
-import os
 import re
-import secrets
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -55,7 +51,14 @@ from typing import Any
 
 import numpy as np
 
-from solo_stablerep.errors import InputError
+from solo_stablerep.data.storage import (
+    CAPTION_ID,
+    atomic_output,
+    image_component,
+    image_relpath,  # noqa: F401 (the writers' path rule, named in this format's description)
+    image_stem,
+)
+from solo_stablerep.errors import ManifestError
 
 FORMAT_NAME = "stablerep-synthetic"
 FORMAT_VERSION = 1
@@ -63,13 +66,8 @@ MANIFEST_NAME = "manifest.jsonl"
 
 _HEADER_KEYS = {"format", "version", "num_captions", "class_names", "generator"}
 _RECORD_KEYS = {"caption_id", "caption", "label", "images"}
-_CAPTION_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 # relative paths whose every part starts with neither "." nor "/": valid without further checks
 _PLAIN_RELATIVE = re.compile(r"(?![A-Za-z]:)[^/\\.][^/\\]*(?:/[^/\\.][^/\\]*)*\Z")
-
-
-class ManifestError(InputError):
-    """A synthetic data set's manifest (or a file it names) is invalid; the message is one line."""
 
 
 @dataclass
@@ -80,17 +78,6 @@ class CaptionRecord:
     caption: str
     label: int | None
     images: list[str]
-
-
-def image_relpath(caption_id: str, k: int, ext: str) -> str:
-    """Relative path of image ``k`` of a caption: ``images/<id[0:2]>/<id[2:4]>/<id>_<k:02d>.<ext>``.
-
-    Ids shorter than 4 characters are padded with ``_`` for the shard folder names.
-    """
-    if not _CAPTION_ID.match(caption_id):
-        raise ManifestError(f"caption_id {caption_id!r}: use only letters, digits, '_' or '-'")
-    padded = caption_id.ljust(4, "_")
-    return f"images/{padded[0:2]}/{padded[2:4]}/{caption_id}_{k:02d}.{ext.lstrip('.')}"
 
 
 def check_relative_path(path: str, where: str) -> str:
@@ -123,8 +110,7 @@ def rule_extension(caption_id: str, images: list[str]) -> str | None:
     if not isinstance(first, str):
         return None
     ext = first.rpartition(".")[2]
-    padded = caption_id.ljust(4, "_")
-    prefix = f"images/{padded[0:2]}/{padded[2:4]}/{caption_id}"
+    prefix = image_stem(caption_id)
     suffixes = _rule_suffixes(ext, len(images))
     if suffixes is None or images != [prefix + suffix for suffix in suffixes]:
         return None
@@ -133,7 +119,7 @@ def rule_extension(caption_id: str, images: list[str]) -> str | None:
 
 @functools.lru_cache(maxsize=64)
 def _rule_suffixes(ext: str, n: int) -> tuple[str, ...] | None:
-    return None if "/" in ext else tuple(f"_{k:02d}.{ext}" for k in range(n))
+    return None if "/" in ext else tuple(f"_{image_component(k, ext)}" for k in range(n))
 
 
 def _check_header(header: Any, where: str) -> dict:
@@ -174,7 +160,7 @@ def _check_record(
             f"{where}: columns {sorted(obj.keys())} differ from {sorted(_RECORD_KEYS)}"
         )
     cid = obj["caption_id"]
-    if not isinstance(cid, str) or not _CAPTION_ID.match(cid):
+    if not isinstance(cid, str) or not CAPTION_ID.match(cid):
         raise ManifestError(f"{where}: caption_id {cid!r} is not a string of [A-Za-z0-9_-]")
     where = f"{where} (caption {cid})"
     if not isinstance(obj["caption"], str):
@@ -300,42 +286,6 @@ def read_manifest(root: str | Path) -> tuple[dict, list[CaptionRecord]]:
         seen_ids[record.caption_id] = line_no
         records.append(record)
     return header, records
-
-
-def _temp_path(path: Path) -> Path:
-    """A unique temporary name beside ``path`` (see :func:`remove_stale_temps` for its pattern)."""
-    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-
-
-def remove_stale_temps(path: Path) -> None:
-    """Removes the temporary files :func:`atomic_output` left beside ``path`` when a writer was
-    killed (SIGKILL, power loss); call it only while no other process may be writing ``path``
-    (under the lock its writers take)."""
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.{'[0-9a-f]' * 12}.tmp"):
-        tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def atomic_output(path: Path, mode: str = "wb", **open_kwargs):
-    """A file that appears at ``path`` only once written in full, fsynced, or not at all.
-
-    It is written under a unique temporary name in the same folder (so that processes writing the
-    same path at once do not collide) and renamed over ``path``; any error removes it. The file is
-    created with the permissions the umask gives new files (as ``open`` does; ``mkstemp``'s 0600
-    would lock the colleagues who train on a data set out of its manifest and indexes).
-    """
-    tmp = _temp_path(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, mode, **open_kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_manifest(

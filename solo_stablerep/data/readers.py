@@ -33,24 +33,19 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from solo_stablerep.data.index import CaptionIndex, SyntheticDataError
+from solo_stablerep.data.index import CaptionIndex
 from solo_stablerep.data.shards import (
     HEADER_NAME,
-    ShardFormatError,
     image_component,
     iter_indexed_samples,
     read_header,
     sample_meta,
     tar_summaries,
 )
-from solo_stablerep.errors import InputError
+from solo_stablerep.errors import InputError, ShardDataError, ShardFormatError, SyntheticDataError
 
 log = logging.getLogger(__name__)
 SKIP_HINT = "set data.synthetic.skip_corrupt=True to skip such items"
-
-
-class ShardDataError(InputError):
-    """Shards unusable for training; the message is one line naming the shard and the sample."""
 
 
 class SkipCounter:

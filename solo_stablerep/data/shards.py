@@ -42,8 +42,8 @@ read with one ``pread`` at its offset when asked for, as DALI's reader reads the
 loaders and the generator's contact sheets read tars this way.
 
 The writer (crash safety, resuming) is :mod:`data_gen.shards`; the loaders are
-:mod:`solo_stablerep.data.readers`, :mod:`solo_stablerep.data.loaders`. Only the standard library is used, and the caption index's
-cache helpers.
+:mod:`solo_stablerep.data.readers`. Only the standard library is used, and the storage helpers
+(:mod:`solo_stablerep.data.storage`).
 """
 
 from __future__ import annotations
@@ -55,14 +55,17 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from solo_stablerep.data.index import (
+from solo_stablerep.data.storage import (
     Progress,
+    atomic_output,
     derived_file_paths,
     exclusive_lock,
+    image_component,
+    image_member,  # noqa: F401 (the members' naming rule of this format)
+    remove_stale_temps,
     write_first_writable,
 )
-from solo_stablerep.data.manifest import atomic_output, remove_stale_temps
-from solo_stablerep.errors import InputError
+from solo_stablerep.errors import ShardFormatError
 
 log = logging.getLogger(__name__)
 
@@ -76,20 +79,6 @@ SUMMARY_VERSION = 1
 
 # one member of a sample in an index file: (component, data offset, size, member name)
 IndexMember = tuple[str, int, int, str]
-
-
-class ShardFormatError(InputError):
-    """A shard folder, tar or sample is invalid; the message is one line naming the shard and sample."""
-
-
-def image_member(caption_id: str, k: int, ext: str) -> str:
-    """Member name of image ``k`` of a caption: ``<caption_id>.<k:02d>.<ext>``."""
-    return f"{caption_id}.{k:02d}.{ext.lstrip('.')}"
-
-
-def image_component(k: int, ext: str) -> str:
-    """WebDataset component (text after the key's dot) of image ``k``: ``00.jpg``, ``01.jpg``, ..."""
-    return f"{k:02d}.{ext.lstrip('.')}"
 
 
 def index_path(tar_path: Path) -> Path:

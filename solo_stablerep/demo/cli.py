@@ -10,9 +10,8 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from solo_stablerep.console import configure_logging
+from solo_stablerep.console import configure_logging, run_command
 from solo_stablerep.demo.runs import DEFAULT_METHODS, METHODS, SIZES_PRESETS
-from solo_stablerep.errors import InputError
 
 
 def _parse_args(argv):
@@ -131,7 +130,7 @@ def main(argv=None) -> int:
     from solo_stablerep.demo.pipeline import run_demo
     from solo_stablerep.demo.report import markdown_table
 
-    try:
+    def run() -> None:  # config and data errors (DemoError, DataGenError, ...): one line
         results = run_demo(
             args.output,
             size,
@@ -142,8 +141,6 @@ def main(argv=None) -> int:
             args.extra_overrides,
             args.threads,
         )
-    except InputError as error:  # config and data errors (DemoError, DataGenError, ...): one line
-        print(f"stablerep-demo: error: {error}", file=sys.stderr)
-        return 2
-    print(markdown_table(results["summary"]), flush=True)  # the result, on stdout
-    return 0
+        print(markdown_table(results["summary"]), flush=True)  # the result, on stdout
+
+    return run_command("stablerep-demo", run)

@@ -16,12 +16,12 @@ from solo_stablerep.demo.runs import (
     DEFAULT_METHODS,
     METHODS,
     RANDOM_FLOOR,
-    DemoError,
     DemoSize,
     default_config_dir,
     random_backbone,
     train_method,
 )
+from solo_stablerep.errors import DemoError
 
 logger = logging.getLogger(__name__)
 

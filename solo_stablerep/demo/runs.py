@@ -20,7 +20,7 @@ from pathlib import Path
 
 from solo_stablerep._paths import pretrain_config_dir
 from solo_stablerep.demo.dataset import per_image_root
-from solo_stablerep.errors import InputError
+from solo_stablerep.errors import DemoError
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +42,6 @@ LOSS_COLUMNS = {
     "byol": "train_neg_cos_sim_step",
     "synclr": "train_synclr_loss_step",
 }
-
-
-class DemoError(InputError):
-    """Bad options or missing inputs; the message is one line."""
 
 
 def default_config_dir() -> Path:

@@ -19,7 +19,6 @@ values, else the config's ``augmentations[0].mean/std``, else ImageNet's).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -28,7 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from solo_stablerep.eval.errors import EvalError
+from solo_stablerep.data.storage import file_sha256
+from solo_stablerep.errors import EvalError
 
 RANDOM_PREFIX = "random:"
 RANDOM_SEED = 0
@@ -39,7 +39,6 @@ PRETRAIN_MEAN_STD = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "stl10": ((0.4914, 0.4823, 0.4466), (0.247, 0.243, 0.261)),
 }
-_HASH_CHUNK = 8 << 20
 
 
 @dataclass
@@ -64,16 +63,6 @@ class BackboneSpec:
             "cifar10",
             "cifar100",
         )
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of the file's content (about 1 s per GB): a checkpoint rewritten in place, even with
-    the same size and time, is a different checkpoint."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_spec(spec: str) -> BackboneSpec:
@@ -114,7 +103,7 @@ def read_spec(spec: str) -> BackboneSpec:
     )
     label = args.get("name") or path.stem
     identity = {
-        "checkpoint_sha256": file_digest(path),
+        "checkpoint_sha256": file_sha256(path),
         "backbone": name,
         "kwargs": kwargs,
         "method": method,

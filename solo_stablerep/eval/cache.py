@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from solo_stablerep.data.manifest import atomic_output
+from solo_stablerep.data.storage import atomic_output
 
 log = logging.getLogger(__name__)
 

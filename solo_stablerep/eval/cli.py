@@ -14,7 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from solo_stablerep.console import configure_logging
+from solo_stablerep.console import configure_logging, run_command
 from solo_stablerep.errors import InputError
 
 PROG = "solo-stablerep-eval"
@@ -110,7 +110,7 @@ def _configure_output() -> None:
 def _compare(args) -> int:
     import numpy as np
 
-    from solo_stablerep.data.index import cache_dir
+    from solo_stablerep.data.storage import cache_dir
     from solo_stablerep.eval.cache import FeatureCache
     from solo_stablerep.eval.compare import ProbeSettings, compare
     from solo_stablerep.eval.features import ExtractionSettings
@@ -191,8 +191,5 @@ def main(argv=None) -> int:
     exporting = bool(argv) and argv[0] == "export"
     args = _export_parser().parse_args(argv[1:]) if exporting else _parser().parse_args(argv)
     _configure_output()
-    try:
-        return _export(args) if exporting else _compare(args)
-    except InputError as error:  # checkpoints, data sets, cache, options: one line
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
+    # checkpoints, data sets, cache, options: one line
+    return run_command(PROG, lambda: _export(args) if exporting else _compare(args))

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from solo_stablerep.errors import EvalError
 from solo_stablerep.eval.backbone import BackboneSpec, load_backbone, read_spec
 from solo_stablerep.eval.cache import FeatureCache
 from solo_stablerep.eval.datasets import EvalDataset, image_transform, open_dataset
-from solo_stablerep.eval.errors import EvalError
 from solo_stablerep.eval.features import ExtractionSettings, split_features
 from solo_stablerep.eval.probes import few_shot, knn_accuracy, linear_probe
 from solo_stablerep.eval.report import Result

@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image
 
 from solo_stablerep.data.index import IMAGE_EXTENSIONS
-from solo_stablerep.eval.errors import EvalError
+from solo_stablerep.errors import EvalError
 
 CALTECH_TRAIN_PER_CLASS = 30
 VOC_CLASSES = (

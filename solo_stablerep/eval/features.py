@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from solo_stablerep.errors import EvalError
 from solo_stablerep.eval.cache import FeatureCache, cache_key
 from solo_stablerep.eval.datasets import Split
-from solo_stablerep.eval.errors import EvalError
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from solo_stablerep.eval.errors import EvalError
+from solo_stablerep.errors import EvalError
 from solo_stablerep.eval.logistic import (
     LogisticModel,
     Standardization,

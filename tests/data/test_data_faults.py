@@ -5,6 +5,8 @@ trains with the damaged sample skipped under ``data.synthetic.skip_corrupt`` (is
 Neighbours of each case (the other layout, the other loader, damage met while training) are
 checked on the loaders directly. Data: procedural 16 px JPEGs, 8 captions x 3 images."""
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -90,10 +92,13 @@ def entry(data: Path, train_path, *overrides):
         data / "cfg", "stablerep.yaml", [*TINY_RUN, f"data.train_path={train_path}", *overrides]
     )
     os.environ.pop("HYDRA_FULL_ERROR", None)
+    stderr = io.StringIO()
     try:
-        pretrain.hydra_main.__wrapped__(cfg)
+        with contextlib.redirect_stderr(stderr):
+            pretrain.hydra_main.__wrapped__(cfg)
     except SystemExit as stop:
-        message = str(stop.code)
+        assert stop.code == 2 and "Traceback" not in stderr.getvalue()
+        message = stderr.getvalue().strip().splitlines()[-1]
         assert message.startswith("solo-stablerep-pretrain: error: ") and "\n" not in message, (
             message
         )
@@ -160,7 +165,7 @@ def test_readme_brace_pattern_runs_as_printed_and_unquoted_gets_a_hint(data):
         "data.synthetic.layout=webdataset",
         f"data.train_path={pattern}",
     )
-    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [
         f"solo-stablerep-pretrain: error: data.train_path={pattern}: Hydra reads a brace as the "
         "start of a dict; "
@@ -338,7 +343,7 @@ def loader_batches(data: Path, path, *overrides, epochs=2):
     ],
 )
 def test_sample_damage_met_while_training_is_named_or_skipped(data, data_format, damage, expected):
-    from solo_stablerep.data.readers import ShardDataError
+    from solo_stablerep.errors import ShardDataError
 
     if data_format == "dali":
         pytest.importorskip("nvidia.dali", reason="data.format=dali needs nvidia-dali")

@@ -63,7 +63,7 @@ def test_dali_loader_names_a_tar_cut_short_while_training(tmp_path, shard_folder
     from test_webdataset_loader import cfg_for
 
     from solo_stablerep.data.loaders import prepare_synthetic_train_data
-    from solo_stablerep.data.readers import ShardDataError
+    from solo_stablerep.errors import ShardDataError
 
     def cut_every_tar():  # after the set was opened and checked, as a failing disk would
         for tar in shard_folder.glob("*.tar"):

@@ -21,9 +21,9 @@ from helpers import (  # noqa: E402
     view_colour,
 )
 
-from solo_stablerep.data.index import SyntheticDataError  # noqa: E402
-from solo_stablerep.data.manifest import ManifestError  # noqa: E402
 from solo_stablerep.data.loaders import prepare_synthetic_train_data  # noqa: E402
+from solo_stablerep.data.manifest import ManifestError  # noqa: E402
+from solo_stablerep.errors import SyntheticDataError  # noqa: E402
 
 MULTICROP_AUGS = """\
 - {rrc: {enabled: True, crop_min_scale: 0.5, crop_max_scale: 1.0}, color_jitter: {prob: 0.0},

@@ -96,7 +96,8 @@ def test_dali_cpu_loader(tmp_path, shards):
 
 
 def test_brace_pattern(tmp_path, shards):
-    from solo_stablerep.data.readers import ShardDataError, ShardReader
+    from solo_stablerep.data.readers import ShardReader
+    from solo_stablerep.errors import ShardDataError
 
     folder, _ = shards
     count = len(list(folder.glob("*.tar")))
@@ -109,7 +110,8 @@ def test_brace_pattern(tmp_path, shards):
 
 
 def test_truncated_tar(tmp_path, shards):
-    from solo_stablerep.data.readers import ShardDataError, ShardReader
+    from solo_stablerep.data.readers import ShardReader
+    from solo_stablerep.errors import ShardDataError
 
     folder, _ = shards
     tar = folder / "shard-000001.tar"
@@ -120,9 +122,9 @@ def test_truncated_tar(tmp_path, shards):
 
 @pytest.mark.parametrize("data_format", ["image_folder", "dali"])
 def test_corrupt_sample_metadata_error_or_opt_in_skip(tmp_path, shards, data_format):
-    from solo_stablerep.data.shards import read_index
     from solo_stablerep.data.loaders import prepare_synthetic_train_data
-    from solo_stablerep.data.readers import ShardDataError
+    from solo_stablerep.data.shards import read_index
+    from solo_stablerep.errors import ShardDataError
 
     if data_format == "dali":
         pytest.importorskip("nvidia.dali", reason="data.format=dali needs nvidia-dali")
@@ -153,7 +155,7 @@ def test_corrupt_sample_metadata_error_or_opt_in_skip(tmp_path, shards, data_for
 
 def test_corrupt_image_names_shard_and_sample(tmp_path):
     from solo_stablerep.data.loaders import prepare_synthetic_train_data
-    from solo_stablerep.data.readers import ShardDataError
+    from solo_stablerep.errors import ShardDataError
 
     make_manifest_dataset(tmp_path / "ds", 4, IMAGES)
     victim = sorted((tmp_path / "ds" / "images").rglob("cap0002_*.png"))
@@ -190,7 +192,8 @@ def write_tar_by_hand(folder, members, run_id="run-x"):
 
 
 def test_sample_missing_an_image(tmp_path):
-    from solo_stablerep.data.readers import ShardDataError, ShardReader
+    from solo_stablerep.data.readers import ShardReader
+    from solo_stablerep.errors import ShardDataError
 
     meta = b'{"caption_id": "c1", "caption": "x", "label": null, "index": 0, "run_id": "run-x", "num_images": 3}'
     write_tar_by_hand(tmp_path, {"c1.json": meta, "c1.00.png": b"a", "c1.02.png": b"c"})
@@ -201,7 +204,8 @@ def test_sample_missing_an_image(tmp_path):
 
 
 def test_sample_with_fewer_than_n_images(tmp_path):
-    from solo_stablerep.data.readers import ShardDataError, ShardReader
+    from solo_stablerep.data.readers import ShardReader
+    from solo_stablerep.errors import ShardDataError
 
     with ShardWriter(tmp_path, make_header("run-a", 2, 4, "png", None, None)) as writer:
         writer.write(0, "full", "c", None, [b"x"] * 4)
@@ -214,7 +218,8 @@ def test_sample_with_fewer_than_n_images(tmp_path):
 
 
 def test_shards_of_two_runs_mixed(tmp_path):
-    from solo_stablerep.data.readers import ShardDataError, ShardReader
+    from solo_stablerep.data.readers import ShardReader
+    from solo_stablerep.errors import ShardDataError
 
     for run in ("a", "b"):
         with ShardWriter(
@@ -234,7 +239,7 @@ def test_shards_of_two_runs_mixed(tmp_path):
 def test_dali_loader_names_a_corrupt_image_or_skips_it_when_asked(tmp_path):
     pytest.importorskip("nvidia.dali", reason="data.format=dali needs nvidia-dali")
     from solo_stablerep.data.loaders import prepare_synthetic_train_data
-    from solo_stablerep.data.readers import ShardDataError
+    from solo_stablerep.errors import ShardDataError
 
     make_manifest_dataset(tmp_path / "ds", 8, IMAGES)
     for path in sorted((tmp_path / "ds" / "images").rglob("cap0002_*.png")):
@@ -260,7 +265,7 @@ def test_dali_loader_names_a_corrupt_image_or_skips_it_when_asked(tmp_path):
 @pytest.mark.parametrize("damage", ["tar", "images"])
 def test_nothing_readable_with_skip_corrupt_is_an_error_not_a_hang(tmp_path, data_format, damage):
     from solo_stablerep.data.loaders import prepare_synthetic_train_data
-    from solo_stablerep.data.readers import ShardDataError
+    from solo_stablerep.errors import ShardDataError
 
     if data_format == "dali":
         pytest.importorskip("nvidia.dali", reason="data.format=dali needs nvidia-dali")

@@ -10,8 +10,9 @@ pytest.importorskip("solo", reason="the shard loaders build on solo-learn's augm
 
 from data_gen.shards import ShardWriter  # noqa: E402
 from solo_stablerep.data import shards as shard_format  # noqa: E402
+from solo_stablerep.data.readers import ShardReader  # noqa: E402
 from solo_stablerep.data.shards import HEADER_NAME, SUMMARY_SUFFIX, make_header  # noqa: E402
-from solo_stablerep.data.readers import ShardDataError, ShardReader  # noqa: E402
+from solo_stablerep.errors import ShardDataError  # noqa: E402
 
 NUM_CAPTIONS, IMAGES = 6, 4
 

@@ -8,8 +8,8 @@ import torch
 from conftest import write_checkpoint
 from helpers import requires_solo
 
+from solo_stablerep.errors import EvalError
 from solo_stablerep.eval.backbone import load_backbone, read_spec
-from solo_stablerep.eval.errors import EvalError
 from solo_stablerep.eval.export import export_backbone
 
 pytestmark = requires_solo

@@ -7,8 +7,8 @@ from conftest import write_dtd, write_voc2007
 from helpers import write_image_folder
 from PIL import Image
 
+from solo_stablerep.errors import EvalError
 from solo_stablerep.eval.datasets import KNOWN, VOC_CLASSES, image_transform, open_dataset
-from solo_stablerep.eval.errors import EvalError
 
 
 def test_dtd_from_a_local_root_in_torchvisions_layout(tmp_path):

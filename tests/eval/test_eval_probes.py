@@ -11,7 +11,7 @@ from helpers import requires_solo
 from scipy import stats
 from sklearn.linear_model import LogisticRegression
 
-from solo_stablerep.eval.errors import EvalError
+from solo_stablerep.errors import EvalError
 from solo_stablerep.eval.probes import (
     DEFAULT_WEIGHT_DECAYS,
     _held_out_split,

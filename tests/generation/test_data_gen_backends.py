@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_gen import DataGenError, cli
+from data_gen import cli
 from data_gen.backends import BACKENDS, DiffusionBackend, ProceduralBackend, register_backend
 from data_gen.settings import BACKEND_FIELDS, GenerationSettings
 from solo_stablerep.data.manifest import read_manifest
+from solo_stablerep.errors import DataGenError
 
 
 @pytest.fixture

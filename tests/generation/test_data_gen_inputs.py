@@ -1,4 +1,4 @@
-"""Captions parsing, shard resolution and the crash-tolerant shard log (no model needed)."""
+"""Captions parsing and shard resolution (no model needed)."""
 
 import hashlib
 import os
@@ -12,9 +12,9 @@ from helpers import REPO
 
 from data_gen.captions import load_captions
 from data_gen.cli import main
-from data_gen.settings import DataGenError, GenerationSettings, image_seed, resolve_shard
-from data_gen.storage import ShardLog, read_log
+from data_gen.settings import GenerationSettings, image_seed, resolve_shard
 from solo_stablerep.data.manifest import read_manifest
+from solo_stablerep.errors import DataGenError
 
 PROCEDURAL = [
     "--backend",
@@ -111,20 +111,6 @@ def test_seeds_depend_on_seed_caption_and_k_only():
     seeds = {image_seed(s, c, k) for s in (0, 1) for c in ("aa", "bb") for k in range(3)}
     assert len(seeds) == 12 and all(0 <= s < 2**63 for s in seeds)
     assert image_seed(0, "aa", 1) == image_seed(0, "aa", 1)
-
-
-def test_shard_log_drops_a_line_cut_short(tmp_path):
-    path = tmp_path / "shard.jsonl"
-    log = ShardLog(path)
-    log.append([{"index": 0}, {"index": 1}])
-    log.close()
-    with open(path, "ab") as f:
-        f.write(b'{"index": 2, "capt')  # SIGKILL mid-write
-    assert [e["index"] for e in read_log(path)] == [0, 1]
-    log = ShardLog(path)
-    log.append([{"index": 2}])
-    log.close()
-    assert [e["index"] for e in read_log(path)] == [0, 1, 2]
 
 
 def test_procedural_settings_null_the_diffusion_fields():

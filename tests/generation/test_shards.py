@@ -3,6 +3,7 @@ crash safety (SIGKILL then resume), conversion keeping the images' bytes."""
 
 import io
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from helpers import REPO, make_manifest_dataset
 from PIL import Image
 
 from data_gen.convert import convert
-from data_gen.settings import DataGenError, GenerationSettings
+from data_gen.settings import GenerationSettings
 from data_gen.shards import ShardWriter, read_records
 from solo_stablerep.data.shards import (
     HEADER_NAME,
@@ -24,6 +25,7 @@ from solo_stablerep.data.shards import (
     make_header,
     read_index,
 )
+from solo_stablerep.errors import DataGenError
 
 
 def png(value: int, size: int = 8) -> bytes:
@@ -105,6 +107,31 @@ def test_other_run_refused_same_run_resumes(tmp_path):
     ) as writer:
         assert not writer.done.any()
     assert not list(tmp_path.glob("*.tar"))
+
+
+def test_records_log_cut_at_every_byte_of_its_last_record_resumes_twice(tmp_path):
+    """A crash that cuts the writer's last record (its tar renamed, the line half written): the
+    rerun redoes that tar, no caption is lost or written twice, and a second rerun finds all done
+    (the cut line was once glued to the next record, and the next run refused the log)."""
+    header = make_header("run-a", 4, 3, "png", None, None)
+    pristine = tmp_path / "pristine"
+    with ShardWriter(pristine, header, max_bytes=1) as writer:  # one tar per caption
+        for i in range(4):
+            writer.write(i, f"cap{i}", f"caption {i}", None, images_of(i))
+    log = pristine / "records" / "shard.jsonl"
+    full = log.read_bytes()
+    last_start = full.rindex(b"\n", 0, len(full) - 1) + 1
+    for cut in range(last_start, len(full) + 1):
+        out = tmp_path / f"cut{cut}"
+        shutil.copytree(pristine, out)
+        (out / "records" / "shard.jsonl").write_bytes(full[:cut])
+        for _ in range(2):  # resume, then resume again
+            with ShardWriter(out, header, max_bytes=1) as writer:
+                for i in np.flatnonzero(~writer.done):
+                    writer.write(int(i), f"cap{i}", f"caption {i}", None, images_of(int(i)))
+        samples = tar_samples(out)  # fails on a caption written twice
+        assert sorted(samples) == [f"cap{i}" for i in range(4)], cut
+        assert sorted(i for r in read_records(out) for i in r["captions"]) == [0, 1, 2, 3], cut
 
 
 KILLED_WRITER = textwrap.dedent("""
@@ -312,7 +339,7 @@ def test_generate_as_shards_and_as_manifest_gives_the_same_bytes(tmp_path):
     # the same settings and captions resume (nothing to do); other settings are refused
     generate_shards(captions, tmp_path / "shards", num_shards=2)
     assert tar_samples(tmp_path / "shards") == samples
-    with pytest.raises(DataGenError, match="holds shards of run .* pass --overwrite"):
+    with pytest.raises(ShardFormatError, match="holds shards of run .* pass --overwrite"):
         generate_shards(captions, tmp_path / "shards", seed=1)
 
 

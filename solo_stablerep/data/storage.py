@@ -1,0 +1,330 @@
+"""Storage helpers shared by every writer and reader of this project's files (standard library and
+numpy only: the generator ``data_gen`` uses them on machines where nobody trains).
+
+- :func:`atomic_output` / :func:`atomic_write_bytes` / :func:`atomic_write_json`: a file appears
+  whole or not at all (temporary file in the same folder, fsync, ``os.replace``), created with the
+  permissions the umask gives new files. :func:`remove_stale_temps` removes what a killed writer
+  left, under the writers' :func:`exclusive_lock`.
+- :class:`AppendLog` / :func:`iter_log`: an append-only JSON Lines file, each append fsynced. A
+  crash can cut only its last line: every reader ignores a last line without its newline, and
+  every writer removes it before appending, so a cut line is never glued to the next one.
+- :func:`exclusive_lock`, :func:`cache_dir`, :func:`derived_file_paths`,
+  :func:`write_first_writable`: where a file derived from a source (a caption index, a shard
+  summary) lives, and how processes build it once.
+- :class:`Progress`: a line on stderr every few seconds during long work.
+- :func:`file_sha256` and :func:`json_digest`: the identity of a source file and of a run.
+- The image naming rule of both layouts: :func:`image_relpath` (manifest layout) and
+  :func:`image_member` (tar shards) share image ``k``'s two-digit number.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import json
+import os
+import re
+import secrets
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from solo_stablerep.errors import InputError, ManifestError
+
+try:
+    import fcntl
+except ImportError:  # Windows: concurrent builders may overlap, each still writing atomically
+    fcntl = None
+
+CAPTION_ID = re.compile(r"^[A-Za-z0-9_-]+$")  # a caption id names files and tar members
+_HASH_BLOCK = 1 << 20
+
+
+# --- image naming ---------------------------------------------------------------------------
+
+
+def image_stem(caption_id: str) -> str:
+    """``images/<id[0:2]>/<id[2:4]>/<id>``: a caption's image paths without ``_<k>.<ext>``; ids
+    shorter than 4 characters are padded with ``_`` for the two folder names."""
+    padded = caption_id.ljust(4, "_")
+    return f"images/{padded[0:2]}/{padded[2:4]}/{caption_id}"
+
+
+def image_component(k: int, ext: str) -> str:
+    """Image ``k``'s number and extension, ``<k:02d>.<ext>``: a tar sample's component name."""
+    return f"{k:02d}.{ext.lstrip('.')}"
+
+
+def image_relpath(caption_id: str, k: int, ext: str) -> str:
+    """Relative path of image ``k`` of a caption in the manifest layout:
+    ``images/<id[0:2]>/<id[2:4]>/<id>_<k:02d>.<ext>``."""
+    if not CAPTION_ID.match(caption_id):
+        raise ManifestError(f"caption_id {caption_id!r}: use only letters, digits, '_' or '-'")
+    return f"{image_stem(caption_id)}_{image_component(k, ext)}"
+
+
+def image_member(caption_id: str, k: int, ext: str) -> str:
+    """Tar member name of image ``k`` of a caption: ``<caption_id>.<k:02d>.<ext>``."""
+    return f"{caption_id}.{image_component(k, ext)}"
+
+
+# --- atomic writes --------------------------------------------------------------------------
+
+
+def _temp_pattern(path: Path) -> str:
+    return f".{glob.escape(path.name)}.{'[0-9a-f]' * 12}.tmp"
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Removes the temporary files :func:`atomic_output` left beside ``path`` when a writer was
+    killed (SIGKILL, power loss); call it only while no other process may be writing ``path``
+    (under the lock its writers take)."""
+    for tmp in [
+        *path.parent.glob(_temp_pattern(path)),
+        path.with_name(f".{path.name}.tmp"),  # a sole writer's fixed name
+    ]:
+        tmp.unlink(missing_ok=True)
+
+
+class atomic_output:  # lower case: used as a function, ``with atomic_output(path) as f``
+    """A file that appears at ``path`` only once written in full (and fsynced), or not at all.
+
+    Used as ``with atomic_output(path, "w", encoding="utf-8") as f: ...`` (an exception removes the
+    temporary file), or held open with :meth:`commit` / :meth:`discard` (the tar writer). It is
+    written under a unique temporary name in the same folder, so processes writing the same path
+    at once do not collide; ``sole_writer=True`` uses the fixed name ``.<name>.tmp`` instead, which
+    a rerun after a crash overwrites rather than leaving another (a path only one process writes).
+    The file gets the permissions the umask gives new files (``mkstemp``'s 0600 would lock the
+    colleagues who train on a data set out of it). ``fsync=False`` skips the fsync (many small
+    files whose loss a log would reveal on resume).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        mode: str = "wb",
+        *,
+        fsync: bool = True,
+        sole_writer: bool = False,
+        **open_kwargs,
+    ):
+        self.path = Path(path)
+        name = "" if sole_writer else f".{secrets.token_hex(6)}"
+        self.tmp = self.path.with_name(f".{self.path.name}{name}.tmp")
+        flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0)
+        flags |= os.O_TRUNC if sole_writer else os.O_EXCL
+        self.file = os.fdopen(os.open(self.tmp, flags, 0o666), mode, **open_kwargs)
+        self._fsync = fsync
+
+    def commit(self) -> None:
+        """Flushes (and fsyncs) the file and renames it over ``path``."""
+        try:
+            self.file.flush()
+            if self._fsync:
+                os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        """Closes and removes the temporary file; ``path`` is left as it was."""
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self.file
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def atomic_write_bytes(path: Path, data: bytes, **options) -> None:
+    """Writes ``data`` to ``path`` through :class:`atomic_output` (``options``: its keywords)."""
+    with atomic_output(path, **options) as f:
+        f.write(data)
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    """Writes ``obj`` as indented JSON to ``path`` (its folder created) through
+    :class:`atomic_output`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())
+
+
+# --- append-only log ------------------------------------------------------------------------
+
+
+def iter_log(path: Path) -> Iterator[dict]:
+    """Entries of an :class:`AppendLog`, streamed. A last line without its newline is an append
+    cut short by a crash: ignored. Any other line that is not JSON is damage: one line naming it."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.endswith(b"\n"):
+                return
+            try:
+                yield json.loads(line)
+            except ValueError:
+                raise InputError(
+                    f"{path}:{number}: corrupt log line (not JSON); delete the log to redo its work"
+                ) from None
+
+
+class AppendLog:
+    """An append-only JSON Lines file; each :meth:`append` is one write and one fsync.
+
+    Opening it removes a last line cut short by a crash (no newline), which :func:`iter_log`
+    ignores too, so that the next append starts on a line of its own. One process appends to a
+    log at a time (its owner: a generation part, a tar writer prefix).
+    """
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file = open(path, "ab")
+        size = self._file.seek(0, os.SEEK_END)
+        if size:
+            with open(path, "rb") as f:  # find the last newline from the end, a block at a time
+                end = size
+                while end > 0:
+                    start = max(0, end - 65536)
+                    f.seek(start)
+                    newline = f.read(end - start).rfind(b"\n")
+                    if newline >= 0:
+                        end = start + newline + 1
+                        break
+                    end = start
+            if end < size:
+                self._file.truncate(end)
+
+    def append(self, entries: Iterable[dict]) -> None:
+        """Appends ``entries`` with one write and one fsync (an fsync per entry stalls busy
+        disks); a crash leaves the entries before the cut line whole."""
+        text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
+        if text:
+            self._file.write(text.encode())
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> AppendLog:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
+
+
+# --- lock, cache and derived files ------------------------------------------------------------
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (a file or a folder, opened read-only), held in the block:
+    processes building the same derived file take turns, so that it is built once."""
+    if fcntl is None:  # no flock (Windows): builders may overlap, each still writing atomically
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def cache_dir() -> Path:
+    """Folder for files derived from sources in read-only folders (indexes, shard summaries) and
+    the evaluation's feature cache: ``$XDG_CACHE_HOME/solo-stablerep``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "solo-stablerep"
+
+
+def derived_file_paths(source: Path, suffix: str) -> list[Path]:
+    """Where a file derived from ``source`` (an index, a summary) is looked for and written, in that
+    order: beside it (``<source><suffix>``), then in :func:`cache_dir` under a name unique to it."""
+    key = hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:20]
+    return [source.with_name(source.name + suffix), cache_dir() / f"{source.name}.{key}{suffix}"]
+
+
+def write_first_writable(paths: Sequence[Path], write: Callable[[Path], None]) -> Path:
+    """Calls ``write(path)`` (an atomic write) on each of ``paths`` in turn until one succeeds;
+    returns it. A read-only data folder falls through to the cache. Raises the last ``OSError`` if
+    none does."""
+    for path in paths:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write(path)
+            return path
+        except OSError as error:
+            last_error = error
+    raise last_error
+
+
+# --- identities -----------------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's content, read in 1 MiB blocks (about 1 s per GB): a file rewritten in
+    place, even with the same size and time, is another file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def json_digest(obj, chars: int = 16) -> str:
+    """The first ``chars`` hex digits of the SHA-256 of ``obj`` as canonical JSON (sorted keys)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:chars]
+
+
+# --- reading large sources ------------------------------------------------------------------
+
+
+class Progress:
+    """A line on stderr every few seconds while a large source is read:
+    ``<doing> <source>: <done>/<total> <unit>, <seconds> s``."""
+
+    def __init__(
+        self,
+        source: Path,
+        total: int | None,
+        every: float = 5.0,
+        doing: str = "indexing",
+        unit: str = "captions",
+    ):
+        self.source, self.total, self.every = source, total, every
+        self.doing, self.unit = doing, unit
+        self.started = self.shown = time.monotonic()
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self.shown >= self.every:
+            self.shown = now
+            of = f"/{self.total}" if self.total is not None else ""
+            print(
+                f"{self.doing} {self.source}: {done}{of} {self.unit}, {now - self.started:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+@contextmanager
+def unlimited_csv_fields() -> Iterator[None]:
+    """Lifts the csv module's 128 KiB field limit in the block: a long caption is no quoting
+    error."""
+    previous = csv.field_size_limit()
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
