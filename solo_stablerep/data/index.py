@@ -71,8 +71,8 @@ from solo_stablerep.data.storage import (
 )
 from solo_stablerep.errors import ManifestError, SyntheticDataError
 
-INDEX_VERSION = 1
-INDEX_SUFFIX = ".index"
+CAPTION_INDEX_VERSION = 1
+CAPTION_INDEX_SUFFIX = ".index"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 _MAGIC = b"SRCAPIDX"
 _ALIGN = 64
@@ -171,7 +171,7 @@ def _write_index(path: Path, arrays: dict, meta: dict) -> None:
         layout[name] = {"dtype": values.dtype.str, "shape": list(values.shape), "offset": offset}
         offset = -(-(offset + values.nbytes) // _ALIGN) * _ALIGN
     # array offsets are relative to the end of the (padded) header, so the header can state them
-    header = dict(meta, version=INDEX_VERSION, arrays=layout)
+    header = dict(meta, version=CAPTION_INDEX_VERSION, arrays=layout)
     text = json.dumps(header, ensure_ascii=False).encode()
     start = -(-(16 + len(text) + 48) // _ALIGN) * _ALIGN  # room for the file_size field below
     header["file_size"] = start + offset
@@ -200,7 +200,7 @@ def _map_index(path: Path, signature: dict | None) -> tuple[dict, dict] | None:
             header = json.loads(f.read(length))
             if (
                 not isinstance(header, dict)
-                or header.get("version") != INDEX_VERSION
+                or header.get("version") != CAPTION_INDEX_VERSION
                 or header.get("file_size") != size
                 or (signature is not None and header.get("source") != signature)
             ):
@@ -454,7 +454,7 @@ def _valid_index(path: Path, signature: dict) -> bool:
 
 def _ensure_index(source: Path, csv_header: bool | None) -> Path:
     """Path of a valid index of ``source``: an existing one beside it or in the cache, else built now."""
-    candidates = derived_file_paths(source, INDEX_SUFFIX)
+    candidates = derived_file_paths(source, CAPTION_INDEX_SUFFIX)
     signature = _signature(source, csv_header)
     for path in candidates:
         if _valid_index(path, signature):
@@ -551,7 +551,7 @@ def write_indexed_manifest(
     builder = _IndexBuilder()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    index_path = derived_file_paths(root / MANIFEST_NAME, INDEX_SUFFIX)[0]
+    index_path = derived_file_paths(root / MANIFEST_NAME, CAPTION_INDEX_SUFFIX)[0]
     with exclusive_lock(root):  # writers of a root take turns: leftovers of a killed one are stale
         remove_stale_temps(root / MANIFEST_NAME)
         remove_stale_temps(index_path)

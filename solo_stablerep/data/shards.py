@@ -17,7 +17,7 @@ The WebDataset key is the caption id (ids hold no ``.``), so readers see the com
 is the caption's position in the source caption list; ``run_id`` identifies the generation run (its
 settings and caption list), so that shards of two runs mixed in one folder are detected.
 
-The index file is DALI's ``wds2idx`` format: a line ``v1.2 <num_samples>``, then one line per
+The tar index (``.idx``) is DALI's ``wds2idx`` format: a line ``v1.2 <num_samples>``, then one line per
 sample listing each member as ``<ext> <data offset> <size> <member name>`` (offsets in bytes from
 the start of the tar, past the member's 512-byte header).
 
@@ -72,17 +72,17 @@ log = logging.getLogger(__name__)
 FORMAT_NAME = "stablerep-webdataset"
 FORMAT_VERSION = 1
 HEADER_NAME = "webdataset.json"
-INDEX_VERSION = "v1.2"
+TAR_INDEX_VERSION = "v1.2"
 SUMMARY_SUFFIX = ".summary"
 SUMMARY_FORMAT = "stablerep-webdataset-summary"
 SUMMARY_VERSION = 1
 
-# one member of a sample in an index file: (component, data offset, size, member name)
+# one member of a sample in a tar index: (component, data offset, size, member name)
 IndexMember = tuple[str, int, int, str]
 
 
-def index_path(tar_path: Path) -> Path:
-    """The DALI index beside a tar: ``name.tar`` -> ``name.idx``."""
+def tar_index_path(tar_path: Path) -> Path:
+    """The tar index beside a tar: ``name.tar`` -> ``name.idx``."""
     return Path(tar_path).with_suffix(".idx")
 
 
@@ -127,13 +127,13 @@ def read_header(folder: Path) -> dict:
 _REWRITE = "rewrite it (reconvert the shard, or wds2idx)"
 
 
-def index_lines(path: Path) -> tuple[int, list[str]]:
-    """(samples its header line announces, the sample lines) of a DALI index file."""
+def tar_index_lines(path: Path) -> tuple[int, list[str]]:
+    """(samples its header line announces, the sample lines) of a tar index."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise ShardFormatError(
-            f"{path}: index file missing (write it with the shard writer or wds2idx)"
+            f"{path}: tar index missing (write it with the shard writer or wds2idx)"
         ) from None
     try:
         lines = data.decode("utf-8").splitlines()
@@ -143,8 +143,10 @@ def index_lines(path: Path) -> tuple[int, list[str]]:
             f"{path}:{line}: not UTF-8 text (a damaged index?); {_REWRITE}"
         ) from None
     head = lines[0].split() if lines else []
-    if len(head) != 2 or head[0] != INDEX_VERSION or not head[1].isdigit():
-        raise ShardFormatError(f"{path}:1: not a {INDEX_VERSION} webdataset index header")
+    if len(head) != 2 or head[0] != TAR_INDEX_VERSION or not head[1].isdigit():
+        raise ShardFormatError(
+            f"{path}:1: not a {TAR_INDEX_VERSION} tar index header (DALI's wds2idx format)"
+        )
     return int(head[1]), lines[1:]
 
 
@@ -184,17 +186,17 @@ def _check_count(path: Path, announced: int, lines: Sequence[str]) -> None:
         )
 
 
-def read_index(path: Path) -> list[list[IndexMember]]:
-    """Samples of a DALI index file: per sample, its members as (component, offset, size, name)."""
-    announced, lines = index_lines(path)
+def read_tar_index(path: Path) -> list[list[IndexMember]]:
+    """Samples of a tar index: per sample, its members as (component, offset, size, name)."""
+    announced, lines = tar_index_lines(path)
     samples = [_members(path, number, line) for number, line in enumerate(lines, start=2)]
     _check_count(path, announced, samples)
     return samples
 
 
-def index_text(samples: Sequence[Sequence[IndexMember]]) -> str:
-    """The index file of a tar holding ``samples`` (the inverse of :func:`read_index`)."""
-    lines = [f"{INDEX_VERSION} {len(samples)}"]
+def tar_index_text(samples: Sequence[Sequence[IndexMember]]) -> str:
+    """The tar index of a tar holding ``samples`` (the inverse of :func:`read_tar_index`)."""
+    lines = [f"{TAR_INDEX_VERSION} {len(samples)}"]
     lines += [
         " ".join(f"{ext} {offset} {size} {name}" for ext, offset, size, name in s) for s in samples
     ]
@@ -204,7 +206,7 @@ def index_text(samples: Sequence[Sequence[IndexMember]]) -> str:
 def _summary_key(tar: Path) -> list | None:
     """[tar size, tar mtime_ns, idx size, idx mtime_ns]; None when the index is missing."""
     try:
-        tar_stat, idx_stat = tar.stat(), index_path(tar).stat()
+        tar_stat, idx_stat = tar.stat(), tar_index_path(tar).stat()
     except FileNotFoundError:
         return None
     return [tar_stat.st_size, tar_stat.st_mtime_ns, idx_stat.st_size, idx_stat.st_mtime_ns]
@@ -218,8 +220,8 @@ def summarise_tar(tar: Path, image_ext: str) -> dict:
     key = _summary_key(
         tar
     )  # taken before reading: a tar changed meanwhile is stale at the next open
-    path = index_path(tar)
-    announced, lines = index_lines(path)
+    path = tar_index_path(tar)
+    announced, lines = tar_index_lines(path)
     expected: dict[int, list[str]] = {}  # image count -> its components
     end, most, fewest, problem = 0, 0, None, None
     for number, line in enumerate(lines, start=2):
@@ -246,7 +248,7 @@ def summarise_tar(tar: Path, image_ext: str) -> dict:
         raise ShardFormatError(f"{tar}: shard holds no sample")
     size = tar.stat().st_size
     if size < end:
-        raise ShardFormatError(f"{tar}: truncated ({size} bytes, its index reaches {end})")
+        raise ShardFormatError(f"{tar}: truncated ({size} bytes, its tar index reaches {end})")
     if problem is not None:
         raise ShardFormatError(problem)
     _, offset, length, name = lines[0].split()[:4]
@@ -437,12 +439,12 @@ class _TarReader:
         if offset + size > self.size:
             raise ShardFormatError(
                 f"{self.path}: sample {key}: member {component} lies past the tar's "
-                f"end ({self.size} bytes; truncated after its index was written?)"
+                f"end ({self.size} bytes; truncated after its tar index was written?)"
             )
         if offset < 0 or size < 0:  # a damaged index line
             raise ShardFormatError(
                 f"{self.path}: sample {key}: member {component} at offset {offset}, "
-                f"size {size} in its index; {_REWRITE}"
+                f"size {size} in its tar index; {_REWRITE}"
             )
         return os.pread(self._fd, size, offset)
 
@@ -485,8 +487,8 @@ class IndexedSample(Mapping):
 
 def iter_indexed_samples(tar_path: Path) -> Iterator[IndexedSample]:
     """The samples of a tar in index order, each an :class:`IndexedSample`."""
-    path = index_path(tar_path)
-    announced, lines = index_lines(path)
+    path = tar_index_path(tar_path)
+    announced, lines = tar_index_lines(path)
     _check_count(path, announced, lines)
     tar = _TarReader(tar_path)
     for number, line in enumerate(lines, start=2):

@@ -8,9 +8,9 @@ from helpers import make_manifest_dataset
 from data_gen.convert import convert
 from solo_stablerep.data.shards import (
     ShardFormatError,
-    index_path,
+    tar_index_path,
     iter_indexed_samples,
-    read_index,
+    read_tar_index,
 )
 
 
@@ -46,7 +46,7 @@ def test_unknown_component_and_member_past_the_end(shard_folder):
     with pytest.raises(KeyError):
         samples[0]["07.png"]
     last = samples[-1]
-    end = max(offset + size for _, offset, size, _ in read_index(index_path(tar))[-1])
+    end = max(offset + size for _, offset, size, _ in read_tar_index(tar_index_path(tar))[-1])
     with open(tar, "r+b") as f:
         f.truncate(end - 1)  # cuts the last byte of the last sample's last member
     fresh_last = list(iter_indexed_samples(tar))[-1]

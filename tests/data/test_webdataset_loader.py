@@ -123,14 +123,16 @@ def test_truncated_tar(tmp_path, shards):
 @pytest.mark.parametrize("data_format", ["image_folder", "dali"])
 def test_corrupt_sample_metadata_error_or_opt_in_skip(tmp_path, shards, data_format):
     from solo_stablerep.data.loaders import prepare_synthetic_train_data
-    from solo_stablerep.data.shards import read_index
+    from solo_stablerep.data.shards import read_tar_index
     from solo_stablerep.errors import ShardDataError
 
     if data_format == "dali":
         pytest.importorskip("nvidia.dali", reason="data.format=dali needs nvidia-dali")
     folder, _ = shards
     tar = folder / "shard-000000.tar"
-    _, offset, size, name = read_index(tar.with_suffix(".idx"))[1][0]  # the second sample's JSON
+    _, offset, size, name = read_tar_index(tar.with_suffix(".idx"))[1][
+        0
+    ]  # the second sample's JSON
     data = bytearray(tar.read_bytes())
     data[offset : offset + size] = b"\xff" * size  # garbled on disk after the set was written
     tar.write_bytes(bytes(data))

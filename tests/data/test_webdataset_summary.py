@@ -35,7 +35,7 @@ def no_index_reading(monkeypatch):
     def fail(path):
         raise AssertionError(f"{path} read although its summary is cached")
 
-    monkeypatch.setattr(shard_format, "index_lines", fail)
+    monkeypatch.setattr(shard_format, "tar_index_lines", fail)
 
 
 def count_summarised(monkeypatch) -> list:
@@ -70,12 +70,12 @@ def test_tar_changed_after_caching_is_checked_again(folder, monkeypatch):
     tar.write_bytes(tar.read_bytes()[:3000])
     summarised = count_summarised(monkeypatch)
     with pytest.raises(
-        ShardDataError, match=r"shard-000001.tar: truncated \(3000 bytes, its index reaches"
+        ShardDataError, match=r"shard-000001.tar: truncated \(3000 bytes, its tar index reaches"
     ):
         ShardReader(str(folder))
     assert summarised == ["shard-000001.tar"]
     (folder / "shard-000001.idx").unlink()
-    with pytest.raises(ShardDataError, match=r"shard-000001.idx: index file missing"):
+    with pytest.raises(ShardDataError, match=r"shard-000001.idx: tar index missing"):
         ShardReader(str(folder))
 
 
