@@ -7,7 +7,7 @@ paper's data, so ~1 GB tars), each tar's DALI ``.idx`` with the offsets a real t
 tar itself a sparse file of that size (``os.truncate``) holding only its first sample's JSON, and
 the header ``webdataset.json``. Then, in this process (page cache warm for all):
 
-1. ``read_tar_index`` of every ``.idx``: the parse the open did before the summary (a lower bound of it);
+1. ``read_tar_index`` of every ``.idx``: the parse the open did before the summary (at least);
 2. first open, ``ShardReader(folder)``: checks every index, writes ``webdataset.json.summary``;
 3. cached open, ``ShardReader(folder)`` again (median of ``--repeats``).
 
@@ -32,8 +32,8 @@ def caption_id(i: int) -> str:
 
 
 def write_tar_and_index(tar: Path, first: int, count: int, images: int, run_id: str) -> int:
-    """Index of ``count`` samples (caption ``first`` on) at the offsets of a real tar, and the tar as
-    a sparse file holding its first sample's JSON; returns the tar's size."""
+    """Index of ``count`` samples (caption ``first`` on) at the offsets of a real tar, and the tar
+    as a sparse file holding its first sample's JSON; returns the tar's size."""
     from solo_stablerep.data.shards import TAR_INDEX_VERSION, image_component, tar_index_path
 
     components = [image_component(k, "jpg") for k in range(images)]
@@ -103,13 +103,13 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="cached opens timed")
     args = parser.parse_args()
 
+    from solo_stablerep.data.readers import ShardReader
     from solo_stablerep.data.shards import (
         HEADER_NAME,
         SUMMARY_SUFFIX,
-        tar_index_path,
         read_tar_index,
+        tar_index_path,
     )
-    from solo_stablerep.data.readers import ShardReader
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "shards"
@@ -117,14 +117,15 @@ def main():
         make_folder(folder, args.captions, args.per_tar, args.images)
         print(f"synthesised in {time.perf_counter() - started:.1f} s")
         tars = sorted(folder.glob("*.tar"))
-        parse = sum(timed(lambda: read_tar_index(tar_index_path(tar))) for tar in tars)
+        parse = sum(timed(lambda tar=tar: read_tar_index(tar_index_path(tar))) for tar in tars)
         print(
             f"read_tar_index of every .idx (the open before the summary, at least): {parse:.2f} s"
         )
         first = timed(lambda: ShardReader(str(folder)))
         summary = folder / (HEADER_NAME + SUMMARY_SUFFIX)
         print(
-            f"first open (checks every index, writes the summary of {summary.stat().st_size / 1e3:.0f} kB): "
+            "first open (checks every index, writes the summary of "
+            f"{summary.stat().st_size / 1e3:.0f} kB): "
             f"{first:.2f} s"
         )
         cached = statistics.median(

@@ -2,24 +2,25 @@
 
 Layout of a shard folder::
 
-    OUT/webdataset.json            header: format, version, run_id, num_captions, images_per_caption,
-                                   image_ext, class_names, generator (free-form settings)
+    OUT/webdataset.json            header: format, version, run_id, num_captions,
+                                   images_per_caption, image_ext, class_names, generator
     OUT/<prefix>-000000.tar        samples (POSIX ustar), about 1 GB each
     OUT/<prefix>-000000.idx        index for DALI's ``fn.readers.webdataset`` (wds2idx format v1.2)
 
 A sample is one caption; its members, in this order, are::
 
-    <caption_id>.json              {"caption_id", "caption", "label", "index", "run_id", "num_images"}
+    <caption_id>.json              {"caption_id", "caption", "label", "index", "run_id",
+                                    "num_images"}
     <caption_id>.00.<ext> ... <caption_id>.<m-1:02d>.<ext>     image k of the caption (k = 0..m-1)
 
 The WebDataset key is the caption id (ids hold no ``.``), so readers see the components ``json``,
-``00.jpg``, ``01.jpg``, ... (everything after the first dot, the WebDataset and DALI rule). ``index``
-is the caption's position in the source caption list; ``run_id`` identifies the generation run (its
-settings and caption list), so that shards of two runs mixed in one folder are detected.
+``00.jpg``, ``01.jpg``, ... (everything after the first dot, the WebDataset and DALI rule).
+``index`` is the caption's position in the source caption list; ``run_id`` identifies the generation
+run (its settings and caption list), so that shards of two runs mixed in one folder are detected.
 
-The tar index (``.idx``) is DALI's ``wds2idx`` format: a line ``v1.2 <num_samples>``, then one line per
-sample listing each member as ``<ext> <data offset> <size> <member name>`` (offsets in bytes from
-the start of the tar, past the member's 512-byte header).
+The tar index (``.idx``) is DALI's ``wds2idx`` format: a line ``v1.2 <num_samples>``, then one line
+per sample listing each member as ``<ext> <data offset> <size> <member name>`` (offsets in bytes
+from the start of the tar, past the member's 512-byte header).
 
 Shard summary: what opening a shard set needs of each tar (sample count, fewest and most images,
 where its index ends, its first sample's ``run_id``), checked once from its index and kept in one
@@ -167,7 +168,8 @@ def _bad_number(path: Path, number: int, fields: Sequence[str]) -> ShardFormatEr
 
 
 def _members(path: Path, number: int, line: str) -> list[IndexMember]:
-    """The members (component, offset, size, name) of the sample on line ``number`` of index ``path``."""
+    """The members (component, offset, size, name) of the sample on line ``number`` of index
+    ``path``."""
     fields = _member_fields(path, number, line)
     try:
         members = [
@@ -214,9 +216,9 @@ def _summary_key(tar: Path) -> list | None:
 
 def summarise_tar(tar: Path, image_ext: str) -> dict:
     """The summary entry of one tar, from its index and its first sample's JSON; raises
-    :class:`ShardFormatError` naming the tar (and sample, or index line) if either is unusable: index
-    missing or malformed, no sample, tar shorter than its index says, a sample without its JSON first
-    or lacking images (components ``00.<ext>``, ``01.<ext>``, ... in order)."""
+    :class:`ShardFormatError` naming the tar (and sample, or index line) if either is unusable:
+    index missing or malformed, no sample, tar shorter than its index says, a sample without its
+    JSON first or lacking images (components ``00.<ext>``, ``01.<ext>``, ... in order)."""
     key = _summary_key(
         tar
     )  # taken before reading: a tar changed meanwhile is stale at the next open
@@ -327,13 +329,14 @@ def _load_summary(path: Path, image_ext: str) -> dict[str, dict]:
 def _matching_entries(
     candidates: Sequence[Path], tars: Sequence[Path], keys: Sequence[list | None], image_ext: str
 ) -> tuple[dict[str, dict], dict[str, dict]]:
-    """(all entries of a folder's summary files, those of ``tars`` whose key is the tar's ``keys``)."""
+    """(all entries of a folder's summary files, those of ``tars`` whose key is the tar's
+    ``keys``)."""
     loaded = [_load_summary(path, image_ext) for path in candidates]
     known: dict[str, dict] = {}
     for entries in reversed(loaded):
         known.update(entries)
     current = {}
-    for tar, key in zip(tars, keys):
+    for tar, key in zip(tars, keys, strict=True):
         for entries in loaded:  # beside the folder, else (read-only folder) in the cache
             entry = entries.get(tar.name)
             if key is not None and isinstance(entry, dict) and entry.get("key") == key:

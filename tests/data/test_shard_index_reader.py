@@ -8,9 +8,9 @@ from helpers import make_manifest_dataset
 from data_gen.convert import convert
 from solo_stablerep.data.shards import (
     ShardFormatError,
-    tar_index_path,
     iter_indexed_samples,
     read_tar_index,
+    tar_index_path,
 )
 
 
@@ -33,7 +33,7 @@ def test_same_members_as_the_webdataset_stream(shard_folder):
             streamed = list(wds.tariterators.group_by_keys(files))
         indexed = list(iter_indexed_samples(tar))
         assert [s["__key__"] for s in indexed] == [s["__key__"] for s in streamed]
-        for by_index, by_stream in zip(indexed, streamed):
+        for by_index, by_stream in zip(indexed, streamed, strict=True):
             components = sorted(k for k in by_stream if not k.startswith("__"))
             assert sorted(k for k in by_index if not k.startswith("__")) == components
             assert all(by_index[c] == by_stream[c] for c in components)

@@ -1,4 +1,5 @@
-"""Multi-view synthetic dataset (PyTorch and DALI-on-CPU loaders), its cfg, and its error messages."""
+"""Multi-view synthetic dataset (PyTorch and DALI-on-CPU loaders), its cfg, and its error
+messages."""
 
 import csv
 from collections import Counter

@@ -1,4 +1,5 @@
-"""Caption index: contents equal the manifest's / CSV's, staleness, concurrency, memory, light imports."""
+"""Caption index: contents equal the manifest's / CSV's, staleness, concurrency, memory, light
+imports."""
 
 import csv
 import json
@@ -186,7 +187,7 @@ def test_concurrent_first_opens_build_one_valid_index(tmp_path):
         for _ in range(3)
     ]
     outputs = [p.communicate(timeout=300) for p in procs]
-    for (out, err), p in zip(outputs, procs):
+    for (out, err), p in zip(outputs, procs, strict=True):
         assert p.returncode == 0, err
         assert out.split()[:2] == ["20000", "c019999"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
@@ -200,7 +201,8 @@ import gc, sys
 from solo_stablerep.data.index import CaptionIndex
 
 def private_dirty_and_rss():
-    fields = dict(line.split(":", 1) for line in open("/proc/self/smaps_rollup").read().splitlines()[1:])
+    rollup = open("/proc/self/smaps_rollup").read().splitlines()[1:]
+    fields = dict(line.split(":", 1) for line in rollup)
     return tuple(1024 * int(fields[key].split()[0]) for key in ("Private_Dirty", "Rss"))
 
 CaptionIndex.from_manifest(sys.argv[1])  # builds the index (first open)

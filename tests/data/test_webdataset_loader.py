@@ -51,7 +51,8 @@ def cfg_for(tmp_path, train_path, *extra):
 
 
 def check_batches(loader, colours, epochs=2):
-    """Every row's views are N_IMG distinct images of its own caption; returns captions per epoch."""
+    """Every row's views are N_IMG distinct images of its own caption; returns captions per
+    epoch."""
     seen = []
     for _ in range(epochs):
         captions, batches = [], 0
@@ -197,7 +198,10 @@ def test_sample_missing_an_image(tmp_path):
     from solo_stablerep.data.readers import ShardReader
     from solo_stablerep.errors import ShardDataError
 
-    meta = b'{"caption_id": "c1", "caption": "x", "label": null, "index": 0, "run_id": "run-x", "num_images": 3}'
+    meta = (
+        b'{"caption_id": "c1", "caption": "x", "label": null, "index": 0, "run_id": "run-x", '
+        b'"num_images": 3}'
+    )
     write_tar_by_hand(tmp_path, {"c1.json": meta, "c1.00.png": b"a", "c1.02.png": b"c"})
     with pytest.raises(
         ShardDataError, match=r"shard-000000.tar: sample c1 lacks some of its images"

@@ -166,7 +166,7 @@ def test_stablerep_pp_batches_carry_the_tokens_of_each_samples_caption(tmp_path,
     ):  # DALI runs ahead of the iterator: the second epoch checks nothing is mixed up
         batches = list(loader)
         assert len(batches) == len(loader) == 8 // cfg.optimizer.batch_size
-        for indexes, views, targets, tokens in batches:
+        for indexes, views, _, tokens in batches:
             assert len(views) == cfg.data.num_large_crops + cfg.data.num_small_crops
             expected = tokenizer(
                 [f"caption number {i}" for i in indexes.tolist()]
