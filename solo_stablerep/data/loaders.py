@@ -99,6 +99,11 @@ class MultiViewLoader(DataLoader):
     def __init__(self, stream: MultiViewStream, num_workers: int):
         super().__init__(stream, batch_size=None, num_workers=num_workers, pin_memory=True)
         self._epoch = 0
+        # Lightning tells a loader its epoch through its sampler's set_epoch (after a resume too)
+        self.sampler.set_epoch = self.set_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch = epoch
         # Lightning warns that an IterableDataset's len may count duplicates across workers; here
         # each worker makes its own share of the batches, so len is exact (tested under DDP)
         warnings.filterwarnings(

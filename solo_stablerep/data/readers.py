@@ -197,10 +197,11 @@ class CaptionReader(Reader):
             order = np.resize(
                 rng.permutation(len(self)), -(-len(self) // slot.world_size) * slot.world_size
             )
-            mine = order[slot.rank :: slot.world_size].tolist()
+            mine = np.ascontiguousarray(order[slot.rank :: slot.world_size])  # the rank's share
+            del order  # 8 bytes a caption: a worker keeps only its rank's share
             for start in range(0, len(mine) - slot.batch_size + 1, slot.batch_size):
                 if chunk % slot.workers == slot.worker:
-                    yield from mine[start : start + slot.batch_size]
+                    yield from mine[start : start + slot.batch_size].tolist()
                 chunk += 1
 
     def open(self, i: int) -> Item:

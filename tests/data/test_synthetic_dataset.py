@@ -461,3 +461,18 @@ def test_downsample_is_the_authors_bilinear_resize():
     # the authors' DownSampleAndUpsample: transforms.Resize(res) then transforms.Resize(256)
     authors = transforms.Resize(256)(transforms.Resize(64)(img))
     assert np.array_equal(np.asarray(ours), np.asarray(authors))
+
+
+def test_an_epoch_set_by_lightning_after_a_resume_repeats_that_epochs_order(
+    config_dir, dataset_dir
+):
+    root, _ = dataset_dir
+    cfg = _cfg(config_dir, root, "data.synthetic.n_img=2")
+    loader = prepare_synthetic_train_data(cfg)
+    epochs = [[batch[0].tolist() for batch in loader] for _ in range(2)]
+    assert epochs[0] != epochs[1]
+    resumed = prepare_synthetic_train_data(cfg)
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+
+    _set_sampler_epoch(resumed, 1)  # what Lightning's fit loop does before each epoch
+    assert [batch[0].tolist() for batch in resumed] == epochs[1]
