@@ -16,7 +16,6 @@ second on CPU (``bench/bench_shards.py``).
 
 from __future__ import annotations
 
-import io
 from collections import deque
 from collections.abc import Callable
 
@@ -26,10 +25,9 @@ import nvidia.dali.fn as fn
 import nvidia.dali.types as types
 from nvidia.dali import pipeline_def
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
-from PIL import Image
 
 from solo_stablerep.data.config import DataConfig, order_views
-from solo_stablerep.data.readers import Reader, Slot, checked_encoded_image
+from solo_stablerep.data.readers import Reader, Slot, checked_encoded_image, decode_rgb
 from solo_stablerep.errors import InputError
 
 # batches a source keeps a note of: DALI decodes up to its prefetch queue (2) + 1 behind the source
@@ -40,8 +38,7 @@ def undecodable(data: bytes) -> str | None:
     """Why PIL cannot decode ``data`` fully, or None: names the image DALI's decoder failed on,
     after the fact (a full decode is too slow for every image read)."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
+        decode_rgb(data)
     except Exception as e:  # the decoders raise many types
         return str(e).splitlines()[0] if str(e) else type(e).__name__
     return None

@@ -25,13 +25,14 @@ import io
 import logging
 import multiprocessing
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from multiprocessing.context import get_spawning_popen
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from solo_stablerep.data.index import CaptionIndex
 from solo_stablerep.data.shards import (
@@ -97,14 +98,37 @@ class Item(NamedTuple):
     name: str  # the item in errors: its caption id, or tar and sample
 
 
-class Reader:
-    """What the loaders need of a layout; subclasses give ``source``, ``class_names``, ``error``
-    (the error class of their messages), ``__len__``, :meth:`check`, :meth:`batches_per_epoch`,
-    :meth:`samples`, :meth:`open` and :meth:`nothing_usable`."""
+class Reader(ABC):
+    """What the loaders need of a layout: its abstract methods, ``source``, ``class_names`` and
+    ``error`` (the error class of its messages); and the one :meth:`pick` of n readable images."""
 
     source: str
     class_names: list[str] | None
     error: type[InputError]
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Items (captions) in the data set."""
+
+    @abstractmethod
+    def check(self, n_img: int) -> None:
+        """Raises the one-line error if the data set is empty or an item has fewer images."""
+
+    @abstractmethod
+    def batches_per_epoch(self, world_size: int, batch_size: int) -> int:
+        """Batches each rank yields per epoch (the same on every rank)."""
+
+    @abstractmethod
+    def samples(self, slot: Slot) -> Iterator:
+        """The samples ``slot`` reads in its epoch, then on (endless), for :meth:`open`."""
+
+    @abstractmethod
+    def open(self, sample) -> Item:
+        """The item of a sample; raises ShardFormatError for damage (skippable)."""
+
+    @abstractmethod
+    def nothing_usable(self, slot: Slot) -> InputError:
+        """The one-line error when no item ``slot`` reads is usable."""
 
     def __init__(self, n_img: int, skip_corrupt: bool):
         self.check(n_img)
@@ -410,8 +434,15 @@ class ShardReader(Reader):
         )
 
 
+def _open_image(data: bytes) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:  # whose message names an anonymous buffer
+        raise OSError("not an image file PIL can identify") from None
+
+
 def decode_rgb(data: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as img:
+    with _open_image(data) as img:
         return img.convert("RGB")
 
 
@@ -421,7 +452,7 @@ def checked_encoded_image(data: bytes) -> np.ndarray:
     leave its pipeline unusable, so nothing could be skipped after it). A JPEG must also end with
     its end-of-image marker after its last scan (PNG and WebP headers already tell a file cut
     short): an O(1) check of the last two bytes on a complete file."""
-    with Image.open(io.BytesIO(data)) as img:
+    with _open_image(data) as img:
         img.verify()
         cut = not data.endswith(b"\xff\xd9") and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
         if img.format == "JPEG" and cut:
