@@ -28,12 +28,12 @@ import gc, json, sys, time, tracemalloc
 sys.path.insert(0, sys.argv[1])
 from data_gen.captions import load_captions
 start = time.perf_counter()
-captions = load_captions(sys.argv[2], caption_column="2", shard=(0, int(sys.argv[3])))
+captions = load_captions(sys.argv[2], caption_column="2", part=(0, int(sys.argv[3])))
 seconds = time.perf_counter() - start
 del captions
 gc.collect()
 tracemalloc.start()  # traced again, for the allocations alone (slower)
-captions = load_captions(sys.argv[2], caption_column="2", shard=(0, int(sys.argv[3])))
+captions = load_captions(sys.argv[2], caption_column="2", part=(0, int(sys.argv[3])))
 gc.collect()
 held, peak = tracemalloc.get_traced_memory()
 print(json.dumps({"seconds": seconds, "objects": len(captions.captions), "total": captions.num_captions,

@@ -153,7 +153,7 @@ print(open(out).read())
 
 MERGE = """
 import json, sys, time
-from data_gen.storage import merge
+from data_gen.output import merge
 
 def status(key):
     return 1024 * int(next(l for l in open("/proc/self/status") if l.startswith(key + ":")).split()[1])

@@ -1,15 +1,16 @@
-"""Synthetic data for StableRep: many images per caption (Stable Diffusion, or a procedural toy renderer).
+"""Synthetic data for StableRep: many images per caption (Stable Diffusion, or a toy renderer).
 
 Writes the ``stablerep-synthetic`` format of :mod:`solo_stablerep.data.manifest`. Command line:
-``stablerep-generate CAPTIONS OUT [options]`` / ``python -m data_gen``; ``stablerep-generate merge OUT``.
+``stablerep-generate CAPTIONS OUT [options]`` / ``python -m data_gen``;
+``stablerep-generate merge OUT``.
 """
 
 from solo_stablerep.errors import DataGenError
 
 from .captions import CaptionSet, load_captions, normalize_caption
+from .output import merge
 from .runner import RunOptions, generate
 from .settings import GenerationSettings, image_seed
-from .storage import merge
 
 __all__ = [
     "CaptionSet",

@@ -40,12 +40,13 @@ SCHEDULERS = {
 class Backend(Protocol):
     """What the runner needs from an image source."""
 
-    #: The settings of :data:`data_gen.settings.BACKEND_FIELDS` this backend reads (model, scheduler,
-    #: ...): only these are validated and stored; the others are stored as null.
+    #: The settings of :data:`data_gen.settings.BACKEND_FIELDS` this backend reads (model,
+    #: scheduler, ...): only these are validated and stored; the others are stored as null.
     settings_fields: ClassVar[tuple[str, ...]]
 
     def __init__(self, settings, device: str) -> None:
-        """``settings``: the run's validated, resolved ``GenerationSettings``; ``device``: e.g. ``cuda:0``."""
+        """``settings``: the run's validated, resolved ``GenerationSettings``; ``device``: like
+        ``cuda:0``."""
 
     def is_truncated(self, prompt: str) -> bool:
         """Whether the model sees only part of ``prompt`` (counted in the run's summary)."""
@@ -85,7 +86,8 @@ def scheduler_for(name: str, config):
 
 
 def load_pipeline(model: str, dtype, device: str):
-    """`StableDiffusionPipeline.from_pretrained` (safetensors, no safety checker); one-line error if absent."""
+    """`StableDiffusionPipeline.from_pretrained` (safetensors, no safety checker); one-line error
+    if the model is absent."""
     import diffusers
     from diffusers import StableDiffusionPipeline
     from packaging.version import Version
@@ -93,7 +95,7 @@ def load_pipeline(model: str, dtype, device: str):
     looks_local = model.startswith((".", "/", "~")) or Path(model).exists()
     if looks_local and not Path(model).expanduser().is_dir():
         raise DataGenError(f"--model {model}: no such folder")
-    # diffusers 0.42 renamed `torch_dtype` to `dtype` (the old name still works there, with a warning).
+    # diffusers 0.42 renamed `torch_dtype` to `dtype` (the old name still works, with a warning)
     dtype_argument = "dtype" if Version(diffusers.__version__).release >= (0, 42) else "torch_dtype"
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
@@ -163,8 +165,8 @@ class DiffusionBackend:
         import torch
 
         k = self.settings.images_per_caption
-        # CPU generators give the same starting noise on any device; one per image, in the pipeline's
-        # order (prompt-major), so an image never depends on its batch neighbours.
+        # CPU generators give the same starting noise on any device; one per image, in the
+        # pipeline's order (prompt-major), so an image never depends on its batch neighbours.
         generators = [torch.Generator("cpu").manual_seed(seed) for row in seeds for seed in row]
         size = self.settings.resolution
         images = self.pipe(
@@ -184,7 +186,7 @@ class DiffusionBackend:
 
 @register_backend("procedural")
 class ProceduralBackend:
-    """Weights-free renderer of what a caption names (see `data_gen.procedural`); not Stable Diffusion."""
+    """Weights-free renderer of what a caption names (`data_gen.procedural`): not SD."""
 
     settings_fields = ()
 
@@ -197,5 +199,5 @@ class ProceduralBackend:
     def generate(self, prompts: list[str], seeds: list[list[int]]) -> list[list[Image.Image]]:
         return [
             [render(prompt, seed, self.settings.resolution) for seed in row]
-            for prompt, row in zip(prompts, seeds)
+            for prompt, row in zip(prompts, seeds, strict=True)
         ]

@@ -1,12 +1,14 @@
-"""Read a captions file: plain text (one caption a line) or CSV/TSV with a caption and an optional label column.
+"""Read a captions file: plain text (one caption a line) or CSV/TSV with a caption and an optional
+label column.
 
-One line is one caption. TSV is split at tabs with no quote processing (captions may begin with `"`); CSV uses
-standard quoting within a line, and a quote it cannot close on that line is an error naming the line. A file
-without a header row (cc3m/cc12m's `url<TAB>caption`) is read by column number (`caption_column="2"`).
+One line is one caption. TSV is split at tabs with no quote processing (captions may begin with
+`"`); CSV uses standard quoting within a line, and a quote it cannot close on that line is an error
+naming the line. A file without a header row (cc3m/cc12m's `url<TAB>caption`) is read by column
+number (`caption_column="2"`).
 
-Captions are normalised (unicode NFC, whitespace collapsed), empty ones skipped, duplicates dropped (the
-first occurrence wins), and each gets a stable id: the first 16 hex characters of the SHA-1 of its
-normalised UTF-8 text.
+Captions are normalised (unicode NFC, whitespace collapsed), empty ones skipped, duplicates dropped
+(the first occurrence wins), and each gets a stable id: the first 16 hex characters of the SHA-1 of
+its normalised UTF-8 text.
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ class Caption:
 
 @dataclass
 class CaptionSet:
-    captions: list[Caption]  # this process's share (all of them unless a shard was asked for)
+    captions: list[Caption]  # this process's share (all of them unless a part was asked for)
     class_names: list[str] | None
-    num_captions: int = 0  # after de-duplication, in all shards
+    num_captions: int = 0  # after de-duplication, in all parts
     lines: int = 0
     empty: int = 0
     bad_utf8_skipped: int = 0
@@ -107,9 +109,10 @@ def _decoded_lines(path: Path, skip_bad_lines: bool, result: CaptionSet):
 
 
 def _cells(path: Path, number: int, text: str, tsv: bool) -> list[str]:
-    """One line's cells. TSV: split at tabs, quotes are plain characters (cc3m/cc12m captions begin with
-    them). CSV: standard quoting within the line; a caption cannot span lines, so a quote left open or text
-    after a closing quote is an error naming the line rather than rows silently merged."""
+    """One line's cells. TSV: split at tabs, quotes are plain characters (cc3m/cc12m captions
+    begin with them). CSV: standard quoting within the line; a caption cannot span lines, so a
+    quote left open or text after a closing quote is an error naming the line rather than rows
+    silently merged."""
     if tsv:
         return text.split("\t")
     try:
@@ -119,8 +122,8 @@ def _cells(path: Path, number: int, text: str, tsv: bool) -> list[str]:
             with unlimited_csv_fields():
                 return _cells(path, number, text, tsv)
         raise DataGenError(
-            f"{path}:{number}: bad CSV quoting ({e}): quote the whole caption and double the quotes inside it, "
-            "or use a .tsv file (read without quote processing)"
+            f"{path}:{number}: bad CSV quoting ({e}): quote the whole caption and double the "
+            "quotes inside it, or use a .tsv file (read without quote processing)"
         ) from None
 
 
@@ -138,8 +141,8 @@ def _rows(
 ):
     """Yield (line number, caption text, raw label or None).
 
-    A numeric `caption_column` (1-based) reads a file without a header row, like cc3m/cc12m's `url<TAB>caption`
-    TSVs (`--caption-column 2`); a label column is then a number too.
+    A numeric `caption_column` (1-based) reads a file without a header row, like cc3m/cc12m's
+    `url<TAB>caption` TSVs (`--caption-column 2`); a label column is then a number too.
     """
     lines = _decoded_lines(path, skip_bad_lines, result)
     suffix = path.suffix.lower()
@@ -147,7 +150,8 @@ def _rows(
     if suffix not in (".csv", ".tsv"):
         if label_column or caption_at is not None:
             raise DataGenError(
-                f"{path}: columns (--caption-column/--label-column) need a .csv or .tsv captions file"
+                f"{path}: columns (--caption-column/--label-column) need a .csv or .tsv captions "
+                "file"
             )
         yield from ((number, text, None) for number, text in lines)
         return
@@ -160,8 +164,8 @@ def _rows(
         header = [name.strip() for name in _cells(path, first[0], first[1], tsv)]
         if caption_column not in header:
             raise DataGenError(
-                f"{path}: no column {caption_column!r} (columns: {', '.join(header)}); see --caption-column "
-                "(a number for a file without a header row)"
+                f"{path}: no column {caption_column!r} (columns: {', '.join(header)}); see "
+                "--caption-column (a number for a file without a header row)"
             )
         if label_column is None:
             label_column = "label" if "label" in header else None
@@ -209,20 +213,21 @@ def load_captions(
     skip_bad_lines: bool = False,
     caption_column: str = "caption",
     label_column: str | None = None,
-    shard: tuple[int, int] = (0, 1),
+    part: tuple[int, int] = (0, 1),
 ) -> CaptionSet:
     """Read, normalise and de-duplicate the captions of `path`; labels become integer ids.
 
-    Integer labels stay as they are (class names "0".."max"); other labels are class names, mapped to
-    their index in the sorted list of names. With ``shard=(i, n)`` only the captions of process i of
-    n (index % n == i) become :class:`Caption` objects; counts, class names and digest cover them all.
+    Integer labels stay as they are (class names "0".."max"); other labels are class names, mapped
+    to their index in the sorted list of names. With ``part=(i, n)`` only the captions of process i
+    of n (index % n == i) become :class:`Caption` objects; counts, class names and digest cover them
+    all.
 
-    Memory: the file is streamed twice. The first pass keeps 20 bytes per caption (its id, label code
-    and row ordinal, in arrays) to find duplicates and labels; the second builds the shard's captions
-    and compares the texts of duplicates (a caption id shared by two texts is an error).
+    Memory: the file is streamed twice. The first pass keeps 20 bytes per caption (its id, label
+    code and row ordinal, in arrays) to find duplicates and labels; the second builds the part's
+    captions and compares the texts of duplicates (a caption id shared by two texts is an error).
     """
     path = Path(path)
-    shard_index, num_shards = shard
+    part_index, num_parts = part
     result = CaptionSet(captions=[], class_names=None)
 
     def rows(counts: CaptionSet):
@@ -260,12 +265,13 @@ def load_captions(
     digest = hashlib.sha256(repr(result.class_names).encode())
     kept_ids, step = ids_array[kept], 1 << 16
     for start in range(0, len(kept_ids), step):
-        chunk = zip(kept_ids[start : start + step].tolist(), labels[start : start + step].tolist())
+        ids, codes_of = kept_ids[start : start + step], labels[start : start + step]
+        chunk = zip(ids.tolist(), codes_of.tolist(), strict=True)
         digest.update("".join(f"{cid:016x}\t{_label(label)}\n" for cid, label in chunk).encode())
     result.digest = digest.hexdigest()
 
     index = np.cumsum(kept) - 1  # a kept row's position among the kept ones
-    mine = kept & (index % num_shards == shard_index)
+    mine = kept & (index % num_parts == part_index)
     with_duplicates = np.zeros(len(ids_array), dtype=bool)
     with_duplicates[first_of[~kept]] = True
     needed = mine | ~kept | with_duplicates
@@ -274,6 +280,7 @@ def load_captions(
         zip(
             np.frombuffer(ordinals, dtype=np.int64)[needed].tolist(),
             np.flatnonzero(needed).tolist(),
+            strict=True,
         )
     )
     for ordinal, (number, text, _) in enumerate(rows(CaptionSet(captions=[], class_names=None))):

@@ -5,20 +5,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+from argparse import SUPPRESS
 
 from solo_stablerep.console import configure_logging, run_command
+from solo_stablerep.errors import DataGenError
 
+from .output import check_writable
 from .settings import BACKENDS, DEFAULT_MODEL, DTYPES, IMAGE_FORMATS, SCHEDULERS, GenerationSettings
 from .shards import DEFAULT_SHARD_BYTES, shard_bytes
-from .storage import check_writable
+
+log = logging.getLogger(__name__)
+# flags renamed when "shard" came to mean a tar only: the old ones still work, for one release
+DEPRECATED_FLAGS = {"--num-shards": "--num-parts", "--shard-index": "--part-index"}
 
 
 def _generate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stablerep-generate",
         description="Generate a StableRep synthetic data set (many images per caption). "
-        "`stablerep-generate merge OUT` writes the manifest from finished shards.",
+        "`stablerep-generate merge OUT` writes the manifest from the finished parts.",
     )
     p.add_argument(
         "captions", help="text file (one caption a line) or .csv/.tsv with a caption column"
@@ -50,8 +57,8 @@ def _generate_parser() -> argparse.ArgumentParser:
         "--format",
         choices=("manifest", "webdataset"),
         default="manifest",
-        help="manifest: one file per image + manifest.jsonl; webdataset: tar shards, one sample per "
-        "caption (no merge step)",
+        help="manifest: one file per image + manifest.jsonl; webdataset: tar shards, one sample "
+        "per caption (no merge step)",
     )
     r.add_argument(
         "--shard-size",
@@ -66,11 +73,20 @@ def _generate_parser() -> argparse.ArgumentParser:
         help="captions per pipeline call (x images-per-caption images)",
     )
     r.add_argument(
-        "--num-shards", type=int, default=None, help="default: WORLD_SIZE or SLURM_NTASKS, else 1"
+        "--num-parts",
+        type=int,
+        default=None,
+        help="processes the run is split into (default: WORLD_SIZE or SLURM_NTASKS, else 1)",
     )
     r.add_argument(
-        "--shard-index", type=int, default=None, help="default: RANK or SLURM_PROCID, else 0"
+        "--part-index",
+        type=int,
+        default=None,
+        help="this process's part (default: RANK or SLURM_PROCID, else 0)",
     )
+    for old, new in DEPRECATED_FLAGS.items():  # kept working for one release
+        dest = f"deprecated_{new[2:].replace('-', '_')}"
+        r.add_argument(old, type=int, default=None, dest=dest, help=SUPPRESS)
     r.add_argument(
         "--device", default=None, help="default: cuda:LOCAL_RANK if a GPU is present, else cpu"
     )
@@ -89,14 +105,28 @@ def _generate_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--label-column",
         default=None,
-        help="CSV/TSV label column, a name or (no header row) a number (default: 'label' if present)",
+        help="CSV/TSV label column, a name or (no header row) a number (default: 'label' if "
+        "present)",
     )
     r.add_argument("--contact-sheet-captions", type=int, default=6)
     r.add_argument(
-        "--no-merge", action="store_true", help="do not write the manifest when the last shard ends"
+        "--no-merge", action="store_true", help="do not write the manifest when the last part ends"
     )
     r.add_argument("--no-progress", action="store_true")
     return p
+
+
+def _apply_deprecated_flags(args: argparse.Namespace) -> None:
+    """Moves the values of :data:`DEPRECATED_FLAGS` to their new names, with a warning each."""
+    for old, new in DEPRECATED_FLAGS.items():
+        name = new[2:].replace("-", "_")
+        value = getattr(args, f"deprecated_{name}")
+        if value is None:
+            continue
+        if getattr(args, name) is not None:
+            raise DataGenError(f"{old} is the deprecated name of {new}: give {new} alone")
+        log.warning("%s is deprecated (a shard is a tar): use %s", old, new)
+        setattr(args, name, value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,10 +139,10 @@ def _run(argv: list[str]) -> None:
     if argv[:1] == ["merge"]:
         p = argparse.ArgumentParser(
             prog="stablerep-generate merge",
-            description="Write OUT/manifest.jsonl from every shard's finished captions.",
+            description="Write OUT/manifest.jsonl from every part's finished captions.",
         )
         p.add_argument("out")
-        from .storage import merge
+        from .output import merge
 
         print(f"wrote {merge(p.parse_args(argv[1:]).out)}")
         return
@@ -122,6 +152,7 @@ def _run(argv: list[str]) -> None:
         convert_main(argv[1:])
         return
     args = _generate_parser().parse_args(argv)
+    _apply_deprecated_flags(args)
     settings = GenerationSettings(
         **{name: getattr(args, name) for name in GenerationSettings.__dataclass_fields__}
     ).validate()  # before any model loads
@@ -136,8 +167,8 @@ def _run(argv: list[str]) -> None:
             batch_size=args.batch_size,
             format=args.format,
             shard_bytes=shard_bytes(args.shard_size),
-            num_shards=args.num_shards,
-            shard_index=args.shard_index,
+            num_parts=args.num_parts,
+            part_index=args.part_index,
             device=args.device,
             overwrite=args.overwrite,
             skip_bad_lines=args.skip_bad_lines,

@@ -1,15 +1,15 @@
 """Convert a manifest or authors' CSV data set into WebDataset shards, without regenerating.
 
-``stablerep-generate convert SRC OUT [--layout manifest|authors] [--csv rows.csv --roots r0 r1 ...]``
+``stablerep-generate convert SRC OUT [--layout manifest|authors] [--csv rows.csv --roots r0 ...]``
 
-The source is read through its caption index (:mod:`solo_stablerep.data.index`) and the images' bytes
-are copied unchanged (no re-encoding), one caption at a time, so memory does not grow with the
+The source is read through its caption index (:mod:`solo_stablerep.data.index`) and the images'
+bytes are copied unchanged (no re-encoding), one caption at a time, so memory does not grow with the
 captions or the images; a killed conversion resumes where its last finished tar ended (see
-:mod:`data_gen.shards`). The shard run id is a digest of the source's description (the SHA-256
-of the manifest's or CSV's content, streamed, and the roots), so converting the same source again
-resumes, and another source, or the same one edited (a caption or a label changed, even keeping
-the file's size), is refused (or, with ``--overwrite``, converted afresh). The images are not
-hashed: an image replaced in the source is not noticed, convert into a new folder then.
+:mod:`data_gen.shards`). The shard run id is a digest of the source's description (the SHA-256 of
+the manifest's or CSV's content, streamed, and the roots), so converting the same source again
+resumes, and another source, or the same one edited (a caption or a label changed, even keeping the
+file's size), is refused (or, with ``--overwrite``, converted afresh). The images are not hashed: an
+image replaced in the source is not noticed, convert into a new folder then.
 """
 
 from __future__ import annotations
@@ -62,9 +62,9 @@ def open_source(
     """The source data set through its caption index (memory-mapped, built on first open), so a
     conversion of 10M captions holds no Python object per caption.
 
-    ``layout`` is ``manifest`` (``src`` holds ``manifest.jsonl``) or ``authors`` (``src`` is the base
-    folder of ``csv_name`` and ``roots``; image k of a row is ``roots[k]/<path>``; caption id = the
-    row's 1-based line number, as the training loader numbers them).
+    ``layout`` is ``manifest`` (``src`` holds ``manifest.jsonl``) or ``authors`` (``src`` is the
+    base folder of ``csv_name`` and ``roots``; image k of a row is ``roots[k]/<path>``; caption id =
+    the row's 1-based line number, as the training loader numbers them).
     """
     from solo_stablerep.data.index import CaptionIndex
     from solo_stablerep.data.manifest import MANIFEST_NAME

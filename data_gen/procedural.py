@@ -1,18 +1,18 @@
-"""Weights-free procedural renderer: draws what a caption names. NOT a substitute for Stable Diffusion.
+"""Weights-free procedural renderer that draws what a caption names: NOT Stable Diffusion.
 
-It understands a small vocabulary — digits 0-9 (as numerals or words), shapes (circle, square, triangle,
-star, hexagon, pentagon, diamond, ring, cross, rectangle), colours, sizes (tiny … huge), positions
-(left/right/top/bottom/centre and corners) and backgrounds ("on a dark background", "on a blue
-background") — and several objects joined by "and" or commas. Each seed draws a new sample: pose
-(rotation, slant, aspect), scale, position jitter, colour jitter, background gradient and noise, and for
-digits a handwriting-like glyph (one of a few stroke variants per digit, jittered control points,
-varied stroke width). Images of one caption therefore differ the way diffusion samples do, while the
-caption stays recoverable from the image.
+It understands a small vocabulary — digits 0-9 (as numerals or words), shapes (circle, square,
+triangle, star, hexagon, pentagon, diamond, ring, cross, rectangle), colours, sizes (tiny … huge),
+positions (left/right/top/bottom/centre and corners) and backgrounds ("on a dark background", "on a
+blue background") — and several objects joined by "and" or commas. Each seed draws a new sample:
+pose (rotation, slant, aspect), scale, position jitter, colour jitter, background gradient and
+noise, and for digits a handwriting-like glyph (one of a few stroke variants per digit, jittered
+control points, varied stroke width). Images of one caption therefore differ the way diffusion
+samples do, while the caption stays recoverable from the image.
 
-Its purpose is to run the whole StableRep pipeline (generation → manifest → training → linear probe) on a
-CPU in minutes. Images are synthetic toys: results on them say nothing about StableRep on Stable
-Diffusion images. Words it does not know are ignored; a caption with no known object gets a shape and
-colour chosen from the caption's hash, so distinct captions still look distinct.
+Its purpose is to run the whole StableRep pipeline (generation → manifest → training → linear probe)
+on a CPU in minutes. Images are synthetic toys: results on them say nothing about StableRep on
+Stable Diffusion images. Words it does not know are ignored; a caption with no known object gets a
+shape and colour chosen from the caption's hash, so distinct captions still look distinct.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def parse(caption: str) -> Scene:
     for part in re.split(r",|\band\b|\bwith\b", text):
         words = re.findall(r"[a-z]+|\d+", part)
         thing = Thing()
-        for i, word in enumerate(words):
+        for word in words:
             if word in COLOURS:
                 thing.colour = COLOURS[word]
             elif word in SIZES:
@@ -136,7 +136,7 @@ def parse(caption: str) -> Scene:
     return Scene(things, background)
 
 
-# ---- digit strokes: each variant is a list of strokes, each stroke a list of control points in a unit box
+# ---- digit strokes: each variant is a list of strokes, each a list of control points (unit box)
 def _arc(cx, cy, rx, ry, start, end, n=10):
     return [
         (cx + rx * math.cos(math.radians(a)), cy + ry * math.sin(math.radians(a)))
@@ -285,7 +285,7 @@ def _background(background, object_colours, rng):
 
 
 def render(caption: str, seed: int, size: int) -> Image.Image:
-    """One sample of `caption` at `size` px; the same (caption, seed, size) always gives the same image."""
+    """One sample of `caption` at `size` px; the same (caption, seed, size) gives the same image."""
     rng = np.random.default_rng(seed)
     scene = parse(caption)
     scale = 2  # draw at 2x, then downsample: anti-aliased edges
@@ -294,7 +294,11 @@ def render(caption: str, seed: int, size: int) -> Image.Image:
         thing.colour or tuple(int(v) for v in rng.integers(0, 256, 3)) for thing in scene.things
     ]
     bg = np.array(
-        _background(scene.background, [c for t, c in zip(scene.things, colours) if t.colour], rng),
+        _background(
+            scene.background,
+            [c for t, c in zip(scene.things, colours, strict=True) if t.colour],
+            rng,
+        ),
         float,
     )
     # Background: a linear gradient between two nearby colours, in a random direction.
@@ -308,7 +312,7 @@ def render(caption: str, seed: int, size: int) -> Image.Image:
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
     many = len(scene.things) > 1
-    for i, (thing, colour) in enumerate(zip(scene.things, colours)):
+    for i, (thing, colour) in enumerate(zip(scene.things, colours, strict=True)):
         colour = _jitter(colour, rng)
         extent = (thing.size or rng.uniform(0.35, 0.65) / (1.5 if many else 1)) * rng.uniform(
             0.85, 1.15

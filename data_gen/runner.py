@@ -1,12 +1,13 @@
-"""One shard of a generation run: captions in, images out through a sink chosen by ``--format``.
+"""One part (process) of a generation run: captions in, images out through a sink chosen by
+``--format``.
 
-- ``manifest``: one file per image + the shard's log, merged into ``manifest.jsonl`` (and its caption
-  index) when every shard is done (:mod:`data_gen.storage`);
-- ``webdataset``: tar shards written by :class:`data_gen.shards.ShardWriter`, one writer per process
-  (tar prefix = the shard's name); nothing to merge: the tars are the data set.
+- ``manifest``: one file per image + the part's log, merged into ``manifest.jsonl`` (and its caption
+  index) when every part is done (:mod:`data_gen.output`);
+- ``webdataset``: tar shards written by :class:`data_gen.shards.ShardWriter`, one writer per part
+  (tar prefix = the part's name); nothing to merge: the tars are the data set.
 
 The images are the same bytes in both (image k of a caption depends only on seed, caption, k), and
-both end with the same contact sheet of the shard's first captions (each sink reads its images back).
+both end with the same contact sheet of the part's first captions (each sink reads its images back).
 """
 
 from __future__ import annotations
@@ -34,17 +35,17 @@ from solo_stablerep.errors import DataGenError
 
 from .backends import load_backend
 from .captions import Caption, load_captions
-from .settings import GenerationSettings, image_seed, resolve_device, resolve_shard
-from .shards import DEFAULT_SHARD_BYTES, RECORDS_DIR, ShardWriter, read_images
-from .storage import (
+from .output import (
     CONTACT_SHEETS_DIR,
-    SHARDS_DIR,
     encode_image,
     finished_mask,
     merge,
+    part_folder,
+    part_name,
     prepare_output,
-    shard_name,
 )
+from .settings import GenerationSettings, image_seed, resolve_device, resolve_part
+from .shards import DEFAULT_SHARD_BYTES, RECORDS_DIR, ShardWriter, read_images
 
 
 @dataclass
@@ -54,15 +55,15 @@ class RunOptions:
     batch_size: int = 4  # captions per pipeline call, each giving images_per_caption images
     format: str = "manifest"  # or "webdataset": tar shards
     shard_bytes: int = DEFAULT_SHARD_BYTES  # webdataset: a tar is closed once it reaches this size
-    num_shards: int | None = None
-    shard_index: int | None = None
+    num_parts: int | None = None  # processes of the run (None: from the environment, else 1)
+    part_index: int | None = None
     device: str | None = None
     overwrite: bool = False
     skip_bad_lines: bool = False
     caption_column: str = "caption"
     label_column: str | None = None
     contact_sheet_captions: int = 6
-    merge: bool = True  # write the manifest when the last shard finishes
+    merge: bool = True  # write the manifest when the last part finishes
     progress: bool = True
 
 
@@ -85,14 +86,14 @@ def _encode(image: Image.Image, settings: GenerationSettings) -> bytes:
 
 class FileSink:
     """Format ``manifest``: each image atomically written to its file, then the caption logged in
-    the shard's log (one fsync per batch); resumes from that log alone."""
+    the part's log (one fsync per batch); resumes from that log alone."""
 
     def __init__(self, out: Path, name: str, num_captions: int, settings: GenerationSettings):
         self.out = out
         self.settings = settings
-        self.log_path = out / SHARDS_DIR / f"{name}.jsonl"
-        self.summary_path = out / SHARDS_DIR / f"{name}.summary.json"
-        self._done = finished_mask(self.log_path, num_captions)  # this shard's own log only
+        self.log_path = part_folder(out, name) / f"{name}.jsonl"
+        self.summary_path = part_folder(out, name) / f"{name}.summary.json"
+        self._done = finished_mask(self.log_path, num_captions)  # this part's own log only
         self._log: AppendLog | None = None
         self._entries: list[dict] = []
 
@@ -119,7 +120,8 @@ class FileSink:
         )
 
     def flush(self) -> None:
-        """Logs the captions written since the last flush (only once all their files are in place)."""
+        """Logs the captions written since the last flush (only once all their files are in
+        place)."""
         if self._log is None:
             self._log = AppendLog(self.log_path)
         self._log.append(self._entries)
@@ -139,7 +141,7 @@ class FileSink:
 
 
 class ShardSink:
-    """Format ``webdataset``: samples appended to this process's tars (prefix = the shard's name),
+    """Format ``webdataset``: samples appended to this process's tars (prefix = the part's name),
     which are renamed and recorded when complete; resumes by skipping the recorded captions."""
 
     def __init__(
@@ -179,7 +181,7 @@ class ShardSink:
 
 
 def _write_batch(sink, batch: list[Caption], images: list[list[Image.Image]]) -> None:
-    for caption, caption_images in zip(batch, images):
+    for caption, caption_images in zip(batch, images, strict=True):
         sink.write(caption, caption_images)
     sink.flush()
 
@@ -187,7 +189,8 @@ def _write_batch(sink, batch: list[Caption], images: list[list[Image.Image]]) ->
 def run_batches(
     backend, todo: list[Caption], settings: GenerationSettings, batch_size: int, sink, progress
 ) -> int:
-    """Generate `todo` into `sink`, `batch_size` captions per model call; returns how many were truncated."""
+    """Generate `todo` into `sink`, `batch_size` captions per model call; returns how many were
+    truncated."""
     k = settings.images_per_caption
     truncated = 0
     # One writer thread encodes and writes batch b while the model computes batch b + 1.
@@ -238,15 +241,15 @@ def generate(
     settings: GenerationSettings,
     options: RunOptions | None = None,
 ) -> dict:
-    """Generate this process's shard into `out` in ``options.format``; returns the summary (also written
-    next to the shard's log or tar records)."""
+    """Generate this process's part into `out` in ``options.format``; returns the summary (also
+    written next to the part's log or tar records)."""
     started = time.time()
     options = options or RunOptions()
     out = Path(out)
     settings.validate()
     if options.batch_size < 1:
         raise DataGenError(f"--batch-size {options.batch_size}: must be >= 1")
-    num_shards, shard_index = resolve_shard(options.num_shards, options.shard_index)
+    num_parts, part_index = resolve_part(options.num_parts, options.part_index)
     device = resolve_device(options.device)
     settings = settings.resolved(device)
     captions = load_captions(
@@ -254,7 +257,7 @@ def generate(
         skip_bad_lines=options.skip_bad_lines,
         caption_column=options.caption_column,
         label_column=options.label_column,
-        shard=(shard_index, num_shards),  # Caption objects for this process's captions only
+        part=(part_index, num_parts),  # Caption objects for this process's captions only
     )
     stored = {
         "settings": settings.to_dict(),
@@ -264,7 +267,7 @@ def generate(
         "captions_file": str(captions_path),
         "versions": _versions(),
     }
-    name = shard_name(shard_index, num_shards)
+    name = part_name(out, part_index, num_parts)
     sink = _open_sink(out, name, stored, settings, options)
     mine = captions.captions
     todo = [c for c in mine if not sink.finished(c.index)]
@@ -284,17 +287,17 @@ def generate(
     sink.close()
 
     summary = {
-        "shard": name,
+        "part": name,
         "device": device,
         **captions.stats(),
-        "captions_in_shard": len(mine),
+        "captions_in_part": len(mine),
         "captions_generated": len(todo),
         "captions_already_done": len(mine) - len(todo),
         "images_written": len(todo) * k,
         "captions_truncated": truncated,
         "seconds": round(time.time() - started, 2),
     }
-    atomic_write_json(sink.summary_path, summary)
+    atomic_write_json(sink.summary_path, summary, sole_writer=True)  # written by this part only
     shown = mine[
         : options.contact_sheet_captions
     ]  # all finished by now, by this run or an earlier one
@@ -305,10 +308,9 @@ def generate(
         atomic_write_bytes(sheet_path, sheet, fsync=False, sole_writer=True)
     if options.format == "webdataset":
         return summary  # nothing to merge: the tars are the data set
-    # a shard's summary is written once all its captions are: the last shard to finish merges
-    summaries = (
-        out / SHARDS_DIR / f"{shard_name(s, num_shards)}.summary.json" for s in range(num_shards)
-    )
+    # a part's summary is written once all its captions are: the last part to finish merges
+    names = (part_name(out, p, num_parts) for p in range(num_parts))
+    summaries = (part_folder(out, name) / f"{name}.summary.json" for name in names)
     if options.merge and all(path.exists() for path in summaries):
         summary["manifest"] = str(merge(out))
     return summary

@@ -1,5 +1,5 @@
-"""Generation settings, their validation (of the fields the chosen backend reads), per-image seeds and
-shard/device resolution."""
+"""Generation settings, their validation (of the fields the chosen backend reads), per-image seeds
+and part/device resolution."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ BACKEND_FIELDS = (
 class GenerationSettings:
     """Everything that decides the pixels of the data set (paper defaults).
 
-    Batch size, shard count and device are absent on purpose: they change speed, not images.
+    Batch size, part count and device are absent on purpose: they change speed, not images.
     """
 
     backend: str = "diffusion"
@@ -56,7 +56,8 @@ class GenerationSettings:
             raise DataGenError(f"--images-per-caption {self.images_per_caption}: must be >= 1")
         if self.images_per_caption > 100:
             raise DataGenError(
-                f"--images-per-caption {self.images_per_caption}: at most 100 (file names use 2 digits)"
+                f"--images-per-caption {self.images_per_caption}: at most 100 "
+                "(file names use 2 digits)"
             )
         if self.resolution < 8 or self.resolution % 8:
             raise DataGenError(f"--resolution {self.resolution}: must be a positive multiple of 8")
@@ -90,7 +91,8 @@ class GenerationSettings:
         return BACKENDS[self.backend].settings_fields
 
     def resolved(self, device: str) -> GenerationSettings:
-        """Settings as stored: `auto` dtype made concrete, fields the backend ignores set to None."""
+        """Settings as stored: `auto` dtype made concrete, fields the backend ignores set to
+        None."""
         used = self.backend_fields()
         settings = dataclasses.replace(
             self, **{name: None for name in BACKEND_FIELDS if name not in used}
@@ -110,30 +112,30 @@ class GenerationSettings:
 def image_seed(global_seed: int, caption_id: str, k: int) -> int:
     """Seed of image k of a caption: a 63-bit hash of (global seed, caption id, k).
 
-    Depends on nothing else, so an image is the same whatever the batch size, shard count or resume point.
+    Depends on nothing else, so an image is the same whatever the batch size, part count or resume
+    point.
     """
     digest = hashlib.sha256(f"{global_seed}/{caption_id}/{k}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def resolve_shard(
-    num_shards: int | None, shard_index: int | None, env=os.environ
-) -> tuple[int, int]:
-    """(num_shards, shard_index) from the flags, else torchrun's WORLD_SIZE/RANK, else SLURM's, else (1, 0)."""
-    if num_shards is None and shard_index is None:
+def resolve_part(num_parts: int | None, part_index: int | None, env=os.environ) -> tuple[int, int]:
+    """(num_parts, part_index) of this process: from the flags, else torchrun's WORLD_SIZE/RANK,
+    else SLURM's, else (1, 0)."""
+    if num_parts is None and part_index is None:
         for size_var, rank_var in (("WORLD_SIZE", "RANK"), ("SLURM_NTASKS", "SLURM_PROCID")):
             if size_var in env and rank_var in env:
-                num_shards, shard_index = int(env[size_var]), int(env[rank_var])
+                num_parts, part_index = int(env[size_var]), int(env[rank_var])
                 break
         else:
-            num_shards, shard_index = 1, 0
-    elif num_shards is None or shard_index is None:
-        raise DataGenError("--num-shards and --shard-index go together: give both or neither")
-    if num_shards < 1:
-        raise DataGenError(f"--num-shards {num_shards}: must be >= 1")
-    if not 0 <= shard_index < num_shards:
-        raise DataGenError(f"--shard-index {shard_index}: must be in [0, {num_shards})")
-    return num_shards, shard_index
+            num_parts, part_index = 1, 0
+    elif num_parts is None or part_index is None:
+        raise DataGenError("--num-parts and --part-index go together: give both or neither")
+    if num_parts < 1:
+        raise DataGenError(f"--num-parts {num_parts}: must be >= 1")
+    if not 0 <= part_index < num_parts:
+        raise DataGenError(f"--part-index {part_index}: must be in [0, {num_parts})")
+    return num_parts, part_index
 
 
 def resolve_device(device: str | None, env=os.environ) -> str:

@@ -1,4 +1,4 @@
-"""Writing WebDataset tar shards of a StableRep data set: one sample per caption, crash-safe and resumable.
+"""The writer of WebDataset tar shards: one sample per caption, crash-safe and resumable.
 
 The format (header, sample naming, index files) is :mod:`solo_stablerep.data.shards`. Besides it the
 writer keeps, per writer prefix, the list of its finished tars::
@@ -39,8 +39,10 @@ from solo_stablerep.data.storage import (
     atomic_output,
     atomic_write_bytes,
     atomic_write_json,
+    exclusive_lock,
     image_member,
     iter_log,
+    remove_stale_temps,
 )
 from solo_stablerep.errors import ShardFormatError
 
@@ -75,10 +77,10 @@ def read_records(folder: Path) -> list[dict]:
 
 
 def read_images(folder: Path, indices: Sequence[int]) -> dict[int, list[bytes]]:
-    """Encoded images (in order k = 0, 1, ...) of the captions at positions ``indices`` of the caption
-    list, read back from the finished tars of any writer: the records name each caption's tar and its
-    sample number there, and only those samples' images are read (through the tar's index). Captions
-    in no finished tar are left out."""
+    """Encoded images (in order k = 0, 1, ...) of the captions at positions ``indices`` of the
+    caption list, read back from the finished tars of any writer: the records name each caption's
+    tar and its sample number there, and only those samples' images are read (through the tar's
+    index). Captions in no finished tar are left out."""
     wanted = set(indices)
     found: dict[int, list[bytes]] = {}
     for record in iter_records(folder):
@@ -137,14 +139,16 @@ class ShardWriter:
 
     Args:
         out (Path): shard folder; created if needed.
-        header (dict): from :func:`solo_stablerep.data.shards.make_header`. A folder holding another run (other ``run_id``) is
-            refused unless ``overwrite``, which deletes that run's shards first; the same run resumes.
+        header (dict): from :func:`solo_stablerep.data.shards.make_header`. A folder holding
+            another run (other ``run_id``) is refused unless ``overwrite``, which deletes that
+            run's shards first; the same run resumes.
         prefix (str): tar name prefix of this writer; concurrent writers need different prefixes.
         max_bytes (int): a tar is closed once it reaches this size (a sample is never split).
 
     ``done[i]`` is True for caption index ``i`` already in a finished tar (of any writer of the
-    folder): skip those. A boolean array, one byte per caption, not a Python object per caption. Use as a context manager; leaving it normally finishes the last, partial tar, while
-    an exception leaves that tar unfinished (deleted by the next writer with this prefix).
+    folder): skip those. A boolean array, one byte per caption, not a Python object per caption. Use
+    as a context manager; leaving it normally finishes the last, partial tar, while an exception
+    leaves that tar unfinished (deleted by the next writer with this prefix).
 
     Examples:
         >>> header = make_header("run1", 1, 2, "jpg", None, None)
@@ -193,14 +197,19 @@ class ShardWriter:
     def _prepare(self, overwrite: bool) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / HEADER_NAME
+        with exclusive_lock(self.out):  # writers (parts) start at once: one checks at a time
+            remove_stale_temps(path)  # left by a writer killed while writing it
+            self._prepare_locked(path, overwrite)
+
+    def _prepare_locked(self, path: Path, overwrite: bool) -> None:
         if path.exists():
             previous = read_header(self.out)
             if previous["run_id"] == self.header["run_id"]:
                 return
             if not overwrite:
                 raise ShardFormatError(
-                    f"{self.out} holds shards of run {previous['run_id']}, not {self.header['run_id']}; "
-                    "pass --overwrite to replace them"
+                    f"{self.out} holds shards of run {previous['run_id']}, not "
+                    f"{self.header['run_id']}; pass --overwrite to replace them"
                 )
             self._remove_shards()
         elif any(self.out.glob("*.tar")):

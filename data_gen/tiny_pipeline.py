@@ -27,7 +27,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             printable.append(byte)
             chars.append(256 + extra)
             extra += 1
-    return dict(zip(printable, map(chr, chars)))
+    return dict(zip(printable, map(chr, chars), strict=True))
 
 
 def write_tiny_tokenizer(folder: Path) -> None:
@@ -45,7 +45,8 @@ def write_tiny_tokenizer(folder: Path) -> None:
 
 
 def build_tiny_pipeline(folder: str | Path, seed: int = 0):
-    """Build a random tiny StableDiffusionPipeline, `save_pretrained` it into `folder`, return the path."""
+    """Build a random tiny StableDiffusionPipeline, `save_pretrained` it into `folder`, return the
+    path."""
     from diffusers import (
         AutoencoderKL,
         DDIMScheduler,

@@ -107,6 +107,13 @@ def write_image_folder(root: Path, num_classes: int = 2, per_class: int = 8, siz
     return root
 
 
+def procedural_flags(images_per_caption: int = 2) -> list[str]:
+    """``stablerep-generate`` options of a tiny CPU run of the weights-free procedural backend."""
+    size_and_count = ["--resolution", "32", "--image-size", "16"]
+    size_and_count += ["--images-per-caption", str(images_per_caption)]
+    return ["--backend", "procedural", *size_and_count, "--no-progress", "--device", "cpu"]
+
+
 def colour(g: int) -> tuple[int, int, int]:
     """The g-th unique colour, 16 levels apart on each channel so that it survives augmentation."""
     return (8 + 16 * (g % 16), 8 + 16 * ((g // 16) % 16), 8 + 16 * (g // 256))

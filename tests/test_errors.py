@@ -81,12 +81,12 @@ def test_generate_cli_prints_input_errors_in_one_line(tmp_path, capsys):
 
 
 def test_generate_cli_keeps_the_traceback_of_a_bug(tmp_path, monkeypatch):
-    import data_gen.storage
+    import data_gen.output
 
     def broken_merge(out):
         raise ValueError("a bug deep in a library")
 
-    monkeypatch.setattr(data_gen.storage, "merge", broken_merge)
+    monkeypatch.setattr(data_gen.output, "merge", broken_merge)
     with pytest.raises(ValueError, match="a bug deep in a library"):
         generate_cli.main(["merge", str(tmp_path)])
 

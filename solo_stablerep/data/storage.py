@@ -152,11 +152,12 @@ def atomic_write_bytes(path: Path, data: bytes, **options) -> None:
         f.write(data)
 
 
-def atomic_write_json(path: Path, obj) -> None:
+def atomic_write_json(path: Path, obj, **options) -> None:
     """Writes ``obj`` as indented JSON to ``path`` (its folder created) through
-    :class:`atomic_output`."""
+    :class:`atomic_output` (``options``: its keywords)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())
+    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+    atomic_write_bytes(path, text.encode(), **options)
 
 
 # --- append-only log ------------------------------------------------------------------------

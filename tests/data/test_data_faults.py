@@ -21,6 +21,7 @@ from helpers import (
     compose_parsed_cfg,
     compose_raw_cfg,
     copy_configs,
+    procedural_flags,
     run_pretrain_command,
 )  # noqa: E402
 
@@ -55,17 +56,7 @@ def pristine(tmp_path_factory):
             [
                 str(root / "captions.txt"),
                 str(root / "ds"),
-                "--backend",
-                "procedural",
-                "--resolution",
-                "32",
-                "--image-size",
-                "16",
-                "--images-per-caption",
-                "3",
-                "--no-progress",
-                "--device",
-                "cpu",
+                *procedural_flags(images_per_caption=3),
             ]
         )
         == 0

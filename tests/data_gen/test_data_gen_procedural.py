@@ -1,4 +1,5 @@
-"""The procedural backend: samples of one caption differ, and the caption is recoverable from the image."""
+"""The procedural backend: samples of one caption differ, and the caption is recoverable from the
+image."""
 
 import numpy as np
 from PIL import Image
@@ -11,7 +12,8 @@ COLOURS = ["white", "yellow", "cyan", "pink", "orange"]
 
 
 def features(image):
-    """Ink map (contrast to the border's colour), cropped to its bounding box, at 12x12 (MNIST-style)."""
+    """Ink map (contrast to the border's colour), cropped to its bounding box, at 12x12
+    (MNIST-style)."""
     gray = np.asarray(image.convert("L"), float)
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     ink = np.abs(gray - np.median(border))

@@ -1,4 +1,5 @@
-"""data_gen with the diffusion backend, on a tiny random Stable Diffusion saved and reloaded via from_pretrained."""
+"""data_gen with the diffusion backend, on a tiny random Stable Diffusion saved and reloaded via
+from_pretrained."""
 
 import signal
 import subprocess
@@ -12,7 +13,6 @@ from helpers import REPO
 from PIL import Image
 
 from data_gen.cli import main
-from data_gen.storage import SHARDS_DIR
 from data_gen.tiny_pipeline import build_tiny_pipeline
 from solo_stablerep.data.manifest import read_manifest
 
@@ -63,9 +63,10 @@ def pixels(out):
 
 
 def assert_same_images(expected, got, exact):
-    """Each caption's images match. `exact` where the batch shape is the same (byte-identical then); else
-    within rounding: float sums in the UNet run in another order for another batch shape or SIMD path,
-    which moves a few 8-bit values by 1 on some CPUs, so max |diff| <= 2 and mean |diff| <= 0.01 of 255."""
+    """Each caption's images match. `exact` where the batch shape is the same (byte-identical then);
+    else within rounding: float sums in the UNet run in another order for another batch shape or
+    SIMD path, which moves a few 8-bit values by 1 on some CPUs, so max |diff| <= 2 and mean |diff|
+    <= 0.01 of 255."""
     assert expected.keys() == got.keys()
     for cid in expected:
         for a, b in zip(expected[cid], got[cid], strict=True):
@@ -109,7 +110,7 @@ def test_counts_sizes_labels_and_manifest(reference):
     # images of one caption differ (own generator each)
     first = pixels(reference)[records[0].caption_id]
     assert not np.array_equal(first[0], first[1])
-    assert (reference / "contact_sheets" / "shard-00000-of-00001.png").is_file()
+    assert (reference / "contact_sheets" / "part-00000-of-00001.png").is_file()
 
 
 def test_same_images_for_batch_size_1_and_4(reference, tiny_model, captions, tmp_path):
@@ -117,17 +118,17 @@ def test_same_images_for_batch_size_1_and_4(reference, tiny_model, captions, tmp
     assert_same_images(pixels(reference), pixels(tmp_path), exact=False)
 
 
-def test_two_shards_then_merge_equal_one_shard(reference, tiny_model, captions, tmp_path):
-    for shard in ("0", "1"):
+def test_two_parts_then_merge_equal_one_part(reference, tiny_model, captions, tmp_path):
+    for part in ("0", "1"):
         assert (
             run(
                 captions,
                 tmp_path,
                 tiny_model,
-                "--num-shards",
+                "--num-parts",
                 "2",
-                "--shard-index",
-                shard,
+                "--part-index",
+                part,
                 "--no-merge",
             )
             == 0
@@ -137,13 +138,13 @@ def test_two_shards_then_merge_equal_one_shard(reference, tiny_model, captions, 
     assert [r.caption_id for r in read_manifest(tmp_path)[1]] == [
         r.caption_id for r in read_manifest(reference)[1]
     ]
-    # a shard's last batch can be smaller than the reference's batches of 4
+    # a part's last batch can be smaller than the reference's batches of 4
     assert_same_images(pixels(reference), pixels(tmp_path), exact=False)
 
 
 def test_merge_refuses_unfinished_run(tiny_model, captions, tmp_path, capsys):
-    assert run(captions, tmp_path, tiny_model, "--num-shards", "3", "--shard-index", "1") == 0
-    assert not (tmp_path / "manifest.jsonl").exists()  # not the last shard: no automatic merge
+    assert run(captions, tmp_path, tiny_model, "--num-parts", "3", "--part-index", "1") == 0
+    assert not (tmp_path / "manifest.jsonl").exists()  # not the last part: no automatic merge
     assert main(["merge", str(tmp_path)]) == 2
     assert "unfinished" in capsys.readouterr().err
 
@@ -165,7 +166,7 @@ def test_resume_after_sigkill(reference, tiny_model, tmp_path):
         "--batch-size",
         "1",
     ]
-    log = tmp_path / "out" / SHARDS_DIR / "shard-00000-of-00001.jsonl"
+    log = tmp_path / "out" / "parts" / "part-00000-of-00001.jsonl"
     process = subprocess.Popen(
         command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -192,7 +193,8 @@ def test_resume_after_sigkill(reference, tiny_model, tmp_path):
         Image.open(path).load()  # no truncated file
     assert not [p for p in resumed.rglob("*.tmp")]
 
-    # same batch size as the killed run: the same bytes; another batch size: the same within rounding
+    # same batch size as the killed run: the same bytes; another batch size: the same within
+    # rounding
     assert run(many, tmp_path / "clean", tiny_model, "--batch-size", "1") == 0
     assert_same_images(pixels(tmp_path / "clean"), pixels(resumed), exact=True)
     assert run(many, tmp_path / "batch3", tiny_model, "--batch-size", "3") == 0

@@ -1,5 +1,5 @@
-"""WebDataset shard writer and converter (data_gen/shards.py, data_gen/convert.py): naming, DALI index,
-crash safety (SIGKILL then resume), conversion keeping the images' bytes."""
+"""WebDataset shard writer and converter (data_gen/shards.py, data_gen/convert.py): naming, DALI
+index, crash safety (SIGKILL then resume), conversion keeping the images' bytes."""
 
 import io
 import json
@@ -39,7 +39,7 @@ def images_of(i: int, m: int = 3) -> list:
 
 
 def tar_samples(folder):
-    """caption id -> {member suffix: bytes}, over every tar of the folder; fails on a repeated id."""
+    """caption id -> {member suffix: bytes} over every tar of the folder; fails on an id twice."""
     samples = {}
     for tar_path in sorted(folder.glob("*.tar")):
         with tarfile.open(tar_path) as tar:
@@ -142,13 +142,17 @@ KILLED_WRITER = textwrap.dedent("""
     from data_gen.shards import ShardWriter
     from solo_stablerep.data.shards import make_header
     def png(v):
-        b = io.BytesIO(); Image.new("RGB", (8, 8), (v % 256, v // 256, 7)).save(b, "PNG"); return b.getvalue()
-    with ShardWriter(sys.argv[1], make_header("run-a", 20, 3, "png", None, None), max_bytes=9000) as writer:
+        b = io.BytesIO()
+        Image.new("RGB", (8, 8), (v % 256, v // 256, 7)).save(b, "PNG")
+        return b.getvalue()
+    header = make_header("run-a", 20, 3, "png", None, None)
+    with ShardWriter(sys.argv[1], header, max_bytes=9000) as writer:
         for i in range(20):
             if i == int(sys.argv[2]):
                 os.kill(os.getpid(), signal.SIGKILL)  # in the middle of a tar
             if not writer.done[i]:
-                writer.write(i, f"cap{i}", f"caption {i}", None, [png(10 * i + k) for k in range(3)])
+                images = [png(10 * i + k) for k in range(3)]
+                writer.write(i, f"cap{i}", f"caption {i}", None, images)
 """)
 
 
@@ -272,13 +276,13 @@ def test_convert_missing_image_is_one_line(tmp_path):
         convert(tmp_path / "ds", tmp_path / "shards", progress=False)
 
 
-# ------------------------------------------------------------ stablerep-generate --format webdataset
+# ------------------------------------------------------- stablerep-generate --format webdataset
 
 PROCEDURAL = dict(backend="procedural", images_per_caption=3, resolution=48, image_size=24)
 DIGITS = "".join(
     f"a {c} digit {d} on a dark background\n" for d in range(6) for c in ("red", "blue")
 )
-SHEET = "contact_sheets/shard-00000-of-00001.png"  # of a run in one process
+SHEET = "contact_sheets/part-00000-of-00001.png"  # of a run in one process
 
 
 def sheet_pixels(path):
@@ -286,10 +290,10 @@ def sheet_pixels(path):
         return np.asarray(image.convert("RGB"))
 
 
-def generate_shards(captions, out, num_shards=1, shard_bytes=6000, **settings):
+def generate_shards(captions, out, num_parts=1, shard_bytes=6000, **settings):
     from data_gen.runner import RunOptions, generate
 
-    for shard_index in range(num_shards):
+    for part_index in range(num_parts):
         generate(
             captions,
             out,
@@ -297,8 +301,8 @@ def generate_shards(captions, out, num_shards=1, shard_bytes=6000, **settings):
             RunOptions(
                 format="webdataset",
                 shard_bytes=shard_bytes,
-                num_shards=num_shards,
-                shard_index=shard_index,
+                num_parts=num_parts,
+                part_index=part_index,
                 batch_size=2,
                 progress=False,
             ),
@@ -315,7 +319,7 @@ def test_generate_as_shards_and_as_manifest_gives_the_same_bytes(tmp_path):
         captions, tmp_path / "gen", GenerationSettings(**PROCEDURAL), RunOptions(progress=False)
     )
     generate_shards(
-        captions, tmp_path / "shards", num_shards=2
+        captions, tmp_path / "shards", num_parts=2
     )  # two processes, one tar prefix each
 
     _, records = read_manifest(tmp_path / "gen")
@@ -335,11 +339,11 @@ def test_generate_as_shards_and_as_manifest_gives_the_same_bytes(tmp_path):
         "jpg",
     )
     prefixes = {tar.name.rsplit("-", 1)[0] for tar in (tmp_path / "shards").glob("*.tar")}
-    assert prefixes == {"shard-00000-of-00002", "shard-00001-of-00002"}
+    assert prefixes == {"part-00000-of-00002", "part-00001-of-00002"}
     assert not (tmp_path / "shards" / "manifest.jsonl").exists()  # no merge step for shards
 
     # the same settings and captions resume (nothing to do); other settings are refused
-    generate_shards(captions, tmp_path / "shards", num_shards=2)
+    generate_shards(captions, tmp_path / "shards", num_parts=2)
     assert tar_samples(tmp_path / "shards") == samples
     with pytest.raises(ShardFormatError, match="holds shards of run .* pass --overwrite"):
         generate_shards(captions, tmp_path / "shards", seed=1)
@@ -359,8 +363,8 @@ def test_shard_generation_writes_the_same_contact_sheet_as_the_manifest_layout(t
             RunOptions(
                 format=layout,
                 shard_bytes=3000,
-                num_shards=1,
-                shard_index=0,
+                num_parts=1,
+                part_index=0,
                 batch_size=2,
                 contact_sheet_captions=5,
                 progress=False,
@@ -373,7 +377,8 @@ def test_shard_generation_writes_the_same_contact_sheet_as_the_manifest_layout(t
         text_width + 3 * (thumb + 4),
         3,
     )  # 5 captions x 3 images
-    # the last caption shown lies in a later tar than the first: its images are read at their offsets
+    # the last caption shown lies in a later tar than the first: its images are read at their
+    # offsets
     tar_of = {i: r["tar"] for r in read_records(tmp_path / "webdataset") for i in r["captions"]}
     assert tar_of[4] != tar_of[0]
     _, records = read_manifest(tmp_path / "manifest")
@@ -397,7 +402,9 @@ KILLED_GENERATION = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)  # mid-run: some tars finished, one in progress
         write(self, index, *args)
     shards.ShardWriter.write = write_or_die
-    settings = GenerationSettings(backend="procedural", images_per_caption=3, resolution=48, image_size=24)
+    settings = GenerationSettings(
+        backend="procedural", images_per_caption=3, resolution=48, image_size=24
+    )
     generate(sys.argv[1], sys.argv[2], settings,
              RunOptions(format="webdataset", shard_bytes=6000, batch_size=2, progress=False))
 """)
@@ -426,7 +433,8 @@ def test_sigkill_during_shard_generation_then_rerun_has_every_caption_once(tmp_p
     # tar_samples fails on a caption written twice; the dicts hold every image's bytes
     assert tar_samples(out) == tar_samples(tmp_path / "clean")
     assert sorted(i for r in read_records(out) for i in r["captions"]) == list(range(12))
-    # the rerun's sheet (first 6 captions) shows captions the killed run generated, read from its tars
+    # the rerun's sheet (first 6 captions) shows captions the killed run generated, read from its
+    # tars
     assert done & set(range(6))
     np.testing.assert_array_equal(
         sheet_pixels(out / SHEET), sheet_pixels(tmp_path / "clean" / SHEET)

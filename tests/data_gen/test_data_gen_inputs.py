@@ -1,4 +1,4 @@
-"""Captions parsing and shard resolution (no model needed)."""
+"""Captions parsing and part resolution (no model needed)."""
 
 import hashlib
 import os
@@ -6,29 +6,18 @@ import shutil
 import subprocess
 import sys
 import unicodedata
+from pathlib import Path
 
 import pytest
-from helpers import REPO
+from helpers import REPO, procedural_flags
 
 from data_gen.captions import load_captions
 from data_gen.cli import main
-from data_gen.settings import GenerationSettings, image_seed, resolve_shard
+from data_gen.settings import GenerationSettings, image_seed, resolve_part
 from solo_stablerep.data.manifest import read_manifest
 from solo_stablerep.errors import DataGenError
 
-PROCEDURAL = [
-    "--backend",
-    "procedural",
-    "--resolution",
-    "32",
-    "--image-size",
-    "16",
-    "--images-per-caption",
-    "2",
-    "--no-progress",
-    "--device",
-    "cpu",
-]
+PROCEDURAL = procedural_flags()
 
 
 def test_normalise_dedup_empty_and_ids(tmp_path):
@@ -98,13 +87,13 @@ def test_missing_caption_column_and_empty_label_are_errors(tmp_path):
         load_captions(path)
 
 
-def test_shards_from_flags_torchrun_and_slurm():
-    assert resolve_shard(4, 2, env={}) == (4, 2)
-    assert resolve_shard(None, None, env={"WORLD_SIZE": "8", "RANK": "5"}) == (8, 5)
-    assert resolve_shard(None, None, env={"SLURM_NTASKS": "16", "SLURM_PROCID": "15"}) == (16, 15)
-    assert resolve_shard(None, None, env={}) == (1, 0)
-    with pytest.raises(DataGenError, match="--shard-index 4"):
-        resolve_shard(4, 4, env={})
+def test_parts_from_flags_torchrun_and_slurm():
+    assert resolve_part(4, 2, env={}) == (4, 2)
+    assert resolve_part(None, None, env={"WORLD_SIZE": "8", "RANK": "5"}) == (8, 5)
+    assert resolve_part(None, None, env={"SLURM_NTASKS": "16", "SLURM_PROCID": "15"}) == (16, 15)
+    assert resolve_part(None, None, env={}) == (1, 0)
+    with pytest.raises(DataGenError, match="--part-index 4"):
+        resolve_part(4, 4, env={})
 
 
 def test_seeds_depend_on_seed_caption_and_k_only():
@@ -125,7 +114,8 @@ def test_procedural_settings_null_the_diffusion_fields():
 
 
 def test_tsv_keeps_quotes_and_never_merges_rows(tmp_path):
-    # cc12m captions begin with quotes; a csv-style reader would strip them and let the open one swallow rows
+    # cc12m captions begin with quotes; a csv-style reader would strip them and let the open one
+    # swallow rows
     path = tmp_path / "c.tsv"
     captions = [
         '"Hello" said the cat',
@@ -224,15 +214,15 @@ def test_headerless_labels_by_column_number(tmp_path):
         load_captions(text, caption_column="2")
 
 
-def test_a_shard_holds_its_captions_only_with_the_counts_and_digest_of_all(tmp_path):
+def test_a_part_holds_its_captions_only_with_the_counts_and_digest_of_all(tmp_path):
     path = tmp_path / "c.tsv"
     rows = [
         f"caption {i % 7} {'x' * (i % 3)}\t{'ab'[i % 2]}" for i in range(40)
     ]  # duplicates, label conflicts
     path.write_text("caption\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
     whole = load_captions(path)
-    shards = [load_captions(path, shard=(i, 3)) for i in range(3)]
-    for i, part in enumerate(shards):
+    parts = [load_captions(path, part=(i, 3)) for i in range(3)]
+    for i, part in enumerate(parts):
         assert part.captions == whole.captions[i::3]
         assert (part.digest, part.stats(), part.class_names) == (
             whole.digest,
@@ -256,3 +246,13 @@ def test_two_captions_with_one_id_are_an_error_naming_the_line(tmp_path, monkeyp
         match=r"c\.txt:3: caption id 00000000000000ab collides with a different caption",
     ):
         load_captions(path)
+
+
+def test_data_gen_is_the_package_not_this_test_folder():
+    """tests/data_gen has no __init__.py and the checkout comes first on sys.path (pyproject's
+    pytest ``pythonpath``), so ``import data_gen`` is the generator, also in a fresh clone run
+    with a venv that is not activated."""
+    import data_gen
+
+    assert Path(data_gen.__file__).resolve() == REPO / "data_gen" / "__init__.py"
+    assert not (REPO / "tests" / "data_gen" / "__init__.py").exists()

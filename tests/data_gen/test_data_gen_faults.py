@@ -10,24 +10,12 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO
+from helpers import REPO, procedural_flags
 
 from data_gen.shards import read_records
 from solo_stablerep.data.shards import iter_indexed_samples
 
-PROCEDURAL = [
-    "--backend",
-    "procedural",
-    "--resolution",
-    "32",
-    "--image-size",
-    "16",
-    "--images-per-caption",
-    "2",
-    "--no-progress",
-    "--device",
-    "cpu",
-]
+PROCEDURAL = procedural_flags()
 CAPTIONS = "a red cat\na blue dog\na green bird\n"
 
 

@@ -1,20 +1,26 @@
-"""Crash-safe files of an output folder, and the merge into the one ``manifest.jsonl``.
+"""The output folder of a generation run (format ``manifest``): its crash-safe files, and the merge
+of the parts' logs into the one ``manifest.jsonl``.
 
-Layout (besides the data set itself, ``manifest.jsonl`` + ``images/``)::
+A run is split into parts (processes, ``--num-parts``); part 3 of 8 is named
+``part-00003-of-00008``. Layout (besides the data set itself, ``manifest.jsonl`` + ``images/``)::
 
-    OUT/generation.json                        settings + caption list digest; a rerun must match them
-    OUT/shards/shard-00003-of-00008.jsonl      finished captions of shard 3 (append-only, fsynced)
-    OUT/shards/shard-00003-of-00008.summary.json
-    OUT/contact_sheets/shard-00003-of-00008.png
+    OUT/generation.json                      settings + caption list digest; a rerun must match them
+    OUT/parts/part-00003-of-00008.jsonl      finished captions of part 3 (append-only, fsynced)
+    OUT/parts/part-00003-of-00008.summary.json
+    OUT/contact_sheets/part-00003-of-00008.png
 
-Every file is written under a temporary name in its own folder, then renamed with ``os.replace``, so a
-reader (or a rerun after SIGKILL) sees either the old file or the complete new one, and each log is an
-:class:`~solo_stablerep.data.storage.AppendLog` (a line cut by a crash is dropped on resume). A caption is logged
-as finished only after all its images are in place, so the log never claims a missing image.
+Outputs of earlier versions named a part ``shard-00003-of-00008`` in ``OUT/shards/``: a part whose
+files are there resumes under that name, and the merge reads both folders (for one release).
 
-Scale: a shard resumes from its own log only, and the merge streams the logs (each in caption order)
-into the manifest and its caption index (``manifest.jsonl.index``) with memory that does not grow with
-the number of captions beyond the index arrays.
+Every file is written under a temporary name in its own folder, then renamed with ``os.replace``, so
+a reader (or a rerun after SIGKILL) sees either the old file or the complete new one, and each log
+is an :class:`~solo_stablerep.data.storage.AppendLog` (a line cut by a crash is dropped on resume).
+A caption is logged as finished only after all its images are in place, so the log never claims a
+missing image.
+
+Scale: a part resumes from its own log only, and the merge streams the logs (each in caption order)
+into the manifest and its caption index (``manifest.jsonl.index``) with memory that does not grow
+with the number of captions beyond the index arrays.
 """
 
 from __future__ import annotations
@@ -31,18 +37,42 @@ from PIL import Image
 
 from solo_stablerep.data.index import CAPTION_INDEX_SUFFIX, write_indexed_manifest
 from solo_stablerep.data.manifest import MANIFEST_NAME, CaptionRecord
-from solo_stablerep.data.storage import atomic_write_json, iter_log
+from solo_stablerep.data.storage import (
+    atomic_write_json,
+    exclusive_lock,
+    iter_log,
+    remove_stale_temps,
+)
 from solo_stablerep.errors import DataGenError
 
 from .settings import IMAGE_FORMATS
+from .shards import RECORDS_DIR
 
 SETTINGS_NAME = "generation.json"
-SHARDS_DIR = "shards"
+PARTS_DIR = "parts"
+LEGACY_PARTS_DIR = "shards"  # the parts' folder in outputs of earlier versions
 CONTACT_SHEETS_DIR = "contact_sheets"
 
 
-def shard_name(shard_index: int, num_shards: int) -> str:
-    return f"shard-{shard_index:05d}-of-{num_shards:05d}"
+def part_name(out: Path, part_index: int, num_parts: int) -> str:
+    """The name of part ``part_index`` of ``num_parts``: ``part-<i:05d>-of-<n:05d>``, or the name
+    ``shard-...`` that earlier versions gave it if ``out`` holds its files under that name (its
+    log, its tars' records, a tar or a tar in progress), so that their run resumes."""
+    legacy = f"shard-{part_index:05d}-of-{num_parts:05d}"
+    patterns = (
+        f"{LEGACY_PARTS_DIR}/{legacy}.*",
+        f"{RECORDS_DIR}/{legacy}.*",
+        f"{legacy}-*.tar",
+        f".{legacy}-*.tar.tmp",
+    )
+    if any(any(out.glob(pattern)) for pattern in patterns):
+        return legacy
+    return f"part-{part_index:05d}-of-{num_parts:05d}"
+
+
+def part_folder(out: Path, name: str) -> Path:
+    """The folder of a part's log and summary (format ``manifest``)."""
+    return out / (LEGACY_PARTS_DIR if name.startswith("shard-") else PARTS_DIR)
 
 
 def check_writable(out) -> None:
@@ -71,7 +101,7 @@ def encode_image(image: Image.Image, image_format: str, quality: int) -> bytes:
 
 
 def finished_mask(log: Path, num_captions: int) -> np.ndarray:
-    """Which captions (by index) a shard log records as finished: one byte per caption."""
+    """Which captions (by index) a part's log records as finished: one byte per caption."""
     done = np.zeros(num_captions, dtype=bool)
     if log.exists():
         for entry in iter_log(log):
@@ -109,6 +139,12 @@ def prepare_output(out: Path, stored: dict, overwrite: bool) -> None:
     """
     out.mkdir(parents=True, exist_ok=True)
     settings_path = out / SETTINGS_NAME
+    with exclusive_lock(out):  # the parts of a run start at once: one at a time checks or writes
+        remove_stale_temps(settings_path)  # left by a part killed while writing it
+        _prepare_locked(out, settings_path, stored, overwrite)
+
+
+def _prepare_locked(out: Path, settings_path: Path, stored: dict, overwrite: bool) -> None:
     if settings_path.exists():
         try:
             previous = read_settings(settings_path, overwrite_hint=True)
@@ -121,9 +157,10 @@ def prepare_output(out: Path, stored: dict, overwrite: bool) -> None:
             return
         if not overwrite:
             raise DataGenError(
-                f"{out} holds another run ({_describe(previous, stored)}); pass --overwrite to replace it"
+                f"{out} holds another run ({_describe(previous, stored)}); pass --overwrite to "
+                "replace it"
             )
-        for name in (SHARDS_DIR, CONTACT_SHEETS_DIR, "images"):
+        for name in (PARTS_DIR, LEGACY_PARTS_DIR, CONTACT_SHEETS_DIR, "images"):
             shutil.rmtree(out / name, ignore_errors=True)
         (out / MANIFEST_NAME).unlink(missing_ok=True)
         (out / (MANIFEST_NAME + CAPTION_INDEX_SUFFIX)).unlink(missing_ok=True)
@@ -144,22 +181,26 @@ def _describe(previous: dict, stored: dict) -> str:
 
 
 def merge(out: str | Path) -> Path:
-    """Write `out/manifest.jsonl` and its caption index from the shard logs; refuses while a caption
-    is unfinished. Streams: each log is in caption order, so a k-way merge gives the manifest's order."""
+    """Write `out/manifest.jsonl` and its caption index from the parts' logs; refuses while a
+    caption is unfinished. Streams: each log is in caption order, so a k-way merge gives the
+    manifest's order."""
     out = Path(out)
     settings_path = out / SETTINGS_NAME
     if not settings_path.exists():
         raise DataGenError(f"{out}: no {SETTINGS_NAME}; not a stablerep-generate output folder")
     stored = read_settings(settings_path, overwrite_hint=False)
     num_captions = stored["num_captions"]
-    logs = sorted((out / SHARDS_DIR).glob("shard-*.jsonl"))
+    logs = [
+        *sorted((out / PARTS_DIR).glob("part-*.jsonl")),
+        *sorted((out / LEGACY_PARTS_DIR).glob("shard-*.jsonl")),
+    ]
     entries = heapq.merge(*(iter_log(log) for log in logs), key=lambda e: e["index"])
 
     def records():
         expected = 0
         for entry in entries:
             if entry["index"] < expected:
-                continue  # logged twice, by runs with other shard counts: the same caption and images
+                continue  # logged twice, by runs with other part counts: same caption and images
             if entry["index"] > expected:
                 break
             yield CaptionRecord(
@@ -173,8 +214,8 @@ def merge(out: str | Path) -> Path:
                 seen[entry["index"]] = True
             missing = np.flatnonzero(~seen)
             raise DataGenError(
-                f"{out}: {len(missing)} of {num_captions} captions unfinished (first: index {missing[0]}); "
-                "run (or rerun) the shards that own them"
+                f"{out}: {len(missing)} of {num_captions} captions unfinished (first: index "
+                f"{missing[0]}); run (or rerun) the parts that own them"
             )
 
     generator = dict(

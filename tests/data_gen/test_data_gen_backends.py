@@ -1,4 +1,5 @@
-"""Backends are chosen by name from a registry: a new one is one class, selectable from the command line."""
+"""Backends are chosen by name from a registry: a new one is one class, selectable from the command
+line."""
 
 import json
 
@@ -15,7 +16,8 @@ from solo_stablerep.errors import DataGenError
 
 @pytest.fixture
 def flat_backend():
-    """A backend that paints every image one grey level, ``10 * guidance_scale``: it reads one setting."""
+    """A backend that paints every image one grey level, ``10 * guidance_scale``: it reads one
+    setting."""
 
     @register_backend("flat")
     class FlatBackend:
