@@ -122,21 +122,28 @@ class DataConfig:
         )
 
 
+def open_caption_index(
+    train_path: str, layout: str, csv: str | None, roots, csv_header: bool
+) -> CaptionIndex:
+    """The caption index of a manifest (``layout`` manifest) or an authors' CSV (memory-mapped,
+    built and saved on first open); ``csv`` and ``roots`` are relative to ``train_path``."""
+    base = Path(train_path)
+    if layout == "manifest":
+        return CaptionIndex.from_manifest(base)
+    return CaptionIndex.from_authors_csv(
+        base / csv, [base / r for r in roots], header=bool(csv_header)
+    )
+
+
 def open_reader(data: DataConfig | omegaconf.DictConfig) -> Reader:
-    """The reader of a layout: a :class:`~solo_stablerep.data.readers.CaptionReader` over the
-    caption index of a manifest or authors' CSV (memory-mapped, built and saved on first open), or a
-    :class:`~solo_stablerep.data.readers.ShardReader` over tar shards (checked on opening)."""
+    """The reader of a layout, the one place it is chosen: a
+    :class:`~solo_stablerep.data.readers.CaptionReader` over the caption index of a manifest or
+    authors' CSV, or a :class:`~solo_stablerep.data.readers.ShardReader` over tar shards."""
     if not isinstance(data, DataConfig):
         data = DataConfig.from_cfg(data)
     if data.layout == "webdataset":
         return ShardReader(data.train_path, data.n_img, data.skip_corrupt, data.shuffle_buffer)
-    base = Path(data.train_path)
-    if data.layout == "manifest":
-        index = CaptionIndex.from_manifest(base)
-    else:
-        index = CaptionIndex.from_authors_csv(
-            base / data.csv, [base / r for r in data.roots], header=data.csv_header
-        )
+    index = open_caption_index(data.train_path, data.layout, data.csv, data.roots, data.csv_header)
     return CaptionReader(index, data.n_img, data.skip_corrupt)
 
 

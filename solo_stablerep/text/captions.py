@@ -24,9 +24,12 @@ def load_captions(cfg: omegaconf.DictConfig) -> tuple[list[str], list[str]]:
     caption: for large data sets use the index's ``captions`` sequence instead (as the loaders do).
     """
 
-    from solo_stablerep.data.config import open_reader
+    from solo_stablerep.data.config import open_caption_index
 
-    index = open_reader(cfg).index
+    syn = cfg.data.synthetic
+    index = open_caption_index(
+        cfg.data.train_path, syn.layout, syn.get("csv"), syn.get("roots"), syn.get("csv_header")
+    )
     return list(index.caption_ids), list(index.captions)
 
 
