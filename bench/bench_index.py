@@ -108,7 +108,7 @@ seconds = time.perf_counter() - start
 gc.collect()
 after = uss()
 print(json.dumps({"seconds": seconds, "uss_growth": after[0] - before[0], "dirty_growth": after[1] - before[1],
-                  "captions": len(loader.dataset)}))
+                  "captions": len(loader.dataset.reader)}))
 """
 )
 
@@ -123,13 +123,13 @@ from hydra import compose, initialize_config_dir
 from solo_stablerep.pretrain import parse_pretrain_cfg, prepare_train_data
 
 class MeasuredItems(Dataset):
-    # the training path's dataset; the worker records its own USS after `after` items and gc.collect()
+    # the training path's stream; the worker records its own USS after `after` items and gc.collect()
     def __init__(self, dataset, after, out):
         self.dataset, self.after, self.out, self.seen = dataset, after, out, 0
     def __len__(self):
-        return len(self.dataset)
+        return len(self.dataset.reader)
     def __getitem__(self, i):
-        item = self.dataset[i]
+        item = self.dataset.item(i)  # caption i's row, as the loader makes it
         self.seen += 1
         if self.seen == self.after:
             gc.collect()
