@@ -1,4 +1,5 @@
-"""Caption index at paper scale: open time and memory through the training path, worker memory, merge.
+"""Caption index at paper scale: open time and memory through the training path, worker memory,
+merge.
 
 On a version-1 manifest of ``--captions`` captions x ``--images`` images (rule paths, cc12m-like
 caption lengths) written to a temporary folder, each step in a fresh process:
@@ -8,10 +9,10 @@ caption lengths) written to a temporary folder, each step in a fresh process:
    index) and again (later open), timing it and the growth of the process's private memory (USS =
    Private_Clean + Private_Dirty, /proc/self/smaps_rollup) per caption;
 2. the authors' plain ``csv.reader`` loop into two lists over the same rows (their CSV layout);
-3. a DataLoader worker's USS after a few batches and ``gc.collect()``, at ``--small`` captions and at
-   ``--captions`` (images exist only for the captions the worker is given);
-4. ``stablerep-generate merge`` of a finished run of ``--captions`` captions in 4 shard logs: time and
-   peak memory growth, against the size of the index it writes.
+3. a DataLoader worker's USS after a few batches and ``gc.collect()``, at ``--small`` captions and
+   at ``--captions`` (images exist only for the captions the worker is given);
+4. ``stablerep-generate merge`` of a finished run of ``--captions`` captions in 4 part logs: time
+   and peak memory growth, against the size of the index it writes.
 
     python bench/bench_index.py [--captions 1000000] [--small 100000] [--skip-worker] [--skip-merge]
 
@@ -95,8 +96,9 @@ from hydra import compose, initialize_config_dir
 from solo_stablerep.pretrain import parse_pretrain_cfg, prepare_train_data
 
 root = sys.argv[1]
-overrides = [f"data.train_path={root}", "devices=1", "accelerator=cpu", "strategy=auto", "precision=32",
-             "sync_batchnorm=False", "data.num_workers=0", "dali.device=cpu", "optimizer.batch_size=256",
+overrides = [f"data.train_path={root}", "devices=1", "accelerator=cpu", "strategy=auto",
+             "precision=32", "sync_batchnorm=False", "data.num_workers=0", "dali.device=cpu",
+             "optimizer.batch_size=256",
              "wandb.enabled=False", "checkpoint.enabled=False"]
 with initialize_config_dir(config_dir=sys.argv[2], version_base="1.2"):
     cfg = compose(config_name="stablerep.yaml", overrides=overrides)
@@ -107,8 +109,9 @@ loader = prepare_train_data(parse_pretrain_cfg(cfg))
 seconds = time.perf_counter() - start
 gc.collect()
 after = uss()
-print(json.dumps({"seconds": seconds, "uss_growth": after[0] - before[0], "dirty_growth": after[1] - before[1],
-                  "captions": len(loader.dataset)}))
+print(json.dumps({"seconds": seconds, "uss_growth": after[0] - before[0],
+                  "dirty_growth": after[1] - before[1],
+                  "captions": len(loader.dataset.reader)}))
 """
 )
 
@@ -123,13 +126,13 @@ from hydra import compose, initialize_config_dir
 from solo_stablerep.pretrain import parse_pretrain_cfg, prepare_train_data
 
 class MeasuredItems(Dataset):
-    # the training path's dataset; the worker records its own USS after `after` items and gc.collect()
+    # the training path's stream; the worker records its USS after `after` items and gc.collect()
     def __init__(self, dataset, after, out):
         self.dataset, self.after, self.out, self.seen = dataset, after, out, 0
     def __len__(self):
-        return len(self.dataset)
+        return len(self.dataset.reader)
     def __getitem__(self, i):
-        item = self.dataset[i]
+        item = self.dataset.item(i)  # caption i's row, as the loader makes it
         self.seen += 1
         if self.seen == self.after:
             gc.collect()
@@ -137,8 +140,9 @@ class MeasuredItems(Dataset):
         return item
 
 root, config_dir, subset, out = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
-overrides = [f"data.train_path={root}", "devices=1", "accelerator=cpu", "strategy=auto", "precision=32",
-             "sync_batchnorm=False", "data.num_workers=1", "dali.device=cpu", "optimizer.batch_size=8",
+overrides = [f"data.train_path={root}", "devices=1", "accelerator=cpu", "strategy=auto",
+             "precision=32", "sync_batchnorm=False", "data.num_workers=1", "dali.device=cpu",
+             "optimizer.batch_size=8",
              "augmentations.0.crop_size=32", "wandb.enabled=False", "checkpoint.enabled=False"]
 with initialize_config_dir(config_dir=config_dir, version_base="1.2"):
     cfg = compose(config_name="stablerep.yaml", overrides=overrides)
@@ -156,9 +160,10 @@ import json, sys, time
 from data_gen.output import merge
 
 def status(key):
-    return 1024 * int(next(l for l in open("/proc/self/status") if l.startswith(key + ":")).split()[1])
+    line = next(line for line in open("/proc/self/status") if line.startswith(key + ":"))
+    return 1024 * int(line.split()[1])
 
-open("/proc/self/clear_refs", "w").write("5")  # resets the peak (VmHWM) to the current resident size
+open("/proc/self/clear_refs", "w").write("5")  # resets the peak (VmHWM) to the resident size
 before = status("VmRSS")
 start = time.perf_counter()
 merge(sys.argv[1])
@@ -203,14 +208,16 @@ def training_path(root: Path, n: int) -> None:
     )
     for name, step in (("first open", first), ("later open", later)):
         print(
-            f"{name}: {step['seconds']:.2f} s, private memory +{step['uss_growth'] / n:.1f} B per caption "
+            f"{name}: {step['seconds']:.2f} s, "
+            f"private memory +{step['uss_growth'] / n:.1f} B per caption "
             f"(dirty +{step['dirty_growth'] / n:.1f} B)"
         )
     print(f"authors' csv.reader loop over the same rows: {baseline:.2f} s")
     print(f"RATIO index_first_open_seconds {first['seconds']:.2f} (goal <= 20)")
     print(f"RATIO index_later_open_over_csv_reader {later['seconds'] / baseline:.3f} (goal <= 3)")
     print(
-        f"RATIO index_open_private_bytes_per_caption {max(first['uss_growth'], later['uss_growth']) / n:.1f} "
+        "RATIO index_open_private_bytes_per_caption "
+        f"{max(first['uss_growth'], later['uss_growth']) / n:.1f} "
         f"(goal <= 64)"
     )
 
@@ -238,14 +245,17 @@ def worker_memory(root: Path, small_root: Path, images: int) -> None:
             f"(dirty {measured[n][1] / 2**20:.1f} MiB)"
         )
     small, large = sorted(measured)
-    # USS also counts clean page-cache pages of the index that only this worker maps (the kernel maps
+    # USS also counts clean page-cache pages of the index that only this worker maps (the kernel
+    # maps
     # 64 KiB around each page touched): bounded by the items read, shared as soon as another process
     # maps them; private dirty memory is what a worker really holds alone
     print(
-        f"RATIO worker_uss_{large}_over_{small} {measured[large][0] / measured[small][0]:.3f} (goal <= 1.1)"
+        f"RATIO worker_uss_{large}_over_{small} "
+        f"{measured[large][0] / measured[small][0]:.3f} (goal <= 1.1)"
     )
     print(
-        f"RATIO worker_private_dirty_{large}_over_{small} {measured[large][1] / measured[small][1]:.3f} "
+        f"RATIO worker_private_dirty_{large}_over_{small} "
+        f"{measured[large][1] / measured[small][1]:.3f} "
         f"(goal <= 1.1)"
     )
 
@@ -287,11 +297,13 @@ def merge_run(tmp: Path, n: int, images: int) -> None:
     index_size = (out / "manifest.jsonl.index").stat().st_size
     print(
         f"merge of {n} captions from {shards} shard logs: {result['seconds']:.1f} s, peak memory "
-        f"+{result['peak_growth'] / n:.0f} B per caption (index file {index_size / n:.0f} B per caption)"
+        f"+{result['peak_growth'] / n:.0f} B per caption "
+        f"(index file {index_size / n:.0f} B per caption)"
     )
     print(f"RATIO merge_seconds {result['seconds']:.1f}")
     print(
-        f"RATIO merge_peak_memory_over_index_size {result['peak_growth'] / index_size:.2f} (goal <= 3)"
+        "RATIO merge_peak_memory_over_index_size "
+        f"{result['peak_growth'] / index_size:.2f} (goal <= 3)"
     )
 
 

@@ -4,11 +4,11 @@ Both read the same JPEG files through the same augmentations (``scripts/pretrain
 ``one_crop.yaml``: one crop per decoded image) with the same worker count; rounds of the two are
 interleaved in one run so that machine load affects both alike. Reported: decoded images per second
 (after warm-up batches in each round: one, or for DALI both pipelines' prefetch queues' worth), per
-second of wall-clock and per second of CPU time of this process (robust to other load on the machine;
-measured with in-process loading, 0 workers, for the PyTorch loaders, and with DALI's threads, which
-run in this process), and the median over rounds of the ratio multi-view / ImageFolder (goal: >= 0.95).
-The same comparison is made for DALI (CPU pipelines unless --dali-device gpu): our external-source
-pipeline vs solo-learn's file-reader pipeline.
+second of wall-clock and per second of CPU time of this process (robust to other load on the
+machine; measured with in-process loading, 0 workers, for the PyTorch loaders, and with DALI's
+threads, which run in this process), and the median over rounds of the ratio multi-view /
+ImageFolder (goal: >= 0.95). The same comparison is made for DALI (CPU pipelines unless
+--dali-device gpu): our external-source pipeline vs solo-learn's file-reader pipeline.
 
     python bench/bench_loader.py [--captions 128 --images 10 --n-img 6 --workers 2 --rounds 6]
 """
@@ -81,7 +81,7 @@ def make_cfg(root: Path, args) -> OmegaConf:
 def torch_loaders(cfg, root: Path):
     from solo.data.pretrain_dataloader import prepare_dataloader, prepare_datasets
 
-    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
+    from solo_stablerep.data.loaders import prepare_synthetic_train_data
     from solo_stablerep.data.transforms import build_image_transform
 
     multi = prepare_synthetic_train_data(cfg)
@@ -104,11 +104,11 @@ def dali_loaders(cfg, root: Path):
     from nvidia.dali.plugin.pytorch import LastBatchPolicy
     from solo.data.dali_dataloader import PretrainPipelineBuilder, PretrainWrapper
 
-    from solo_stablerep.data.synthetic_dali import SyntheticDALIDataModule
+    from solo_stablerep.data.loaders import prepare_synthetic_train_data
     from solo_stablerep.data.transforms import build_image_transform
 
     cfg.data.format = "dali"
-    multi = SyntheticDALIDataModule.from_cfg(cfg).build_loader()
+    multi = prepare_synthetic_train_data(cfg).build_loader()
     images_per_batch = cfg.optimizer.batch_size * cfg.data.synthetic.n_img
     gpu = cfg.dali.device == "gpu"
     builder = PretrainPipelineBuilder(
@@ -141,7 +141,8 @@ def dali_loaders(cfg, root: Path):
 
 def images_per_second(loader, batches: int, warmup: int = 1):
     """Decoded images per second of wall-clock and of this process's CPU time (which counts DALI's
-    threads but not DataLoader worker processes) over ``batches`` batches after ``warmup`` batches."""
+    threads but not DataLoader worker processes) over ``batches`` batches after ``warmup``
+    batches."""
     done, images = -warmup, 0
     while done < batches:
         for _, views, _ in loader:
@@ -173,8 +174,8 @@ def compare(
         )
         if cpu_counts_all:
             line += (
-                f"; per CPU second multi-view {rate['multi'][1]:.1f}, solo-learn {rate['solo'][1]:.1f},"
-                f" ratio {cpu_ratios[-1]:.3f}"
+                f"; per CPU second multi-view {rate['multi'][1]:.1f}, "
+                f"solo-learn {rate['solo'][1]:.1f}, ratio {cpu_ratios[-1]:.3f}"
             )
         print(line)
     summary = f"{name}: median wall-clock ratio {statistics.median(wall_ratios):.3f}"
@@ -210,8 +211,9 @@ def main():
         root = make_data(Path(tmp), args.captions, args.images, args.size)
         cfg = make_cfg(root, args)
         print(
-            f"{args.captions} captions x {args.images} JPEGs of {args.size} px, n_img {args.n_img}, "
-            f"{args.batch_captions} captions ({args.batch_captions * args.n_img} images) per batch, "
+            f"{args.captions} captions x {args.images} JPEGs of {args.size} px, "
+            f"n_img {args.n_img}, {args.batch_captions} captions "
+            f"({args.batch_captions * args.n_img} images) per batch, "
             f"{args.workers} workers"
         )
         if args.loaders != "dali":

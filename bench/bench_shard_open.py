@@ -7,9 +7,9 @@ paper's data, so ~1 GB tars), each tar's DALI ``.idx`` with the offsets a real t
 tar itself a sparse file of that size (``os.truncate``) holding only its first sample's JSON, and
 the header ``webdataset.json``. Then, in this process (page cache warm for all):
 
-1. ``read_index`` of every ``.idx``: the parse the open did before the summary (a lower bound of it);
-2. first open, ``ShardSet(folder)``: checks every index, writes ``webdataset.json.summary``;
-3. cached open, ``ShardSet(folder)`` again (median of ``--repeats``).
+1. ``read_tar_index`` of every ``.idx``: the parse the open did before the summary (at least);
+2. first open, ``ShardReader(folder)``: checks every index, writes ``webdataset.json.summary``;
+3. cached open, ``ShardReader(folder)`` again (median of ``--repeats``).
 
     python bench/bench_shard_open.py [--captions 1000000 --per-tar 4000 --images 10]
 
@@ -32,12 +32,12 @@ def caption_id(i: int) -> str:
 
 
 def write_tar_and_index(tar: Path, first: int, count: int, images: int, run_id: str) -> int:
-    """Index of ``count`` samples (caption ``first`` on) at the offsets of a real tar, and the tar as
-    a sparse file holding its first sample's JSON; returns the tar's size."""
-    from solo_stablerep.data.shards import INDEX_VERSION, image_component, index_path
+    """Index of ``count`` samples (caption ``first`` on) at the offsets of a real tar, and the tar
+    as a sparse file holding its first sample's JSON; returns the tar's size."""
+    from solo_stablerep.data.shards import TAR_INDEX_VERSION, image_component, tar_index_path
 
     components = [image_component(k, "jpg") for k in range(images)]
-    lines, position = [f"{INDEX_VERSION} {count}"], 0
+    lines, position = [f"{TAR_INDEX_VERSION} {count}"], 0
     first_json = b""
     for i in range(first, first + count):
         cid = caption_id(i)
@@ -60,7 +60,7 @@ def write_tar_and_index(tar: Path, first: int, count: int, images: int, run_id: 
             members.append(f"{component} {offset} {size} {cid}.{component}")
             position = offset + -(-size // TAR_BLOCK) * TAR_BLOCK
         lines.append(" ".join(members))
-    index_path(tar).write_text("\n".join(lines) + "\n")
+    tar_index_path(tar).write_text("\n".join(lines) + "\n")
     with open(tar, "wb") as f:
         f.seek(TAR_BLOCK)
         f.write(first_json)
@@ -103,8 +103,13 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="cached opens timed")
     args = parser.parse_args()
 
-    from solo_stablerep.data.shards import HEADER_NAME, SUMMARY_SUFFIX, index_path, read_index
-    from solo_stablerep.data.webdataset import ShardSet
+    from solo_stablerep.data.readers import ShardReader
+    from solo_stablerep.data.shards import (
+        HEADER_NAME,
+        SUMMARY_SUFFIX,
+        read_tar_index,
+        tar_index_path,
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "shards"
@@ -112,18 +117,21 @@ def main():
         make_folder(folder, args.captions, args.per_tar, args.images)
         print(f"synthesised in {time.perf_counter() - started:.1f} s")
         tars = sorted(folder.glob("*.tar"))
-        parse = sum(timed(lambda: read_index(index_path(tar))) for tar in tars)
-        print(f"read_index of every .idx (the open before the summary, at least): {parse:.2f} s")
-        first = timed(lambda: ShardSet(str(folder)))
+        parse = sum(timed(lambda tar=tar: read_tar_index(tar_index_path(tar))) for tar in tars)
+        print(
+            f"read_tar_index of every .idx (the open before the summary, at least): {parse:.2f} s"
+        )
+        first = timed(lambda: ShardReader(str(folder)))
         summary = folder / (HEADER_NAME + SUMMARY_SUFFIX)
         print(
-            f"first open (checks every index, writes the summary of {summary.stat().st_size / 1e3:.0f} kB): "
+            "first open (checks every index, writes the summary of "
+            f"{summary.stat().st_size / 1e3:.0f} kB): "
             f"{first:.2f} s"
         )
         cached = statistics.median(
-            timed(lambda: ShardSet(str(folder))) for _ in range(args.repeats)
+            timed(lambda: ShardReader(str(folder))) for _ in range(args.repeats)
         )
-        shards = ShardSet(str(folder))
+        shards = ShardReader(str(folder))
         assert len(shards) == args.captions and shards.fewest_images[0] == args.images
         print(f"cached open (median of {args.repeats}): {cached * 1e3:.1f} ms")
         print(f"RATIO shard_open_cached_vs_first {cached / first:.4f} (goal <= 0.05)")

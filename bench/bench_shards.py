@@ -13,7 +13,7 @@ Files on disk for 10k captions x 10 images: the manifest layout holds one file p
 manifest; the shard layout holds two files (tar + index) per ~1 GB tar plus a header and a record
 log. The tar count is extrapolated from the bytes per sample measured in this run's shards.
 
-    python bench/bench_shards.py [--captions 256 --images 10 --n-img 6 --workers 2 --rounds 8 --batches 64]
+    python bench/bench_shards.py [--captions 256 --n-img 6 --workers 2 --rounds 8 --batches 64]
 
 Rounds of 64 batches: with 16, single rounds of two identical loaders (an A/A run) ranged over
 0.97-1.03, too wide to tell a 2 % difference; the defaults take ~4 minutes on 2 cores.
@@ -58,8 +58,8 @@ def compare(name: str, manifest, shards, rounds: int, batches: int, warmup: int)
         rate = {key: items_per_second(loader, batches, warmup) for key, loader in order}
         ratios.append(rate["shards"] / rate["manifest"])
         print(
-            f"{name} round {r}: manifest {rate['manifest']:.1f} items/s, shards {rate['shards']:.1f} "
-            f"items/s, ratio {ratios[-1]:.3f}"
+            f"{name} round {r}: manifest {rate['manifest']:.1f} items/s, "
+            f"shards {rate['shards']:.1f} items/s, ratio {ratios[-1]:.3f}"
         )
     print(f"RATIO shards_vs_manifest_{name} {statistics.median(ratios):.3f} (goal >= 1.0)")
 
@@ -79,9 +79,8 @@ def source_ms_per_batch(source, batches: int) -> float:
 def compare_dali_sources(
     cfg, manifest_root: Path, shard_root: Path, rounds: int, batches: int
 ) -> None:
-    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
-    from solo_stablerep.data.synthetic_dali import CaptionBatchSource
-    from solo_stablerep.data.webdataset_dali import ShardBatchSource
+    from solo_stablerep.data.dali import BatchSource
+    from solo_stablerep.data.loaders import prepare_synthetic_train_data
 
     sources = {}
     for key, root, layout in (
@@ -90,11 +89,7 @@ def compare_dali_sources(
     ):
         cfg.data.train_path, cfg.data.synthetic.layout = str(root), layout
         data = prepare_synthetic_train_data(cfg)
-        sources[key] = (
-            CaptionBatchSource(data.images, data.batch_size)
-            if key == "manifest"
-            else ShardBatchSource(data.stream, rank=0, world_size=1)
-        )
+        sources[key] = BatchSource(data.reader, data.data)
     ratios = []
     for r in range(rounds):
         ms = {
@@ -103,16 +98,17 @@ def compare_dali_sources(
         }
         ratios.append(ms["shards"] / ms["manifest"])
         print(
-            f"dali source round {r}: manifest {ms['manifest']:.2f} ms, shards {ms['shards']:.2f} ms CPU per "
-            f"batch, ratio {ratios[-1]:.3f}"
+            f"dali source round {r}: manifest {ms['manifest']:.2f} ms, "
+            f"shards {ms['shards']:.2f} ms CPU per batch, ratio {ratios[-1]:.3f}"
         )
     print(
-        f"RATIO shards_vs_manifest_dali_source_cpu_per_batch {statistics.median(ratios):.3f} (lower is better)"
+        "RATIO shards_vs_manifest_dali_source_cpu_per_batch "
+        f"{statistics.median(ratios):.3f} (lower is better)"
     )
 
 
 def loaders(cfg, manifest_root: Path, shard_root: Path, dali: bool):
-    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
+    from solo_stablerep.data.loaders import prepare_synthetic_train_data
 
     built = []
     for root, layout in ((manifest_root, "manifest"), (shard_root, "webdataset")):
@@ -132,8 +128,8 @@ def main():
         convert(manifest_root, shard_root, shard_bytes=8 << 20, progress=False)
         cfg = make_cfg(manifest_root, args)
         print(
-            f"{args.captions} captions x {args.images} JPEGs of {args.size} px, n_img {args.n_img}, "
-            f"{args.batch_captions} captions per batch, {args.workers} workers"
+            f"{args.captions} captions x {args.images} JPEGs of {args.size} px, "
+            f"n_img {args.n_img}, {args.batch_captions} captions per batch, {args.workers} workers"
         )
         compare(
             f"pytorch-{args.workers}-workers",

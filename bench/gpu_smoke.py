@@ -157,7 +157,7 @@ def child_dali_mixed(work: Path, cpu: bool):
 def dali_epoch(overrides: list, cpu: bool, layout: str):
     import torch
 
-    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
+    from solo_stablerep.data.loaders import prepare_synthetic_train_data
     from solo_stablerep.pretrain import parse_pretrain_cfg
 
     loader = prepare_synthetic_train_data(

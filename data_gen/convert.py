@@ -25,7 +25,7 @@ from solo_stablerep.data.storage import file_sha256, json_digest
 from solo_stablerep.errors import DataGenError
 
 from .shards import DEFAULT_SHARD_BYTES, ShardWriter, shard_bytes
-from .storage import check_writable
+from .output import check_writable
 
 
 @dataclass

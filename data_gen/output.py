@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from solo_stablerep.data.index import INDEX_SUFFIX, write_indexed_manifest
+from solo_stablerep.data.index import CAPTION_INDEX_SUFFIX, write_indexed_manifest
 from solo_stablerep.data.manifest import MANIFEST_NAME, CaptionRecord
 from solo_stablerep.data.storage import (
     atomic_write_json,
@@ -163,7 +163,7 @@ def _prepare_locked(out: Path, settings_path: Path, stored: dict, overwrite: boo
         for name in (PARTS_DIR, LEGACY_PARTS_DIR, CONTACT_SHEETS_DIR, "images"):
             shutil.rmtree(out / name, ignore_errors=True)
         (out / MANIFEST_NAME).unlink(missing_ok=True)
-        (out / (MANIFEST_NAME + INDEX_SUFFIX)).unlink(missing_ok=True)
+        (out / (MANIFEST_NAME + CAPTION_INDEX_SUFFIX)).unlink(missing_ok=True)
     elif (out / MANIFEST_NAME).exists() and not overwrite:
         raise DataGenError(
             f"{out} holds a data set not made by this tool; pass --overwrite to write over it"

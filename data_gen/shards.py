@@ -29,8 +29,8 @@ import numpy as np
 
 from solo_stablerep.data.shards import (
     HEADER_NAME,
-    index_path,
-    index_text,
+    tar_index_path,
+    tar_index_text,
     iter_indexed_samples,
     read_header,
 )
@@ -126,8 +126,8 @@ class _OpenTar:
     def finish(self) -> None:
         """Closes the tar (end-of-archive blocks), writes its index, fsyncs and renames the tar."""
         self.tar.close()
-        index = index_text(self.samples).encode()
-        atomic_write_bytes(index_path(self.path), index, sole_writer=True)
+        index = tar_index_text(self.samples).encode()
+        atomic_write_bytes(tar_index_path(self.path), index, sole_writer=True)
         self.output.commit()
 
     def abandon(self) -> None:
@@ -189,7 +189,7 @@ class ShardWriter:
         for tar in self.out.glob(f"{prefix}-*.tar"):
             if tar.name not in recorded:
                 tar.unlink()
-                index_path(tar).unlink(missing_ok=True)
+                tar_index_path(tar).unlink(missing_ok=True)
         (self.out / RECORDS_DIR).mkdir(exist_ok=True)
         self._log = AppendLog(self.out / RECORDS_DIR / f"{prefix}.jsonl")
         self._tar: _OpenTar | None = None
@@ -226,7 +226,7 @@ class ShardWriter:
         records."""
         for tar in [*self.out.glob("*.tar"), *self.out.glob(".*.tar.tmp")]:
             tar.unlink()
-            index_path(tar).unlink(missing_ok=True)
+            tar_index_path(tar).unlink(missing_ok=True)
         for log in (self.out / RECORDS_DIR).glob("*.jsonl"):
             log.unlink()
 

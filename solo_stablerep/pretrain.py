@@ -103,7 +103,7 @@ def parse_pretrain_cfg(cfg: DictConfig) -> DictConfig:
     cfg = parse_cfg(cfg)
     cfg.devices = devices
     if synthetic:
-        from solo_stablerep.data import add_and_assert_synthetic_cfg
+        from solo_stablerep.data.config import add_and_assert_synthetic_cfg
 
         cfg.data.dataset = "synthetic"
         cfg.data.train_path = train_path
@@ -168,7 +168,7 @@ def prepare_train_data(cfg: DictConfig):
         check_caption_data(cfg)  # only synthetic data carries captions
 
     if cfg.data.dataset == "synthetic":
-        from solo_stablerep.data import prepare_synthetic_train_data
+        from solo_stablerep.data.loaders import prepare_synthetic_train_data
 
         train_data = prepare_synthetic_train_data(cfg)
         if needs_captions:
@@ -304,7 +304,7 @@ def run_pretrain(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> Trainer
     val_loader = _prepare_val_loader(cfg)
     train_data = prepare_train_data(cfg)
     ckpt_path, wandb_run_id = _resume_checkpoint(cfg)
-    from solo_stablerep.data import synthetic_callbacks
+    from solo_stablerep.data.loaders import synthetic_callbacks
 
     trainer = build_trainer(
         cfg, model, wandb_run_id, [*synthetic_callbacks(cfg, train_data), *callbacks]

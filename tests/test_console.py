@@ -8,7 +8,7 @@ import logging
 from solo_stablerep.console import configure_logging
 configure_logging()
 logging.getLogger("data_gen.runner").info("ours-info")
-logging.getLogger("solo_stablerep.data.sampling").warning("ours-warning")
+logging.getLogger("solo_stablerep.data.readers").warning("ours-warning")
 logging.getLogger("torch.distributed").info("theirs-info")
 logging.getLogger("timm").warning("theirs-warning")
 print("stdout-stays-clean")
@@ -24,6 +24,6 @@ def test_configure_logging_shows_our_info_and_every_warning_on_stderr():
     lines = result.stderr.splitlines()
     assert lines == [
         "data_gen.runner: ours-info",
-        "solo_stablerep.data.sampling: ours-warning",
+        "solo_stablerep.data.readers: ours-warning",
         "timm: theirs-warning",
     ]

@@ -74,9 +74,7 @@ def test_the_loop_finder_finds_a_loop():
 
 def test_no_module_imports_one_that_imports_it_back():
     graph = import_graph()
-    assert (
-        "solo_stablerep.data.index" in graph["solo_stablerep.data.synthetic"]
-    )  # the graph is read
+    assert "solo_stablerep.data.index" in graph["solo_stablerep.data.config"]  # the graph is read
     assert find_loop(graph) is None, " -> ".join(find_loop(graph))
 
 

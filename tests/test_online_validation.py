@@ -1,7 +1,7 @@
-"""Online validation on synthetic data, as a user runs it: a labelled captions file ->
-`python -m data_gen --backend procedural` (files and manifest, or `--format webdataset` tar shards)
--> one short epoch validated on real images (sklearn's digits saved as an ImageFolder whose class
-folders are the data set's class_names) -> the validation accuracy is logged."""
+"""Online validation on synthetic data, as a user runs it: a labelled captions file -> `python -m
+data_gen --backend procedural` (files and manifest, or `--format webdataset` tar shards) -> one
+short epoch validated on real images (sklearn's digits saved as an ImageFolder whose class folders
+are the data set's class_names) -> the validation accuracy is logged."""
 
 import math
 import os
@@ -14,6 +14,7 @@ from helpers import REPO, SMOKE_OVERRIDES, compose_raw_cfg, crop_overrides, requ
 from PIL import Image
 
 from solo_stablerep._paths import pretrain_config_dir
+from solo_stablerep.errors import INPUT_ERROR_EXIT
 
 pytestmark = requires_solo
 
@@ -64,9 +65,8 @@ def generated(tmp_path_factory, request):
     done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     if layout == "manifest":
-        # what tripped solo-learn's ImageFolder *train* reader: the generator's own folders beside
-        # the images
-        assert {p.name for p in (root / "data").iterdir()} >= {"images", "shards", "manifest.jsonl"}
+        # what tripped solo-learn's ImageFolder *train* reader: the generator's own folders
+        assert {p.name for p in (root / "data").iterdir()} >= {"images", "parts", "manifest.jsonl"}
     else:
         assert len(list((root / "data").glob("*.tar"))) > 1
     return root / "data", [f"data.synthetic.layout={layout}"]
@@ -172,11 +172,11 @@ def test_missing_train_path_is_one_line(tmp_path):
             os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
         ),
     )
-    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.returncode == INPUT_ERROR_EXIT and "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert (
-        last == f"solo-stablerep-pretrain: error: data.train_path={tmp_path / 'nowhere'}: "
-        "no such file or folder"
+        last == "solo-stablerep-pretrain: error: "
+        f"data.train_path={tmp_path / 'nowhere'}: no such file or folder"
     )
 
 

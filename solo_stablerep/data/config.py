@@ -1,35 +1,32 @@
-"""Config of the synthetic data set (``data.dataset: synthetic``): defaults, checks, and its index.
+"""Config of the synthetic data set (``data.dataset: synthetic``): defaults, checks, the typed
+:class:`DataConfig` every loader reads, and :func:`open_reader`, the one place a layout's reader is
+chosen.
 
 Three layouts are read (on-disk formats in :mod:`solo_stablerep.data.manifest` and
-:mod:`solo_stablerep.data.shards`):
+:mod:`solo_stablerep.data.shards`; readers in :mod:`solo_stablerep.data.readers`):
 
 - ``manifest``: ``data.train_path`` is a root folder holding ``manifest.jsonl`` (format v1).
 - ``authors``: the StableRep authors' layout, one CSV whose rows are ``relative image path,caption``
   plus a list of root folders, one per generation seed; image ``k`` of the caption on a row is
-  ``roots[k]/relative_path``. Relative ``csv`` and ``roots`` are resolved against ``data.train_path``.
-- ``webdataset``: tar shards, one sample per caption; ``data.train_path`` is the shard folder or a
-  brace pattern (:mod:`solo_stablerep.data.webdataset`).
-
-The first two are read through a :class:`~solo_stablerep.data.index.CaptionIndex` (built on first
-open), shards through a :class:`~solo_stablerep.data.webdataset.ShardSet` (their ``.idx`` files);
-:func:`load_caption_index` is the one place that maps a layout to its reader.
+  ``roots[k]/relative_path``. Relative ``csv`` and ``roots`` are resolved against
+  ``data.train_path``.
+- ``webdataset``: tar shards, one sample per caption; ``data.train_path`` is the shard folder, a
+  brace pattern or one tar.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import omegaconf
 from solo.utils.misc import omegaconf_select
 
 from solo_stablerep.data.index import CaptionIndex
-from solo_stablerep.data.sampling import large_crop_slots
+from solo_stablerep.data.readers import CaptionReader, Reader, ShardReader
 from solo_stablerep.errors import SyntheticDataError
-
-if TYPE_CHECKING:
-    from solo_stablerep.data.webdataset import ShardSet
 
 LAYOUTS = ("manifest", "authors", "webdataset")
 # the keys of data.synthetic (documented in add_and_assert_synthetic_cfg); any other is a typo
@@ -63,25 +60,95 @@ def _check_known_keys(syn: omegaconf.DictConfig) -> None:
             )
 
 
-def load_caption_index(cfg: omegaconf.DictConfig) -> CaptionIndex | ShardSet:
-    """The caption index of ``data.train_path`` and ``data.synthetic`` (layout, csv, csv_header, roots):
-    memory-mapped, built and saved on first open (milliseconds to open again); for shards, the
-    checked :class:`~solo_stablerep.data.webdataset.ShardSet`."""
-    syn = cfg.data.synthetic
-    if syn.layout == "webdataset":
-        from solo_stablerep.data.webdataset import ShardSet  # torch + webdataset: only when used
+def large_crop_slots(augmentations) -> list[bool]:
+    """For each crop one image yields (in ``cfg.augmentations`` order), whether it is a large crop.
 
-        return ShardSet(cfg.data.train_path, skip_corrupt=syn.skip_corrupt)
-    base = Path(cfg.data.train_path)
-    if syn.layout == "manifest":
+    Same rule as solo-learn's ``parse_cfg``: large = crop_size equal to the first pipeline's.
+    """
+    big_size = augmentations[0].crop_size
+    return [aug.crop_size == big_size for aug in augmentations for _ in range(aug.num_crops)]
+
+
+def order_views(per_image_crops: Sequence[Sequence], large_slots: Sequence[bool]) -> list:
+    """Flattens the crops of each image into solo-learn's view order: every image's large crops
+    (image-major), then every image's small crops."""
+    return [
+        crops[j]
+        for want_large in (True, False)
+        for crops in per_image_crops
+        for j, large in enumerate(large_slots)
+        if large == want_large
+    ]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The cfg keys the readers and loaders use, read once (:meth:`from_cfg`, after
+    :func:`add_and_assert_synthetic_cfg`); see that function for their meaning."""
+
+    train_path: str
+    layout: str
+    n_img: int
+    csv: str | None
+    csv_header: bool
+    roots: tuple[str, ...]
+    skip_corrupt: bool
+    shuffle_buffer: int
+    batch_size: int  # captions per batch and process (optimizer.batch_size)
+    num_workers: int  # DataLoader workers, or DALI threads
+    dali: bool  # data.format == dali
+    dali_device: str
+    seed: int
+    large_slots: tuple[bool, ...]
+
+    @classmethod
+    def from_cfg(cls, cfg: omegaconf.DictConfig) -> DataConfig:
+        syn = cfg.data.synthetic
+        return cls(
+            train_path=str(cfg.data.train_path),
+            layout=syn.layout,
+            n_img=syn.n_img,
+            csv=syn.csv,
+            csv_header=bool(syn.csv_header),
+            roots=tuple(syn.roots),
+            skip_corrupt=bool(syn.skip_corrupt),
+            shuffle_buffer=syn.shuffle_buffer,
+            batch_size=cfg.optimizer.batch_size,
+            num_workers=cfg.data.num_workers,
+            dali=cfg.data.format == "dali",
+            dali_device=omegaconf.OmegaConf.select(cfg, "dali.device", default="gpu"),
+            seed=cfg.seed,
+            large_slots=tuple(large_crop_slots(cfg.augmentations)),
+        )
+
+
+def open_caption_index(
+    train_path: str, layout: str, csv: str | None, roots, csv_header: bool
+) -> CaptionIndex:
+    """The caption index of a manifest (``layout`` manifest) or an authors' CSV (memory-mapped,
+    built and saved on first open); ``csv`` and ``roots`` are relative to ``train_path``."""
+    base = Path(train_path)
+    if layout == "manifest":
         return CaptionIndex.from_manifest(base)
     return CaptionIndex.from_authors_csv(
-        base / syn.csv, [base / r for r in syn.roots], header=bool(syn.csv_header)
+        base / csv, [base / r for r in roots], header=bool(csv_header)
     )
 
 
+def open_reader(data: DataConfig | omegaconf.DictConfig) -> Reader:
+    """The reader of a layout, the one place it is chosen: a
+    :class:`~solo_stablerep.data.readers.CaptionReader` over the caption index of a manifest or
+    authors' CSV, or a :class:`~solo_stablerep.data.readers.ShardReader` over tar shards."""
+    if not isinstance(data, DataConfig):
+        data = DataConfig.from_cfg(data)
+    if data.layout == "webdataset":
+        return ShardReader(data.train_path, data.n_img, data.skip_corrupt, data.shuffle_buffer)
+    index = open_caption_index(data.train_path, data.layout, data.csv, data.roots, data.csv_header)
+    return CaptionReader(index, data.n_img, data.skip_corrupt)
+
+
 def check_batch_size(num_captions: int, batch_size: int, source: str) -> None:
-    # batches drop their remainder (solo-learn's convention), so a smaller set would train on nothing
+    # batches drop their remainder (solo-learn's convention): a smaller set would train on nothing
     if num_captions < batch_size:
         raise SyntheticDataError(
             f"{source}: {num_captions} captions, fewer than optimizer.batch_size={batch_size}"
@@ -89,7 +156,7 @@ def check_batch_size(num_captions: int, batch_size: int, source: str) -> None:
 
 
 def _check_val_classes(val_path: str | Path, class_names: list[str], source: str) -> None:
-    """solo-learn validates on an ImageFolder, whose class index = position in sorted folder names."""
+    """solo-learn validates on an ImageFolder, whose class index = position in sorted folders."""
     if not Path(val_path).is_dir():
         raise SyntheticDataError(f"data.val_path={val_path}: folder not found")
     folders = sorted(e.name for e in os.scandir(val_path) if e.is_dir())
@@ -111,16 +178,21 @@ def add_and_assert_synthetic_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictCon
         format (str): ``image_folder`` (PyTorch loader, the default) or ``dali``.
         synthetic.n_img (int): images of a caption per item. Defaults to 6.
         synthetic.layout (str): ``manifest``, ``authors`` or ``webdataset`` (tar shards, see
-            :mod:`solo_stablerep.data.webdataset`). Defaults to ``manifest``.
+            :mod:`solo_stablerep.data.shards`). Defaults to ``manifest``.
         synthetic.csv (Optional[str]): authors' layout: CSV of ``relative path,caption`` rows.
-        synthetic.csv_header (bool): authors' layout: the CSV's first row is a header. Defaults to False.
+        synthetic.csv_header (bool): authors' layout: the CSV's first row is a header. Defaults
+            to False.
         synthetic.roots (List[str]): authors' layout: one image root per generation seed.
-        synthetic.downsample.prob (float): probability of the downsample augmentation. Defaults to 0.
-        synthetic.downsample.sizes (List[int]): shorter-side sizes to downsample to. Defaults to [64, 128].
-        synthetic.skip_corrupt (bool): skip images that fail to decode, and log their number at each
-            epoch end (``skipped_corrupt_images``). Defaults to False.
+        synthetic.downsample.prob (float): probability of the downsample augmentation. Defaults
+            to 0.
+        synthetic.downsample.sizes (List[int]): shorter-side sizes to downsample to. Defaults to
+            [64, 128].
+        synthetic.skip_corrupt (bool): skip images that fail to decode and items left with fewer
+            than ``n_img`` readable images, each named in a warning, and log their number at each
+            epoch end (``skipped_corrupt_images``); without it the first is a one-line error.
+            Defaults to False.
         synthetic.shuffle_buffer (int): layout ``webdataset``: samples held to shuffle, per
-            DataLoader worker or DALI reader. Defaults to 256 (read by the shard loaders).
+            DataLoader worker or DALI source. Defaults to 256.
 
     Sets ``data.num_classes`` (classes in the manifest, 1 if unlabelled), ``data.no_labels`` and
     ``data.num_large_crops`` / ``data.num_small_crops`` (n_img x the crops of one image).
@@ -143,6 +215,7 @@ def add_and_assert_synthetic_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictCon
     syn.downsample.prob = omegaconf_select(cfg, "data.synthetic.downsample.prob", 0.0)
     syn.downsample.sizes = omegaconf_select(cfg, "data.synthetic.downsample.sizes", [64, 128])
     syn.skip_corrupt = omegaconf_select(cfg, "data.synthetic.skip_corrupt", False)
+    syn.shuffle_buffer = omegaconf_select(cfg, "data.synthetic.shuffle_buffer", 256)
 
     if not isinstance(syn.n_img, int) or syn.n_img < 1:
         raise SyntheticDataError(f"data.synthetic.n_img={syn.n_img}: must be an integer >= 1")
@@ -167,8 +240,7 @@ def add_and_assert_synthetic_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictCon
             f"data.format={cfg.data.format}: synthetic data supports image_folder or dali"
         )
 
-    index = load_caption_index(cfg)
-    index.check(syn.n_img)
+    index = open_reader(cfg)  # checks that every item has n_img images
     cfg.data.num_classes = index.num_classes
     cfg.data.no_labels = index.class_names is None
     if cfg.data.no_labels and cfg.method == "supcon":
@@ -178,9 +250,9 @@ def add_and_assert_synthetic_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictCon
     if cfg.data.val_path is not None:
         if index.class_names is None:
             raise SyntheticDataError(
-                f"data.val_path is set but {index.source} has no class labels: an online classifier "
-                "trained without labels gives a meaningless accuracy; unset data.val_path and run "
-                "offline linear evaluation"
+                f"data.val_path is set but {index.source} has no class labels: an online "
+                "classifier trained without labels gives a meaningless accuracy; unset "
+                "data.val_path and run offline linear evaluation"
             )
         _check_val_classes(cfg.data.val_path, index.class_names, index.source)
 

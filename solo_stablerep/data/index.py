@@ -1,8 +1,8 @@
 """Caption index: a data set's captions in flat arrays, memory-mapped by every rank and worker.
 
 A :class:`CaptionIndex` holds, for ``N`` captions, no Python object per caption: ids and caption
-texts as UTF-8 byte blobs with offsets, labels as int32 (-1 = none), image counts as int32, and image
-paths as an extension code per caption when they follow the writers' rule
+texts as UTF-8 byte blobs with offsets, labels as int32 (-1 = none), image counts as int32, and
+image paths as an extension code per caption when they follow the writers' rule
 (``images/<id[0:2]>/<id[2:4]>/<id>_<k:02d>.<ext>``, derived from the id) or as stored relative paths
 otherwise. It is built once from ``manifest.jsonl`` (or the authors' CSV), validating every row with
 the readers' one-line errors, and saved as one file beside its source::
@@ -21,16 +21,15 @@ Index file (version 1)::
              offset), file_size
     arrays   each at a 64-byte aligned offset
 
-The source signature (size, mtime_ns, SHA-1 of its first line, CSV header flag) says which source the
-index describes: an index whose signature, version, magic or size differ is stale or truncated and is
-rebuilt, never trusted, and so is one whose arrays are inconsistent (damaged behind a valid header;
-checked in one vectorised pass by the process that opens it). Builds write a temporary file and
-``os.replace`` it, under an exclusive ``flock`` on the source, so the 8 ranks of a node opening an
-unindexed manifest at once build it once; a build killed before its rename leaves its temporary
+The source signature (size, mtime_ns, SHA-1 of its first line, CSV header flag) says which source
+the index describes: an index whose signature, version, magic or size differ is stale or truncated
+and is rebuilt, never trusted, and so is one whose arrays are inconsistent (damaged behind a valid
+header; checked in one vectorised pass by the process that opens it). Builds write a temporary file
+and ``os.replace`` it, under an exclusive ``flock`` on the source, so the 8 ranks of a node opening
+an unindexed manifest at once build it once; a build killed before its rename leaves its temporary
 file, which the next build removes. Errors name the source where it is now (a data set copied with
-its index names its new place).
-When the source's folder is not writable, the index goes to ``$XDG_CACHE_HOME/solo-stablerep``
-(default ``~/.cache/solo-stablerep``).
+its index names its new place). When the source's folder is not writable, the index goes to
+``$XDG_CACHE_HOME/solo-stablerep`` (default ``~/.cache/solo-stablerep``).
 
 Only the standard library and numpy are imported (``data_gen`` writes indexes without solo-learn).
 """
@@ -71,8 +70,8 @@ from solo_stablerep.data.storage import (
 )
 from solo_stablerep.errors import ManifestError, SyntheticDataError
 
-INDEX_VERSION = 1
-INDEX_SUFFIX = ".index"
+CAPTION_INDEX_VERSION = 1
+CAPTION_INDEX_SUFFIX = ".index"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 _MAGIC = b"SRCAPIDX"
 _ALIGN = 64
@@ -128,7 +127,8 @@ class _IndexBuilder:
         self.add(record.caption_id, record.caption, record.label, record.images, rule_ext)
 
     def arrays(self) -> dict:
-        """The index arrays, sharing the builder's buffers where no offset column needs a leading 0."""
+        """The index arrays, sharing the builder's buffers where no offset column needs a leading
+        0."""
 
         def view(buffer, dtype) -> np.ndarray:
             return np.frombuffer(buffer, dtype) if len(buffer) else np.empty(0, dtype)
@@ -165,13 +165,14 @@ def _signature(source: Path, csv_header: bool | None) -> dict:
 
 
 def _write_index(path: Path, arrays: dict, meta: dict) -> None:
-    """Writes the index file atomically: temporary file in the same folder, fsync, ``os.replace``."""
+    """Writes the index file atomically: temporary file in the same folder, fsync,
+    ``os.replace``."""
     layout, offset = {}, 0
     for name, values in arrays.items():
         layout[name] = {"dtype": values.dtype.str, "shape": list(values.shape), "offset": offset}
         offset = -(-(offset + values.nbytes) // _ALIGN) * _ALIGN
     # array offsets are relative to the end of the (padded) header, so the header can state them
-    header = dict(meta, version=INDEX_VERSION, arrays=layout)
+    header = dict(meta, version=CAPTION_INDEX_VERSION, arrays=layout)
     text = json.dumps(header, ensure_ascii=False).encode()
     start = -(-(16 + len(text) + 48) // _ALIGN) * _ALIGN  # room for the file_size field below
     header["file_size"] = start + offset
@@ -200,7 +201,7 @@ def _map_index(path: Path, signature: dict | None) -> tuple[dict, dict] | None:
             header = json.loads(f.read(length))
             if (
                 not isinstance(header, dict)
-                or header.get("version") != INDEX_VERSION
+                or header.get("version") != CAPTION_INDEX_VERSION
                 or header.get("file_size") != size
                 or (signature is not None and header.get("source") != signature)
             ):
@@ -226,7 +227,8 @@ def _map_index(path: Path, signature: dict | None) -> tuple[dict, dict] | None:
 
 
 class _Column(Sequence):
-    """A read-only sequence of one string field of an index (ids or caption texts), decoded on access."""
+    """A read-only sequence of one string field of an index (ids or caption texts), decoded on
+    access."""
 
     def __init__(self, index: CaptionIndex, field: str):
         self._index, self._field = index, field
@@ -243,7 +245,7 @@ class _Column(Sequence):
         return (
             isinstance(other, Sequence)
             and len(other) == len(self)
-            and all(a == b for a, b in zip(self, other))
+            and all(a == b for a, b in zip(self, other, strict=True))
         )
 
     def __repr__(self) -> str:
@@ -253,11 +255,11 @@ class _Column(Sequence):
 class CaptionIndex:
     """Captions of a synthetic data set, their labels and image paths, memory-mapped.
 
-    Open with :meth:`from_manifest` or :meth:`from_authors_csv` (built and saved on first open, reused
-    after; an index whose arrays are inconsistent, e.g. damaged on disk, is rebuilt). Image ``k`` of
-    caption ``i`` is ``roots[0] / <its k-th path>`` (manifest layout) or ``roots[k] / <its one
-    path>`` (authors' layout, one root per generation seed). Pickling keeps only the file's path,
-    so DataLoader workers and spawned processes map the same file.
+    Open with :meth:`from_manifest` or :meth:`from_authors_csv` (built and saved on first open,
+    reused after; an index whose arrays are inconsistent, e.g. damaged on disk, is rebuilt). Image
+    ``k`` of caption ``i`` is ``roots[0] / <its k-th path>`` (manifest layout) or ``roots[k] / <its
+    one path>`` (authors' layout, one root per generation seed). Pickling keeps only the file's
+    path, so DataLoader workers and spawned processes map the same file.
 
     Attributes:
         source (str): the manifest or CSV the index describes, where it is now (named in errors;
@@ -304,7 +306,8 @@ class CaptionIndex:
 
     @classmethod
     def from_manifest(cls, root: str | Path) -> CaptionIndex:
-        """The index of ``root/manifest.jsonl``, built (validating every line) if missing or stale."""
+        """The index of ``root/manifest.jsonl``, built (validating every line) if missing or
+        stale."""
         source = Path(root) / MANIFEST_NAME
         if not source.is_file():
             raise ManifestError(f"{source}: manifest not found")
@@ -315,7 +318,8 @@ class CaptionIndex:
         cls, csv_path: str | Path, roots: Sequence[str | Path], header: bool = False
     ) -> CaptionIndex:
         """The index of the authors' CSV of ``relative image path,caption`` rows; caption id = the
-        row's 1-based position in the CSV (a header row counted); errors give the file's line number."""
+        row's 1-based position in the CSV (a header row counted); errors give the file's line
+        number."""
         csv_path = Path(csv_path)
         if not csv_path.is_file():
             raise ManifestError(f"{csv_path}: caption CSV (data.synthetic.csv) not found")
@@ -357,7 +361,8 @@ class CaptionIndex:
 
     @property
     def num_classes(self) -> int:
-        """Number of classes for solo-learn's online classifier; 1 when unlabelled (as solo does)."""
+        """Number of classes for solo-learn's online classifier; 1 when unlabelled (as solo
+        does)."""
         return len(self.class_names) if self.class_names else 1
 
     def num_images(self, i: int) -> int:
@@ -453,8 +458,9 @@ def _valid_index(path: Path, signature: dict) -> bool:
 
 
 def _ensure_index(source: Path, csv_header: bool | None) -> Path:
-    """Path of a valid index of ``source``: an existing one beside it or in the cache, else built now."""
-    candidates = derived_file_paths(source, INDEX_SUFFIX)
+    """Path of a valid index of ``source``: an existing one beside it or in the cache, else built
+    now."""
+    candidates = derived_file_paths(source, CAPTION_INDEX_SUFFIX)
     signature = _signature(source, csv_header)
     for path in candidates:
         if _valid_index(path, signature):
@@ -546,12 +552,12 @@ def write_indexed_manifest(
     generator: dict | None = None,
     num_captions: int | None = None,
 ) -> Path:
-    """:func:`~solo_stablerep.data.manifest.write_manifest`, then its index beside it, built from the
-    records as they are written (no second parse). Returns the manifest's path."""
+    """:func:`~solo_stablerep.data.manifest.write_manifest`, then its index beside it, built from
+    the records as they are written (no second parse). Returns the manifest's path."""
     builder = _IndexBuilder()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    index_path = derived_file_paths(root / MANIFEST_NAME, INDEX_SUFFIX)[0]
+    index_path = derived_file_paths(root / MANIFEST_NAME, CAPTION_INDEX_SUFFIX)[0]
     with exclusive_lock(root):  # writers of a root take turns: leftovers of a killed one are stale
         remove_stale_temps(root / MANIFEST_NAME)
         remove_stale_temps(index_path)

@@ -2,24 +2,25 @@
 
 Layout of a shard folder::
 
-    OUT/webdataset.json            header: format, version, run_id, num_captions, images_per_caption,
-                                   image_ext, class_names, generator (free-form settings)
+    OUT/webdataset.json            header: format, version, run_id, num_captions,
+                                   images_per_caption, image_ext, class_names, generator
     OUT/<prefix>-000000.tar        samples (POSIX ustar), about 1 GB each
     OUT/<prefix>-000000.idx        index for DALI's ``fn.readers.webdataset`` (wds2idx format v1.2)
 
 A sample is one caption; its members, in this order, are::
 
-    <caption_id>.json              {"caption_id", "caption", "label", "index", "run_id", "num_images"}
+    <caption_id>.json              {"caption_id", "caption", "label", "index", "run_id",
+                                    "num_images"}
     <caption_id>.00.<ext> ... <caption_id>.<m-1:02d>.<ext>     image k of the caption (k = 0..m-1)
 
 The WebDataset key is the caption id (ids hold no ``.``), so readers see the components ``json``,
-``00.jpg``, ``01.jpg``, ... (everything after the first dot, the WebDataset and DALI rule). ``index``
-is the caption's position in the source caption list; ``run_id`` identifies the generation run (its
-settings and caption list), so that shards of two runs mixed in one folder are detected.
+``00.jpg``, ``01.jpg``, ... (everything after the first dot, the WebDataset and DALI rule).
+``index`` is the caption's position in the source caption list; ``run_id`` identifies the generation
+run (its settings and caption list), so that shards of two runs mixed in one folder are detected.
 
-The index file is DALI's ``wds2idx`` format: a line ``v1.2 <num_samples>``, then one line per
-sample listing each member as ``<ext> <data offset> <size> <member name>`` (offsets in bytes from
-the start of the tar, past the member's 512-byte header).
+The tar index (``.idx``) is DALI's ``wds2idx`` format: a line ``v1.2 <num_samples>``, then one line
+per sample listing each member as ``<ext> <data offset> <size> <member name>`` (offsets in bytes
+from the start of the tar, past the member's 512-byte header).
 
 Shard summary: what opening a shard set needs of each tar (sample count, fewest and most images,
 where its index ends, its first sample's ``run_id``), checked once from its index and kept in one
@@ -42,7 +43,7 @@ read with one ``pread`` at its offset when asked for, as DALI's reader reads the
 loaders and the generator's contact sheets read tars this way.
 
 The writer (crash safety, resuming) is :mod:`data_gen.shards`; the loaders are
-:mod:`solo_stablerep.data.webdataset`. Only the standard library is used, and the storage helpers
+:mod:`solo_stablerep.data.readers`. Only the standard library is used, and the storage helpers
 (:mod:`solo_stablerep.data.storage`).
 """
 
@@ -72,17 +73,17 @@ log = logging.getLogger(__name__)
 FORMAT_NAME = "stablerep-webdataset"
 FORMAT_VERSION = 1
 HEADER_NAME = "webdataset.json"
-INDEX_VERSION = "v1.2"
+TAR_INDEX_VERSION = "v1.2"
 SUMMARY_SUFFIX = ".summary"
 SUMMARY_FORMAT = "stablerep-webdataset-summary"
 SUMMARY_VERSION = 1
 
-# one member of a sample in an index file: (component, data offset, size, member name)
+# one member of a sample in a tar index: (component, data offset, size, member name)
 IndexMember = tuple[str, int, int, str]
 
 
-def index_path(tar_path: Path) -> Path:
-    """The DALI index beside a tar: ``name.tar`` -> ``name.idx``."""
+def tar_index_path(tar_path: Path) -> Path:
+    """The tar index beside a tar: ``name.tar`` -> ``name.idx``."""
     return Path(tar_path).with_suffix(".idx")
 
 
@@ -127,13 +128,13 @@ def read_header(folder: Path) -> dict:
 _REWRITE = "rewrite it (reconvert the shard, or wds2idx)"
 
 
-def index_lines(path: Path) -> tuple[int, list[str]]:
-    """(samples its header line announces, the sample lines) of a DALI index file."""
+def tar_index_lines(path: Path) -> tuple[int, list[str]]:
+    """(samples its header line announces, the sample lines) of a tar index."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise ShardFormatError(
-            f"{path}: index file missing (write it with the shard writer or wds2idx)"
+            f"{path}: tar index missing (write it with the shard writer or wds2idx)"
         ) from None
     try:
         lines = data.decode("utf-8").splitlines()
@@ -143,8 +144,10 @@ def index_lines(path: Path) -> tuple[int, list[str]]:
             f"{path}:{line}: not UTF-8 text (a damaged index?); {_REWRITE}"
         ) from None
     head = lines[0].split() if lines else []
-    if len(head) != 2 or head[0] != INDEX_VERSION or not head[1].isdigit():
-        raise ShardFormatError(f"{path}:1: not a {INDEX_VERSION} webdataset index header")
+    if len(head) != 2 or head[0] != TAR_INDEX_VERSION or not head[1].isdigit():
+        raise ShardFormatError(
+            f"{path}:1: not a {TAR_INDEX_VERSION} tar index header (DALI's wds2idx format)"
+        )
     return int(head[1]), lines[1:]
 
 
@@ -165,7 +168,8 @@ def _bad_number(path: Path, number: int, fields: Sequence[str]) -> ShardFormatEr
 
 
 def _members(path: Path, number: int, line: str) -> list[IndexMember]:
-    """The members (component, offset, size, name) of the sample on line ``number`` of index ``path``."""
+    """The members (component, offset, size, name) of the sample on line ``number`` of index
+    ``path``."""
     fields = _member_fields(path, number, line)
     try:
         members = [
@@ -184,17 +188,17 @@ def _check_count(path: Path, announced: int, lines: Sequence[str]) -> None:
         )
 
 
-def read_index(path: Path) -> list[list[IndexMember]]:
-    """Samples of a DALI index file: per sample, its members as (component, offset, size, name)."""
-    announced, lines = index_lines(path)
+def read_tar_index(path: Path) -> list[list[IndexMember]]:
+    """Samples of a tar index: per sample, its members as (component, offset, size, name)."""
+    announced, lines = tar_index_lines(path)
     samples = [_members(path, number, line) for number, line in enumerate(lines, start=2)]
     _check_count(path, announced, samples)
     return samples
 
 
-def index_text(samples: Sequence[Sequence[IndexMember]]) -> str:
-    """The index file of a tar holding ``samples`` (the inverse of :func:`read_index`)."""
-    lines = [f"{INDEX_VERSION} {len(samples)}"]
+def tar_index_text(samples: Sequence[Sequence[IndexMember]]) -> str:
+    """The tar index of a tar holding ``samples`` (the inverse of :func:`read_tar_index`)."""
+    lines = [f"{TAR_INDEX_VERSION} {len(samples)}"]
     lines += [
         " ".join(f"{ext} {offset} {size} {name}" for ext, offset, size, name in s) for s in samples
     ]
@@ -204,7 +208,7 @@ def index_text(samples: Sequence[Sequence[IndexMember]]) -> str:
 def _summary_key(tar: Path) -> list | None:
     """[tar size, tar mtime_ns, idx size, idx mtime_ns]; None when the index is missing."""
     try:
-        tar_stat, idx_stat = tar.stat(), index_path(tar).stat()
+        tar_stat, idx_stat = tar.stat(), tar_index_path(tar).stat()
     except FileNotFoundError:
         return None
     return [tar_stat.st_size, tar_stat.st_mtime_ns, idx_stat.st_size, idx_stat.st_mtime_ns]
@@ -212,14 +216,14 @@ def _summary_key(tar: Path) -> list | None:
 
 def summarise_tar(tar: Path, image_ext: str) -> dict:
     """The summary entry of one tar, from its index and its first sample's JSON; raises
-    :class:`ShardFormatError` naming the tar (and sample, or index line) if either is unusable: index
-    missing or malformed, no sample, tar shorter than its index says, a sample without its JSON first
-    or lacking images (components ``00.<ext>``, ``01.<ext>``, ... in order)."""
+    :class:`ShardFormatError` naming the tar (and sample, or index line) if either is unusable:
+    index missing or malformed, no sample, tar shorter than its index says, a sample without its
+    JSON first or lacking images (components ``00.<ext>``, ``01.<ext>``, ... in order)."""
     key = _summary_key(
         tar
     )  # taken before reading: a tar changed meanwhile is stale at the next open
-    path = index_path(tar)
-    announced, lines = index_lines(path)
+    path = tar_index_path(tar)
+    announced, lines = tar_index_lines(path)
     expected: dict[int, list[str]] = {}  # image count -> its components
     end, most, fewest, problem = 0, 0, None, None
     for number, line in enumerate(lines, start=2):
@@ -246,7 +250,7 @@ def summarise_tar(tar: Path, image_ext: str) -> dict:
         raise ShardFormatError(f"{tar}: shard holds no sample")
     size = tar.stat().st_size
     if size < end:
-        raise ShardFormatError(f"{tar}: truncated ({size} bytes, its index reaches {end})")
+        raise ShardFormatError(f"{tar}: truncated ({size} bytes, its tar index reaches {end})")
     if problem is not None:
         raise ShardFormatError(problem)
     _, offset, length, name = lines[0].split()[:4]
@@ -325,13 +329,14 @@ def _load_summary(path: Path, image_ext: str) -> dict[str, dict]:
 def _matching_entries(
     candidates: Sequence[Path], tars: Sequence[Path], keys: Sequence[list | None], image_ext: str
 ) -> tuple[dict[str, dict], dict[str, dict]]:
-    """(all entries of a folder's summary files, those of ``tars`` whose key is the tar's ``keys``)."""
+    """(all entries of a folder's summary files, those of ``tars`` whose key is the tar's
+    ``keys``)."""
     loaded = [_load_summary(path, image_ext) for path in candidates]
     known: dict[str, dict] = {}
     for entries in reversed(loaded):
         known.update(entries)
     current = {}
-    for tar, key in zip(tars, keys):
+    for tar, key in zip(tars, keys, strict=True):
         for entries in loaded:  # beside the folder, else (read-only folder) in the cache
             entry = entries.get(tar.name)
             if key is not None and isinstance(entry, dict) and entry.get("key") == key:
@@ -437,12 +442,12 @@ class _TarReader:
         if offset + size > self.size:
             raise ShardFormatError(
                 f"{self.path}: sample {key}: member {component} lies past the tar's "
-                f"end ({self.size} bytes; truncated after its index was written?)"
+                f"end ({self.size} bytes; truncated after its tar index was written?)"
             )
         if offset < 0 or size < 0:  # a damaged index line
             raise ShardFormatError(
                 f"{self.path}: sample {key}: member {component} at offset {offset}, "
-                f"size {size} in its index; {_REWRITE}"
+                f"size {size} in its tar index; {_REWRITE}"
             )
         return os.pread(self._fd, size, offset)
 
@@ -485,8 +490,8 @@ class IndexedSample(Mapping):
 
 def iter_indexed_samples(tar_path: Path) -> Iterator[IndexedSample]:
     """The samples of a tar in index order, each an :class:`IndexedSample`."""
-    path = index_path(tar_path)
-    announced, lines = index_lines(path)
+    path = tar_index_path(tar_path)
+    announced, lines = tar_index_lines(path)
     _check_count(path, announced, lines)
     tar = _TarReader(tar_path)
     for number, line in enumerate(lines, start=2):

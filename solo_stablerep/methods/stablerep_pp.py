@@ -270,10 +270,10 @@ def _manifest_class_names(cfg: omegaconf.DictConfig) -> list[str] | None:
 
     if cfg.data.get("val_path") is None or cfg.data.get("dataset") != "synthetic":
         return None
-    from solo_stablerep.data.synthetic import load_caption_index
+    from solo_stablerep.data.config import open_reader
 
     # cached: the data loader reads the same index
-    names = load_caption_index(cfg).class_names
+    names = open_reader(cfg).class_names
     return list(names) if names else None
 
 

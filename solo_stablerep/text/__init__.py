@@ -1,12 +1,10 @@
-"""Text side of StableRep++: CLIP's BPE tokenizer (offline), a CLIP text tower, and the dataset
-wrapper that hands each item's tokenized caption to the method.
+"""Text side of StableRep++: CLIP's BPE tokenizer (offline), a CLIP text tower, and the tokens
+of each item's caption that the data loaders append for the method.
 
 open_clip is imported only when a tokenizer or a text tower is built.
 """
 
 from solo_stablerep.text.captions import (
-    CaptionTokensDataset,
-    CaptionTokensLoader,
     check_caption_data,
     load_captions,
     with_caption_tokens,
@@ -16,8 +14,6 @@ from solo_stablerep.text.tower import build_text_tower
 
 __all__ = [
     "CaptionTokenizer",
-    "CaptionTokensDataset",
-    "CaptionTokensLoader",
     "build_text_tower",
     "check_caption_data",
     "load_captions",

@@ -309,7 +309,7 @@ def test_an_error_in_a_dataloader_worker_is_one_line(data):
 
 def loader_batches(data: Path, path, *overrides, epochs=2):
     """Every batch of ``epochs`` epochs of the loader a cfg with ``overrides`` gives."""
-    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
+    from solo_stablerep.data.loaders import prepare_synthetic_train_data
 
     cfg = compose_parsed_cfg(
         data / "cfg",
@@ -334,7 +334,7 @@ def loader_batches(data: Path, path, *overrides, epochs=2):
     ],
 )
 def test_sample_damage_met_while_training_is_named_or_skipped(data, data_format, damage, expected):
-    from solo_stablerep.data.webdataset import ShardDataError
+    from solo_stablerep.errors import ShardDataError
 
     if data_format == "dali":
         pytest.importorskip("nvidia.dali", reason="data.format=dali needs nvidia-dali")
@@ -372,20 +372,19 @@ def test_a_dali_decoder_failure_names_the_image(data, layout, monkeypatch):
     pytest.importorskip("nvidia.dali", reason="data.format=dali needs nvidia-dali")
     import numpy as np
 
-    from solo_stablerep.data import synthetic_dali, webdataset
-    from solo_stablerep.data.index import SyntheticDataError
+    from solo_stablerep.data import dali
+    from solo_stablerep.errors import InputError
 
     def unchecked(data_bytes):
         return np.frombuffer(data_bytes, dtype=np.uint8)
 
-    monkeypatch.setattr(webdataset, "checked_encoded_image", unchecked)
-    monkeypatch.setattr(synthetic_dali, "checked_encoded_image", unchecked)
+    monkeypatch.setattr(dali, "checked_encoded_image", unchecked)
     cut_short(first_image(data))
     shutil.rmtree(data / "shards")
     convert(data / "ds", data / "shards", shard_bytes=6000, progress=False)
     path = data / ("ds" if layout == "manifest" else "shards")
     expected = first_image(data).name if layout == "manifest" else "shard-000000.tar: sample"
-    with pytest.raises(SyntheticDataError, match=f"{expected}.*DALI could not decode this image"):
+    with pytest.raises(InputError, match=f"{expected}.*DALI could not decode this image"):
         loader_batches(
             data,
             path,

@@ -8,9 +8,9 @@ from helpers import make_manifest_dataset
 from data_gen.convert import convert
 from solo_stablerep.data.shards import (
     ShardFormatError,
-    index_path,
     iter_indexed_samples,
-    read_index,
+    read_tar_index,
+    tar_index_path,
 )
 
 
@@ -33,7 +33,7 @@ def test_same_members_as_the_webdataset_stream(shard_folder):
             streamed = list(wds.tariterators.group_by_keys(files))
         indexed = list(iter_indexed_samples(tar))
         assert [s["__key__"] for s in indexed] == [s["__key__"] for s in streamed]
-        for by_index, by_stream in zip(indexed, streamed):
+        for by_index, by_stream in zip(indexed, streamed, strict=True):
             components = sorted(k for k in by_stream if not k.startswith("__"))
             assert sorted(k for k in by_index if not k.startswith("__")) == components
             assert all(by_index[c] == by_stream[c] for c in components)
@@ -46,7 +46,7 @@ def test_unknown_component_and_member_past_the_end(shard_folder):
     with pytest.raises(KeyError):
         samples[0]["07.png"]
     last = samples[-1]
-    end = max(offset + size for _, offset, size, _ in read_index(index_path(tar))[-1])
+    end = max(offset + size for _, offset, size, _ in read_tar_index(tar_index_path(tar))[-1])
     with open(tar, "r+b") as f:
         f.truncate(end - 1)  # cuts the last byte of the last sample's last member
     fresh_last = list(iter_indexed_samples(tar))[-1]
@@ -62,8 +62,8 @@ def test_dali_loader_names_a_tar_cut_short_while_training(tmp_path, shard_folder
     pytest.importorskip("nvidia.dali", reason="data.format=dali needs nvidia-dali")
     from test_webdataset_loader import cfg_for
 
-    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
-    from solo_stablerep.data.webdataset import ShardDataError
+    from solo_stablerep.data.loaders import prepare_synthetic_train_data
+    from solo_stablerep.errors import ShardDataError
 
     def cut_every_tar():  # after the set was opened and checked, as a failing disk would
         for tar in shard_folder.glob("*.tar"):

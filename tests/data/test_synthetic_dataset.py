@@ -1,4 +1,5 @@
-"""Multi-view synthetic dataset (PyTorch and DALI-on-CPU loaders), its cfg, and its error messages."""
+"""Multi-view synthetic dataset (PyTorch and DALI-on-CPU loaders), its cfg, and its error
+messages."""
 
 import csv
 from collections import Counter
@@ -21,9 +22,9 @@ from helpers import (  # noqa: E402
     view_colour,
 )
 
-from solo_stablerep.data.index import SyntheticDataError  # noqa: E402
+from solo_stablerep.data.loaders import prepare_synthetic_train_data  # noqa: E402
 from solo_stablerep.data.manifest import ManifestError  # noqa: E402
-from solo_stablerep.data.synthetic import build_synthetic_dataset, prepare_synthetic_train_data  # noqa: E402
+from solo_stablerep.errors import SyntheticDataError  # noqa: E402
 
 MULTICROP_AUGS = """\
 - {rrc: {enabled: True, crop_min_scale: 0.5, crop_max_scale: 1.0}, color_jitter: {prob: 0.0},
@@ -55,6 +56,11 @@ def _cfg(config_dir, root, *overrides, name="stablerep.yaml"):
     )
 
 
+def build_synthetic_dataset(cfg):
+    """The PyTorch loader's stream, whose ``item(i)`` is caption i's row."""
+    return prepare_synthetic_train_data(cfg).dataset
+
+
 def _loaders(cfg):
     """Both loaders of one cfg: the PyTorch DataLoader and the DALI (CPU) iterator."""
     torch_loader = prepare_synthetic_train_data(cfg)
@@ -69,7 +75,7 @@ def test_item_format_shapes_and_distinct_images(config_dir, dataset_dir):
     assert (cfg.data.num_large_crops, cfg.data.num_small_crops) == (3, 0)
     assert cfg.data.num_classes == 1 and cfg.data.no_labels
 
-    index, views, target = build_synthetic_dataset(cfg)[5]
+    index, views, target = build_synthetic_dataset(cfg).item(5)
     assert index == 5 and target == -1
     assert len(views) == 3 and all(v.shape == (3, 16, 16) for v in views)
 
@@ -105,7 +111,7 @@ def test_images_are_redrawn_at_every_access(config_dir, dataset_dir):
     cfg = _cfg(config_dir, root, "data.synthetic.n_img=2")
     dataset = build_synthetic_dataset(cfg)
     torch.manual_seed(0)
-    drawn = Counter(frozenset(view_colour(v) for v in dataset[3][1]) for _ in range(40))
+    drawn = Counter(frozenset(view_colour(v) for v in dataset.item(3)[1]) for _ in range(40))
     # 10 pairs of 5 images; a dataset that fixed its pair would give one
     assert len(drawn) >= 6
     assert set().union(*drawn) == set(colours["cap0003"])
@@ -154,7 +160,9 @@ def test_downsample_rate(config_dir, tmp_path, backend, prob):
     torch.manual_seed(3)
     if backend == "torch":
         dataset = build_synthetic_dataset(cfg)
-        views = [v for _ in range(100) for i in range(len(dataset)) for v in dataset[i][1]]
+        views = [
+            v for _ in range(100) for i in range(len(dataset.reader)) for v in dataset.item(i)[1]
+        ]
     else:
         cfg.data.format = "dali"
         loader = prepare_synthetic_train_data(cfg).build_loader()
@@ -191,11 +199,11 @@ def test_authors_layout(config_dir, tmp_path, header):
     overrides = _authors_layout(tmp_path, rows, header=header)
     cfg = _cfg(config_dir, tmp_path, "data.synthetic.n_img=3", *overrides)
     dataset = build_synthetic_dataset(cfg)
-    assert len(dataset) == 6 and cfg.data.num_classes == 1
+    assert len(dataset.reader) == 6 and cfg.data.num_classes == 1
     # caption id = the row's position in the CSV, header counted (not its line: captions span two)
-    assert dataset.index.caption_ids == [str(c + 1 + header) for c in range(6)]
+    assert dataset.reader.index.caption_ids == [str(c + 1 + header) for c in range(6)]
     for c in range(6):
-        index, views, target = dataset[c]
+        index, views, target = dataset.item(c)
         assert target == -1
         # image k of caption c is seed{k}/sub/c.png: all 3 roots, each once
         assert sorted(view_colour(v) for v in views) == sorted(colour(c * 3 + r) for r in range(3))
@@ -206,7 +214,7 @@ def test_labelled_manifest_sets_num_classes_and_targets(config_dir, tmp_path):
     cfg = _cfg(config_dir, tmp_path / "ds", "data.synthetic.n_img=2")
     assert cfg.data.num_classes == 3 and not cfg.data.no_labels
     dataset = build_synthetic_dataset(cfg)
-    assert [dataset[i][2] for i in range(6)] == [0, 1, 2, 0, 1, 2]
+    assert [dataset.item(i)[2] for i in range(6)] == [0, 1, 2, 0, 1, 2]
 
     # online validation on an ImageFolder whose sorted classes are the manifest's
     for name in ["cat", "dog", "eel"]:
@@ -259,13 +267,13 @@ def test_missing_image_names_file_and_caption(config_dir, tmp_path):
     cfg = _cfg(config_dir, tmp_path, "data.synthetic.n_img=2")
     dataset = build_synthetic_dataset(cfg)
     with pytest.raises(
-        SyntheticDataError, match=rf"{missing}: image file missing \(caption cap0002\)"
+        SyntheticDataError, match=rf"{missing} \(caption cap0002\): image file missing"
     ) as e:
-        dataset[2]
+        dataset.item(2)
     _one_line(e)
     cfg.data.format = "dali"
     with pytest.raises(
-        SyntheticDataError, match=rf"{missing}: image file missing \(caption cap0002\)"
+        SyntheticDataError, match=rf"{missing} \(caption cap0002\): image file missing"
     ):
         for _ in prepare_synthetic_train_data(cfg).build_loader():
             pass
@@ -279,13 +287,13 @@ def test_corrupt_image_raises_or_is_skipped_and_counted(config_dir, tmp_path):
     dataset = build_synthetic_dataset(cfg)
     torch.manual_seed(0)
     with pytest.raises(
-        SyntheticDataError, match=rf"{corrupt}: corrupt image \(caption cap0001\)"
+        SyntheticDataError, match=rf"{corrupt} \(caption cap0001\): corrupt image"
     ) as e:
         for _ in range(20):  # draws 2 of 3 images: the corrupt one comes up quickly
-            dataset[1]
+            dataset.item(1)
     _one_line(e)
     cfg.data.format = "dali"
-    with pytest.raises(SyntheticDataError, match=rf"{corrupt}: corrupt image \(caption cap0001\)"):
+    with pytest.raises(SyntheticDataError, match=rf"{corrupt} \(caption cap0001\): corrupt image"):
         loader = prepare_synthetic_train_data(cfg).build_loader()
         for _ in range(20):
             for _ in loader:
@@ -295,12 +303,16 @@ def test_corrupt_image_raises_or_is_skipped_and_counted(config_dir, tmp_path):
     dataset = build_synthetic_dataset(cfg)
     good = {colour(3), colour(4)}  # images 0 and 1 of caption 1
     for _ in range(20):
-        assert {view_colour(v) for v in dataset[1][1]} == good
-    assert dataset.num_corrupt_skipped > 0
+        assert {view_colour(v) for v in dataset.item(1)[1]} == good
+    assert dataset.skipped.value > 0
 
+    # too few readable images: an error without skip_corrupt, else the item is skipped and counted
+    cfg = _cfg(config_dir, tmp_path, "data.synthetic.n_img=3")
+    with pytest.raises(SyntheticDataError, match=rf"{corrupt} \(caption cap0001\): corrupt image"):
+        build_synthetic_dataset(cfg).item(1)
     cfg = _cfg(config_dir, tmp_path, "data.synthetic.n_img=3", "data.synthetic.skip_corrupt=True")
-    with pytest.raises(SyntheticDataError, match=r"caption cap0001: only 2 readable images"):
-        build_synthetic_dataset(cfg)[1]
+    dataset = build_synthetic_dataset(cfg)
+    assert dataset.item(1) is None and dataset.skipped.value == 2  # the image, then the item
 
 
 def test_too_few_images_empty_and_small_datasets(config_dir, tmp_path):
@@ -375,7 +387,7 @@ def test_worker_errors_stay_one_line(config_dir, tmp_path):
     assert loader.num_workers == 1
     with pytest.raises(
         SyntheticDataError,
-        match=rf"^{missing}: image file missing \(caption cap0002\) "
+        match=rf"^{missing} \(caption cap0002\): image file missing "
         r"\(in DataLoader worker process 0\)$",
     ) as e:
         for _ in loader:
@@ -386,7 +398,7 @@ def test_worker_errors_stay_one_line(config_dir, tmp_path):
 def test_skipped_images_are_counted_over_workers_and_logged_per_epoch(config_dir, tmp_path):
     import lightning.pytorch as pl
 
-    from solo_stablerep.data.synthetic import synthetic_callbacks
+    from solo_stablerep.data.loaders import synthetic_callbacks
 
     make_manifest_dataset(tmp_path, 4, 3)
     (tmp_path / "images" / "ca" / "p0" / "cap0001_02.png").write_bytes(b"not an image at all")
@@ -449,3 +461,18 @@ def test_downsample_is_the_authors_bilinear_resize():
     # the authors' DownSampleAndUpsample: transforms.Resize(res) then transforms.Resize(256)
     authors = transforms.Resize(256)(transforms.Resize(64)(img))
     assert np.array_equal(np.asarray(ours), np.asarray(authors))
+
+
+def test_an_epoch_set_by_lightning_after_a_resume_repeats_that_epochs_order(
+    config_dir, dataset_dir
+):
+    root, _ = dataset_dir
+    cfg = _cfg(config_dir, root, "data.synthetic.n_img=2")
+    loader = prepare_synthetic_train_data(cfg)
+    epochs = [[batch[0].tolist() for batch in loader] for _ in range(2)]
+    assert epochs[0] != epochs[1]
+    resumed = prepare_synthetic_train_data(cfg)
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+
+    _set_sampler_epoch(resumed, 1)  # what Lightning's fit loop does before each epoch
+    assert [batch[0].tolist() for batch in resumed] == epochs[1]

@@ -1,7 +1,7 @@
 """DDP (gloo, 2 processes): every caption of an epoch is seen once, on one rank, with all its views.
 
-Checks the PyTorch loader with the sampler Lightning injects under DDP (built with Lightning's own
-functions) and the DALI loader, which shards captions itself.
+Checks the PyTorch loader and the DALI loader, which both deal captions out to the ranks themselves
+(Lightning injects no sampler into an iterable data set).
 """
 
 import os
@@ -29,31 +29,17 @@ EPOCHS = 2
 
 
 def _torch_loader(cfg, rank):
-    from lightning.pytorch.trainer.connectors.data_connector import _get_distributed_sampler
-    from lightning.pytorch.trainer.states import RunningStage
-    from lightning.pytorch.utilities.data import _update_dataloader
+    from solo_stablerep.data.loaders import prepare_synthetic_train_data
 
-    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
-
-    loader = prepare_synthetic_train_data(cfg)
-    sampler = _get_distributed_sampler(
-        loader,
-        shuffle=True,
-        overfit_batches=0,
-        mode=RunningStage.TRAINING,
-        num_replicas=WORLD_SIZE,
-        rank=rank,
-    )
-    loader = _update_dataloader(loader, sampler, mode=RunningStage.TRAINING)
-    assert loader.drop_last and loader.batch_size == BATCH_SIZE
-    return loader, sampler.set_epoch
+    loader = prepare_synthetic_train_data(cfg)  # takes rank and world size from torch.distributed
+    return loader, lambda epoch: None  # the loader counts epochs itself
 
 
 def _dali_loader(cfg, rank):
-    from solo_stablerep.data.synthetic_dali import SyntheticDALIDataModule
+    from solo_stablerep.data.loaders import prepare_synthetic_train_data
 
     cfg.data.format = "dali"
-    loader = SyntheticDALIDataModule.from_cfg(cfg).build_loader(rank=rank, world_size=WORLD_SIZE)
+    loader = prepare_synthetic_train_data(cfg).build_loader(rank=rank, world_size=WORLD_SIZE)
     return loader, lambda epoch: None  # the DALI source counts epochs itself
 
 

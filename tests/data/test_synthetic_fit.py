@@ -1,4 +1,5 @@
-"""Short end-to-end runs of the pretrain entry point on a synthetic data set (CPU, 16 px, resnet18)."""
+"""Short end-to-end runs of the pretrain entry point on a synthetic data set (CPU, 16 px,
+resnet18)."""
 
 import math
 import os

@@ -1,4 +1,5 @@
-"""Caption index: contents equal the manifest's / CSV's, staleness, concurrency, memory, light imports."""
+"""Caption index: contents equal the manifest's / CSV's, staleness, concurrency, memory, light
+imports."""
 
 import csv
 import json
@@ -11,7 +12,7 @@ import textwrap
 import pytest
 from helpers import REPO
 
-from solo_stablerep.data.index import INDEX_SUFFIX, CaptionIndex, write_indexed_manifest
+from solo_stablerep.data.index import CAPTION_INDEX_SUFFIX, CaptionIndex, write_indexed_manifest
 from solo_stablerep.data.manifest import (
     MANIFEST_NAME,
     CaptionRecord,
@@ -69,11 +70,11 @@ def test_index_equals_the_manifest(tmp_path, labelled):
     _, read = read_manifest(tmp_path)
     index = CaptionIndex.from_manifest(tmp_path)
     _assert_index_equals(index, read, names)
-    assert (tmp_path / (MANIFEST_NAME + INDEX_SUFFIX)).is_file()
+    assert (tmp_path / (MANIFEST_NAME + CAPTION_INDEX_SUFFIX)).is_file()
     # reopened from the file; and the index written while merging equals the one built on open
     _assert_index_equals(CaptionIndex.from_manifest(tmp_path), read, names)
     write_indexed_manifest(tmp_path / "w", records, class_names=names, num_captions=len(records))
-    assert (tmp_path / "w" / (MANIFEST_NAME + INDEX_SUFFIX)).read_bytes() != b""
+    assert (tmp_path / "w" / (MANIFEST_NAME + CAPTION_INDEX_SUFFIX)).read_bytes() != b""
     _assert_index_equals(CaptionIndex.from_manifest(tmp_path / "w"), read, names)
 
 
@@ -107,7 +108,7 @@ def test_authors_csv_index(tmp_path):
 def test_stale_truncated_or_foreign_index_is_rebuilt(tmp_path):
     records = [CaptionRecord(r.caption_id, r.caption, None, r.images) for r in _records()]
     write_manifest(tmp_path, records[:3])
-    index_file = tmp_path / (MANIFEST_NAME + INDEX_SUFFIX)
+    index_file = tmp_path / (MANIFEST_NAME + CAPTION_INDEX_SUFFIX)
     assert len(CaptionIndex.from_manifest(tmp_path)) == 3
 
     write_manifest(tmp_path, records)  # the manifest changed
@@ -153,7 +154,9 @@ def test_build_validates_every_line_with_the_readers_errors(tmp_path):
 def test_unwritable_data_folder_puts_the_index_in_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     write_manifest(tmp_path / "data", _records(), class_names=["a", "b", "c"])
-    (tmp_path / "data" / (MANIFEST_NAME + INDEX_SUFFIX)).mkdir()  # unwritable there, even as root
+    (
+        tmp_path / "data" / (MANIFEST_NAME + CAPTION_INDEX_SUFFIX)
+    ).mkdir()  # unwritable there, even as root
     index = CaptionIndex.from_manifest(tmp_path / "data")
     assert index.index_path.parent == tmp_path / "cache" / "solo-stablerep"
     assert len(CaptionIndex.from_manifest(tmp_path / "data")) == len(_records())
@@ -184,12 +187,12 @@ def test_concurrent_first_opens_build_one_valid_index(tmp_path):
         for _ in range(3)
     ]
     outputs = [p.communicate(timeout=300) for p in procs]
-    for (out, err), p in zip(outputs, procs):
+    for (out, err), p in zip(outputs, procs, strict=True):
         assert p.returncode == 0, err
         assert out.split()[:2] == ["20000", "c019999"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         MANIFEST_NAME,
-        MANIFEST_NAME + INDEX_SUFFIX,
+        MANIFEST_NAME + CAPTION_INDEX_SUFFIX,
     ]
 
 
@@ -198,7 +201,8 @@ import gc, sys
 from solo_stablerep.data.index import CaptionIndex
 
 def private_dirty_and_rss():
-    fields = dict(line.split(":", 1) for line in open("/proc/self/smaps_rollup").read().splitlines()[1:])
+    rollup = open("/proc/self/smaps_rollup").read().splitlines()[1:]
+    fields = dict(line.split(":", 1) for line in rollup)
     return tuple(1024 * int(fields[key].split()[0]) for key in ("Private_Dirty", "Rss"))
 
 CaptionIndex.from_manifest(sys.argv[1])  # builds the index (first open)

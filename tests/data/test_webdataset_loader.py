@@ -51,7 +51,8 @@ def cfg_for(tmp_path, train_path, *extra):
 
 
 def check_batches(loader, colours, epochs=2):
-    """Every row's views are N_IMG distinct images of its own caption; returns captions per epoch."""
+    """Every row's views are N_IMG distinct images of its own caption; returns captions per
+    epoch."""
     seen = []
     for _ in range(epochs):
         captions, batches = [], 0
@@ -70,7 +71,7 @@ def check_batches(loader, colours, epochs=2):
 
 
 def test_pytorch_loader_items_and_fresh_images(tmp_path, shards):
-    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
+    from solo_stablerep.data.loaders import prepare_synthetic_train_data
 
     folder, colours = shards
     # a buffer of 1 sample: no mixing across the passes over the tars, so an epoch's 8 items are
@@ -86,7 +87,7 @@ def test_pytorch_loader_items_and_fresh_images(tmp_path, shards):
 
 def test_dali_cpu_loader(tmp_path, shards):
     pytest.importorskip("nvidia.dali", reason="data.format=dali needs nvidia-dali")
-    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
+    from solo_stablerep.data.loaders import prepare_synthetic_train_data
 
     folder, colours = shards
     cfg = cfg_for(tmp_path, folder, "data.format=dali")
@@ -96,49 +97,53 @@ def test_dali_cpu_loader(tmp_path, shards):
 
 
 def test_brace_pattern(tmp_path, shards):
-    from solo_stablerep.data.webdataset import ShardDataError, ShardSet
+    from solo_stablerep.data.readers import ShardReader
+    from solo_stablerep.errors import ShardDataError
 
     folder, _ = shards
     count = len(list(folder.glob("*.tar")))
-    assert len(ShardSet(f"{folder}/shard-{{000000..{count - 1:06d}}}.tar")) == NUM_CAPTIONS
-    assert len(ShardSet(f"{folder}/shard-{{000000..000001}}.tar")) < NUM_CAPTIONS
+    assert len(ShardReader(f"{folder}/shard-{{000000..{count - 1:06d}}}.tar")) == NUM_CAPTIONS
+    assert len(ShardReader(f"{folder}/shard-{{000000..000001}}.tar")) < NUM_CAPTIONS
     with pytest.raises(ShardDataError, match="the pattern matches no shard file"):
-        ShardSet(f"{folder}/other-{{000000..000003}}.tar")
+        ShardReader(f"{folder}/other-{{000000..000003}}.tar")
     with pytest.raises(ShardDataError, match="shard-000999.tar: shard named by .* not found"):
-        ShardSet(f"{folder}/shard-{{000000,000999}}.tar")
+        ShardReader(f"{folder}/shard-{{000000,000999}}.tar")
 
 
 def test_truncated_tar(tmp_path, shards):
-    from solo_stablerep.data.webdataset import ShardDataError, ShardSet
+    from solo_stablerep.data.readers import ShardReader
+    from solo_stablerep.errors import ShardDataError
 
     folder, _ = shards
     tar = folder / "shard-000001.tar"
     tar.write_bytes(tar.read_bytes()[:3000])
     with pytest.raises(ShardDataError, match=r"shard-000001.tar: truncated \(3000 bytes"):
-        ShardSet(str(folder))
+        ShardReader(str(folder))
 
 
 @pytest.mark.parametrize("data_format", ["image_folder", "dali"])
 def test_corrupt_sample_metadata_error_or_opt_in_skip(tmp_path, shards, data_format):
-    from solo_stablerep.data.shards import read_index
-    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
-    from solo_stablerep.data.webdataset import ShardDataError
+    from solo_stablerep.data.loaders import prepare_synthetic_train_data
+    from solo_stablerep.data.shards import read_tar_index
+    from solo_stablerep.errors import ShardDataError
 
     if data_format == "dali":
         pytest.importorskip("nvidia.dali", reason="data.format=dali needs nvidia-dali")
     folder, _ = shards
     tar = folder / "shard-000000.tar"
-    _, offset, size, name = read_index(tar.with_suffix(".idx"))[1][0]  # the second sample's JSON
+    _, offset, size, name = read_tar_index(tar.with_suffix(".idx"))[1][
+        0
+    ]  # the second sample's JSON
     data = bytearray(tar.read_bytes())
     data[offset : offset + size] = b"\xff" * size  # garbled on disk after the set was written
     tar.write_bytes(bytes(data))
     cfg = [f"data.format={data_format}", "data.num_workers=0"]
     loader = prepare_synthetic_train_data(cfg_for(tmp_path, folder, *cfg))
-    loader = loader.build_loader() if data_format == "dali" else loader
     with pytest.raises(
         ShardDataError,
         match=rf"shard-000000.tar: sample {name[:-5]}: its .json metadata is not valid",
     ):
+        loader = loader.build_loader() if data_format == "dali" else loader  # DALI prefetches
         for _ in range(4):  # an epoch reads 8 of the 10 samples
             for _ in loader:
                 pass
@@ -152,8 +157,8 @@ def test_corrupt_sample_metadata_error_or_opt_in_skip(tmp_path, shards, data_for
 
 
 def test_corrupt_image_names_shard_and_sample(tmp_path):
-    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
-    from solo_stablerep.data.webdataset import ShardDataError
+    from solo_stablerep.data.loaders import prepare_synthetic_train_data
+    from solo_stablerep.errors import ShardDataError
 
     make_manifest_dataset(tmp_path / "ds", 4, IMAGES)
     victim = sorted((tmp_path / "ds" / "images").rglob("cap0002_*.png"))
@@ -161,7 +166,9 @@ def test_corrupt_image_names_shard_and_sample(tmp_path):
         path.write_bytes(b"not a png" * 10)
     convert(tmp_path / "ds", tmp_path / "shards", progress=False)
     loader = prepare_synthetic_train_data(cfg_for(tmp_path, tmp_path / "shards"))
-    with pytest.raises(ShardDataError, match=r"shard-000000.tar: sample cap0002: corrupt image"):
+    with pytest.raises(
+        ShardDataError, match=r"shard-000000.tar: sample cap0002: image \d+.png: corrupt image"
+    ):
         for _ in loader:
             pass
 
@@ -188,18 +195,23 @@ def write_tar_by_hand(folder, members, run_id="run-x"):
 
 
 def test_sample_missing_an_image(tmp_path):
-    from solo_stablerep.data.webdataset import ShardDataError, ShardSet
+    from solo_stablerep.data.readers import ShardReader
+    from solo_stablerep.errors import ShardDataError
 
-    meta = b'{"caption_id": "c1", "caption": "x", "label": null, "index": 0, "run_id": "run-x", "num_images": 3}'
+    meta = (
+        b'{"caption_id": "c1", "caption": "x", "label": null, "index": 0, "run_id": "run-x", '
+        b'"num_images": 3}'
+    )
     write_tar_by_hand(tmp_path, {"c1.json": meta, "c1.00.png": b"a", "c1.02.png": b"c"})
     with pytest.raises(
         ShardDataError, match=r"shard-000000.tar: sample c1 lacks some of its images"
     ):
-        ShardSet(str(tmp_path))
+        ShardReader(str(tmp_path))
 
 
 def test_sample_with_fewer_than_n_images(tmp_path):
-    from solo_stablerep.data.webdataset import ShardDataError, ShardSet
+    from solo_stablerep.data.readers import ShardReader
+    from solo_stablerep.errors import ShardDataError
 
     with ShardWriter(tmp_path, make_header("run-a", 2, 4, "png", None, None)) as writer:
         writer.write(0, "full", "c", None, [b"x"] * 4)
@@ -208,11 +220,12 @@ def test_sample_with_fewer_than_n_images(tmp_path):
         ShardDataError,
         match=r"shard-000000.tar: sample short has 2 images, fewer than data.synthetic.n_img=3",
     ):
-        ShardSet(str(tmp_path)).check(3)
+        ShardReader(str(tmp_path)).check(3)
 
 
 def test_shards_of_two_runs_mixed(tmp_path):
-    from solo_stablerep.data.webdataset import ShardDataError, ShardSet
+    from solo_stablerep.data.readers import ShardReader
+    from solo_stablerep.errors import ShardDataError
 
     for run in ("a", "b"):
         with ShardWriter(
@@ -224,22 +237,24 @@ def test_shards_of_two_runs_mixed(tmp_path):
     with pytest.raises(
         ShardDataError, match=r"b-000000.tar: sample capb is from generation run run-b, .*mixed"
     ):
-        ShardSet(f"{tmp_path / 'a'}/{{a,b}}-000000.tar")
+        ShardReader(f"{tmp_path / 'a'}/{{a,b}}-000000.tar")
     with pytest.raises(ShardDataError, match=r"b-000000.tar: sample capb .*two runs are mixed"):
-        ShardSet(str(tmp_path / "a"))
+        ShardReader(str(tmp_path / "a"))
 
 
 def test_dali_loader_names_a_corrupt_image_or_skips_it_when_asked(tmp_path):
     pytest.importorskip("nvidia.dali", reason="data.format=dali needs nvidia-dali")
-    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
-    from solo_stablerep.data.webdataset import ShardDataError
+    from solo_stablerep.data.loaders import prepare_synthetic_train_data
+    from solo_stablerep.errors import ShardDataError
 
     make_manifest_dataset(tmp_path / "ds", 8, IMAGES)
     for path in sorted((tmp_path / "ds" / "images").rglob("cap0002_*.png")):
         path.write_bytes(b"not a png" * 10)
     convert(tmp_path / "ds", tmp_path / "shards", progress=False)
     data = prepare_synthetic_train_data(cfg_for(tmp_path, tmp_path / "shards", "data.format=dali"))
-    with pytest.raises(ShardDataError, match=r"shard-000000.tar: sample cap0002: corrupt image"):
+    with pytest.raises(
+        ShardDataError, match=r"shard-000000.tar: sample cap0002: image \d+.png: corrupt image"
+    ):
         for _ in data.build_loader():  # DALI prefetches its first batches when the loader is built
             pass
     data = prepare_synthetic_train_data(
@@ -255,8 +270,8 @@ def test_dali_loader_names_a_corrupt_image_or_skips_it_when_asked(tmp_path):
 @pytest.mark.parametrize("data_format", ["image_folder", "dali"])
 @pytest.mark.parametrize("damage", ["tar", "images"])
 def test_nothing_readable_with_skip_corrupt_is_an_error_not_a_hang(tmp_path, data_format, damage):
-    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
-    from solo_stablerep.data.webdataset import ShardDataError
+    from solo_stablerep.data.loaders import prepare_synthetic_train_data
+    from solo_stablerep.errors import ShardDataError
 
     if data_format == "dali":
         pytest.importorskip("nvidia.dali", reason="data.format=dali needs nvidia-dali")

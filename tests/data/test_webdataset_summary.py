@@ -10,8 +10,9 @@ pytest.importorskip("solo", reason="the shard loaders build on solo-learn's augm
 
 from data_gen.shards import ShardWriter  # noqa: E402
 from solo_stablerep.data import shards as shard_format  # noqa: E402
+from solo_stablerep.data.readers import ShardReader  # noqa: E402
 from solo_stablerep.data.shards import HEADER_NAME, SUMMARY_SUFFIX, make_header  # noqa: E402
-from solo_stablerep.data.webdataset import ShardDataError, ShardSet  # noqa: E402
+from solo_stablerep.errors import ShardDataError  # noqa: E402
 
 NUM_CAPTIONS, IMAGES = 6, 4
 
@@ -34,7 +35,7 @@ def no_index_reading(monkeypatch):
     def fail(path):
         raise AssertionError(f"{path} read although its summary is cached")
 
-    monkeypatch.setattr(shard_format, "index_lines", fail)
+    monkeypatch.setattr(shard_format, "tar_index_lines", fail)
 
 
 def count_summarised(monkeypatch) -> list:
@@ -50,16 +51,13 @@ def count_summarised(monkeypatch) -> list:
 
 
 def test_second_open_reads_no_index(folder, monkeypatch):
-    first = ShardSet(str(folder))
+    first = ShardReader(str(folder))
     summary = json.loads((folder / (HEADER_NAME + SUMMARY_SUFFIX)).read_text())
     assert sorted(summary["tars"]) == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
     no_index_reading(monkeypatch)
-    again = ShardSet(str(folder))
+    again = ShardReader(str(folder))
     assert len(again) == NUM_CAPTIONS and again.sample_counts == first.sample_counts == [2, 2, 2]
-    assert (
-        again.fewest_images == (2, folder / "shard-000001.tar", "cap3")
-        and again.most_images == IMAGES
-    )
+    assert again.fewest_images == (2, folder / "shard-000001.tar", "cap3")
     with pytest.raises(
         ShardDataError, match=r"shard-000001.tar: sample cap3 has 2 images, fewer than .*n_img=3"
     ):
@@ -67,25 +65,25 @@ def test_second_open_reads_no_index(folder, monkeypatch):
 
 
 def test_tar_changed_after_caching_is_checked_again(folder, monkeypatch):
-    ShardSet(str(folder))
+    ShardReader(str(folder))
     tar = folder / "shard-000001.tar"
     tar.write_bytes(tar.read_bytes()[:3000])
     summarised = count_summarised(monkeypatch)
     with pytest.raises(
-        ShardDataError, match=r"shard-000001.tar: truncated \(3000 bytes, its index reaches"
+        ShardDataError, match=r"shard-000001.tar: truncated \(3000 bytes, its tar index reaches"
     ):
-        ShardSet(str(folder))
+        ShardReader(str(folder))
     assert summarised == ["shard-000001.tar"]
     (folder / "shard-000001.idx").unlink()
-    with pytest.raises(ShardDataError, match=r"shard-000001.idx: index file missing"):
-        ShardSet(str(folder))
+    with pytest.raises(ShardDataError, match=r"shard-000001.idx: tar index missing"):
+        ShardReader(str(folder))
 
 
 def test_tars_checked_before_a_bad_one_are_kept(folder, monkeypatch):
     tar = folder / "shard-000001.tar"
     tar.write_bytes(tar.read_bytes()[:3000])
     with pytest.raises(ShardDataError, match=r"shard-000001.tar: truncated"):
-        ShardSet(str(folder))
+        ShardReader(str(folder))
     summary = json.loads((folder / (HEADER_NAME + SUMMARY_SUFFIX)).read_text())
     assert list(summary["tars"]) == ["shard-000000.tar"]
 
@@ -105,27 +103,27 @@ def test_mixed_runs_reported_from_the_cache_too(tmp_path, monkeypatch):
         with pytest.raises(
             ShardDataError, match=r"b-000000.tar: sample capb is from generation run run-b, .*mixed"
         ):
-            ShardSet(pattern)
+            ShardReader(pattern)
         no_index_reading(monkeypatch)
 
 
 def test_added_tar_is_summarised_alone(folder, monkeypatch):
-    assert len(ShardSet(f"{folder}/shard-{{000000..000001}}.tar")) == 4
+    assert len(ShardReader(f"{folder}/shard-{{000000..000001}}.tar")) == 4
     summarised = count_summarised(monkeypatch)
-    assert len(ShardSet(str(folder))) == NUM_CAPTIONS
+    assert len(ShardReader(str(folder))) == NUM_CAPTIONS
     assert summarised == ["shard-000002.tar"]
-    assert len(ShardSet(f"{folder}/shard-{{000001..000002}}.tar")) == 4  # a subset: all cached
+    assert len(ShardReader(f"{folder}/shard-{{000001..000002}}.tar")) == 4  # a subset: all cached
     assert summarised == ["shard-000002.tar"]
 
 
 def test_read_only_folder_keeps_the_summary_in_the_cache(folder, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     (folder / (HEADER_NAME + SUMMARY_SUFFIX)).mkdir()  # unwritable there, even as root
-    ShardSet(str(folder))
+    ShardReader(str(folder))
     cached = list((tmp_path / "cache" / "solo-stablerep").glob(f"{HEADER_NAME}.*{SUMMARY_SUFFIX}"))
     assert len(cached) == 1 and len(json.loads(cached[0].read_text())["tars"]) == 3
     no_index_reading(monkeypatch)
-    assert len(ShardSet(str(folder))) == NUM_CAPTIONS
+    assert len(ShardReader(str(folder))) == NUM_CAPTIONS
 
 
 def test_concurrent_first_opens_summarise_each_tar_once(folder, monkeypatch):
@@ -134,7 +132,7 @@ def test_concurrent_first_opens_summarise_each_tar_once(folder, monkeypatch):
 
     def open_set():
         start.wait()
-        lengths.append(len(ShardSet(str(folder))))
+        lengths.append(len(ShardReader(str(folder))))
 
     threads = [threading.Thread(target=open_set) for _ in range(4)]
     for thread in threads:

@@ -29,7 +29,7 @@ WORLD_SIZE, NUM_CAPTIONS, BATCH_SIZE, EPOCHS = 2, 17, 4, 2
 
 
 def _worker(rank, cfg_dict, port, results):
-    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
+    from solo_stablerep.data.loaders import prepare_synthetic_train_data
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
@@ -140,7 +140,7 @@ TINY_TEXT = [
 
 @pytest.mark.parametrize("data_format", ["image_folder", "dali"])
 def test_stablerep_pp_batches_carry_the_tokens_of_each_samples_caption(tmp_path, data_format):
-    from solo_stablerep.data.synthetic import prepare_synthetic_train_data
+    from solo_stablerep.data.loaders import prepare_synthetic_train_data
     from solo_stablerep.text import CaptionTokenizer, with_caption_tokens
 
     make_manifest_dataset(tmp_path / "ds", 8, 3)
@@ -166,7 +166,7 @@ def test_stablerep_pp_batches_carry_the_tokens_of_each_samples_caption(tmp_path,
     ):  # DALI runs ahead of the iterator: the second epoch checks nothing is mixed up
         batches = list(loader)
         assert len(batches) == len(loader) == 8 // cfg.optimizer.batch_size
-        for indexes, views, targets, tokens in batches:
+        for indexes, views, _, tokens in batches:
             assert len(views) == cfg.data.num_large_crops + cfg.data.num_small_crops
             expected = tokenizer(
                 [f"caption number {i}" for i in indexes.tolist()]

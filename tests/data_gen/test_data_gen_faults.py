@@ -159,7 +159,7 @@ def test_shard_size_must_be_positive(dataset, tmp_path, size):
 
 
 def test_convert_overwrite_deletes_foreign_tars(dataset, tmp_path):
-    from solo_stablerep.data.webdataset import ShardSet
+    from solo_stablerep.data.readers import ShardReader
 
     assert generate("convert", dataset, tmp_path / "shards", "--no-progress")[0] == 0
     (tmp_path / "mixed").mkdir()
@@ -170,7 +170,7 @@ def test_convert_overwrite_deletes_foreign_tars(dataset, tmp_path):
     )
     assert generate("convert", dataset, tmp_path / "mixed", "--no-progress", "--overwrite")[0] == 0
     assert not (tmp_path / "mixed" / "foreign.tar").exists()
-    assert len(ShardSet(str(tmp_path / "mixed"))) == 3  # trainable: every caption once
+    assert len(ShardReader(str(tmp_path / "mixed"))) == 3  # trainable: every caption once
 
 
 def test_convert_onto_a_file_or_into_a_read_only_folder(dataset, tmp_path):
@@ -237,10 +237,10 @@ def test_temporaries_of_writers_killed_by_sigkill_are_removed_by_the_next_writer
     assert generate("convert", dataset, tmp_path / "shards", "--no-progress")[0] == 0
     assert temporaries(dataset) == [] and (dataset / "manifest.jsonl.index").exists()
     # the shard summary (killed while a training run summarised the tars): the next summariser
-    from solo_stablerep.data.webdataset import ShardSet
+    from solo_stablerep.data.readers import ShardReader
 
     summary_tmp = tmp_path / "shards" / ".webdataset.json.summary.0123456789ab.tmp"
     summary_tmp.write_bytes(b"half written")
-    assert len(ShardSet(str(tmp_path / "shards"))) == 3
+    assert len(ShardReader(str(tmp_path / "shards"))) == 3
     assert temporaries(tmp_path / "shards") == []
     assert read_records(tmp_path / "shards")[0]["samples"] == 3

@@ -20,9 +20,9 @@ from data_gen.shards import ShardWriter, read_records
 from solo_stablerep.data.shards import (
     HEADER_NAME,
     ShardFormatError,
-    index_path,
+    tar_index_path,
     make_header,
-    read_index,
+    read_tar_index,
 )
 from solo_stablerep.errors import DataGenError
 
@@ -84,8 +84,10 @@ def test_round_trip_naming_index_and_records(tmp_path):
     for tar in tars:
         with wds2idx.IndexCreator(str(tar), str(tmp_path / "dali.idx"), verbose=False) as creator:
             creator.create_index()
-        assert index_path(tar).read_text() == (tmp_path / "dali.idx").read_text()
-        for members in read_index(index_path(tar)):  # the offsets point at the members' bytes
+        assert tar_index_path(tar).read_text() == (tmp_path / "dali.idx").read_text()
+        for members in read_tar_index(
+            tar_index_path(tar)
+        ):  # the offsets point at the members' bytes
             with open(tar, "rb") as f:
                 f.seek(members[1][1])
                 key = members[0][3].split(".")[0]

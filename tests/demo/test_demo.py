@@ -209,7 +209,7 @@ def test_demo_overrides_give_every_method_the_same_budget(tmp_path, method):
     assert cfg.seed == 3
     # StableRep's and SynCLR's items are captions (views images each); the others' are images (2
     # crops each)
-    from solo_stablerep.data.synthetic import CaptionIndex
+    from solo_stablerep.data.index import CaptionIndex
 
     items = len(CaptionIndex.from_manifest(cfg.data.train_path))
     if method in ("stablerep", "synclr"):

@@ -83,8 +83,8 @@ def tiny_caption(c: int) -> str:
 
 
 def write_tiny_manifest(root, num_captions=8, images_per_caption=2):
-    """A labelled manifest data set of 32 px images captioned by :func:`tiny_caption`; returns its
-    captions."""
+    """A labelled manifest data set of 32 px images captioned by :func:`tiny_caption`; returns
+    its captions."""
     make_manifest_dataset(
         root,
         num_captions,
@@ -132,29 +132,6 @@ def test_load_captions_reads_both_layouts_in_data_set_order(tmp_path):
     )
     # ids are CSV line numbers, as the data set's CaptionIndex numbers them
     assert load_captions(cfg) == (["2", "3"], ["a red bus", "a cat, asleep"])
-
-
-def test_caption_wrapper_appends_the_tokens_of_each_items_caption():
-    from solo_stablerep.text import CaptionTokenizer, CaptionTokensDataset
-
-    class Items(torch.utils.data.Dataset):
-        def __len__(self):
-            return 3
-
-        def __getitem__(self, i):
-            return i, [torch.zeros(3, 4, 4)], -1
-
-    tokenizer = CaptionTokenizer(8)
-    captions = ["a cat", "a dog", LONG_CAPTION]
-    wrapped = CaptionTokensDataset(Items(), captions, tokenizer)
-    for i in range(3):
-        index, views, target, tokens = wrapped[i]
-        assert index == i and target == -1 and len(views) == 1
-        assert torch.equal(tokens, tokenizer(captions[i]))
-    batch = next(iter(torch.utils.data.DataLoader(wrapped, batch_size=3)))
-    assert len(batch) == 4 and batch[3].shape == (3, 8) and batch[3].dtype == torch.long
-    with pytest.raises(ValueError, match="2 captions for a data set of 3 items"):
-        CaptionTokensDataset(Items(), captions[:2], tokenizer)
 
 
 # ----------------------------------------------------------------------------------- method
@@ -408,7 +385,7 @@ def test_dali_loader_batches_get_their_captions_tokens(manifest_root):
     assert len(loader) == 2
     _, captions = load_captions(cfg)
     seen = []
-    for indexes, views, _targets, tokens in loader:
+    for indexes, views, _, tokens in loader:
         assert len(views) == 2 and views[0].shape[0] == 4
         assert torch.equal(tokens, CaptionTokenizer(12)([captions[i] for i in indexes.tolist()]))
         seen += indexes.tolist()

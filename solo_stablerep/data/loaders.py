@@ -1,0 +1,179 @@
+"""The PyTorch loader of the synthetic data set, over any reader (:mod:`.readers`), and the one
+place a loader is chosen (:func:`prepare_synthetic_train_data`: this one, or :mod:`.dali`).
+
+One item is one caption: every visit draws ``n_img`` distinct images of it afresh
+(:meth:`~solo_stablerep.data.readers.Reader.pick`) and passes each through solo-learn's
+augmentations (all of ``cfg.augmentations``, so each image gives the crops solo-learn counts).
+Views are ordered as solo-learn's ``BaseMethod`` expects: the large crops of image 1..n, then the
+small crops of image 1..n (:func:`order_views`). Batches are ``[indexes, views, targets]`` (plus
+each caption's tokens for methods that need captions), ``optimizer.batch_size`` captions each.
+
+The stream deals the data out itself, so that every layout behaves alike under DDP: each rank
+yields ``reader.batches_per_epoch(world_size, batch_size)`` batches an epoch (the same number on
+every rank, so none waits for another at an epoch's end), all views of a caption on one rank,
+its DataLoader workers taking turns.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import omegaconf
+import torch
+from lightning.pytorch import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader, IterableDataset, default_collate
+
+from solo_stablerep.data.config import DataConfig, check_batch_size, open_reader, order_views
+from solo_stablerep.data.readers import Item, Reader, SkipCounter, Slot, decode_rgb
+from solo_stablerep.data.transforms import build_image_transform
+
+
+def dist_info() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class MultiViewStream(IterableDataset):
+    """Batches of one (rank, DataLoader worker) pair; ``rank``, ``world_size`` and ``epoch`` are set
+    by :class:`MultiViewLoader` before each epoch.
+
+    Args:
+        reader (Reader): the layout's reader.
+        data (DataConfig): ``n_img``, ``batch_size``, ``seed``, ``large_slots`` are read.
+        image_transform (Callable): PIL image -> its crops (solo-learn's ``FullTransformPipeline``).
+        tokenizer (Optional[Callable]): caption -> token ids, for methods that need captions.
+    """
+
+    def __init__(
+        self,
+        reader: Reader,
+        data: DataConfig,
+        image_transform: Callable,
+        tokenizer: Callable | None = None,
+    ):
+        self.reader, self.data = reader, data
+        self.image_transform = image_transform
+        self.tokenizer = tokenizer
+        self.rank, self.world_size, self.epoch = 0, 1, 0
+
+    @property
+    def skipped(self) -> SkipCounter:
+        return self.reader.skipped
+
+    def __len__(self) -> int:
+        return self.reader.batches_per_epoch(self.world_size, self.data.batch_size)
+
+    def _crops(self, data: bytes) -> list:
+        return self.image_transform(decode_rgb(data))
+
+    def _row(self, item: Item, per_image_crops: list) -> tuple:
+        row = (item.position, order_views(per_image_crops, self.data.large_slots), item.label)
+        return (*row, self.tokenizer(item.caption())) if self.tokenizer else row
+
+    def item(self, sample, rng: np.random.Generator | None = None) -> tuple | None:
+        """The row ``(index, views, target)`` of one sample (a caption position for the caption
+        layouts), or None when it is skipped as unusable."""
+        picked = self.reader.pick(sample, rng or np.random.default_rng(), self._crops)
+        return None if picked is None else self._row(*picked)
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        d = self.data
+        slot = Slot(self.rank, self.world_size, worker, workers, self.epoch, d.seed, d.batch_size)
+        items = self.reader.items(slot, self._crops)
+        total = len(self)
+        for _ in range(total // workers + (worker < total % workers)):
+            yield default_collate([self._row(*next(items)) for _ in range(d.batch_size)])
+
+
+class MultiViewLoader(DataLoader):
+    """DataLoader over a :class:`MultiViewStream`; sets its rank, world size and epoch at each
+    ``iter``. ``len`` is the batches per epoch of each rank."""
+
+    def __init__(self, stream: MultiViewStream, num_workers: int):
+        super().__init__(stream, batch_size=None, num_workers=num_workers, pin_memory=True)
+        self._epoch = 0
+        # Lightning tells a loader its epoch through its sampler's set_epoch (after a resume too)
+        self.sampler.set_epoch = self.set_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch = epoch
+        # Lightning warns that an IterableDataset's len may count duplicates across workers; here
+        # each worker makes its own share of the batches, so len is exact (tested under DDP)
+        warnings.filterwarnings(
+            "ignore", message="Your `IterableDataset` has `__len__` defined", category=UserWarning
+        )
+
+    @property
+    def skipped(self) -> SkipCounter:
+        return self.dataset.skipped
+
+    def with_caption_tokens(self, tokenizer: Callable) -> MultiViewLoader:
+        """Appends each item's caption tokens to the batches (StableRep++)."""
+        self.dataset.tokenizer = tokenizer
+        return self
+
+    def __len__(self) -> int:
+        # asked before the first epoch too (schedulers), when DDP has just been set up
+        self.dataset.rank, self.dataset.world_size = dist_info()
+        return len(self.dataset)
+
+    def __iter__(self):
+        self.dataset.rank, self.dataset.world_size = dist_info()
+        self.dataset.epoch = self._epoch
+        self._epoch += 1
+        return super().__iter__()
+
+
+def prepare_synthetic_train_data(cfg: omegaconf.DictConfig):
+    """Training data of a cfg that went through ``add_and_assert_synthetic_cfg``: a
+    :class:`MultiViewLoader` (``data.format: image_folder``) or a
+    :class:`~solo_stablerep.data.dali.DALIDataModule` (``data.format: dali``), over the reader of
+    ``data.synthetic.layout``. Cfg keys read: see
+    :class:`~solo_stablerep.data.config.DataConfig`."""
+    data = DataConfig.from_cfg(cfg)
+    reader = open_reader(data)
+    check_batch_size(len(reader), data.batch_size, reader.source)
+    if data.dali:
+        from solo_stablerep.data.dali import DALIDataModule
+
+        return DALIDataModule(reader, data, build_image_transform(cfg, dali=True))
+    stream = MultiViewStream(reader, data, build_image_transform(cfg))
+    return MultiViewLoader(stream, data.num_workers)
+
+
+class SkippedImagesLogger(Callback):
+    """Logs ``skipped_corrupt_images`` (images and items skipped this epoch, summed over ranks) at
+    each training epoch end, and warns when it is not 0 (a warning reaches the console even with
+    Hydra's job logging disabled, as the shipped configs have it)."""
+
+    def __init__(self, skipped: SkipCounter):
+        self.skipped = skipped
+        self._logged = 0
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        total = self.skipped.value
+        new, self._logged = total - self._logged, total
+        count = trainer.strategy.reduce(
+            torch.tensor(float(new), device=pl_module.device), reduce_op="sum"
+        )
+        pl_module.log("skipped_corrupt_images", count, rank_zero_only=True)
+        if count.item() > 0:
+            rank_zero_warn(
+                f"epoch {trainer.current_epoch}: skipped {int(count.item())} corrupt images or "
+                "items (data.synthetic.skip_corrupt=True; each is named in the log)"
+            )
+
+
+def synthetic_callbacks(cfg: omegaconf.DictConfig, train_data) -> list[Callback]:
+    """Callbacks the synthetic training data needs: :class:`SkippedImagesLogger` with
+    ``skip_corrupt``."""
+    if cfg.data.dataset != "synthetic" or not cfg.data.synthetic.skip_corrupt:
+        return []
+    return [SkippedImagesLogger(train_data.skipped)]
