@@ -24,8 +24,8 @@ from solo_stablerep.data.shards import make_header
 from solo_stablerep.data.storage import file_sha256, json_digest
 from solo_stablerep.errors import DataGenError
 
-from .shards import DEFAULT_SHARD_BYTES, ShardWriter, shard_bytes
 from .output import check_writable
+from .shards import DEFAULT_SHARD_BYTES, ShardWriter, shard_bytes
 
 
 @dataclass

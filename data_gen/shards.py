@@ -29,10 +29,10 @@ import numpy as np
 
 from solo_stablerep.data.shards import (
     HEADER_NAME,
-    tar_index_path,
-    tar_index_text,
     iter_indexed_samples,
     read_header,
+    tar_index_path,
+    tar_index_text,
 )
 from solo_stablerep.data.storage import (
     AppendLog,

@@ -20,9 +20,9 @@ from data_gen.shards import ShardWriter, read_records
 from solo_stablerep.data.shards import (
     HEADER_NAME,
     ShardFormatError,
-    tar_index_path,
     make_header,
     read_tar_index,
+    tar_index_path,
 )
 from solo_stablerep.errors import DataGenError
 
