@@ -6,8 +6,9 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 def pretrain_config_dir(group: str = "synthetic") -> Path:
-    """The folder of the shipped pretraining configs of ``group`` (``synthetic``, ``synthetic-paper``
-    or ``custom``), to pass to ``--config-path`` or Hydra's ``initialize_config_dir``.
+    """The folder of the shipped pretraining configs of ``group`` (``synthetic``,
+    ``synthetic-paper`` or ``custom``), to pass to ``--config-path`` or Hydra's
+    ``initialize_config_dir``.
 
     The configs live inside the package (so a wheel carries them); ``scripts/pretrain`` in the
     repository is a link to the same folder.

@@ -39,11 +39,12 @@ from solo_stablerep.errors import InputError
 
 register_methods()  # adds stablerep & co to solo's METHODS; a one-line error without solo-learn
 
+# solo imports come after that check (E402), so a missing/old solo-learn is reported in one line
 from solo.args.pretrain import parse_cfg  # noqa: E402
 from solo.data.classification_dataloader import prepare_data as prepare_data_classification  # noqa: E402
-from solo.data.classification_dataloader import (
+from solo.data.classification_dataloader import (  # noqa: E402
     prepare_transforms as prepare_transforms_classification,
-)  # noqa: E402
+)
 from solo.data.pretrain_dataloader import prepare_dataloader, prepare_datasets  # noqa: E402
 from solo.methods import METHODS  # noqa: E402
 from solo.utils.auto_resumer import AutoResumer  # noqa: E402
@@ -121,13 +122,15 @@ def parse_pretrain_cfg(cfg: DictConfig) -> DictConfig:
 
 
 def _prepare_val_loader(cfg: DictConfig) -> torch.utils.data.DataLoader | None:
-    """The online-validation loader of solo-learn's script, or None when there is nothing to validate.
+    """The online-validation loader of solo-learn's script, or None when there is nothing to
+    validate.
 
-    Synthetic data is validated on ``data.val_path``, an ImageFolder of real images whose sorted class
-    folders are the manifest's ``class_names``. Only that side is built, from solo-learn's own pieces
-    (its ``custom`` evaluation transform, torchvision's ImageFolder, its loader settings): solo-learn's
-    ``prepare_data`` would also read ``data.train_path`` as an ImageFolder, which a synthetic root is not
-    (and at cc12m scale would mean walking 100M files for a set that is thrown away).
+    Synthetic data is validated on ``data.val_path``, an ImageFolder of real images whose sorted
+    class folders are the manifest's ``class_names``. Only that side is built, from solo-learn's own
+    pieces (its ``custom`` evaluation transform, torchvision's ImageFolder, its loader settings):
+    solo-learn's ``prepare_data`` would also read ``data.train_path`` as an ImageFolder, which a
+    synthetic root is not (and at cc12m scale would mean walking 100M files for a set that is thrown
+    away).
     """
 
     if cfg.data.dataset in ("custom", "synthetic") and (

@@ -1,4 +1,5 @@
-"""The entry points' log output: this project's INFO lines, everyone's warnings, nobody else's INFO."""
+"""The entry points' log output: this project's INFO lines, everyone's warnings, nobody else's
+INFO."""
 
 import subprocess
 import sys

@@ -24,18 +24,18 @@ Each following line is one caption::
     {"caption_id": "a1b2c3", "caption": "a photo of a cat", "label": 0 or null,
      "images": ["images/a1/b2/a1b2c3_00.jpg", "images/a1/b2/a1b2c3_01.jpg", ...]}
 
-- ``caption_id`` is a non-empty string of letters, digits, ``_`` or ``-``, unique in the file (it names
-  the images' shard folders, so ids of at least 4 characters spread the files best).
+- ``caption_id`` is a non-empty string of letters, digits, ``_`` or ``-``, unique in the file (it
+  names the images' shard folders, so ids of at least 4 characters spread the files best).
 - ``label`` is null when ``class_names`` is null, else an integer in ``[0, len(class_names))``.
-- ``images`` is a non-empty list of distinct relative POSIX paths that stay inside ROOT (no absolute
-  paths, no ``..`` escaping the root). Writers place image ``k`` at ``image_relpath(caption_id, k, ext)``;
-  readers accept any relative path inside the root.
+- ``images`` is a non-empty list of distinct relative POSIX paths that stay inside ROOT (no
+  absolute paths, no ``..`` escaping the root). Writers place image ``k`` at
+  ``image_relpath(caption_id, k, ext)``; readers accept any relative path inside the root.
 
-:func:`read_manifest` (or :func:`scan_manifest`, streaming) validates all of this without opening images
-(the dataset checks that the files exist and decode, naming the file and the caption when they do not).
-Every error is a :class:`ManifestError` with a one-line message naming the file, line and caption at
-fault. Large data sets are read through :mod:`.index`, which validates the manifest once and keeps it
-in memory-mapped arrays.
+:func:`read_manifest` (or :func:`scan_manifest`, streaming) validates all of this without opening
+images (the dataset checks that the files exist and decode, naming the file and the caption when
+they do not). Every error is a :class:`ManifestError` with a one-line message naming the file, line
+and caption at fault. Large data sets are read through :mod:`.index`, which validates the manifest
+once and keeps it in memory-mapped arrays.
 """
 
 from __future__ import annotations
@@ -104,8 +104,9 @@ def check_relative_path(path: str, where: str) -> str:
 
 
 def rule_extension(caption_id: str, images: list[str]) -> str | None:
-    """The extension ``ext`` if ``images`` is exactly ``[image_relpath(caption_id, k, ext) for k ...]``
-    (the writers' rule, so the paths can be derived from the id and need not be stored), else None."""
+    """The extension ``ext`` if ``images`` is exactly
+    ``[image_relpath(caption_id, k, ext) for k ...]`` (the writers' rule, so the paths can be
+    derived from the id and need not be stored), else None."""
     first = images[0] if images else None
     if not isinstance(first, str):
         return None
@@ -131,7 +132,8 @@ def _check_header(header: Any, where: str) -> dict:
         )
     if header.get("version") != FORMAT_VERSION:
         raise ManifestError(
-            f"{where}: unknown version {header.get('version')!r} (this reader knows {FORMAT_VERSION})"
+            f"{where}: unknown version {header.get('version')!r} "
+            f"(this reader knows {FORMAT_VERSION})"
         )
     missing = _HEADER_KEYS - header.keys()
     if missing:
@@ -207,7 +209,8 @@ class CaptionIds:
         return self.blob[start : self.ends[i]].decode()
 
     def first_repeat(self) -> tuple[int, int] | None:
-        """(first position, repeat position) of the earliest id that repeats an earlier one, or None."""
+        """(first position, repeat position) of the earliest id that repeats an earlier one, or
+        None."""
         hashes = np.frombuffer(self._hashes, dtype=np.int64) if len(self) else np.empty(0, np.int64)
         order = np.argsort(hashes)
         shared = np.flatnonzero(hashes[order[1:]] == hashes[order[:-1]])
@@ -299,11 +302,12 @@ def write_manifest(
 ) -> Path:
     """Validate ``records`` and write ``root/manifest.jsonl`` atomically; returns its path.
 
-    The file is written to a temporary file in ``root``, fsync'ed, then renamed over the manifest, so a
-    reader never sees a half-written manifest. With ``num_captions`` given, ``records`` is streamed
-    (memory does not grow with the number of captions beyond 16 B per id) and must yield exactly that
-    many; without it, it is first gathered into a list. ``on_record(record, rule_extension)`` sees
-    each validated record (e.g. to build the caption index while writing).
+    The file is written to a temporary file in ``root``, fsync'ed, then renamed over the manifest,
+    so a reader never sees a half-written manifest. With ``num_captions`` given, ``records`` is
+    streamed (memory does not grow with the number of captions beyond 16 B per id) and must yield
+    exactly that many; without it, it is first gathered into a list.
+    ``on_record(record, rule_extension)`` sees each validated record (e.g. to build the caption
+    index while writing).
     """
     root = Path(root)
     path = root / MANIFEST_NAME

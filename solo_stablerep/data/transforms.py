@@ -1,9 +1,9 @@
 """Image transforms: solo-learn's augmentation pipelines, built in one place for every loader, and
 StableRep's downsample augmentation (PIL and DALI versions).
 
-The downsample augmentation follows the authors' ``DownSampleAndUpsample`` (StableRep/dataset/util.py):
-``transforms.Resize(res)`` then back up, i.e. bilinear with antialiasing both ways, shorter side to
-``res`` and the longer side truncated as torchvision does.
+The downsample augmentation follows the authors' ``DownSampleAndUpsample``
+(StableRep/dataset/util.py): ``transforms.Resize(res)`` then back up, i.e. bilinear with
+antialiasing both ways, shorter side to ``res`` and the longer side truncated as torchvision does.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from torchvision import transforms
 
 
 class RandomDownsample:
-    """StableRep's downsample augmentation: with probability ``prob`` resize the image so its shorter
-    side is one of ``sizes`` (chosen uniformly), then back to its original size (PIL, bilinear)."""
+    """StableRep's downsample augmentation: with probability ``prob`` resize the image so its
+    shorter side is one of ``sizes`` (chosen uniformly), then back to its original size (PIL,
+    bilinear)."""
 
     def __init__(self, prob: float, sizes: Sequence[int]):
         self.prob = prob

@@ -48,7 +48,7 @@ def reference_loss(
     ]
     local_losses = [
         query_loss(q, all_keys, all_labels, labels[o].item(), {o.item()} if avoid else set(), TAU)
-        for q, o in zip(local_queries, owners)
+        for q, o in zip(local_queries, owners, strict=True)
     ]
     mean = lambda losses: torch.stack([x for x in losses if x is not None]).mean()  # noqa: E731
     return mean(global_losses) + mean(local_losses)
