@@ -31,7 +31,7 @@ def _parse_args(argv):
         "--size",
         choices=tuple(SIZES_PRESETS),
         default="default",
-        help="preset: default (about 4 min on 2 idle cores) or tiny (the test)",
+        help="preset: default (about 5 min on 2 idle cores) or tiny (the test)",
     )
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS)
     p.add_argument(
