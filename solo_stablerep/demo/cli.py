@@ -18,8 +18,8 @@ from solo_stablerep.errors import InputError
 def _parse_args(argv):
     p = argparse.ArgumentParser(
         prog="stablerep-demo",
-        description="Synthetic images from captions -> StableRep and baselines (solo-learn configs) -> "
-        "kNN, linear and few-shot probes on real handwritten digits -> table and plot.",
+        description="Synthetic images from captions -> StableRep and baselines (solo-learn "
+        "configs) -> kNN, linear and few-shot probes on real handwritten digits -> table and plot.",
     )
     p.add_argument(
         "--output",
@@ -103,8 +103,8 @@ def _configure_output() -> None:
     for handler in logging.getLogger().handlers:
         handler.addFilter(lambda record: not record.getMessage().startswith(UNACTIONABLE_LOG_LINES))
     # Lightning gives its loggers handlers of their own when imported ("lightning" always,
-    # "lightning.pytorch"/"lightning.fabric" if logging was not configured yet), which print its INFO
-    # banners whatever our filter says: import it now and quiet those handlers
+    # "lightning.pytorch"/"lightning.fabric" if logging was not configured yet), which print its
+    # INFO banners whatever our filter says: import it now and quiet those handlers
     import lightning.pytorch  # noqa: F401
 
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
