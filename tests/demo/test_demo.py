@@ -312,6 +312,10 @@ def test_demo_runs_end_to_end_and_writes_its_table_plot_and_configs(tmp_path):
             "tiny",
             "--seeds",
             "0",
+            "--methods",  # the default ones, named as docs/demo.md's seed study names its own
+            "stablerep",
+            "simclr",
+            "supcon",
             "--output",
             str(out),
         ],
