@@ -17,8 +17,8 @@ from solo_stablerep.demo.runs import DEFAULT_METHODS, METHODS, SIZES_PRESETS
 def _parse_args(argv):
     p = argparse.ArgumentParser(
         prog="stablerep-demo",
-        description="Synthetic images from captions -> StableRep and baselines (solo-learn configs) -> "
-        "kNN, linear and few-shot probes on real handwritten digits -> table and plot.",
+        description="Synthetic images from captions -> StableRep and baselines (solo-learn "
+        "configs) -> kNN, linear and few-shot probes on real handwritten digits -> table and plot.",
     )
     p.add_argument(
         "--output",
@@ -30,7 +30,7 @@ def _parse_args(argv):
         "--size",
         choices=tuple(SIZES_PRESETS),
         default="default",
-        help="preset: default (about 4 min on 2 idle cores) or tiny (the test)",
+        help="preset: default (about 5 min on 2 idle cores) or tiny (the test)",
     )
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS)
     p.add_argument(
@@ -102,8 +102,8 @@ def _configure_output() -> None:
     for handler in logging.getLogger().handlers:
         handler.addFilter(lambda record: not record.getMessage().startswith(UNACTIONABLE_LOG_LINES))
     # Lightning gives its loggers handlers of their own when imported ("lightning" always,
-    # "lightning.pytorch"/"lightning.fabric" if logging was not configured yet), which print its INFO
-    # banners whatever our filter says: import it now and quiet those handlers
+    # "lightning.pytorch"/"lightning.fabric" if logging was not configured yet), which print its
+    # INFO banners whatever our filter says: import it now and quiet those handlers
     import lightning.pytorch  # noqa: F401
 
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):

@@ -15,7 +15,8 @@ SUBJECT = "stablerep"  # the method whose margins the verdict reports
 
 
 def summarise(rows: list, methods: list) -> list:
-    """Per method: mean, spread (sample std over seeds; 0 with one seed) and minimum of each measure."""
+    """Per method: mean, spread (sample std over seeds; 0 with one seed) and minimum of each
+    measure."""
 
     summary = []
     for method in methods:
@@ -34,7 +35,8 @@ def summarise(rows: list, methods: list) -> list:
 
 def margins(rows: list, subject: str = SUBJECT, opponents=(RANDOM_FLOOR, "simclr")) -> dict:
     """``{opponent: {probe key: {"per_seed": {seed: subject - opponent}, "wins", "seeds", "min",
-    "mean"}}}`` over the seeds where both ran (the floor of a seed is that seed's initialisation)."""
+    "mean"}}}`` over the seeds where both ran (the floor of a seed is that seed's
+    initialisation)."""
 
     by = {(row["method"], row["seed"]): row for row in rows}
     seeds = sorted(seed for method, seed in by if method == subject)
@@ -118,7 +120,7 @@ def plot(rows: list, curves: dict, path: Path) -> None:
     trained = [m for m in curves if curves[m]]
     columns = max(len(ACCURACIES), len(trained), 1)
     fig, axes = plt.subplots(2, columns, figsize=(4.2 * columns, 7.5), squeeze=False)
-    for ax, (key, name) in zip(axes[0], ACCURACIES):
+    for ax, (key, name) in zip(axes[0], ACCURACIES, strict=False):
         for x, method in enumerate(methods):
             diffs = [
                 row[key] - floor[row["seed"]][key]
@@ -136,8 +138,8 @@ def plot(rows: list, curves: dict, path: Path) -> None:
         ax.set_ylabel("accuracy - random init's (same seed)")
     for ax in axes[0][len(ACCURACIES) :]:
         ax.axis("off")
-    for ax, method in zip(axes[1], trained):
-        for seed, curve in curves[method].items():
+    for ax, method in zip(axes[1], trained, strict=False):
+        for curve in curves[method].values():
             ax.plot([s for s, _ in curve], [v for _, v in curve], alpha=0.6, linewidth=1)
         ax.set_title(f"{method}: {LOSS_COLUMNS[method].removesuffix('_step')} (one line per seed)")
         ax.set_xlabel("step")
@@ -161,18 +163,11 @@ def write_report(output: Path, results: dict, curves: dict) -> None:
     _write_text(output / "results.json", json.dumps(results, indent=2))
     seeds_text = ", ".join(map(str, results["seeds_done"]))
     text = (
-        f"# StableRep demo results\n\nProbes on real handwritten digits: {results['probe']}. Seeds "
-        f"{seeds_text} (mean ± sample std (min) over seeds).\n\n{markdown_table(results['summary'])}\n"
+        f"# StableRep demo results\n\nProbes on real handwritten digits: {results['probe']}. "
+        f"Seeds {seeds_text} (mean ± sample std (min) over seeds).\n\n"
+        f"{markdown_table(results['summary'])}\n"
     )
     if results["margins"]:
         text += f"\n{margins_table(results['margins'])}\n"
-    if "stablerep" in results["methods"]:
-        views = results["size"]["views"]
-        text += (
-            f"\nTrain time: solo-learn runs the backbone once per view, so StableRep's step makes "
-            f"{views} calls on {results['size']['crops_per_step'] // views} crops where the other "
-            "methods make 2 on half the step's crops; on small CPU convolutions a call's fixed cost "
-            "dominates, which makes StableRep's step about twice as long (docs/demo.md).\n"
-        )
     _write_text(output / "results.md", text)
     plot(results["runs"], curves, output / "results.png")

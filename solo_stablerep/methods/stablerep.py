@@ -5,7 +5,7 @@ import omegaconf
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from solo.methods.base import BaseMethod
+from solo.methods.base import BaseMethod, BaseMomentumMethod
 from solo.utils.metrics import accuracy_at_k
 from solo.utils.misc import omegaconf_select
 
@@ -25,7 +25,7 @@ def build_projector(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int)
 
     dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
     layers: list[nn.Module] = []
-    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
         is_last = i == num_layers - 1
         # no bias before a BN: it would be cancelled by the BN's mean subtraction
         layers.append(nn.Linear(d_in, d_out, bias=is_last))
@@ -59,11 +59,28 @@ def check_projector_kwargs(cfg: omegaconf.DictConfig) -> None:
             raise InputError(f"method_kwargs.{key} must be an integer >= 1, got {kwargs[key]}")
 
 
+def check_views_per_backbone_call(cfg: omegaconf.DictConfig, has_momentum_backbone: bool) -> None:
+    group = cfg.method_kwargs.views_per_backbone_call
+    large = cfg.data.num_large_crops
+    if not (isinstance(group, int) and group >= 1 and large % group == 0):
+        raise InputError(
+            "method_kwargs.views_per_backbone_call must be an integer >= 1 that divides the "
+            f"{large} large crops, got {group}"
+        )
+    if group > 1 and (cfg.data.num_small_crops or has_momentum_backbone or cfg.knn_eval.enabled):
+        raise InputError(
+            "method_kwargs.views_per_backbone_call > 1 takes large crops only, without a momentum "
+            f"backbone or knn_eval ({cfg.method}: num_small_crops {cfg.data.num_small_crops}, "
+            f"knn_eval {cfg.knn_eval.enabled}): set it to 1"
+        )
+
+
 def require_views(cfg: omegaconf.DictConfig, minimum: int) -> None:
     num_views = cfg.data.num_large_crops + cfg.data.num_small_crops
     if num_views < minimum:
         raise InputError(
-            f"{cfg.method} needs at least {minimum} views per item to have positives, got {num_views} "
+            f"{cfg.method} needs at least {minimum} views per item to have positives, "
+            f"got {num_views} "
             "(data.num_large_crops + data.num_small_crops): raise augmentations[*].num_crops "
             "or data.synthetic.n_img"
         )
@@ -77,6 +94,7 @@ class StableRep(EntryPointNeeds, BaseMethod):
         "proj_output_dim": 256,
         "proj_num_layers": 3,
         "temperature": 0.1,
+        "views_per_backbone_call": 1,
     }
 
     def __init__(self, cfg: omegaconf.DictConfig):
@@ -102,12 +120,25 @@ class StableRep(EntryPointNeeds, BaseMethod):
                 proj_num_layers (int): linear layers in the projector, with BN + ReLU between
                     them. Defaults to 3.
                 temperature (float): softmax temperature tau of the loss. Defaults to 0.1.
+                views_per_backbone_call (int): large views forwarded together in one backbone
+                    call; it must divide the number of large crops. solo-learn forwards each
+                    view on its own, which costs a call per view: with many views of few
+                    captions (small CPU runs) the calls' fixed cost dominates, and grouping
+                    views so that a call sees as many crops as SimCLR's halves the step. The
+                    projector still sees one view at a time (its BN statistics per view, as the
+                    authors'). With a BN backbone the grouped views share BN statistics, and a
+                    BN batch then holds positives of each other; the paper's ViT has no BN, so
+                    there only the speed changes. Defaults to 1, solo-learn's per-view forward
+                    (every solo-learn method's BN statistics, and on a GPU a view of the
+                    paper's batch already fills a call). Large crops only: no multicrop, momentum
+                    backbone or ``knn_eval`` with a value above 1.
         """
 
         super().__init__(cfg)
 
         kwargs = cfg.method_kwargs
         self.temperature: float = kwargs.temperature
+        self.views_per_backbone_call: int = kwargs.views_per_backbone_call
         # the weight of the image–image loss ("w1" of StableRep++'s total)
         self.w1: float = self.image_image_weight(cfg)
         if self.w1 > 0:
@@ -152,6 +183,7 @@ class StableRep(EntryPointNeeds, BaseMethod):
         cfg = super().add_and_assert_specific_cfg(cfg)
         fill_method_kwargs(cfg, cls.KWARGS_DEFAULTS)
         check_projector_kwargs(cfg)
+        check_views_per_backbone_call(cfg, issubclass(cls, BaseMomentumMethod))
         require_views(cfg, 2 if cls.image_image_weight(cfg) > 0 else 1)
         return cfg
 
@@ -269,8 +301,36 @@ class StableRep(EntryPointNeeds, BaseMethod):
         self.log("train_stablerep_loss", image_loss, on_epoch=True, sync_dist=True)
         return self.w1 * image_loss
 
+    def grouped_training_step(self, batch: Sequence[Any], batch_idx: int) -> dict[str, Any]:
+        """solo-learn's ``BaseMethod.training_step`` (outputs, classifier metrics) with the large
+        views forwarded ``views_per_backbone_call`` at a time through the backbone and the
+        classifier, then split back into views; the projector runs once per view.
+        """
+
+        _, X, targets = batch
+        group = self.views_per_backbone_call
+        outs = []
+        for start in range(0, self.num_large_crops, group):
+            out = super().forward(torch.cat(X[start : start + group]))
+            for feats, logits in zip(
+                out["feats"].chunk(group), out["logits"].chunk(group), strict=True
+            ):
+                view = {"feats": feats, "logits": logits, "z": self.projector(feats)}
+                outs.append(self.classifier_outputs(view, targets))
+        outs = {k: [out[k] for out in outs] for k in outs[0]}
+        for key in ("loss", "acc1", "acc5"):
+            outs[key] = sum(outs[key]) / self.num_large_crops
+        metrics = {
+            "train_class_loss": outs["loss"],
+            "train_acc1": outs["acc1"],
+            "train_acc5": outs["acc5"],
+        }
+        self.log_dict(metrics, on_epoch=True, sync_dist=True)
+        return outs
+
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
-        """Training step for StableRep reusing BaseMethod training step.
+        """Training step for StableRep reusing BaseMethod training step (or
+        :meth:`grouped_training_step` with ``views_per_backbone_call`` above 1).
 
         Args:
             batch (Sequence[Any]): a batch of data in the format of [img_indexes, [X], Y], where
@@ -283,5 +343,8 @@ class StableRep(EntryPointNeeds, BaseMethod):
             torch.Tensor: the method's loss plus the online classifier's loss.
         """
 
-        out = super().training_step(batch[:3], batch_idx)
+        if self.views_per_backbone_call > 1:
+            out = self.grouped_training_step(batch[:3], batch_idx)
+        else:
+            out = super().training_step(batch[:3], batch_idx)
         return self.contrastive_loss(batch, out) + out["loss"]

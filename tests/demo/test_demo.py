@@ -1,4 +1,5 @@
-"""The demo (stablerep-demo), its probes on real digits, the paper-scale configs and bench/run_all.py."""
+"""The demo (stablerep-demo), its probes on real digits, the paper-scale configs and
+bench/run_all.py."""
 
 import importlib.util
 import json
@@ -88,7 +89,10 @@ def test_each_scan_is_placed_in_a_square_of_its_own_size_and_place():
         assert torch.allclose(square, torch.ones_like(square))
         assert frame.sum().item() == pytest.approx(height * width, rel=1e-4)  # nothing outside it
         boxes.append((int(top), int(left), int(height)))
-    assert len({side for _, _, side in boxes}) > 5 and len({(t, l) for t, l, _ in boxes}) > 10
+    assert (
+        len({side for _, _, side in boxes}) > 5
+        and len({(top, left) for top, left, _ in boxes}) > 10
+    )
     assert torch.equal(place_digits(torch.ones(60, 1, 8, 8), 32, 0.625, seed=0), frames)
 
 
@@ -218,6 +222,11 @@ def test_demo_overrides_give_every_method_the_same_budget(tmp_path, method):
         assert items == 10 * size.captions_per_class * size.images_per_caption
         assert cfg.data.synthetic.n_img == 1 and cfg.data.num_large_crops == 2
     assert cfg.max_epochs * (items // cfg.optimizer.batch_size) >= size.steps
+    # the same crops per backbone call (and so per BatchNorm batch) as SimCLR's: StableRep
+    # forwards its views in two groups; SynCLR's multicrop step stays per view
+    if method != "synclr":
+        per_call = cfg.optimizer.batch_size * cfg.method_kwargs.get("views_per_backbone_call", 1)
+        assert per_call == size.crops_per_step // 2
     # the same augmentations for every method: whole digits, never mirrored, at the probe's 8 px
     assert (
         cfg.augmentations[0].horizontal_flip.prob == 0
@@ -303,6 +312,10 @@ def test_demo_runs_end_to_end_and_writes_its_table_plot_and_configs(tmp_path):
             "tiny",
             "--seeds",
             "0",
+            "--methods",  # the default ones, named as docs/demo.md's seed study names its own
+            "stablerep",
+            "simclr",
+            "supcon",
             "--output",
             str(out),
         ],
@@ -359,7 +372,8 @@ def test_bench_runner_reports_ratios_goals_and_failures(tmp_path):
     run_all = load_run_all()
     good = tmp_path / "bench_good.py"
     good.write_text(
-        'print("warm-up")\nprint("RATIO speed_vs_ref 0.80 (goal <= 1.02)")\nprint("RATIO thr 0.9 (goal >= 0.95)")\n'
+        'print("warm-up")\nprint("RATIO speed_vs_ref 0.80 (goal <= 1.02)")\n'
+        'print("RATIO thr 0.9 (goal >= 0.95)")\n'
     )
     bad = tmp_path / "bench_bad.py"
     bad.write_text(
@@ -391,7 +405,8 @@ def test_cli_output_hides_lightnings_info_banners():
     # Lightning prints "Seed set to 0", "GPU available" ... at INFO through a handler of its own;
     # the demo's progress lines would drown in them
     script = (
-        "import logging, lightning.pytorch as pl; from solo_stablerep.demo.cli import _configure_output; "
+        "import logging, lightning.pytorch as pl; "
+        "from solo_stablerep.demo.cli import _configure_output; "
         "_configure_output(); pl.seed_everything(0); "
         "logging.getLogger('solo_stablerep.demo.pipeline').info('progress line')"
     )
@@ -405,10 +420,12 @@ def test_cli_output_hides_lightnings_info_banners():
 
 def test_cli_output_hides_only_the_warnings_a_user_cannot_act_on():
     script = (
-        "import warnings; from solo_stablerep.demo.cli import _configure_output; _configure_output(); "
-        "import logging; logging.getLogger('root').warning('Using scheduler_interval=step might generate "
+        "import warnings; from solo_stablerep.demo.cli import _configure_output; "
+        "_configure_output(); import logging; "
+        "logging.getLogger('root').warning('Using scheduler_interval=step might generate "
         "issues when resuming a checkpoint.'); "
-        "warnings.warn('You defined a `validation_step` but have no `val_dataloader`. Skipping val loop.'); "
+        "warnings.warn('You defined a `validation_step` but have no `val_dataloader`. "
+        "Skipping val loop.'); "
         "warnings.warn(\"'pin_memory' argument is set as true but no accelerator is found\"); "
         "warnings.warn('a warning the user can act on')"
     )

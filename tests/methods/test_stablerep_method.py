@@ -1,4 +1,5 @@
-"""StableRep as a solo-learn method, with the real solo-learn (skipped, with the reason, without)."""
+"""StableRep as a solo-learn method, with the real solo-learn (skipped, with the reason,
+without)."""
 
 import copy
 import sys
@@ -56,7 +57,11 @@ def test_model_builds_from_the_shipped_config(image_folder):
     model = METHODS["stablerep"](cfg)
     linears = [m for m in model.projector if isinstance(m, torch.nn.Linear)]
     norms = [m for m in model.projector if isinstance(m, torch.nn.BatchNorm1d)]
-    assert [(l.in_features, l.out_features) for l in linears] == [(512, 32), (32, 32), (32, 16)]
+    assert [(lin.in_features, lin.out_features) for lin in linears] == [
+        (512, 32),
+        (32, 32),
+        (32, 16),
+    ]
     assert len(norms) == 2
     assert {"backbone", "classifier", "projector"} <= {g["name"] for g in model.learnable_params}
 
@@ -72,6 +77,80 @@ def test_projector_batch_norm_sees_one_view_at_a_time(image_folder):
     views = [torch.randn(4, 3, 32, 32) for _ in range(3)]
     model.training_step([torch.arange(4), views, torch.zeros(4, dtype=torch.long)], 0)
     assert seen_batch_sizes == [4, 4, 4]
+
+
+def grouped_and_per_view_models(image_folder, group):
+    """Two StableRep models with the same weights, 4 views forwarded ``group`` at a time by one
+    and one at a time (solo-learn's forward) by the other, and a batch of 4 items."""
+
+    from solo.methods import METHODS
+
+    per_view = METHODS["stablerep"](stablerep_cfg(image_folder))
+    cfg = stablerep_cfg(image_folder, f"++method_kwargs.views_per_backbone_call={group}")
+    grouped = METHODS["stablerep"](cfg)
+    grouped.load_state_dict(per_view.state_dict())
+    for model in (per_view, grouped):
+        model.log = model.log_dict = lambda *a, **k: None  # no Trainer attached
+    torch.manual_seed(0)
+    views = [torch.randn(4, 3, 32, 32) for _ in range(4)]
+    return per_view, grouped, [torch.arange(4), views, torch.arange(4) % 2]
+
+
+@pytest.mark.parametrize("group", [2, 4])
+def test_grouped_backbone_calls_match_per_view_calls_where_bn_is_frozen(image_folder, group):
+    from solo.methods.base import BaseMethod
+
+    per_view, grouped, batch = grouped_and_per_view_models(image_folder, group)
+    for model in (per_view, grouped):
+        # the backbone's BN in eval mode (running statistics): grouping changes nothing else;
+        # the projector's BN stays in train mode, so it must still see one view at a time
+        model.train()
+        model.backbone.eval()
+    expected = BaseMethod.training_step(per_view, batch, 0)
+    got = grouped.grouped_training_step(batch, 0)
+    # float32 convolutions over 8 or 16 rows instead of 4 may sum in another order
+    for key in ("feats", "logits", "z"):
+        assert len(got[key]) == 4
+        for g, e in zip(got[key], expected[key], strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+    for key in ("loss", "acc1"):
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        grouped.training_step(batch, 0), per_view.training_step(batch, 0), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_grouped_step_calls_the_backbone_per_group_and_the_projector_per_view(image_folder):
+    _, grouped, batch = grouped_and_per_view_models(image_folder, 2)
+    backbone_rows, projector_rows = [], []
+    grouped.backbone.register_forward_hook(lambda m, i, o: backbone_rows.append(i[0].shape[0]))
+    grouped.projector[1].register_forward_hook(lambda m, i, o: projector_rows.append(len(i[0])))
+    optimizer = torch.optim.SGD(grouped.parameters(), lr=0.1)
+    before = grouped.backbone.conv1.weight.detach().clone()
+    loss = grouped.training_step(batch, 0)
+    loss.backward()
+    optimizer.step()
+    assert backbone_rows == [8, 8] and projector_rows == [4, 4, 4, 4]
+    assert torch.isfinite(loss)
+    assert not torch.equal(before, grouped.backbone.conv1.weight)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["++method_kwargs.views_per_backbone_call=3"], "divides the 4 large crops, got 3"),
+        (["++method_kwargs.views_per_backbone_call=0"], "divides the 4 large crops, got 0"),
+        (
+            ["++method_kwargs.views_per_backbone_call=2", "++knn_eval.enabled=True"],
+            "views_per_backbone_call > 1 takes large crops only",
+        ),
+    ],
+)
+def test_bad_views_per_backbone_call_is_named(image_folder, overrides, message):
+    from solo.methods import METHODS
+
+    with pytest.raises(ValueError, match=message):
+        METHODS["stablerep"](stablerep_cfg(image_folder, *overrides))
 
 
 def fit_tiny(cfg, steps=3):
