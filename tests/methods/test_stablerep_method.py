@@ -16,6 +16,8 @@ from helpers import (
     write_image_folder,
 )
 
+from solo_stablerep.errors import INPUT_ERROR_EXIT
+
 pytestmark = requires_solo
 
 CUSTOM = PRETRAIN_CONFIGS / "custom"
@@ -293,7 +295,7 @@ def test_entry_point_reports_a_bad_method_in_one_line(image_folder, tmp_path):
         f"data.train_path={image_folder}",
         "method=nope",
     )
-    assert result.returncode == 1
+    assert result.returncode == INPUT_ERROR_EXIT
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("solo-stablerep-pretrain: error: unknown method 'nope'")
     assert "Traceback" not in result.stderr
