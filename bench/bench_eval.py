@@ -1,9 +1,10 @@
 """The evaluation's two costs, each side by side with its baseline in one run (CPU, or the GPU when
 there is one):
 
-1. Feature extraction into the cache (:func:`solo_stablerep.eval.features.extract_batches` writing
-   a cache entry: streaming to disk, fsync, JSON) against a bare ``torch.no_grad()`` loop of the
-   same backbone over the same decoded batches. Goal: throughput >= 0.95 x the bare loop.
+1. Feature extraction into the cache (:func:`solo_stablerep.eval.features.extract_batches` filling
+   a cache entry: the width probed on one image, rows written in place, fsync, JSON) against a
+   bare ``torch.no_grad()`` loop of the same backbone over the same decoded batches. Goal:
+   throughput >= 0.95 x the bare loop.
 2. The linear probe's 45-value weight-decay sweep (+ the refit on train+val), our full-batch
    L-BFGS in PyTorch against scikit-learn's ``LogisticRegression(solver="lbfgs")`` sweep with warm
    starts (the authors' CPU path), on the same synthetic features: Gaussian classes, N x D train,
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 from solo_stablerep.eval.cache import FeatureCache
-from solo_stablerep.eval.features import extract_batches
+from solo_stablerep.eval.features import extract_batches, feature_dim
 from solo_stablerep.eval.probes import DEFAULT_WEIGHT_DECAYS, linear_probe
 
 
@@ -43,10 +44,19 @@ def bare_loop(backbone, batches, device) -> list:
 
 
 def cached_extraction(backbone, batches, device, cache: FeatureCache, key: str) -> None:
+    """What :func:`split_features` does on a cache miss, minus the data loader."""
     num_items = sum(len(b) for b in batches)
-    with cache.writer(key, {"bench": key}, num_items) as entry:
-        entry.labels = np.zeros(num_items, dtype=np.int64)
-        extract_batches(backbone, batches, device, entry.write)
+    rows = cache.create(key, num_items, feature_dim(backbone, batches[0][0], device))
+    position = 0
+
+    def write(features):
+        nonlocal position
+        rows[position : position + len(features)] = features
+        position += len(features)
+
+    extract_batches(backbone, batches, device, write)
+    rows.flush()
+    cache.commit(key, {"bench": key}, np.zeros(num_items, dtype=np.int64))
 
 
 def bench_extraction(args, device) -> float:
