@@ -101,6 +101,31 @@ class Standardization:
 
 
 @dataclass
+class Curvature:
+    """L-BFGS's memory at the end of a fit: steps ``s`` and gradient changes ``y`` of J (flat over
+    weight then bias), J's penalty factor λ/N then."""
+
+    steps: list[torch.Tensor]
+    changes: list[torch.Tensor]
+    penalty: float
+
+    def for_penalty(self, penalty: float, num_weights: int):
+        """The pairs as J with penalty factor ``penalty`` has them: the data term's part of each y
+        is unchanged, the penalty's is ``penalty`` times s on the weights (exact); pairs no longer
+        of positive curvature are dropped. Returns (steps, changes, 1 / (y·s))."""
+        steps, changes, rho = [], [], []
+        for s, y in zip(self.steps, self.changes, strict=True):
+            y = y.clone()
+            y[:num_weights] += (penalty - self.penalty) * s[:num_weights]
+            ys = float(y.dot(s))
+            if ys > 1e-10:
+                steps.append(s)
+                changes.append(y)
+                rho.append(1.0 / ys)
+        return steps, changes, rho
+
+
+@dataclass
 class LogisticModel:
     """A fitted model: ``weight`` (..., D, K) and ``bias`` (..., K) act on z-scored features."""
 
@@ -111,6 +136,9 @@ class LogisticModel:
     n_iter: int = 0
     # gradient of J's data term (no penalty) at (weight, bias) on the rows it was fitted to
     data_gradient: tuple[torch.Tensor, torch.Tensor] | None = None
+    # L-BFGS's last curvature pairs, for the next fit along a path (see fit_logistic_regression)
+    curvature: Curvature | None = None
+    func_evals: int = 0
 
     def decision_function(self, features: torch.Tensor) -> torch.Tensor:
         """Scores (..., N, K) of raw ``features`` (..., N, D)."""
@@ -124,7 +152,8 @@ class LogisticModel:
         weight = self.weight * (new.std / old.std).unsqueeze(-1)
         raw_bias = self.bias - (old.mean / old.std) @ self.weight
         bias = raw_bias + (new.mean / new.std) @ weight
-        return LogisticModel(weight, bias, self.binary, new)
+        # the curvature of nearby coordinates (std ratios near 1): a start the line search checks
+        return LogisticModel(weight, bias, self.binary, new, curvature=self.curvature)
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         """Class indices (..., N): argmax of the softmax model; for a binary model of one column,
@@ -209,6 +238,7 @@ def fit_logistic_regression(
         bias = _prior_bias(blocks, num_outputs, binary, num_rows)
     else:
         weight, bias = init.weight.detach().clone(), init.bias.detach().clone()
+    penalty = weight_decay / num_rows
     last_evaluated = {}
     optimizer = torch.optim.LBFGS(
         [weight, bias],
@@ -253,13 +283,52 @@ def fit_logistic_regression(
         bias.grad = grad_bias
         return (total + 0.5 * weight_decay * weight.square().sum().item()) / num_rows
 
+    state = optimizer.state[weight]
+    if init is not None and init.curvature is not None:
+        _resume_memory(state, init.curvature.for_penalty(penalty, weight.numel()), weight, bias)
     work = num_rows * dim * num_outputs * int(np.prod(batch_shape, dtype=np.int64))
     with _single_thread_if(features.device.type == "cpu" and work < _SINGLE_THREAD_WORK):
         optimizer.step(objective)
-    n_iter = optimizer.state[optimizer.param_groups[0]["params"][0]].get("n_iter", 0)
+    n_iter = state.get("n_iter", 0) - state.pop("resumed", 0)
+    curvature = None
+    if state.get("old_stps"):
+        curvature = Curvature(state["old_stps"], state["old_dirs"], penalty)
+    elif init is not None:
+        curvature = init.curvature
     point = last_evaluated.get("point")
     ends_evaluated = (
         point is not None and torch.equal(point[0], weight) and torch.equal(point[1], bias)
     )
     gradient = last_evaluated["gradient"] if ends_evaluated else None
-    return LogisticModel(weight.detach(), bias.detach(), binary, standardization, n_iter, gradient)
+    return LogisticModel(
+        weight.detach(),
+        bias.detach(),
+        binary,
+        standardization,
+        n_iter,
+        gradient,
+        curvature,
+        state.get("func_evals", 0),
+    )
+
+
+def _resume_memory(state: dict, pairs, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """Seeds ``torch.optim.LBFGS``'s state so that its first iteration is a quasi-Newton step
+    with the curvature pairs of the previous fit along the path (``pairs``: steps, changes, 1/y·s)
+    instead of a short gradient step: the state of an optimizer past its first iteration (its
+    state keys, stable since torch 1.x), with a zero last step so that no pair is added from it."""
+    steps, changes, rho = pairs
+    if not steps:
+        return
+    flat = torch.cat([weight.reshape(-1), bias.reshape(-1)])
+    state.update(
+        n_iter=1,
+        resumed=1,
+        d=torch.zeros_like(flat),
+        t=0.0,
+        old_stps=list(steps),
+        old_dirs=list(changes),
+        ro=list(rho),
+        H_diag=float(steps[-1].dot(changes[-1]) / changes[-1].dot(changes[-1])),
+        prev_flat_grad=torch.zeros_like(flat),
+    )
