@@ -51,10 +51,10 @@ import torch.nn.functional as F
 MAX_ITER = 1000  # the protocol's cap on L-BFGS iterations
 TOL = 1e-4  # scikit-learn's default gradient tolerance
 MAX_EVAL = 15000  # scipy's default cap on function evaluations (sklearn leaves it)
-# Features per chunk of rows (J, mean/std, gathers): on the CPU 4 MB in float32, so that a chunk
-# read for the logits is still in cache for the gradient's product (the protocol-size sweep, 51
-# evaluations, one thread: 12.7 s with whole blocks, 7.6 s in chunks); on a GPU 256 MB.
-_CHUNK_FLOATS = 1 << 20
+# Features per chunk of rows (J, mean/std, gathers): what is computed per row (logits, float64
+# copies) is held for one chunk only. 16 MB in float32 on the CPU (the protocol-size sweep took
+# the same time as with whole blocks), 256 MB on a GPU (few kernel launches).
+_CHUNK_FLOATS = 1 << 22
 _DEVICE_CHUNK_FLOATS = 1 << 26
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 # Below this many multiply-adds per evaluation of J, one CPU thread is faster: the evaluation takes
