@@ -9,8 +9,12 @@ fingerprint of its files; the split; the transform; :data:`CACHE_VERSION`)::
     <key>.labels.npy     (N,) class labels or (N, C) 0/1 targets
     <key>.json           {"version", "key", "identity", "shape", "labels_shape"}, written last
 
-Each file is written atomically (temporary name, fsync, rename; :func:`atomic_output`) and the
-JSON last, so an entry without its JSON was never finished. Reading validates the JSON (version,
+The features are allocated at their full size under a temporary name
+(``<key>.features.npy.pending``, :meth:`FeatureCache.create`), filled in place through a memory
+map, by one process or by several each writing its rows (:mod:`.features`), then fsynced and
+renamed (:meth:`FeatureCache.commit`); the labels and the JSON are written atomically (temporary
+name, fsync, rename; :func:`atomic_output`), the JSON last, so an entry without its JSON was never
+finished. Reading validates the JSON (version,
 key), and opens the arrays with ``allow_pickle=False`` checking their shapes and dtypes: a
 truncated file, a file of another version or any foreign file is rebuilt, never trusted. Arrays
 only: nothing in the cache can run code.
@@ -21,8 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+import os
 from pathlib import Path
 
 import numpy as np
@@ -85,28 +88,49 @@ class FeatureCache:
             return None
         return features, labels
 
-    @contextmanager
-    def writer(self, key: str, identity: dict, num_items: int) -> Iterator[_EntryWriter]:
-        """Streams an entry's features to disk batch by batch (never all in memory); the entry
-        becomes valid when the block ends without error, with the labels the writer was given."""
+    def _pending_path(self, key: str) -> Path:
+        return self.root / f"{key}.features.npy.pending"
+
+    def create(self, key: str, num_items: int, dim: int) -> np.memmap:
+        """The features file of a new entry, allocated (``num_items`` x ``dim`` float32) under a
+        temporary name and memory-mapped for writing rows in place; any stale one is replaced. Not
+        an entry until :meth:`commit`."""
         self.root.mkdir(parents=True, exist_ok=True)
+        return np.lib.format.open_memmap(
+            self._pending_path(key), mode="w+", dtype=FEATURES_DTYPE, shape=(num_items, dim)
+        )
+
+    def open_pending(self, key: str) -> np.memmap:
+        """The features file :meth:`create` allocated (by another process), for writing rows."""
+        return np.lib.format.open_memmap(self._pending_path(key), mode="r+")
+
+    def commit(self, key: str, identity: dict, labels: np.ndarray) -> None:
+        """Makes the pending features, all rows written and flushed by their writers, an entry:
+        fsynced and renamed, the labels written, the JSON last."""
         features_path, labels_path, meta_path = self._paths(key)
-        with atomic_output(features_path) as f:
-            writer = _EntryWriter(f, num_items)
-            yield writer
-            if writer.rows != num_items:
-                raise RuntimeError(f"feature extraction wrote {writer.rows} of {num_items} rows")
+        pending = self._pending_path(key)
+        meta_path.unlink(missing_ok=True)  # an older, unusable entry of this key is gone first
+        features = np.load(pending, mmap_mode="r", allow_pickle=False)
+        shape = list(features.shape)
+        del features
+        with open(pending, "rb+") as f:  # the rows of every writer: one page cache per file
+            os.fsync(f.fileno())
+        os.replace(pending, features_path)
         with atomic_output(labels_path) as f:
-            np.save(f, writer.labels, allow_pickle=False)
+            np.save(f, labels, allow_pickle=False)
         meta = {
             "version": CACHE_VERSION,
             "key": key,
             "identity": identity,
-            "shape": [num_items, writer.dim],
-            "labels_shape": list(writer.labels.shape),
+            "shape": shape,
+            "labels_shape": list(labels.shape),
         }
         with atomic_output(meta_path, "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=1, default=str)
+
+    def discard(self, key: str) -> None:
+        """Removes the pending features of an entry that will not be committed."""
+        self._pending_path(key).unlink(missing_ok=True)
 
     def read_back(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """The entry just written (memory-mapped)."""
@@ -114,28 +138,3 @@ class FeatureCache:
         if entry is None:
             raise RuntimeError(f"feature cache entry {key} unreadable right after writing it")
         return entry
-
-
-class _EntryWriter:
-    """Writes the ``.npy`` header at the first batch (the feature width is known then), then
-    rows."""
-
-    def __init__(self, file, num_items: int):
-        self.file = file
-        self.num_items = num_items
-        self.rows = 0
-        self.dim = None
-        self.labels = None
-
-    def write(self, features: np.ndarray) -> None:
-        features = np.ascontiguousarray(features, dtype=FEATURES_DTYPE)
-        if self.dim is None:
-            self.dim = features.shape[1]
-            header = {
-                "descr": FEATURES_DTYPE.str,
-                "fortran_order": False,
-                "shape": (self.num_items, self.dim),
-            }
-            np.lib.format.write_array_header_1_0(self.file, header)
-        self.file.write(features.tobytes())
-        self.rows += len(features)

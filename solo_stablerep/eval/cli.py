@@ -4,6 +4,8 @@
     solo-stablerep-eval export CKPT OUT.safetensors
 
 Bad input (a checkpoint, a data set, an option) ends with one line on stderr and exit status 2.
+Under ``torchrun --nproc_per_node N -m solo_stablerep.eval ...`` the ranks extract the features
+together and rank 0 runs the probes and writes the outputs (:mod:`.distributed`).
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ def _compare(args) -> int:
     from solo_stablerep.data.storage import cache_dir
     from solo_stablerep.eval.cache import FeatureCache
     from solo_stablerep.eval.compare import ProbeSettings, compare
+    from solo_stablerep.eval.distributed import join, leave
     from solo_stablerep.eval.features import ExtractionSettings
     from solo_stablerep.eval.report import markdown_table, write_report
 
@@ -131,11 +134,17 @@ def _compare(args) -> int:
         image_size=args.image_size,
         device=args.device,
     )
+    ranks = join(args.device)  # alone, or one rank of torchrun's processes
     extraction = ExtractionSettings(
-        args.batch_size, args.workers, args.device, not args.no_progress
+        args.batch_size, args.workers, args.device, not args.no_progress, ranks
     )
     cache = FeatureCache(args.cache_dir or cache_dir() / "features")
-    comparison = compare(args.models, args.datasets, cache, settings, extraction)
+    try:
+        comparison = compare(args.models, args.datasets, cache, settings, extraction)
+    finally:
+        leave()
+    if not ranks.is_main:
+        return 0  # its share of the features is in the cache; rank 0 reports
     log.info(
         "features: %d split(s) read from the cache, %d extracted (%s)",
         cache.hits,

@@ -1,7 +1,8 @@
 """Side-by-side comparison: every model × every data set × every probe, features from the cache.
 
-For each data set, each model's features of each split are read from the cache or extracted
-(:mod:`.features`), then the probes run (:mod:`.probes`):
+Each model's features of each split of each data set are read from the cache or extracted
+(:mod:`.features`; under ``torchrun`` by all ranks together), then the probes run on them
+(:mod:`.probes`; on rank 0 alone under ``torchrun``):
 
 - ``linear``: the linear-transfer protocol with the data set's metric, on train (+ its val split);
 - ``knn``: weighted kNN, train -> test (single-label data sets);
@@ -105,8 +106,11 @@ def compare(
         return get
 
     sizes = [_input_size(spec, probe_settings.image_size) for spec in models]
-    for spec, size in zip(models, sizes):  # one backbone at a time, built at its first cache miss
-        for dataset in datasets:
+    features: dict[tuple[int, int], dict[str, tuple]] = {}  # all extracted before any probe
+    for m, (spec, size) in enumerate(
+        zip(models, sizes, strict=True)
+    ):  # one backbone at a time, built at
+        for d, dataset in enumerate(datasets):  # its first cache miss
             transform_identity = {
                 "resize": "bicubic-short-side+center-crop",
                 "size": size,
@@ -114,7 +118,7 @@ def compare(
                 "std": list(spec.std),
             }
             transform = image_transform(size, spec.mean, spec.std)
-            features = {}
+            features[m, d] = {}
             for split_name, split in dataset.splits.items():
                 identity = {
                     "model": spec.identity,
@@ -122,7 +126,7 @@ def compare(
                     "split": split_name,
                     "transform": transform_identity,
                 }
-                features[split_name] = split_features(
+                features[m, d][split_name] = split_features(
                     cache,
                     identity,
                     split,
@@ -131,7 +135,10 @@ def compare(
                     extraction,
                     f"{spec.label} | {dataset.spec} | {split_name}",
                 )
-            comparison.results += _probe(spec.label, dataset, features, probe_settings)
+    built.clear()
+    if extraction.ranks.is_main:  # under torchrun the other ranks are done: features only
+        for (m, d), splits in features.items():
+            comparison.results += _probe(models[m].label, datasets[d], splits, probe_settings)
     return comparison
 
 

@@ -8,8 +8,8 @@ torchvision data sets of the fine-grained tables, with ROOT the folder torchvisi
 name                  torchvision class                splits (train/val/test)  metric
 ====================  ===============================  =======================  ===============
 ``aircraft``          FGVCAircraft (variants)          train / val / test       mean per class
-``caltech101``        Caltech101 (101 categories)      30 per class (seed 0) /  mean per class
-                                                       - / the rest
+``caltech101``        Caltech101's folders, with       30 per class (drawn as   mean per class
+                      BACKGROUND_Google (102 classes)  the authors) / - / rest
 ``cars``              StanfordCars                     train / - / test         top-1
 ``cifar10``           CIFAR10                          train / - / test         top-1
 ``cifar100``          CIFAR100                         train / - / test         top-1
@@ -267,26 +267,43 @@ def _cifar(constructor):
 
 
 def _caltech101(spec: str, root: str) -> dict[str, Split]:
-    from torchvision.datasets import Caltech101
+    """The authors' split (SynCLR's ``eval/downstreams/caltech101.py``; VTAB's Caltech-101 also
+    has the 102 classes): the class folders of ``ROOT/caltech101/101_ObjectCategories`` read as
+    torchvision's ``ImageFolder`` reads them, BACKGROUND_Google included (102 classes, sorted
+    names); per class in that order, 30 training items drawn *with replacement* by numpy's legacy
+    generator seeded 0 (``np.random.seed(0)``, ``np.random.choice``), sorted, duplicates kept;
+    test: every item never drawn."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    dataset = _open(Caltech101, spec, root=root, target_type="category")
-    labels = np.asarray(dataset.y)
-    rng = np.random.default_rng(0)
-    chosen = []
-    for c in np.unique(labels):
-        rows = np.flatnonzero(labels == c)
-        chosen.append(rng.choice(rows, min(CALTECH_TRAIN_PER_CLASS, len(rows)), replace=False))
-    train = np.sort(np.concatenate(chosen))
+    base = Path(root) / "caltech101" / "101_ObjectCategories"
+    if not base.is_dir():
+        raise EvalError(
+            f"{spec}: no {base} (Caltech-101 in torchvision's layout: "
+            "ROOT/caltech101/101_ObjectCategories/<category>/image_0001.jpg ...)"
+        )
+    categories = sorted(entry.name for entry in os.scandir(base) if entry.is_dir())
+    paths, labels = [], []
+    for label, category in enumerate(categories):
+        for folder, _, names in sorted(os.walk(base / category, followlinks=True)):
+            for name in sorted(names):
+                if name.lower().endswith(IMG_EXTENSIONS):
+                    paths.append(os.path.join(folder, name))
+                    labels.append(label)
+    labels = np.asarray(labels)
+    empty = [c for i, c in enumerate(categories) if not (labels == i).any()]
+    if empty:
+        raise EvalError(f"{spec}: no images in {base / empty[0]}")
+    rng = np.random.RandomState(0)  # the authors' np.random.seed(0): the same stream
+    train = np.concatenate(
+        [
+            np.sort(rng.choice(np.flatnonzero(labels == c), CALTECH_TRAIN_PER_CLASS))
+            for c in range(len(categories))
+        ]
+    )
     test = np.setdiff1d(np.arange(len(labels)), train)
 
-    def describe(i, rows):
-        index = int(rows[i])
-        category = dataset.categories[labels[index]]
-        file_name = f"image_{dataset.index[index]:04d}.jpg"
-        return os.path.join(dataset.root, "101_ObjectCategories", category, file_name)
-
     def split(rows):
-        return Split(labels[rows], lambda i: dataset[int(rows[i])][0], lambda i: describe(i, rows))
+        return Split(labels[rows], lambda i: Image.open(paths[rows[i]]), lambda i: paths[rows[i]])
 
     return {"train": split(train), "test": split(test)}
 

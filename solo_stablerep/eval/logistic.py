@@ -51,7 +51,11 @@ import torch.nn.functional as F
 MAX_ITER = 1000  # the protocol's cap on L-BFGS iterations
 TOL = 1e-4  # scikit-learn's default gradient tolerance
 MAX_EVAL = 15000  # scipy's default cap on function evaluations (sklearn leaves it)
-_STATS_ROWS = 1 << 16  # rows per chunk when computing mean/std in float64
+# Features per chunk of rows (J, mean/std, gathers): what is computed per row (logits, float64
+# copies) is held for one chunk only. 16 MB in float32 on the CPU (the protocol-size sweep took
+# the same time as with whole blocks), 256 MB on a GPU (few kernel launches).
+_CHUNK_FLOATS = 1 << 22
+_DEVICE_CHUNK_FLOATS = 1 << 26
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 # Below this many multiply-adds per evaluation of J, one CPU thread is faster: the evaluation takes
 # microseconds, and waking other threads costs more (far more on a loaded machine, measured 40x).
@@ -71,6 +75,51 @@ def as_tensor(features, device=None, dtype=torch.float32) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype, device=device)
 
 
+class RowSubset:
+    """Rows ``rows`` of ``features`` (N, D) (a memory map, say) as one block of the solver, never
+    gathered as a whole: read a chunk of rows at a time (onto ``device``) wherever the
+    block is used, i.e. at every evaluation of J (the gather costs a few % of the products)."""
+
+    def __init__(self, features, rows, device=None, dtype=torch.float32):
+        self.features = features
+        self.rows = np.asarray(rows)
+        self.device = torch.device(device or "cpu")
+        self.dtype = dtype
+        self.shape = torch.Size((len(self.rows), features.shape[-1]))
+
+    def chunks(self):
+        """(first row, rows as a tensor) per chunk."""
+        step = _chunk_rows(self.shape[-1], self.device)
+        for start in range(0, len(self.rows), step):
+            rows = self.features[self.rows[start : start + step]]
+            yield start, as_tensor(rows, self.device, self.dtype)
+
+    def gathered(self) -> torch.Tensor:
+        """The rows as one tensor on ``device``, filled chunk by chunk."""
+        out = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        for start, rows in self.chunks():
+            out[start : start + len(rows)] = rows
+        return out
+
+
+def _chunk_rows(dim: int, device: torch.device) -> int:
+    return max(1, (_CHUNK_FLOATS if device.type == "cpu" else _DEVICE_CHUNK_FLOATS) // dim)
+
+
+def row_chunks(x):
+    """(first row, tensor) per chunk of the rows of ``x``: views of a (N, D) tensor, gathers of a
+    :class:`RowSubset`; a batch of problems (..., N, D) whole. What is computed per row (logits,
+    float64 statistics) is then held for one chunk at a time."""
+    if isinstance(x, RowSubset):
+        yield from x.chunks()
+    elif x.dim() == 2:
+        step = _chunk_rows(x.shape[-1], x.device)
+        for start in range(0, x.shape[0], step):
+            yield start, x[start : start + step]
+    else:
+        yield 0, x
+
+
 @dataclass
 class Standardization:
     """Per-feature mean and standard deviation (population, as ``np.std``); a constant feature gets
@@ -84,20 +133,48 @@ class Standardization:
         """Statistics of the rows of all ``blocks`` (N_b, D) together, accumulated in float64 over
         chunks of rows (no float64 copy of a block)."""
         count, total, total_sq = 0, 0.0, 0.0
-        for block in blocks:
-            for start in range(0, block.shape[0], _STATS_ROWS):
-                rows = block[start : start + _STATS_ROWS].double()
-                total = total + rows.sum(0)
-                count += rows.shape[0]
+        for rows in _stats_chunks(blocks):
+            total = total + rows.sum(0)
+            count += rows.shape[0]
         mean = total / count
-        for block in blocks:
-            for start in range(0, block.shape[0], _STATS_ROWS):
-                rows = block[start : start + _STATS_ROWS].double()
-                total_sq = total_sq + (rows - mean).square().sum(0)
+        for rows in _stats_chunks(blocks):
+            total_sq = total_sq + rows.sub_(mean).square_().sum(0)
         std = (total_sq / count).sqrt()
         std = torch.where(std > 0, std, torch.ones_like(std))
         dtype = blocks[0].dtype
         return cls(mean.to(dtype), std.to(dtype))
+
+
+def _stats_chunks(blocks):
+    """The rows of ``blocks`` in float64, a chunk at a time."""
+    for block in blocks:
+        for _, x in row_chunks(block):
+            yield x.to(torch.float64, copy=True)
+
+
+@dataclass
+class Curvature:
+    """L-BFGS's memory at the end of a fit: steps ``s`` and gradient changes ``y`` of J (flat over
+    weight then bias), J's penalty factor λ/N then."""
+
+    steps: list[torch.Tensor]
+    changes: list[torch.Tensor]
+    penalty: float
+
+    def for_penalty(self, penalty: float, num_weights: int):
+        """The pairs as J with penalty factor ``penalty`` has them: the data term's part of each y
+        is unchanged, the penalty's is ``penalty`` times s on the weights (exact); pairs no longer
+        of positive curvature are dropped. Returns (steps, changes, 1 / (y·s))."""
+        steps, changes, rho = [], [], []
+        for s, y in zip(self.steps, self.changes, strict=True):
+            y = y.clone()
+            y[:num_weights] += (penalty - self.penalty) * s[:num_weights]
+            ys = float(y.dot(s))
+            if ys > 1e-10:
+                steps.append(s)
+                changes.append(y)
+                rho.append(1.0 / ys)
+        return steps, changes, rho
 
 
 @dataclass
@@ -111,10 +188,17 @@ class LogisticModel:
     n_iter: int = 0
     # gradient of J's data term (no penalty) at (weight, bias) on the rows it was fitted to
     data_gradient: tuple[torch.Tensor, torch.Tensor] | None = None
+    # L-BFGS's last curvature pairs, for the next fit along a path (see fit_logistic_regression)
+    curvature: Curvature | None = None
+    func_evals: int = 0
 
-    def decision_function(self, features: torch.Tensor) -> torch.Tensor:
+    def decision_function(self, features: torch.Tensor | RowSubset) -> torch.Tensor:
         """Scores (..., N, K) of raw ``features`` (..., N, D)."""
-        return _logits(features, self.weight, self.bias, self.standardization)
+        scores = [
+            _logits(x, self.weight, self.bias, self.standardization)
+            for _, x in row_chunks(features)
+        ]
+        return scores[0] if len(scores) == 1 else torch.cat(scores, -2)
 
     def restandardized(self, standardization: Standardization) -> LogisticModel:
         """The same function of the raw features, with its weights in ``standardization``'s
@@ -124,7 +208,8 @@ class LogisticModel:
         weight = self.weight * (new.std / old.std).unsqueeze(-1)
         raw_bias = self.bias - (old.mean / old.std) @ self.weight
         bias = raw_bias + (new.mean / new.std) @ weight
-        return LogisticModel(weight, bias, self.binary, new)
+        # the curvature of nearby coordinates (std ratios near 1): a start the line search checks
+        return LogisticModel(weight, bias, self.binary, new, curvature=self.curvature)
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         """Class indices (..., N): argmax of the softmax model; for a binary model of one column,
@@ -201,14 +286,17 @@ def fit_logistic_regression(
         standardization: z-scoring applied to the features inside the model.
         init: a model to start from (warm start along a sweep), of the same shapes.
     """
-    features = blocks[0][0]
+    features = blocks[0][0]  # a tensor or a RowSubset: shape, dtype, device
     batch_shape, dim = features.shape[:-2], features.shape[-1]
     num_rows = sum(x.shape[-2] for x, _ in blocks)
     if init is None:  # W = 0 and the bias that is optimal for it: the class log-frequencies
-        weight = features.new_zeros(*batch_shape, dim, num_outputs)
+        weight = torch.zeros(
+            *batch_shape, dim, num_outputs, dtype=features.dtype, device=features.device
+        )
         bias = _prior_bias(blocks, num_outputs, binary, num_rows)
     else:
         weight, bias = init.weight.detach().clone(), init.bias.detach().clone()
+    penalty = weight_decay / num_rows
     last_evaluated = {}
     optimizer = torch.optim.LBFGS(
         [weight, bias],
@@ -224,22 +312,24 @@ def fit_logistic_regression(
     def objective():
         """J, with its gradient written to ``weight.grad`` and ``bias.grad`` (by hand: the two
         products with the features are the whole cost, autograd's bookkeeping is not needed)."""
-        total = 0.0
+        total = weight.new_zeros((), dtype=torch.float64)  # one sync per evaluation, not per chunk
         grad_weight, grad_bias = torch.zeros_like(weight), torch.zeros_like(bias)
-        for x, y in blocks:  # one block's logits in memory at a time
-            logits = _logits(x, weight, bias, standardization)
-            if binary:
-                total += F.binary_cross_entropy_with_logits(logits, y, reduction="sum").item()
-                residual = logits.sigmoid_().sub_(y)  # d loss / d logits
-            else:
-                log_p = logits.log_softmax(-1)
-                total -= log_p.gather(-1, y.unsqueeze(-1)).sum().item()
-                residual = log_p.exp_()
-                residual.scatter_add_(
-                    -1, y.unsqueeze(-1), residual.new_full(y.unsqueeze(-1).shape, -1.0)
-                )
-            grad_weight += x.transpose(-1, -2) @ residual
-            grad_bias += residual.sum(-2)
+        for block, block_y in blocks:  # one chunk's logits in memory at a time
+            for start, x in row_chunks(block):
+                y = block_y if x is block else block_y[start : start + x.shape[-2]]
+                logits = _logits(x, weight, bias, standardization)
+                if binary:
+                    total += F.binary_cross_entropy_with_logits(logits, y, reduction="sum")
+                    residual = logits.sigmoid_().sub_(y)  # d loss / d logits
+                else:
+                    log_p = logits.log_softmax(-1)
+                    total -= log_p.gather(-1, y.unsqueeze(-1)).sum()
+                    residual = log_p.exp_()
+                    residual.scatter_add_(
+                        -1, y.unsqueeze(-1), residual.new_full(y.unsqueeze(-1).shape, -1.0)
+                    )
+                grad_weight += x.transpose(-1, -2) @ residual
+                grad_bias += residual.sum(-2)
         if standardization is not None:  # back through w / sigma and b - (mu / sigma) w
             scale = 1.0 / standardization.std
             shift = (standardization.mean * scale).unsqueeze(-1)
@@ -251,15 +341,54 @@ def fit_logistic_regression(
         )
         weight.grad = grad_weight + weight_decay / num_rows * weight
         bias.grad = grad_bias
-        return (total + 0.5 * weight_decay * weight.square().sum().item()) / num_rows
+        return (total.item() + 0.5 * weight_decay * weight.square().sum().item()) / num_rows
 
+    state = optimizer.state[weight]
+    if init is not None and init.curvature is not None:
+        _resume_memory(state, init.curvature.for_penalty(penalty, weight.numel()), weight, bias)
     work = num_rows * dim * num_outputs * int(np.prod(batch_shape, dtype=np.int64))
     with _single_thread_if(features.device.type == "cpu" and work < _SINGLE_THREAD_WORK):
         optimizer.step(objective)
-    n_iter = optimizer.state[optimizer.param_groups[0]["params"][0]].get("n_iter", 0)
+    n_iter = state.get("n_iter", 0) - state.pop("resumed", 0)
+    curvature = None
+    if state.get("old_stps"):
+        curvature = Curvature(state["old_stps"], state["old_dirs"], penalty)
+    elif init is not None:
+        curvature = init.curvature
     point = last_evaluated.get("point")
     ends_evaluated = (
         point is not None and torch.equal(point[0], weight) and torch.equal(point[1], bias)
     )
     gradient = last_evaluated["gradient"] if ends_evaluated else None
-    return LogisticModel(weight.detach(), bias.detach(), binary, standardization, n_iter, gradient)
+    return LogisticModel(
+        weight.detach(),
+        bias.detach(),
+        binary,
+        standardization,
+        n_iter,
+        gradient,
+        curvature,
+        state.get("func_evals", 0),
+    )
+
+
+def _resume_memory(state: dict, pairs, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """Seeds ``torch.optim.LBFGS``'s state so that its first iteration is a quasi-Newton step
+    with the curvature pairs of the previous fit along the path (``pairs``: steps, changes, 1/y·s)
+    instead of a short gradient step: the state of an optimizer past its first iteration (its
+    state keys, stable since torch 1.x), with a zero last step so that no pair is added from it."""
+    steps, changes, rho = pairs
+    if not steps:
+        return
+    flat = torch.cat([weight.reshape(-1), bias.reshape(-1)])
+    state.update(
+        n_iter=1,
+        resumed=1,
+        d=torch.zeros_like(flat),
+        t=0.0,
+        old_stps=list(steps),
+        old_dirs=list(changes),
+        ro=list(rho),
+        H_diag=float(steps[-1].dot(changes[-1]) / changes[-1].dot(changes[-1])),
+        prev_flat_grad=torch.zeros_like(flat),
+    )

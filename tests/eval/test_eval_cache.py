@@ -12,10 +12,11 @@ IDENTITY = {"model": {"random": "resnet18"}, "dataset": {"name": "digits"}, "spl
 
 
 def write_entry(cache, key, features, labels):
-    with cache.writer(key, IDENTITY, len(features)) as entry:
-        entry.labels = labels
-        for start in range(0, len(features), 3):  # batch by batch
-            entry.write(features[start : start + 3])
+    rows = cache.create(key, *features.shape)
+    for start in range(0, len(features), 3):  # batch by batch, in place
+        rows[start : start + 3] = features[start : start + 3]
+    rows.flush()
+    cache.commit(key, IDENTITY, labels)
 
 
 def test_entry_round_trip_is_memory_mapped(tmp_path):
@@ -79,20 +80,19 @@ def test_damaged_entries_are_rebuilt(tmp_path, damage, caplog):
     np.testing.assert_array_equal(cache.load(key)[0], 2 * features)
 
 
-def test_interrupted_write_leaves_no_valid_entry(tmp_path):
+def test_pending_features_are_no_entry_until_committed(tmp_path):
     cache = FeatureCache(tmp_path)
     key = cache_key(IDENTITY)
-    with pytest.raises(KeyboardInterrupt):
-        with cache.writer(key, IDENTITY, 10) as entry:
-            entry.labels = np.zeros(10, int)
-            entry.write(np.ones((3, 4), np.float32))
-            raise KeyboardInterrupt
+    rows = cache.create(key, 10, 4)
+    rows[:3] = 1.0
+    rows.flush()
+    assert cache.load(key) is None  # allocated, partly written: not an entry
+    cache.discard(key)
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(RuntimeError, match="wrote 3 of 10 rows"):
-        with cache.writer(key, IDENTITY, 10) as entry:
-            entry.labels = np.zeros(10, int)
-            entry.write(np.ones((3, 4), np.float32))
-    assert cache.load(key) is None
+    write_entry(cache, key, np.ones((10, 4), np.float32), np.zeros(10, int))
+    cache.create(key, 10, 4)  # extracted again (zeros): the new rows replace the old
+    cache.commit(key, IDENTITY, np.zeros(10, int))
+    np.testing.assert_array_equal(cache.load(key)[0], np.zeros((10, 4)))
 
 
 def _truncate(path):

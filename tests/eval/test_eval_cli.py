@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import write_checkpoint, write_dtd, write_voc2007
@@ -105,7 +106,7 @@ def test_cli_compares_checkpoints_on_digits_and_reuses_the_cache(trained, tmp_pa
     )
     table = (out / "results.md").read_text().splitlines()
     assert table[0] == "| model | " + " | ".join(columns) + " |"
-    for label, line in zip(labels, table[2:5]):
+    for label, line in zip(labels, table[2:5], strict=True):
         row = [cell.strip() for cell in line.strip("|").split("|")]
         assert row[0] == label and len(row) == 5
         assert all(float(cell.split(" ± ")[0]) >= 0 for cell in row[1:])  # a number in every cell
@@ -127,6 +128,41 @@ def test_cli_compares_checkpoints_on_digits_and_reuses_the_cache(trained, tmp_pa
     changed = json.loads((tmp_path / "third" / "results.json").read_text())
     assert changed["cache"]["hits"] == 4 and changed["cache"]["misses"] == 2
     assert {r["probe"] for r in changed["results"]} == {"kNN"}
+
+
+@pytest.mark.slow
+def test_cli_under_torchrun_shares_the_extraction_and_rank_0_reports(tmp_path):
+    """Two CPU ranks (gloo) extract the features one process would, into the same cache entries;
+    rank 0 alone runs the probe and writes the outputs. (NCCL on GPUs: not tested, no GPU here.)"""
+    common = ["random:resnet18", "--datasets", "digits", "--image-size", "16", "--probes", "knn"]
+    common += [*FAST, "--device", "cpu"]
+    alone = run_cli(*common, "--output", tmp_path / "alone", "--cache-dir", tmp_path / "c1")
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    two = subprocess.run(
+        [*torchrun, "2", "-m", "solo_stablerep.eval", *map(str, common)]
+        + ["--output", str(tmp_path / "two"), "--cache-dir", str(tmp_path / "c2")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
+        p.name for p in (tmp_path / "alone").iterdir()
+    )
+    assert two.stdout.count("| random:resnet18 |") == 1  # one table: rank 0's
+    entries = sorted(p.name for p in (tmp_path / "c2").iterdir())
+    assert entries == sorted(p.name for p in (tmp_path / "c1").iterdir())  # same keys, no leftovers
+    for name in entries:
+        if name.endswith(".features.npy"):  # batch boundaries differ: float32 rounding only
+            np.testing.assert_allclose(
+                np.load(tmp_path / "c2" / name), np.load(tmp_path / "c1" / name), atol=1e-5
+            )
+    scores = [
+        json.loads((tmp_path / run / "results.json").read_text())["results"][0]["score"]
+        for run in ("alone", "two")
+    ]
+    assert abs(scores[0] - scores[1]) <= 1 / 899  # one test item at most, on a tie
 
 
 @pytest.mark.slow
@@ -237,6 +273,7 @@ def test_corrupt_image_is_named_and_leaves_no_cache_entry(tmp_path, capsys, work
     # the train split was cached; the test split's entry was never completed
     assert len(list((tmp_path / "cache").glob("*.json"))) == 1
     assert not list((tmp_path / "cache").glob(".*.tmp"))
+    assert not list((tmp_path / "cache").glob("*.pending"))
 
 
 def test_vit_resolution_is_the_one_it_was_built_for(tmp_path, capsys):

@@ -113,3 +113,34 @@ def test_corrupt_image_is_named(tmp_path):
     dataset = open_dataset(f"imagefolder:{tmp_path / 'set'}")
     with pytest.raises(EvalError, match=f"cannot decode image {bad}"):
         dataset.splits["test"].image(1)
+
+
+def test_caltech101_follows_the_authors_split_with_the_background_class(tmp_path):
+    """SynCLR's split: ImageFolder's 102 classes (BACKGROUND_Google among them), 30 training items
+    per class drawn with replacement after np.random.seed(0), the rest for test."""
+    base = tmp_path / "caltech101" / "101_ObjectCategories"
+    counts = {"BACKGROUND_Google": 45, "Faces": 33, "accordion": 40, "ant": 31}
+    for category, count in counts.items():
+        (base / category).mkdir(parents=True)
+        for i in range(1, count + 1):
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(base / category / f"image_{i:04d}.jpg")
+    dataset = open_dataset(f"caltech101:{tmp_path}")
+    train, test = dataset.splits["train"], dataset.splits["test"]
+    assert dataset.metric == "mean_per_class" and set(dataset.splits) == {"train", "test"}
+
+    # the authors' code, as they wrote it: global seed, choice from each class's list of indices
+    labels = [c for c, count in enumerate(counts.values()) for _ in range(count)]
+    class_rows = {c: [i for i, label in enumerate(labels) if label == c] for c in range(4)}
+    np.random.seed(0)
+    expected = [i for c in range(4) for i in np.sort(np.random.choice(class_rows[c], 30))]
+    expected_test = sorted(set(range(len(labels))) - set(expected))
+
+    assert len(train) == 4 * 30 and train.labels.tolist() == [labels[i] for i in expected]
+    assert len(set(expected)) < len(expected)  # drawn with replacement: duplicates kept
+    described = [train.describe(i) for i in range(len(train))]
+    paths = [
+        str(base / c / f"image_{i:04d}.jpg") for c, n in counts.items() for i in range(1, n + 1)
+    ]
+    assert described == [paths[i] for i in expected]
+    assert [test.describe(i) for i in range(len(test))] == [paths[i] for i in expected_test]
+    assert test.image(0).size == (8, 8)

@@ -158,3 +158,27 @@ def test_restandardized_model_is_the_same_function_of_the_raw_features():
     torch.testing.assert_close(
         moved.decision_function(x), model.decision_function(x), rtol=1e-4, atol=1e-4
     )
+
+
+def test_a_row_subset_of_a_memory_map_is_read_in_chunks_and_fits_as_its_copy(tmp_path, monkeypatch):
+    """The held-out split of the linear probe: rows of a memory map, never gathered whole (chunks
+    of 64 rows here), give the same statistics and fit as the gathered copy."""
+    import solo_stablerep.eval.logistic as logistic
+
+    monkeypatch.setattr(logistic, "_CHUNK_FLOATS", 64 * 20)
+    features, labels = blobs(num_items=400)
+    path = tmp_path / "features.npy"
+    np.save(path, features)
+    mapped = np.load(path, mmap_mode="r")
+    rows = np.sort(np.random.default_rng(0).choice(400, 300, replace=False))
+    subset = logistic.RowSubset(mapped, rows)
+    assert [len(x) for _, x in subset.chunks()] == [64, 64, 64, 64, 44]
+    copy = torch.from_numpy(features[rows])
+    y = torch.from_numpy(labels[rows])
+    stats, copy_stats = Standardization.of([subset]), Standardization.of([copy])
+    torch.testing.assert_close(stats.mean, copy_stats.mean)
+    torch.testing.assert_close(stats.std, copy_stats.std)
+    model = fit_logistic_regression([(subset, y)], 1.0, 4, standardization=stats)
+    reference = fit_logistic_regression([(copy, y)], 1.0, 4, standardization=stats)
+    torch.testing.assert_close(model.weight, reference.weight, atol=1e-4, rtol=1e-4)
+    assert torch.equal(model.predict(subset), reference.predict(copy))
