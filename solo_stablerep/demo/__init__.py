@@ -3,7 +3,8 @@
 1. writes captions naming light handwritten-looking digits on dark backgrounds, with colour, size
    and style words (label = the digit) — :mod:`~solo_stablerep.demo.captions`;
 2. renders many images per caption with data_gen's weights-free procedural backend, plus a
-   per-image view of them for the methods that know no captions — :mod:`~solo_stablerep.demo.dataset`;
+   per-image view of them for the methods that know no captions —
+   :mod:`~solo_stablerep.demo.dataset`;
 3. pretrains StableRep, SimCLR and, as the supervised ceiling, SupCon on the digit labels (BYOL on
    request) from the configs in
    ``scripts/pretrain/synthetic/`` through :func:`solo_stablerep.pretrain.run_pretrain`, shrunk by

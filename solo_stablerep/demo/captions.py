@@ -28,7 +28,8 @@ SCAN_LIKE = ("white", "huge", "handwritten", "on a black background", False)
 
 
 def write_captions(path: Path, captions_per_class: int, seed: int) -> int:
-    """A CSV (caption, label) of distinct captions, ``captions_per_class`` per digit; returns the count.
+    """A CSV (caption, label) of distinct captions, ``captions_per_class`` per digit; returns the
+    count.
 
     Every digit gets the same ``captions_per_class`` descriptions (colour, size, style, background):
     words that differ between digits would let a method tell the digits apart by colour alone. The

@@ -1,4 +1,5 @@
-"""The whole demo in one call: captions → images → pretraining per method and seed → probes → report."""
+"""The whole demo in one call: captions → images → pretraining per method and seed → probes →
+report."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def check_options(size: DemoSize, methods, config_dir: Path) -> None:
         raise DemoError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
     if size.crops_per_step % size.views or size.crops_per_step % 2:
         raise DemoError(
-            f"crops per step {size.crops_per_step} must be a multiple of views {size.views} and of 2"
+            f"crops per step {size.crops_per_step} must be a multiple of views {size.views} "
+            "and of 2"
         )
     if size.views > size.images_per_caption:
         raise DemoError(f"views {size.views} > images per caption {size.images_per_caption}")

@@ -92,7 +92,9 @@ def read_spec(spec: str) -> BackboneSpec:
         augmentations = args.get("augmentations") or [{}]
         crop_size = augmentations[0].get("crop_size")
     except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
-        raise EvalError(f"{args_path}: not a solo-learn config ({error!r} missing or malformed)")
+        raise EvalError(
+            f"{args_path}: not a solo-learn config ({error!r} missing or malformed)"
+        ) from error
     _check_backbone_name(name, spec)
     mean, std = PRETRAIN_MEAN_STD.get(
         dataset,
@@ -167,7 +169,7 @@ def backbone_state(spec: BackboneSpec) -> dict:
         raise EvalError(
             f"{spec.spec}: not a checkpoint torch can read safely "
             f"({type(error).__name__}: {str(error).splitlines()[0][:200]})"
-        )
+        ) from error
     state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise EvalError(
@@ -190,4 +192,4 @@ def load_backbone(spec: BackboneSpec) -> nn.Module:
         raise EvalError(
             f"{spec.spec}: its backbone weights do not fit {spec.backbone_name} as args.json "
             f"describes it ({detail})"
-        )
+        ) from error

@@ -130,9 +130,10 @@ def plot(models: list[str], results: list[Result], file) -> None:
         squeeze=False,
     )
     learned = [m for m in models if not m.startswith("random:")]
-    colours = dict(zip(learned, plt.get_cmap("tab10").colors))
+    # ten colours: an eleventh learned model is drawn in the default colour
+    colours = dict(zip(learned, plt.get_cmap("tab10").colors, strict=False))
     width = 0.8 / max(len(models), 1)
-    for axis, dataset in zip(axes[0], datasets):
+    for axis, dataset in zip(axes[0], datasets, strict=True):
         probes = _probes(results, dataset)
         for m, model in enumerate(models):
             xs, heights, errors = [], [], []

@@ -61,7 +61,7 @@ def write_dtd(root: Path, classes=("banded", "dotted", "striped"), per_split=(4,
     """torchvision's DTD layout: ROOT/dtd/dtd/images/<class>/<file>.jpg and labels/<split>1.txt."""
     data = root / "dtd" / "dtd"
     rng = np.random.default_rng(0)
-    for split, count in zip(("train", "val", "test"), per_split):
+    for split, count in zip(("train", "val", "test"), per_split, strict=True):
         lines = []
         for c, cls in enumerate(classes):
             (data / "images" / cls).mkdir(parents=True, exist_ok=True)
@@ -81,8 +81,9 @@ VOC_OBJECT = "<object><name>{cls}</name><difficult>{difficult}</difficult></obje
 
 
 def write_voc2007(root: Path, per_split=6) -> Path:
-    """torchvision's VOCDetection layout for 2007: ROOT/VOCdevkit/VOC2007/{JPEGImages, Annotations,
-    ImageSets/Main/<split>.txt}. Image k has a cat, a dog when k is even, and a difficult-only bird."""
+    """torchvision's VOCDetection layout for 2007: ROOT/VOCdevkit/VOC2007/{JPEGImages,
+    Annotations, ImageSets/Main/<split>.txt}. Image k has a cat, a dog when k is even, and a
+    difficult-only bird."""
     voc = root / "VOCdevkit" / "VOC2007"
     for folder in ("JPEGImages", "Annotations", "ImageSets/Main"):
         (voc / folder).mkdir(parents=True, exist_ok=True)

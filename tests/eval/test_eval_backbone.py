@@ -67,7 +67,8 @@ def test_random_backbone_is_seeded():
     assert spec.label == "random:resnet18" and spec.checkpoint is None
     first, second = load_backbone(spec), load_backbone(spec)
     assert all(
-        torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values())
+        torch.equal(a, b)
+        for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True)
     )
 
 
