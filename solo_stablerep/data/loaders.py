@@ -101,14 +101,15 @@ class MultiViewLoader(DataLoader):
         self._epoch = 0
         # Lightning tells a loader its epoch through its sampler's set_epoch (after a resume too)
         self.sampler.set_epoch = self.set_epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch = epoch
-        # Lightning warns that an IterableDataset's len may count duplicates across workers; here
-        # each worker makes its own share of the batches, so len is exact (tested under DDP)
+        # Lightning warns, when fit starts, that an IterableDataset's len may count duplicates
+        # across workers; here each worker makes its own share of the batches, so len is exact
+        # (tested under DDP)
         warnings.filterwarnings(
             "ignore", message="Your `IterableDataset` has `__len__` defined", category=UserWarning
         )
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch = epoch
 
     @property
     def skipped(self) -> SkipCounter:
