@@ -150,9 +150,14 @@ def compose(config_dir: Path, method: str, overrides: list):
 
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.errors import HydraException
 
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.2"):
-        return hydra_compose(config_name=f"{method}.yaml", overrides=overrides)
+        try:
+            return hydra_compose(config_name=f"{method}.yaml", overrides=overrides)
+        except HydraException as error:
+            # a --set KEY=VALUE the config lacks or Hydra cannot parse: Hydra's words, one line
+            raise DemoError(f"{method}: {' '.join(str(error).split())}") from error
 
 
 def read_loss_curve(run_dir: Path, method: str) -> list:

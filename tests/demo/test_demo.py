@@ -237,6 +237,18 @@ def test_demo_overrides_give_every_method_the_same_budget(tmp_path, method):
     ) == [8]
 
 
+def test_a_set_override_the_config_lacks_is_one_line():
+    from solo_stablerep.demo.runs import compose, default_config_dir
+    from solo_stablerep.errors import DemoError
+
+    with pytest.raises(DemoError) as caught:
+        compose(default_config_dir(), "synclr", ["method_kwargs.head_nrom=bn"])
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("synclr: Could not override 'method_kwargs.head_nrom'")
+    assert "+method_kwargs.head_nrom=bn" in message
+
+
 def test_per_image_manifest_lists_every_image_once_as_its_own_item(tmp_path):
     from solo_stablerep.data.manifest import read_manifest
     from solo_stablerep.demo.dataset import write_per_image_manifest
