@@ -1,11 +1,11 @@
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import omegaconf
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from solo.methods.base import BaseMethod, BaseMomentumMethod
+from solo.methods.base import BaseMethod
 from solo.utils.metrics import accuracy_at_k
 from solo.utils.misc import omegaconf_select
 
@@ -59,20 +59,65 @@ def check_projector_kwargs(cfg: omegaconf.DictConfig) -> None:
             raise InputError(f"method_kwargs.{key} must be an integer >= 1, got {kwargs[key]}")
 
 
-def check_views_per_backbone_call(cfg: omegaconf.DictConfig, has_momentum_backbone: bool) -> None:
+def check_views_per_backbone_call(cfg: omegaconf.DictConfig) -> None:
     group = cfg.method_kwargs.views_per_backbone_call
-    large = cfg.data.num_large_crops
-    if not (isinstance(group, int) and group >= 1 and large % group == 0):
+    large, small = cfg.data.num_large_crops, cfg.data.num_small_crops
+    if not (isinstance(group, int) and group >= 1 and large % group == 0 and small % group == 0):
         raise InputError(
-            "method_kwargs.views_per_backbone_call must be an integer >= 1 that divides the "
-            f"{large} large crops, got {group}"
+            "method_kwargs.views_per_backbone_call must be an integer >= 1 that divides both the "
+            f"{large} large crops and the {small} small crops, got {group}"
         )
-    if group > 1 and (cfg.data.num_small_crops or has_momentum_backbone or cfg.knn_eval.enabled):
+    if group == 1:
+        return
+    if cfg.knn_eval.enabled:
         raise InputError(
-            "method_kwargs.views_per_backbone_call > 1 takes large crops only, without a momentum "
-            f"backbone or knn_eval ({cfg.method}: num_small_crops {cfg.data.num_small_crops}, "
-            f"knn_eval {cfg.knn_eval.enabled}): set it to 1"
+            "method_kwargs.views_per_backbone_call > 1 does not feed knn_eval (solo-learn's "
+            "per-view step does): set it to 1 or knn_eval.enabled=False"
         )
+    # a call concatenates views, so its views must share one crop size
+    augmentations = cfg.get("augmentations") or []
+    large_size = augmentations[0].crop_size if augmentations else None  # solo-learn's rule
+    small_sizes = sorted(
+        {a.crop_size for a in augmentations if a.num_crops and a.crop_size != large_size}
+    )
+    if len(small_sizes) > 1:
+        raise InputError(
+            f"method_kwargs.views_per_backbone_call > 1 needs one small crop size, got "
+            f"{small_sizes}: set it to 1"
+        )
+
+
+def forward_in_groups(
+    forward: Callable[[list[torch.Tensor]], dict[str, torch.Tensor]],
+    views: Sequence[torch.Tensor],
+    group: int,
+) -> list[dict[str, torch.Tensor]]:
+    """Runs ``forward`` on ``views`` ``group`` at a time and splits its outputs back into one
+    dict per view.
+
+    Args:
+        forward: takes the views of one call and returns tensors with one row per image of
+            their concatenation (in view order).
+        views (Sequence[torch.Tensor]): views of the same size (a multiple of ``group``).
+        group (int): views per call.
+
+    Returns:
+        List[Dict[str, torch.Tensor]]: per view, the rows of each output that are its own.
+    """
+
+    outs = []
+    for start in range(0, len(views), group):
+        some = list(views[start : start + group])
+        sizes = [len(view) for view in some]
+        split = {key: value.split(sizes) for key, value in forward(some).items()}
+        outs += [{key: parts[i] for key, parts in split.items()} for i in range(len(some))]
+    return outs
+
+
+def concat(views: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The views along the batch dimension (a single view as it is, without a copy)."""
+
+    return views[0] if len(views) == 1 else torch.cat(list(views))
 
 
 def require_views(cfg: omegaconf.DictConfig, minimum: int) -> None:
@@ -120,18 +165,18 @@ class StableRep(EntryPointNeeds, BaseMethod):
                 proj_num_layers (int): linear layers in the projector, with BN + ReLU between
                     them. Defaults to 3.
                 temperature (float): softmax temperature tau of the loss. Defaults to 0.1.
-                views_per_backbone_call (int): large views forwarded together in one backbone
-                    call; it must divide the number of large crops. solo-learn forwards each
-                    view on its own, which costs a call per view: with many views of few
-                    captions (small CPU runs) the calls' fixed cost dominates, and grouping
-                    views so that a call sees as many crops as SimCLR's halves the step. The
-                    projector still sees one view at a time (its BN statistics per view, as the
-                    authors'). With a BN backbone the grouped views share BN statistics, and a
-                    BN batch then holds positives of each other; the paper's ViT has no BN, so
-                    there only the speed changes. Defaults to 1, solo-learn's per-view forward
-                    (every solo-learn method's BN statistics, and on a GPU a view of the
-                    paper's batch already fills a call). Large crops only: no multicrop, momentum
-                    backbone or ``knn_eval`` with a value above 1.
+                views_per_backbone_call (int): views forwarded together in one backbone call,
+                large and small crops alike (a call holds views of one crop size); it must divide
+                both the number of large and of small crops. solo-learn forwards each view on
+                its own, which costs a call per view: with many views of few captions (small
+                CPU runs) the calls' fixed cost dominates, and grouping views so that a call
+                sees as many crops as SimCLR's halves the step. The heads (projector, and a
+                subclass's) still see one view at a time (BN statistics per view, as the
+                authors'). With a BN backbone the grouped views share BN statistics, and a BN
+                batch then holds positives of each other; the paper's ViT has no BN, so there
+                only the speed changes. Defaults to 1, solo-learn's per-view forward (every
+                solo-learn method's BN statistics, and on a GPU a view of the paper's batch
+                already fills a call). Not with ``knn_eval`` above 1.
         """
 
         super().__init__(cfg)
@@ -183,7 +228,7 @@ class StableRep(EntryPointNeeds, BaseMethod):
         cfg = super().add_and_assert_specific_cfg(cfg)
         fill_method_kwargs(cfg, cls.KWARGS_DEFAULTS)
         check_projector_kwargs(cfg)
-        check_views_per_backbone_call(cfg, issubclass(cls, BaseMomentumMethod))
+        check_views_per_backbone_call(cfg)
         require_views(cfg, 2 if cls.image_image_weight(cfg) > 0 else 1)
         return cfg
 
@@ -201,8 +246,15 @@ class StableRep(EntryPointNeeds, BaseMethod):
         extra_learnable_params = [{"name": "projector", "params": self.projector.parameters()}]
         return super().learnable_params + extra_learnable_params
 
+    def heads(self, out: dict[str, Any]) -> dict[str, Any]:
+        """Adds one view's projection "z" to its backbone outputs (a subclass adds its heads'
+        outputs): the heads run per view, whatever the backbone calls were."""
+
+        out["z"] = self.projector(out["feats"])
+        return out
+
     def forward(self, X: torch.Tensor) -> dict[str, Any]:
-        """Performs the forward pass of the backbone and the projector.
+        """Performs the forward pass of the backbone and the heads.
 
         Args:
             X (torch.Tensor): a batch of images in the tensor format.
@@ -211,9 +263,7 @@ class StableRep(EntryPointNeeds, BaseMethod):
             Dict[str, Any]: the outputs of the parent and the projected features "z".
         """
 
-        out = super().forward(X)
-        out["z"] = self.projector(out["feats"])
-        return out
+        return self.heads(super().forward(X))
 
     def multicrop_forward(self, X: torch.Tensor) -> dict[str, Any]:
         """Performs the forward pass for the small multicrop views.
@@ -225,9 +275,18 @@ class StableRep(EntryPointNeeds, BaseMethod):
             Dict[str, Any]: the outputs of the parent and the projected features "z".
         """
 
-        out = super().multicrop_forward(X)
-        out["z"] = self.projector(out["feats"])
-        return out
+        return self.heads(super().multicrop_forward(X))
+
+    def large_views_forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One backbone call over large views concatenated, and the online classifier: per
+        image "feats" and "logits" (a subclass may add outputs with a row per image)."""
+
+        return super().forward(concat(views))
+
+    def small_views_forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One backbone call over small (multicrop) views concatenated: per image "feats"."""
+
+        return super().multicrop_forward(concat(views))
 
     def base_training_step(self, X: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         """Online classifier step that stays finite on unlabelled data.
@@ -237,7 +296,7 @@ class StableRep(EntryPointNeeds, BaseMethod):
         and accuracies are computed over the labelled rows only, and are 0 without any.
         """
 
-        return self.classifier_outputs(self(X), targets)
+        return self.classifier_outputs(self.heads(self.large_views_forward([X])), targets)
 
     def classifier_outputs(self, out: dict[str, Any], targets: torch.Tensor) -> dict[str, Any]:
         """Adds the online classifier's "loss", "acc1" and "acc5" to a view's forward outputs
@@ -302,22 +361,21 @@ class StableRep(EntryPointNeeds, BaseMethod):
         return self.w1 * image_loss
 
     def grouped_training_step(self, batch: Sequence[Any], batch_idx: int) -> dict[str, Any]:
-        """solo-learn's ``BaseMethod.training_step`` (outputs, classifier metrics) with the large
-        views forwarded ``views_per_backbone_call`` at a time through the backbone and the
-        classifier, then split back into views; the projector runs once per view.
+        """solo-learn's ``BaseMethod.training_step`` (outputs, classifier metrics) with the views
+        forwarded ``views_per_backbone_call`` at a time through the backbone (large crops, then
+        small crops, each call one crop size; :func:`forward_in_groups`), then split back into
+        views; the heads and the classifier's loss run once per view.
         """
 
         _, X, targets = batch
         group = self.views_per_backbone_call
-        outs = []
-        for start in range(0, self.num_large_crops, group):
-            out = super().forward(torch.cat(X[start : start + group]))
-            for feats, logits in zip(
-                out["feats"].chunk(group), out["logits"].chunk(group), strict=True
-            ):
-                view = {"feats": feats, "logits": logits, "z": self.projector(feats)}
-                outs.append(self.classifier_outputs(view, targets))
+        large = forward_in_groups(self.large_views_forward, X[: self.num_large_crops], group)
+        outs = [self.classifier_outputs(self.heads(view), targets) for view in large]
         outs = {k: [out[k] for out in outs] for k in outs[0]}
+        small = forward_in_groups(self.small_views_forward, X[self.num_large_crops :], group)
+        for view in small:
+            for key, value in self.heads(view).items():
+                outs[key].append(value)
         for key in ("loss", "acc1", "acc5"):
             outs[key] = sum(outs[key]) / self.num_large_crops
         metrics = {
@@ -328,9 +386,19 @@ class StableRep(EntryPointNeeds, BaseMethod):
         self.log_dict(metrics, on_epoch=True, sync_dist=True)
         return outs
 
+    def step_outputs(self, batch: Sequence[Any], batch_idx: int) -> dict[str, Any]:
+        """solo-learn's step outputs (per view "feats", "z", ...; the online classifier's
+        "loss", "acc1", "acc5"): ``BaseMethod.training_step``, or :meth:`grouped_training_step`
+        with ``views_per_backbone_call`` above 1. A subclass adds its own (SynCLR's teacher).
+        """
+
+        if self.views_per_backbone_call > 1:
+            return self.grouped_training_step(batch, batch_idx)
+        return BaseMethod.training_step(self, batch, batch_idx)
+
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
-        """Training step for StableRep reusing BaseMethod training step (or
-        :meth:`grouped_training_step` with ``views_per_backbone_call`` above 1).
+        """Training step for StableRep: :meth:`step_outputs` (BaseMethod's training step, or
+        :meth:`grouped_training_step` with ``views_per_backbone_call`` above 1) and the loss.
 
         Args:
             batch (Sequence[Any]): a batch of data in the format of [img_indexes, [X], Y], where
@@ -343,8 +411,5 @@ class StableRep(EntryPointNeeds, BaseMethod):
             torch.Tensor: the method's loss plus the online classifier's loss.
         """
 
-        if self.views_per_backbone_call > 1:
-            out = self.grouped_training_step(batch[:3], batch_idx)
-        else:
-            out = super().training_step(batch[:3], batch_idx)
+        out = self.step_outputs(batch[:3], batch_idx)
         return self.contrastive_loss(batch, out) + out["loss"]

@@ -18,7 +18,7 @@ from solo_stablerep.losses import (
     momentum_multi_positive_loss,
     sinkhorn_knopp,
 )
-from solo_stablerep.methods.stablerep import StableRep, build_projector
+from solo_stablerep.methods.stablerep import StableRep, build_projector, concat
 
 
 def vit_tokens(
@@ -150,8 +150,15 @@ class SynCLR(StableRep, BaseMomentumMethod):
         backbone gets timm's ``dynamic_img_size`` when there are local crops (its position
         embedding is interpolated to their size; no parameter changes).
 
-        Extra cfg settings (besides StableRep's proj_hidden_dim, proj_output_dim and
-        proj_num_layers):
+        The teacher forwards all global crops of a step in one call, as the authors' teacher
+        takes the collated global crops (solo-learn's ``BaseMomentumMethod`` makes a call per
+        crop): with a BatchNorm backbone (a resnet) or ``head_norm: bn``, the teacher's batch
+        statistics are over all global crops of the step, not over one crop at a time. The
+        student forwards its crops ``views_per_backbone_call`` at a time (StableRep's key; global
+        and local crops alike, each call one crop size; 1: solo-learn's call per crop).
+
+        Extra cfg settings (besides StableRep's proj_hidden_dim, proj_output_dim,
+        proj_num_layers and views_per_backbone_call):
             method_kwargs:
                 temperature (float): temperature of the contrastive loss. Defaults to 0.08.
                 pred_hidden_dim (int): hidden width of the student's predictor. Defaults to 4096.
@@ -373,49 +380,44 @@ class SynCLR(StableRep, BaseMomentumMethod):
             pairs.append((self.ibot_head, self.momentum_ibot_head))
         return pairs
 
-    def forward(self, X: torch.Tensor) -> dict[str, Any]:
-        """StableRep's forward (features, logits, projection "z") plus the query "q"."""
+    def heads(self, out: dict[str, Any]) -> dict[str, Any]:
+        """StableRep's heads (projection "z") plus the predictor's query "q", per view."""
 
-        out = super().forward(X)
+        out = super().heads(out)
         out["q"] = self.predictor(out["z"])
         return out
 
-    def multicrop_forward(self, X: torch.Tensor) -> dict[str, Any]:
-        """StableRep's multicrop forward plus the query "q"."""
-
-        out = super().multicrop_forward(X)
-        out["q"] = self.predictor(out["z"])
-        return out
-
-    def base_training_step(self, X: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
-        """A global crop's step: with iBOT, some images have masked patches and the outputs
-        gain their "ibot_masks" and the student's "patch_tokens"; else StableRep's."""
+    def large_views_forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """StableRep's backbone call over global crops; with iBOT, some images of each crop have
+        masked patches (drawn per crop, as one crop at a time would) and the outputs gain their
+        "ibot_masks" and the student's "patch_tokens"."""
 
         if self.ibot_weight == 0:
-            return super().base_training_step(X, targets)
+            return super().large_views_forward(views)
         kwargs = self.cfg.method_kwargs
-        masks = random_patch_masks(
-            X.shape[0],
-            num_patches(self.backbone, X),
-            kwargs.ibot_mask_probability,
-            kwargs.ibot_mask_ratio,
-            X.device,
+        masks = concat(
+            [
+                random_patch_masks(
+                    X.shape[0],
+                    num_patches(self.backbone, X),
+                    kwargs.ibot_mask_probability,
+                    kwargs.ibot_mask_ratio,
+                    X.device,
+                )
+                for X in views
+            ]
         )
-        feats, patch_tokens = vit_tokens(self.backbone, X, masks, self.mask_token)
-        z = self.projector(feats)
-        out = {
+        feats, patch_tokens = vit_tokens(self.backbone, concat(views), masks, self.mask_token)
+        return {
             "feats": feats,
             "logits": self.classifier(feats.detach()),
-            "z": z,
-            "q": self.predictor(z),
             "patch_tokens": patch_tokens,
             "ibot_masks": masks,
         }
-        return self.classifier_outputs(out, targets)
 
     @torch.no_grad()
     def momentum_forward(self, X: torch.Tensor) -> dict[str, Any]:
-        """The teacher on a global crop: features, key "z" and, with iBOT, "patch_tokens"."""
+        """The teacher on global crops: features, key "z" and, with iBOT, "patch_tokens"."""
 
         if self.ibot_weight == 0:
             out = super().momentum_forward(X)
@@ -424,6 +426,47 @@ class SynCLR(StableRep, BaseMomentumMethod):
             out = {"feats": feats, "patch_tokens": patch_tokens}
         out["z"] = self.momentum_projector(out["feats"])
         return out
+
+    def teacher_outputs(self, batch: Sequence[Any]) -> dict[str, Any]:
+        """The teacher's outputs of a step, as ``BaseMomentumMethod.training_step`` gives them
+        ("momentum_feats", "momentum_z" and, with iBOT, "momentum_patch_tokens": one per global
+        crop), from ONE teacher call over all global crops of the step (solo-learn's
+        ``_shared_step_momentum`` on their concatenation, split back per crop) instead of one
+        call per crop: the authors' teacher takes the collated global crops. With
+        ``momentum.classifier``, its loss and accuracies over all the global crops are the mean
+        over crops that solo-learn takes (crops of equal size), logged under solo-learn's names.
+        """
+
+        _, X, targets = batch
+        crops = X[: self.num_large_crops]
+        out = self._shared_step_momentum(concat(crops), targets.repeat(len(crops)))
+        metrics = {key: out.pop(key) for key in ("loss", "acc1", "acc5") if key in out}
+        sizes = [len(crop) for crop in crops]
+        outs = {f"momentum_{key}": list(value.split(sizes)) for key, value in out.items()}
+        if metrics:
+            self.log_dict(
+                {
+                    "train_momentum_class_loss": metrics["loss"],
+                    "train_momentum_acc1": metrics["acc1"],
+                    "train_momentum_acc5": metrics["acc5"],
+                },
+                on_epoch=True,
+                sync_dist=True,
+            )
+        outs.update({f"momentum_{key}": value for key, value in metrics.items()})
+        return outs
+
+    def step_outputs(self, batch: Sequence[Any], batch_idx: int) -> dict[str, Any]:
+        """The student's outputs (StableRep's, grouped by ``views_per_backbone_call``) and the
+        teacher's (:meth:`teacher_outputs`), with the momentum classifier's loss added as
+        ``BaseMomentumMethod.training_step`` adds it."""
+
+        outs = super().step_outputs(batch, batch_idx)
+        teacher = self.teacher_outputs(batch)
+        if "momentum_loss" in teacher:
+            outs["loss"] = outs["loss"] + teacher["momentum_loss"]
+        outs.update(teacher)
+        return outs
 
     def teacher_temperature_at(self, epoch: float) -> float:
         """iBOT's teacher temperature after ``epoch`` epochs (:func:`warmup_teacher_temperature`

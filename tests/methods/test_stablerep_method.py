@@ -140,19 +140,28 @@ def test_grouped_step_calls_the_backbone_per_group_and_the_projector_per_view(im
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["++method_kwargs.views_per_backbone_call=3"], "divides the 4 large crops, got 3"),
-        (["++method_kwargs.views_per_backbone_call=0"], "divides the 4 large crops, got 0"),
+        (
+            ["++method_kwargs.views_per_backbone_call=3"],
+            "divides both the 4 large crops and the 0 small crops, got 3",
+        ),
+        (
+            ["++method_kwargs.views_per_backbone_call=0"],
+            "divides both the 4 large crops and the 0 small crops, got 0",
+        ),
         (
             ["++method_kwargs.views_per_backbone_call=2", "++knn_eval.enabled=True"],
-            "views_per_backbone_call > 1 takes large crops only",
+            "views_per_backbone_call > 1 does not feed knn_eval",
         ),
     ],
 )
 def test_bad_views_per_backbone_call_is_named(image_folder, overrides, message):
     from solo.methods import METHODS
 
-    with pytest.raises(ValueError, match=message):
+    from solo_stablerep.errors import InputError
+
+    with pytest.raises(InputError, match=message) as error:
         METHODS["stablerep"](stablerep_cfg(image_folder, *overrides))
+    assert "\n" not in str(error.value)
 
 
 def fit_tiny(cfg, steps=3):

@@ -99,7 +99,8 @@ def test_teacher_gets_no_gradient_and_the_loss_is_the_momentum_loss(image_folder
         q = [model(v)["q"] for v in views[:2]] + [
             model.multicrop_forward(v)["q"] for v in views[2:]
         ]
-        k = [model.momentum_forward(v)["z"] for v in views[:2]]
+        # the teacher takes both global crops in one call (its BN statistics over both)
+        k = [model.momentum_forward(torch.cat(views[:2]))["z"]]
         # local view s belongs to global view s // 4; rows are items
         owners = torch.tensor([(s // 4) * 4 + b for s in range(8) for b in range(4)])
         expected = momentum_multi_positive_loss(
@@ -149,6 +150,130 @@ def test_teacher_follows_the_student_by_ema_after_a_step(image_folder, tmp_path,
         torch.testing.assert_close(after, expected, rtol=1e-6, atol=1e-7)
     assert not torch.equal(seen["student"]["0.weight"], teacher_before["0.weight"])
     assert not torch.equal(model.momentum_projector[0].weight, teacher_before["0.weight"])
+
+
+def vit_synclr_cfg(image_folder, ibot_weight, *extra):
+    return synclr_cfg(image_folder, *TINY_IBOT, f"method_kwargs.ibot_weight={ibot_weight}", *extra)
+
+
+def labelled_batch(classes, seed=0, items=4):
+    batch = custom_batch(seed, items)
+    batch[2] = torch.arange(items) % classes
+    return batch
+
+
+@pytest.mark.parametrize("ibot_weight", [0.0, 1.0], ids=["no-ibot", "ibot"])
+def test_one_teacher_call_gives_solo_learns_per_crop_outputs_on_a_vit(tmp_path, ibot_weight):
+    from helpers import write_image_folder
+    from solo.methods.base import BaseMomentumMethod
+
+    # 5 classes: solo-learn's momentum classifier takes the top-5 accuracy
+    folder = write_image_folder(tmp_path / "five", num_classes=5, per_class=1)
+    model = build(vit_synclr_cfg(folder, ibot_weight, "++momentum.classifier=True"))
+    assert model.momentum_classifier is not None
+    batch = labelled_batch(5)
+    calls = []
+    model.momentum_backbone.patch_embed.register_forward_hook(lambda *_: calls.append(1))
+    torch.manual_seed(0)
+    expected = BaseMomentumMethod.training_step(model, batch, 0)  # a teacher call per crop
+    torch.manual_seed(0)
+    got = model.step_outputs(batch, 0)
+    assert len(calls) == 2 + 1  # solo-learn's two calls, then ours: one over both crops
+    assert set(got) == set(expected)
+    teacher_keys = ["momentum_feats", "momentum_z", "momentum_logits"]
+    if ibot_weight:
+        teacher_keys.append("momentum_patch_tokens")
+    assert {k for k in got if k.startswith("momentum_")} == {
+        *teacher_keys,
+        "momentum_loss",
+        "momentum_acc1",
+        "momentum_acc5",
+    }
+    # a ViT has no BN: one call over 8 rows is 2 calls over 4, up to float32 summation order
+    for key in teacher_keys:
+        assert len(got[key]) == 2
+        for g, e in zip(got[key], expected[key], strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+    for key in ("momentum_loss", "momentum_acc1", "momentum_acc5", "loss"):
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6)
+    # the student's outputs are untouched: the same masks, crops and heads
+    for key in ("feats", "q"):
+        for g, e in zip(got[key], expected[key], strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+
+
+def count_calls(module: torch.nn.Module) -> list:
+    rows = []
+    module.register_forward_hook(lambda m, inputs, out: rows.append(len(inputs[0])))
+    return rows
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_backbone_calls_per_step_are_views_over_group_and_one_for_the_teacher(image_folder, group):
+    model = build(synclr_cfg(image_folder, f"++method_kwargs.views_per_backbone_call={group}"))
+    student, teacher = count_calls(model.backbone), count_calls(model.momentum_backbone)
+    loss = model.training_step(custom_batch(), 0)
+    loss.backward()
+    # 2 global + 8 local crops of 4 items, `group` crops per call; the teacher: both global ones
+    assert student == [4 * group] * ((2 + 8) // group)
+    assert teacher == [8]
+    assert torch.isfinite(loss)
+    assert all(p.grad is None for n, p in model.named_parameters() if n.startswith("momentum_"))
+
+
+@pytest.mark.parametrize("ibot_weight", [0.0, 1.0], ids=["no-ibot", "ibot"])
+def test_grouped_student_gives_the_per_crop_loss_on_a_vit(image_folder, ibot_weight):
+    per_crop = build(vit_synclr_cfg(image_folder, ibot_weight))
+    grouped = build(
+        vit_synclr_cfg(image_folder, ibot_weight, "++method_kwargs.views_per_backbone_call=2")
+    )
+    grouped.load_state_dict(per_crop.state_dict())
+    calls = count_calls(grouped.backbone.patch_embed)  # iBOT's forward bypasses the ViT's own
+    batch = custom_batch(5)
+    losses, grads = [], []
+    for model in (per_crop, grouped):
+        torch.manual_seed(0)  # the same iBOT masks: they are drawn per crop, in crop order
+        loss = model.training_step(batch, 0)
+        loss.backward()
+        losses.append(loss)
+        grads.append(model.backbone.patch_embed.proj.weight.grad)
+    assert calls == [8] * 5  # 2 crops of 4 items per call: the global ones, then 4 x 2 local
+    # no BN in a ViT or the LayerNorm heads: only the float32 summation order differs
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "group, message",
+    [
+        (3, "divides both the 2 large crops and the 8 small crops, got 3"),
+        (4, "divides both the 2 large crops and the 8 small crops, got 4"),
+        (0, "divides both the 2 large crops and the 8 small crops, got 0"),
+    ],
+)
+def test_bad_views_per_backbone_call_is_one_line(image_folder, group, message):
+    from solo.methods import METHODS
+
+    from solo_stablerep.errors import InputError
+
+    cfg = synclr_cfg(image_folder, f"++method_kwargs.views_per_backbone_call={group}")
+    with pytest.raises(InputError, match=re.escape(message)) as error:
+        METHODS["synclr"](cfg)
+    assert "\n" not in str(error.value)
+
+
+def test_grouped_calls_refuse_local_crops_of_two_sizes(image_folder):
+    from omegaconf import OmegaConf
+    from solo.methods import METHODS
+
+    from solo_stablerep.errors import InputError
+
+    cfg = synclr_cfg(image_folder, "++method_kwargs.views_per_backbone_call=2")
+    # the 8 local crops from two pipelines, 16 px and 24 px: a call would mix sizes
+    cfg.augmentations[1].num_crops = 4
+    cfg.augmentations.append(OmegaConf.merge(cfg.augmentations[1], {"crop_size": 24}))
+    with pytest.raises(InputError, match=re.escape("needs one small crop size, got [16, 24]")):
+        METHODS["synclr"](cfg)
 
 
 def test_fused_ema_update_is_solo_learns():
