@@ -126,10 +126,11 @@ def method_overrides(
     ]
     if per_caption:
         overrides.append(f"data.synthetic.n_img={crops_per_item}")
-    if method == "stablerep":
+    if method in ("stablerep", "synclr"):
         # solo-learn forwards each view on its own: 8 calls of 8 crops against SimCLR's 2 of 32,
         # twice the time at 32 px. Two calls of half the views each see SimCLR's crops per call
         # (so BatchNorm also sees its batch size); an odd number of views stays per view.
+        # SynCLR's local crops (4 per global one) go through the same number of views per call.
         group = size.views // 2 if size.views % 2 == 0 else 1
         overrides.append(f"++method_kwargs.views_per_backbone_call={group}")
     if method == "supcon":  # its config takes one crop of each of 2 images of a caption

@@ -222,11 +222,10 @@ def test_demo_overrides_give_every_method_the_same_budget(tmp_path, method):
         assert items == 10 * size.captions_per_class * size.images_per_caption
         assert cfg.data.synthetic.n_img == 1 and cfg.data.num_large_crops == 2
     assert cfg.max_epochs * (items // cfg.optimizer.batch_size) >= size.steps
-    # the same crops per backbone call (and so per BatchNorm batch) as SimCLR's: StableRep
-    # forwards its views in two groups; SynCLR's multicrop step stays per view
-    if method != "synclr":
-        per_call = cfg.optimizer.batch_size * cfg.method_kwargs.get("views_per_backbone_call", 1)
-        assert per_call == size.crops_per_step // 2
+    # the same crops per backbone call (and so per BatchNorm batch) as SimCLR's: StableRep and
+    # SynCLR forward their views in groups of half the global ones (SynCLR's local crops too)
+    per_call = cfg.optimizer.batch_size * cfg.method_kwargs.get("views_per_backbone_call", 1)
+    assert per_call == size.crops_per_step // 2
     # the same augmentations for every method: whole digits, never mirrored, at the probe's 8 px
     assert (
         cfg.augmentations[0].horizontal_flip.prob == 0
