@@ -10,13 +10,24 @@ The ratios printed:
   the difference is the method (loss, BN in the projector, classifier handling) — goal <= 1.02;
 * ``stablerep_paper_projector_vs_simclr``: StableRep's 3-layer projector, for information;
 * ``synclr_step_vs_stablerep``: SynCLR (``ibot_weight`` 0, its predictor, the teacher's forward
-  over the global crops and its EMA update all in the step) against StableRep on the same
-  crops: ``--views`` global crops (32 px) and ``--local-crops`` 16 px crops per global one, both
-  with the paper's 3-layer projector — goal <= 1.10;
+  over the global crops in one call and its EMA update all in the step) against StableRep on
+  the same crops: ``--views`` global crops (32 px) and ``--local-crops`` 16 px crops per global
+  one, both with the paper's 3-layer projector and both students forwarding
+  ``--views-per-backbone-call`` crops per call (default 1, solo-learn's per-view forward) —
+  goal <= 1.10 (the ratio of the medians; a line after it gives the per-round ratios' median
+  and range);
 * ``synclr_floor_measured`` / ``synclr_floor_flops``: StableRep's step plus the teacher's
-  forward over the global crops (timed on its own in the same rounds / counted in FLOPs), over
-  StableRep's step: what any SynCLR step costs at least, for information;
-  ``synclr_step_vs_floor``: SynCLR's step over the measured floor (1 = nothing but the teacher);
+  forward over the global crops (one call, as SynCLR's step runs it; timed on its own in the
+  same rounds / counted in FLOPs), over StableRep's step: what any SynCLR step costs at least,
+  for information; ``synclr_step_vs_floor``: SynCLR's step over the measured floor (1 = nothing
+  but the teacher);
+* ``synclr_demo_layout_vs_stablerep``: the demo's SynCLR step (``stablerep-demo --methods
+  synclr``: 8 global 32 px crops of 8 captions plus 4 local 16 px crops per global one,
+  ``views_per_backbone_call`` 4, so 2 calls of 32 global crops and 8 of 32 local ones, and one
+  teacher call of 64) against the demo's StableRep step below, for information: everything
+  SynCLR adds in the demo (the local crops, the teacher); ``synclr_demo_per_view_vs_stablerep``:
+  the same SynCLR step with ``views_per_backbone_call`` 1 (40 student calls of 8 crops), the
+  demo's SynCLR before the grouping;
 * ``stablerep_demo_layout_vs_simclr``: the demo's steps (``stablerep-demo``), for information:
   64 crops each, StableRep's as 8 views of 8 captions with ``views_per_backbone_call`` 4 (the
   demo's: 2 backbone calls of 32 crops), SimCLR's as 2 views of 32 images, the ImageNet stem
@@ -25,7 +36,8 @@ The ratios printed:
   (``views_per_backbone_call`` 1): 8 calls on 8 crops, whose fixed cost dominates at 32 px
   (8×8 maps after the stem) — about 2, the demo's 2x train time before the grouping.
 
-    python bench/bench_step.py [--batch 8] [--views 4] [--local-crops 4] [--rounds 10] [--threads 1]
+    python bench/bench_step.py [--batch 8] [--views 4] [--local-crops 4]
+        [--views-per-backbone-call 1] [--rounds 10] [--threads 1]
 """
 
 import argparse
@@ -96,11 +108,10 @@ def step(model, optimizer, batch) -> float:
 
 
 def teacher_forward(model, batch) -> float:
-    """SynCLR's teacher over the global crops alone, as its step runs it."""
+    """SynCLR's teacher over the global crops alone, as its step runs it: one call over all."""
 
     start = time.perf_counter()
-    for crop in batch[1][: model.num_large_crops]:
-        model.momentum_forward(crop)
+    model.momentum_forward(torch.cat(batch[1][: model.num_large_crops]))
     return time.perf_counter() - start
 
 
@@ -123,6 +134,13 @@ def main():
     parser.add_argument(
         "--local-crops", type=int, default=4, help="SynCLR: local crops per global one"
     )
+    parser.add_argument(
+        "--views-per-backbone-call",
+        type=int,
+        default=1,
+        help="SynCLR and StableRep with local crops: method_kwargs.views_per_backbone_call "
+        "(divides --views and --views x --local-crops)",
+    )
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument(
         "--threads",
@@ -136,20 +154,23 @@ def main():
     torch.manual_seed(0)
 
     local_views = args.views * args.local_crops
+    group = args.views_per_backbone_call
+    synclr = dict(temperature=0.08, num_local_crops=args.local_crops, ibot_weight=0.0)
     contenders = {
         "simclr": build("simclr", args.views, args.batch),
         "stablerep": build("stablerep", args.views, args.batch, proj_num_layers=2),
         "stablerep_paper_projector": build("stablerep", args.views, args.batch, proj_num_layers=3),
-        "stablerep_multicrop": build("stablerep", args.views, args.batch, local_views),
+        "stablerep_multicrop": build(
+            "stablerep", args.views, args.batch, local_views, views_per_backbone_call=group
+        ),
         "synclr": build(
             "synclr",
             args.views,
             args.batch,
             local_views,
-            temperature=0.08,
-            num_local_crops=args.local_crops,
             pred_hidden_dim=2048,
-            ibot_weight=0.0,
+            views_per_backbone_call=group,
+            **synclr,
         ),
     }
     # the demo's layout: "custom" data get solo-learn's ImageNet stem (CIFAR's keeps 32x32 maps)
@@ -161,10 +182,19 @@ def main():
             "demo_simclr_2x32": build("simclr", 2, 32, **demo),
         }
     )
+    # the demo's SynCLR: its predictor as wide as the projector, 4 local crops per global one
+    demo_synclr = dict(synclr, num_local_crops=4, pred_hidden_dim=512, **demo)
+    contenders.update(
+        {
+            "demo_synclr_8x8": build("synclr", 8, 8, 32, views_per_backbone_call=4, **demo_synclr),
+            "demo_synclr_8x8_per_view": build("synclr", 8, 8, 32, **demo_synclr),
+        }
+    )
     batches = {"stablerep_multicrop": views_batch(args.batch, args.views, local_views)}
     batches["synclr"] = batches["stablerep_multicrop"]
     batches.update(demo_stablerep_8x8=views_batch(8, 8), demo_simclr_2x32=views_batch(32, 2))
     batches["demo_stablerep_8x8_per_view"] = batches["demo_stablerep_8x8"]
+    batches["demo_synclr_8x8"] = batches["demo_synclr_8x8_per_view"] = views_batch(8, 8, 32)
     single_crop = views_batch(args.batch, args.views)
     times = {name: [] for name in contenders}
     times["synclr_teacher_forward"] = []
@@ -192,6 +222,11 @@ def main():
         f"RATIO synclr_step_vs_stablerep {median['synclr'] / median['stablerep_multicrop']:.3f} "
         "(goal <= 1.10)"
     )
+    per_round = [a / b for a, b in zip(times["synclr"], times["stablerep_multicrop"], strict=True)]
+    print(
+        f"synclr / stablerep per round: median {statistics.median(per_round):.3f}, "
+        f"min {min(per_round):.3f}, max {max(per_round):.3f} ({args.rounds} rounds)"
+    )
     floor = median["stablerep_multicrop"] + median["synclr_teacher_forward"]
     print(f"RATIO synclr_floor_measured {floor / median['stablerep_multicrop']:.3f} (information)")
     stablerep_flops = flops(step, *contenders["stablerep_multicrop"], batches["synclr"])
@@ -205,6 +240,14 @@ def main():
     print(
         "RATIO stablerep_demo_per_view_vs_simclr "
         f"{median['demo_stablerep_8x8_per_view'] / median['demo_simclr_2x32']:.3f} (information)"
+    )
+    print(
+        "RATIO synclr_demo_layout_vs_stablerep "
+        f"{median['demo_synclr_8x8'] / median['demo_stablerep_8x8']:.3f} (information)"
+    )
+    print(
+        "RATIO synclr_demo_per_view_vs_stablerep "
+        f"{median['demo_synclr_8x8_per_view'] / median['demo_stablerep_8x8']:.3f} (information)"
     )
 
 
