@@ -54,11 +54,13 @@ class BatchSource:
     :meth:`caption_of` is asked for it (StableRep++'s tokens; DALI runs ahead of the iterator).
     """
 
-    def __init__(self, reader: Reader, data: DataConfig, rank=0, world_size=1, keep_captions=False):
+    def __init__(
+        self, reader: Reader, data: DataConfig, rank=0, world_size=1, keep_captions=False, epoch=0
+    ):
         self.reader, self.data = reader, data
         self.rank, self.world_size = rank, world_size
         self.keep_captions = keep_captions
-        self.epoch = 0
+        self.epoch = epoch  # of the next ``iter``: the trainer's after a resume
         self._in_flight: dict[int, list] = {}  # index -> [caption, batches holding it not yet read]
         self._recent = deque(maxlen=RECENT_BATCHES)  # items of the batches DALI may be decoding
 
@@ -190,8 +192,8 @@ class MultiViewDALIIterator(DALIGenericIterator):
 
 
 class DALIDataModule(pl.LightningDataModule):
-    """Training data with DALI: one pipeline per rank, built in :meth:`setup`. Cfg keys read: see
-    :class:`~solo_stablerep.data.config.DataConfig` (``data.num_workers`` = DALI threads,
+    """Training data with DALI: one pipeline per rank, built by :meth:`train_dataloader`. Cfg keys
+    read: see :class:`~solo_stablerep.data.config.DataConfig` (``data.num_workers`` = DALI threads,
     ``dali.device``: ``gpu`` decodes with ``mixed``, ``cpu`` runs a CPU-only pipeline)."""
 
     def __init__(self, reader: Reader, data: DataConfig, transform: Callable):
@@ -200,20 +202,19 @@ class DALIDataModule(pl.LightningDataModule):
             raise InputError(f"dali.device={data.dali_device}: choose gpu or cpu")
         self.reader, self.data, self.transform = reader, data, transform
         self.tokenizer = None
-        self.train_loader = None
 
     @property
     def skipped(self):
         return self.reader.skipped
 
     def with_caption_tokens(self, tokenizer: Callable) -> DALIDataModule:
-        """Appends each item's caption tokens to the batches (StableRep++), before ``setup``."""
+        """Appends each item's caption tokens to the batches (StableRep++), before building."""
         self.tokenizer = tokenizer
         return self
 
-    def build_loader(self, rank: int = 0, world_size: int = 1, local_rank: int = 0):
+    def build_loader(self, rank: int = 0, world_size: int = 1, local_rank: int = 0, epoch: int = 0):
         d = self.data
-        source = BatchSource(self.reader, d, rank, world_size, self.tokenizer is not None)
+        source = BatchSource(self.reader, d, rank, world_size, self.tokenizer is not None, epoch)
         pipeline = multi_view_pipeline(
             source=source,
             transform=self.transform,
@@ -227,10 +228,9 @@ class DALIDataModule(pl.LightningDataModule):
         pipeline.build()
         return MultiViewDALIIterator(pipeline, source, self.tokenizer)
 
-    def setup(self, stage: str | None = None):
-        self.train_loader = self.build_loader(
-            self.trainer.global_rank, self.trainer.world_size, self.trainer.local_rank
-        )
-
     def train_dataloader(self):
-        return self.train_loader
+        # built here, not in setup: Lightning restores a checkpoint's epoch between the two, and
+        # DALI reads the first batches of the epoch the source starts at as soon as it is built
+        t = self.trainer
+        epoch = t.fit_loop.epoch_progress.current.processed  # the epoch Lightning starts at
+        return self.build_loader(t.global_rank, t.world_size, t.local_rank, epoch)

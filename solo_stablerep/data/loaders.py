@@ -126,10 +126,13 @@ class MultiViewLoader(DataLoader):
         return len(self.dataset)
 
     def __iter__(self):
+        # a generator: Lightning creates the first epoch's iterator before it sets that epoch (the
+        # restored one after a resume), so the epoch is read, and the workers start, at its first
+        # batch
         self.dataset.rank, self.dataset.world_size = dist_info()
         self.dataset.epoch = self._epoch
         self._epoch += 1
-        return super().__iter__()
+        yield from super().__iter__()
 
 
 def prepare_synthetic_train_data(cfg: omegaconf.DictConfig):

@@ -463,16 +463,55 @@ def test_downsample_is_the_authors_bilinear_resize():
     assert np.array_equal(np.asarray(ours), np.asarray(authors))
 
 
-def test_an_epoch_set_by_lightning_after_a_resume_repeats_that_epochs_order(
-    config_dir, dataset_dir
+@pytest.mark.parametrize("data_format", ["image_folder", "dali"])
+def test_a_resumed_fit_reads_the_items_of_the_epochs_it_resumes(
+    config_dir, dataset_dir, tmp_path, data_format
 ):
-    root, _ = dataset_dir
-    cfg = _cfg(config_dir, root, "data.synthetic.n_img=2")
-    loader = prepare_synthetic_train_data(cfg)
-    epochs = [[batch[0].tolist() for batch in loader] for _ in range(2)]
-    assert epochs[0] != epochs[1]
-    resumed = prepare_synthetic_train_data(cfg)
-    from lightning.fabric.utilities.data import _set_sampler_epoch
+    """Lightning restores its epoch after the datamodule's ``setup`` and before asking for the
+    train loader: a run resumed after epoch 0 reads epochs 1 and 2 as an uninterrupted run does
+    (the DALI source, which counts epochs itself, once started at 0 again)."""
+    import lightning.pytorch as pl
 
-    _set_sampler_epoch(resumed, 1)  # what Lightning's fit loop does before each epoch
-    assert [batch[0].tolist() for batch in resumed] == epochs[1]
+    if data_format == "dali":
+        pytest.importorskip("nvidia.dali", reason="data.format=dali needs nvidia-dali")
+    root, _ = dataset_dir
+    cfg = _cfg(config_dir, root, "data.synthetic.n_img=2", f"data.format={data_format}")
+
+    class Probe(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(()))
+            self.seen = {}
+
+        def training_step(self, batch, _):
+            self.seen.setdefault(self.current_epoch, []).append(batch[0].tolist())
+            return (batch[1][0].mean() * self.weight) ** 2
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def fit(ckpt_path=None) -> dict:
+        probe = Probe()
+        checkpoints = pl.callbacks.ModelCheckpoint(tmp_path / "ckpt", save_top_k=-1)
+        trainer = pl.Trainer(
+            max_epochs=3,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[checkpoints],
+        )
+        data = prepare_synthetic_train_data(cfg)
+        if data_format == "dali":
+            trainer.fit(probe, datamodule=data, ckpt_path=ckpt_path)
+        else:
+            trainer.fit(probe, data, ckpt_path=ckpt_path)
+        return probe.seen
+
+    uninterrupted = fit()
+    assert uninterrupted[0] != uninterrupted[1]
+    (first_epoch,) = (tmp_path / "ckpt").glob("epoch=0-*.ckpt")
+    resumed = fit(first_epoch)
+    assert sorted(resumed) == [1, 2]
+    assert resumed == {e: uninterrupted[e] for e in (1, 2)}
