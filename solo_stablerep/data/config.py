@@ -241,7 +241,7 @@ def add_and_assert_synthetic_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictCon
         )
 
     index = open_reader(cfg)  # checks that every item has n_img images
-    cfg.data.num_classes = index.num_classes
+    cfg.data.num_classes = len(index.class_names) if index.class_names else 1  # as solo-learn
     cfg.data.no_labels = index.class_names is None
     if cfg.data.no_labels and cfg.method == "supcon":
         # solo-learn's SupCon takes views with equal targets as positives: all -1 would make every
