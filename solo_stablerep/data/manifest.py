@@ -1,41 +1,22 @@
 """On-disk format of a StableRep synthetic data set (format ``stablerep-synthetic``, version 1).
 
-A data set is one root folder::
-
-    ROOT/
-      manifest.jsonl
-      images/<id[0:2]>/<id[2:4]>/<caption_id>_<k:02d>.<ext>
-
-``manifest.jsonl`` is UTF-8 JSON Lines.
-
-Line 1 is a header object::
+A data set is one root folder holding ``manifest.jsonl`` (UTF-8 JSON Lines) and the images, placed
+by the writers at ``images/<id[0:2]>/<id[2:4]>/<caption_id>_<k:02d>.<ext>``. Line 1 is a header::
 
     {"format": "stablerep-synthetic", "version": 1, "num_captions": 2,
      "class_names": ["cat", "dog"] or null, "generator": {...free-form settings...}}
 
-- ``format`` must be ``"stablerep-synthetic"`` and ``version`` must be ``1``.
-- ``num_captions`` is the number of caption lines that follow.
-- ``class_names`` is null for unlabelled data, else the list of class names; caption labels then
-  index this list.
-- ``generator`` records how the images were made (model, guidance scale, seeds, ...); not read here.
-
-Each following line is one caption::
+``num_captions`` caption lines follow, one per caption::
 
     {"caption_id": "a1b2c3", "caption": "a photo of a cat", "label": 0 or null,
      "images": ["images/a1/b2/a1b2c3_00.jpg", "images/a1/b2/a1b2c3_01.jpg", ...]}
 
-- ``caption_id`` is a non-empty string of letters, digits, ``_`` or ``-``, unique in the file (it
-  names the images' shard folders, so ids of at least 4 characters spread the files best).
-- ``label`` is null when ``class_names`` is null, else an integer in ``[0, len(class_names))``.
-- ``images`` is a non-empty list of distinct relative POSIX paths that stay inside ROOT (no
-  absolute paths, no ``..`` escaping the root). Writers place image ``k`` at
-  ``image_relpath(caption_id, k, ext)``; readers accept any relative path inside the root.
+- ``caption_id``: a non-empty string of letters, digits, ``_`` or ``-``, unique in the file.
+- ``label``: null when ``class_names`` is null, else an integer in ``[0, len(class_names))``.
+- ``images``: a non-empty list of distinct relative POSIX paths that stay inside the root.
 
-:func:`read_manifest` (or :func:`scan_manifest`, streaming) validates all of this without opening
-images (the dataset checks that the files exist and decode, naming the file and the caption when
-they do not). Every error is a :class:`ManifestError` with a one-line message naming the file, line
-and caption at fault. Large data sets are read through :mod:`.index`, which validates the manifest
-once and keeps it in memory-mapped arrays.
+Every error is a :class:`ManifestError` whose one line names the file, line and caption at fault.
+Training reads a manifest through its caption index (:mod:`.index`).
 """
 
 from __future__ import annotations
@@ -81,10 +62,8 @@ class CaptionRecord:
 
 
 def check_relative_path(path: str, where: str) -> str:
-    """Return ``path`` if it is a relative POSIX path staying inside the root, else raise.
-
-    ``where`` names the culprit in the error (file, line, caption).
-    """
+    """``path`` if it is a relative POSIX path staying inside the root; else raises naming
+    ``where`` (file, line, caption)."""
     if _PLAIN_RELATIVE.match(path if isinstance(path, str) else ""):
         return path  # the common case, decided by one regex: no "\\", no leading "/", no "." part
     if not isinstance(path, str) or not path:
@@ -185,32 +164,37 @@ def _check_record(
     return CaptionRecord(cid, obj["caption"], label, list(images)), ext
 
 
-class CaptionIds:
-    """Caption ids in one byte blob with end offsets (no Python object per id), and their repeats.
-
-    Memory: the ids' UTF-8 bytes + 16 B per id (end offset and a 64-bit hash).
-    """
+class Strings:
+    """Strings in one UTF-8 byte blob with end offsets: no Python object per string."""
 
     def __init__(self):
         self.blob = bytearray()
         self.ends = array("q")
-        self._hashes = array("q")
 
     def __len__(self) -> int:
         return len(self.ends)
 
-    def add(self, caption_id: str) -> None:
-        self.blob += caption_id.encode()
+    def add(self, text: str) -> None:
+        self.blob += text.encode()
         self.ends.append(len(self.blob))
-        self._hashes.append(hash(caption_id))
 
     def __getitem__(self, i: int) -> str:
-        start = self.ends[i - 1] if i > 0 else 0
-        return self.blob[start : self.ends[i]].decode()
+        return self.blob[self.ends[i - 1] if i > 0 else 0 : self.ends[i]].decode()
+
+
+class CaptionIds(Strings):
+    """Caption ids, and their repeats (16 B per id besides its bytes: end offset and hash)."""
+
+    def __init__(self):
+        super().__init__()
+        self._hashes = array("q")
+
+    def add(self, caption_id: str) -> None:
+        super().add(caption_id)
+        self._hashes.append(hash(caption_id))
 
     def first_repeat(self) -> tuple[int, int] | None:
-        """(first position, repeat position) of the earliest id that repeats an earlier one, or
-        None."""
+        """(first position, repeat position) of the earliest id that repeats an earlier one."""
         hashes = np.frombuffer(self._hashes, dtype=np.int64) if len(self) else np.empty(0, np.int64)
         order = np.argsort(hashes)
         shared = np.flatnonzero(hashes[order[1:]] == hashes[order[:-1]])
@@ -222,6 +206,14 @@ class CaptionIds:
             if first != position:
                 return first, position
         return None
+
+    def check_unique(self, manifest: Path) -> None:
+        """Raises naming the first repeated id of a manifest read in full (caption i: line i+2)."""
+        if (repeat := self.first_repeat()) is not None:
+            first, again = repeat
+            raise ManifestError(
+                f"{manifest}:{again + 2}: caption_id {self[again]!r} repeats line {first + 2}"
+            )
 
 
 def scan_manifest(
@@ -272,22 +264,14 @@ def _parse_line(line: str, where: str) -> Any:
 
 
 def read_manifest(root: str | Path) -> tuple[dict, list[CaptionRecord]]:
-    """Read and validate ``root/manifest.jsonl``; returns (header, caption records in file order).
-
-    One Python object per caption: for large data sets open a
-    :class:`~solo_stablerep.data.index.CaptionIndex` instead.
-    """
+    """The validated (header, caption records in file order) of ``root/manifest.jsonl``: one
+    Python object per caption (large data sets are read through their caption index)."""
     path, header, lines = scan_manifest(root)
-    records: list[CaptionRecord] = []
-    seen_ids: dict[str, int] = {}
-    for line_no, record, _ in lines:
-        if record.caption_id in seen_ids:
-            raise ManifestError(
-                f"{path}:{line_no}: caption_id {record.caption_id!r} "
-                f"repeats line {seen_ids[record.caption_id]}"
-            )
-        seen_ids[record.caption_id] = line_no
+    ids, records = CaptionIds(), []
+    for _, record, _ in lines:
+        ids.add(record.caption_id)
         records.append(record)
+    ids.check_unique(path)
     return header, records
 
 

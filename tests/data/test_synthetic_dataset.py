@@ -201,7 +201,7 @@ def test_authors_layout(config_dir, tmp_path, header):
     dataset = build_synthetic_dataset(cfg)
     assert len(dataset.reader) == 6 and cfg.data.num_classes == 1
     # caption id = the row's position in the CSV, header counted (not its line: captions span two)
-    assert dataset.reader.index.caption_ids == [str(c + 1 + header) for c in range(6)]
+    assert list(dataset.reader.index.caption_ids) == [str(c + 1 + header) for c in range(6)]
     for c in range(6):
         index, views, target = dataset.item(c)
         assert target == -1
