@@ -1,17 +1,11 @@
 """DALI loader of the synthetic data set (``data.format: dali``), over any reader (:mod:`.readers`).
 
-A Python source (:class:`BatchSource`) draws ``n_img`` distinct images per caption through the
-reader (the same stream of items as the PyTorch loader's, on each rank, without DataLoader
-workers), checks each image's header (so that a corrupt one is named, or skipped and counted with
-``data.synthetic.skip_corrupt``) and feeds the encoded bytes to a DALI pipeline through
-``fn.external_source`` as one batch of n_img x captions images, image-major; DALI decodes them
-(``mixed`` on GPU, ``cpu`` otherwise) and applies solo-learn's DALI augmentations in one chain of
-operators, as solo-learn's own DALI loader does, and the iterator cuts each crop's output into
-one view per image.
-
-Why not ``fn.readers.webdataset`` for shards: it yields one sample per caption, so the n views
-took n chains of operators of batch B each, and ran at 0.86x the manifest loader's items per
-second on CPU (``bench/bench_shards.py``).
+A Python source (:class:`BatchSource`) draws ``n_img`` images per caption through the reader (the
+PyTorch loader's stream of items, without DataLoader workers), checks each image's header (so that
+a corrupt one is named, or skipped with ``skip_corrupt``) and feeds one batch of n_img x captions
+encoded images, image-major, to ``fn.external_source``; DALI decodes them (``mixed`` on GPU) and
+applies solo-learn's DALI augmentations in one chain of operators. (``fn.readers.webdataset``
+yields one sample per caption: n chains of batch B, 0.86x the items per second on CPU.)
 """
 
 from __future__ import annotations
@@ -27,21 +21,17 @@ from nvidia.dali import pipeline_def
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from solo_stablerep.data.config import DataConfig, order_views
-from solo_stablerep.data.readers import Reader, Slot, checked_encoded_image, decode_rgb
+from solo_stablerep.data.readers import (
+    Reader,
+    Slot,
+    checked_encoded_image,
+    decode_rgb,
+    first_line,
+)
 from solo_stablerep.errors import InputError
 
 # batches a source keeps a note of: DALI decodes up to its prefetch queue (2) + 1 behind the source
 RECENT_BATCHES = 4
-
-
-def undecodable(data: bytes) -> str | None:
-    """Why PIL cannot decode ``data`` fully, or None: names the image DALI's decoder failed on,
-    after the fact (a full decode is too slow for every image read)."""
-    try:
-        decode_rgb(data)
-    except Exception as e:  # the decoders raise many types
-        return str(e).splitlines()[0] if str(e) else type(e).__name__
-    return None
 
 
 class BatchSource:
@@ -100,28 +90,24 @@ class BatchSource:
         return entry[0]
 
     def decode_failure(self, error: Exception) -> InputError:
-        """The one-line error for a DALI decoder failure: the first image of the batches DALI may be
-        decoding that PIL cannot decode either (read again), else those batches' first items.
-        DALI's pipeline stops at such an image (it cannot be skipped after the fact); the source's
-        header checks catch the common damage (a file cut short) before it, so that
-        ``skip_corrupt`` can skip it."""
+        """The one-line error for a DALI decoder failure (its pipeline cannot skip the image after
+        the fact): the first image of the batches DALI may be decoding that PIL cannot decode
+        either (a full decode is too slow for every image read), else those batches' items."""
         items = [item for batch in self._recent for item in batch]
         for item in items:
             for k in range(item.num_images):
                 try:
-                    reason = undecodable(item.read(k))
-                except Exception as e:  # a file gone or a member unreadable since
-                    reason = str(e).splitlines()[0]
-                if reason is not None:
-                    return self.reader.error(
-                        f"{item.where(k)}: DALI could not decode this image ({reason}); remove or "
-                        "regenerate it (the DALI pipeline cannot skip an image its decoder "
-                        "rejects; data.format=image_folder with data.synthetic.skip_corrupt=True "
-                        "can)"
-                    )
-        lines = [
-            line.strip() for line in str(error).splitlines() if "rror" in line and line.strip()
-        ]
+                    decode_rgb(item.read(k))
+                    continue
+                except Exception as e:  # the decoders raise many types; a file gone since too
+                    reason = first_line(e)
+                return self.reader.error(
+                    f"{item.where(k)}: DALI could not decode this image ({reason}); remove or "
+                    "regenerate it (the DALI pipeline cannot skip an image its decoder "
+                    "rejects; data.format=image_folder with data.synthetic.skip_corrupt=True "
+                    "can)"
+                )
+        lines = [line.strip() for line in str(error).splitlines() if "rror" in line]
         first = ", ".join(item.name for item in items[:4])
         return self.reader.error(
             f"DALI could not decode an image of {first}... "
