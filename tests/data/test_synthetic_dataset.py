@@ -61,6 +61,40 @@ def build_synthetic_dataset(cfg):
     return prepare_synthetic_train_data(cfg).dataset
 
 
+def _fit(data, max_epochs: int, ckpt_path=None, **options):
+    """Fits, on CPU, a module that learns nothing but records each epoch's caption indexes
+    (``seen``) on ``data``, a loader or a datamodule; ``options``: the Trainer's."""
+    import lightning.pytorch as pl
+
+    class Probe(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(()))
+            self.seen = {}
+
+        def training_step(self, batch, _):
+            self.seen.setdefault(self.current_epoch, []).append(batch[0].tolist())
+            return (batch[1][0].mean() * self.weight) ** 2
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    probe = Probe()
+    trainer = pl.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **options,
+    )
+    if isinstance(data, pl.LightningDataModule):
+        trainer.fit(probe, datamodule=data, ckpt_path=ckpt_path)
+    else:
+        trainer.fit(probe, data, ckpt_path=ckpt_path)
+    return probe
+
+
 def _loaders(cfg):
     """Both loaders of one cfg: the PyTorch DataLoader and the DALI (CPU) iterator."""
     torch_loader = prepare_synthetic_train_data(cfg)
@@ -413,31 +447,10 @@ def test_skipped_images_are_counted_over_workers_and_logged_per_epoch(config_dir
     callbacks = synthetic_callbacks(cfg, loader)
     assert len(callbacks) == 1
 
-    class Probe(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.weight = torch.nn.Parameter(torch.zeros(()))
-
-        def training_step(self, batch, _):
-            return (batch[1][0].mean() * self.weight) ** 2
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
     torch.manual_seed(0)
     logger = pl.loggers.CSVLogger(tmp_path / "logs", name="probe")
-    trainer = pl.Trainer(
-        max_epochs=8,
-        accelerator="cpu",
-        devices=1,
-        logger=logger,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-    )
     with pytest.warns(UserWarning, match=r"epoch \d+: skipped \d+ corrupt images"):
-        trainer.fit(Probe(), loader)
+        _fit(loader, 8, logger=logger, enable_checkpointing=False, callbacks=callbacks)
     total = loader.dataset.skipped.value  # the workers' counts, seen by the training process
     # caption 1 is drawn once per epoch; its corrupt image is skipped when drawn among the first two
     assert 1 <= total <= 8
@@ -477,37 +490,10 @@ def test_a_resumed_fit_reads_the_items_of_the_epochs_it_resumes(
     root, _ = dataset_dir
     cfg = _cfg(config_dir, root, "data.synthetic.n_img=2", f"data.format={data_format}")
 
-    class Probe(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.weight = torch.nn.Parameter(torch.zeros(()))
-            self.seen = {}
-
-        def training_step(self, batch, _):
-            self.seen.setdefault(self.current_epoch, []).append(batch[0].tolist())
-            return (batch[1][0].mean() * self.weight) ** 2
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
     def fit(ckpt_path=None) -> dict:
-        probe = Probe()
         checkpoints = pl.callbacks.ModelCheckpoint(tmp_path / "ckpt", save_top_k=-1)
-        trainer = pl.Trainer(
-            max_epochs=3,
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[checkpoints],
-        )
         data = prepare_synthetic_train_data(cfg)
-        if data_format == "dali":
-            trainer.fit(probe, datamodule=data, ckpt_path=ckpt_path)
-        else:
-            trainer.fit(probe, data, ckpt_path=ckpt_path)
-        return probe.seen
+        return _fit(data, 3, ckpt_path, logger=False, callbacks=[checkpoints]).seen
 
     uninterrupted = fit()
     assert uninterrupted[0] != uninterrupted[1]
