@@ -5,7 +5,7 @@ offsets, labels (-1 = none) and image counts as int32, and image paths as an ext
 caption when they follow the writers' rule (derived from the id) or as stored paths otherwise. It
 is built once from ``manifest.jsonl`` (or the authors' CSV), validating every row with the
 readers' one-line errors, and saved beside its source as ``<source>.index`` (or in the cache when
-that folder is read-only, :func:`~solo_stablerep.data.storage.derived_file_paths`). Opening maps it
+that folder is read-only, :func:`~solo_stablerep.storage.derived_file_paths`). Opening maps it
 read-only: milliseconds, one copy in the page cache for all ranks and workers of a node.
 
 Index file (version 1)::
@@ -43,22 +43,22 @@ from solo_stablerep.data.manifest import (
     CaptionRecord,
     Strings,
     check_relative_path,
+    image_component,
+    image_stem,
     scan_manifest,
     write_manifest,
 )
-from solo_stablerep.data.storage import (
+from solo_stablerep.errors import ManifestError, SyntheticDataError
+from solo_stablerep.storage import (
     Progress,
     atomic_output,
     cache_dir,
     derived_file_paths,
     exclusive_lock,
-    image_component,
-    image_stem,
     remove_stale_temps,
     unlimited_csv_fields,
     write_first_writable,
 )
-from solo_stablerep.errors import ManifestError, SyntheticDataError
 
 CAPTION_INDEX_VERSION = 1
 CAPTION_INDEX_SUFFIX = ".index"

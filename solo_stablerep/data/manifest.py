@@ -32,14 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from solo_stablerep.data.storage import (
-    CAPTION_ID,
-    atomic_output,
-    image_component,
-    image_relpath,  # noqa: F401 (the writers' path rule, named in this format's description)
-    image_stem,
-)
 from solo_stablerep.errors import ManifestError
+from solo_stablerep.storage import atomic_output
 
 FORMAT_NAME = "stablerep-synthetic"
 FORMAT_VERSION = 1
@@ -49,6 +43,30 @@ _HEADER_KEYS = {"format", "version", "num_captions", "class_names", "generator"}
 _RECORD_KEYS = {"caption_id", "caption", "label", "images"}
 # relative paths whose every part starts with neither "." nor "/": valid without further checks
 _PLAIN_RELATIVE = re.compile(r"(?![A-Za-z]:)[^/\\.][^/\\]*(?:/[^/\\.][^/\\]*)*\Z")
+
+
+CAPTION_ID = re.compile(r"^[A-Za-z0-9_-]+$")  # a caption id names files and tar members
+
+
+def image_stem(caption_id: str) -> str:
+    """``images/<id[0:2]>/<id[2:4]>/<id>``: a caption's image paths without ``_<k>.<ext>``; ids
+    shorter than 4 characters are padded with ``_`` for the two folder names."""
+    padded = caption_id.ljust(4, "_")
+    return f"images/{padded[0:2]}/{padded[2:4]}/{caption_id}"
+
+
+def image_component(k: int, ext: str) -> str:
+    """Image ``k``'s number and extension, ``<k:02d>.<ext>``, in both layouts (a tar sample's
+    component name)."""
+    return f"{k:02d}.{ext.lstrip('.')}"
+
+
+def image_relpath(caption_id: str, k: int, ext: str) -> str:
+    """Where the writers place image ``k`` of a caption:
+    ``images/<id[0:2]>/<id[2:4]>/<id>_<k:02d>.<ext>``."""
+    if not CAPTION_ID.match(caption_id):
+        raise ManifestError(f"caption_id {caption_id!r}: use only letters, digits, '_' or '-'")
+    return f"{image_stem(caption_id)}_{image_component(k, ext)}"
 
 
 @dataclass

@@ -16,7 +16,7 @@ then a line per sample listing each member as ``<ext> <data offset> <size> <memb
 
 Shard summary: per tar, what opening a shard set needs (sample count, fewest and most images, where
 its index ends, its first sample's ``run_id``), kept in ``OUT/webdataset.json.summary`` (or the
-cache, :func:`~solo_stablerep.data.storage.derived_file_paths`) under the key ``[tar size, tar
+cache, :func:`~solo_stablerep.storage.derived_file_paths`) under the key ``[tar size, tar
 mtime_ns, idx size, idx mtime_ns]``: an entry whose key differs from the files is summarised again.
 
 Samples are read through their index line (:func:`iter_indexed_samples`), each member with one
@@ -32,17 +32,16 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from solo_stablerep.data.storage import (
+from solo_stablerep.data.manifest import image_component
+from solo_stablerep.errors import ShardFormatError
+from solo_stablerep.storage import (
     Progress,
     atomic_output,
     derived_file_paths,
     exclusive_lock,
-    image_component,
-    image_member,  # noqa: F401 (the members' naming rule of this format)
     remove_stale_temps,
     write_first_writable,
 )
-from solo_stablerep.errors import ShardFormatError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +54,11 @@ SUMMARY_FORMAT = {"format": "stablerep-webdataset-summary", "version": 1}
 _REWRITE = "rewrite it (reconvert the shard, or wds2idx)"
 
 IndexMember = tuple[str, int, int, str]  # (component, data offset, size, member name)
+
+
+def image_member(caption_id: str, k: int, ext: str) -> str:
+    """Tar member name of image ``k`` of a caption: ``<caption_id>.<k:02d>.<ext>``."""
+    return f"{caption_id}.{image_component(k, ext)}"
 
 
 def tar_index_path(tar_path: Path) -> Path:

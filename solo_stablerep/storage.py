@@ -1,8 +1,7 @@
-"""Storage helpers shared by every writer and reader of this project's files (standard library
-only: the generator ``data_gen`` uses them where nobody trains): atomic writes, the append-only
-log, the lock and cache paths of derived files (a caption index, a shard summary), progress lines,
-file and run identities, and the image naming rule of both layouts (image ``k``'s two-digit
-number)."""
+"""Storage helpers shared by every writer and reader of this project's files - the data sets, the
+generator's logs, the evaluation's feature cache and reports (standard library only: ``data_gen``
+uses them where nobody trains): atomic writes, the append-only log, the lock and cache paths of
+derived files (a caption index, a shard summary), progress lines, file and run identities."""
 
 from __future__ import annotations
 
@@ -11,7 +10,6 @@ import glob
 import hashlib
 import json
 import os
-import re
 import secrets
 import sys
 import time
@@ -19,42 +17,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from solo_stablerep.errors import InputError, ManifestError
+from solo_stablerep.errors import InputError
 
 try:
     import fcntl
 except ImportError:  # Windows: concurrent builders may overlap, each still writing atomically
     fcntl = None
-
-CAPTION_ID = re.compile(r"^[A-Za-z0-9_-]+$")  # a caption id names files and tar members
-
-
-# --- image naming ---------------------------------------------------------------------------
-
-
-def image_stem(caption_id: str) -> str:
-    """``images/<id[0:2]>/<id[2:4]>/<id>``: a caption's image paths without ``_<k>.<ext>``; ids
-    shorter than 4 characters are padded with ``_`` for the two folder names."""
-    padded = caption_id.ljust(4, "_")
-    return f"images/{padded[0:2]}/{padded[2:4]}/{caption_id}"
-
-
-def image_component(k: int, ext: str) -> str:
-    """Image ``k``'s number and extension, ``<k:02d>.<ext>``: a tar sample's component name."""
-    return f"{k:02d}.{ext.lstrip('.')}"
-
-
-def image_relpath(caption_id: str, k: int, ext: str) -> str:
-    """Relative path of image ``k`` of a caption in the manifest layout:
-    ``images/<id[0:2]>/<id[2:4]>/<id>_<k:02d>.<ext>``."""
-    if not CAPTION_ID.match(caption_id):
-        raise ManifestError(f"caption_id {caption_id!r}: use only letters, digits, '_' or '-'")
-    return f"{image_stem(caption_id)}_{image_component(k, ext)}"
-
-
-def image_member(caption_id: str, k: int, ext: str) -> str:
-    """Tar member name of image ``k`` of a caption: ``<caption_id>.<k:02d>.<ext>``."""
-    return f"{caption_id}.{image_component(k, ext)}"
 
 
 # --- atomic writes --------------------------------------------------------------------------
