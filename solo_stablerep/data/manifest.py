@@ -243,21 +243,17 @@ def scan_manifest(
     path = Path(root) / MANIFEST_NAME
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
-    f = open(path, encoding="utf-8")
-    try:
+    with open(path, encoding="utf-8") as f:
         first = f.readline()
-        if not first:
-            raise ManifestError(f"{path}: manifest is empty (no header line)")
-        header = _check_header(_parse_line(first, f"{path}:1"), f"{path}:1")
-    except BaseException:
-        f.close()
-        raise
-    names = header["class_names"]
-    num_classes = None if names is None else len(names)
+    if not first:
+        raise ManifestError(f"{path}: manifest is empty (no header line)")
+    header = _check_header(_parse_line(first, f"{path}:1"), f"{path}:1")
+    num_classes = None if header["class_names"] is None else len(header["class_names"])
 
     def records():
         count = 0
-        with f:
+        with open(path, encoding="utf-8") as f:
+            f.readline()  # the header
             for line_no, line in enumerate(f, start=2):
                 where = f"{path}:{line_no}"
                 record, ext = _check_record(_parse_line(line, where), where, num_classes)
@@ -302,14 +298,9 @@ def write_manifest(
     num_captions: int | None = None,
     on_record: Callable[[CaptionRecord, str | None], None] | None = None,
 ) -> Path:
-    """Validate ``records`` and write ``root/manifest.jsonl`` atomically; returns its path.
-
-    The file is written to a temporary file in ``root``, fsync'ed, then renamed over the manifest,
-    so a reader never sees a half-written manifest. With ``num_captions`` given, ``records`` is
-    streamed (memory does not grow with the number of captions beyond 16 B per id) and must yield
-    exactly that many; without it, it is first gathered into a list.
-    ``on_record(record, rule_extension)`` sees each validated record (e.g. to build the caption
-    index while writing).
+    """Validates ``records`` and writes ``root/manifest.jsonl`` atomically; returns its path. With
+    ``num_captions`` given, ``records`` is streamed (16 B per id kept) and must yield that many;
+    ``on_record(record, rule extension)`` sees each validated record (the caption index builder).
     """
     root = Path(root)
     path = root / MANIFEST_NAME
