@@ -438,16 +438,9 @@ def _build_from_csv(source: Path, csv_header: bool, builder: _IndexBuilder) -> N
     return None
 
 
-def write_indexed_manifest(
-    root: str | Path,
-    records: Iterable[CaptionRecord],
-    *,
-    class_names: Sequence[str] | None = None,
-    generator: dict | None = None,
-    num_captions: int | None = None,
-) -> Path:
-    """:func:`~solo_stablerep.data.manifest.write_manifest`, then its index beside it, built from
-    the records as they are written (no second parse). Returns the manifest's path."""
+def write_indexed_manifest(root: str | Path, records: Iterable[CaptionRecord], **options) -> Path:
+    """:func:`~solo_stablerep.data.manifest.write_manifest` (``options``: its keywords), then its
+    index beside it, built from the records as they are written (no second parse)."""
     builder = _IndexBuilder()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -455,14 +448,8 @@ def write_indexed_manifest(
     with exclusive_lock(root):  # writers of a root take turns: leftovers of a killed one are stale
         remove_stale_temps(root / MANIFEST_NAME)
         remove_stale_temps(index_path)
-        path = write_manifest(
-            root,
-            records,
-            class_names=class_names,
-            generator=generator,
-            num_captions=num_captions,
-            on_record=builder.add,
-        )
+        path = write_manifest(root, records, on_record=builder.add, **options)
+        class_names = options.get("class_names")
         meta = {
             "source": _signature(path, None),
             "class_names": None if class_names is None else list(class_names),
