@@ -202,7 +202,7 @@ class _Column(Sequence):
     def __getitem__(self, i: int) -> str:
         if not -len(self) <= i < len(self):
             raise IndexError(f"caption {i} out of range for {len(self)} captions")
-        return self._index._text(self._field, i % len(self), f"{self._field} of caption {i}")
+        return self._index._text(self._field, i % len(self))
 
 
 class CaptionIndex:
@@ -268,12 +268,13 @@ class CaptionIndex:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def _text(self, field: str, j: int, what: str) -> str:
+    def _text(self, field: str, j: int) -> str:
         """Entry ``j`` of a blob (``id``, ``text`` or ``path``), decoded."""
         offsets, blob = self._arrays[f"{field}_offsets"], self._arrays[f"{field}_blob"]
         try:
             return blob[offsets[j] : offsets[j + 1]].tobytes().decode()
         except UnicodeDecodeError:
+            what = f"stored image path {j}" if field == "path" else f"{field} of caption {j}"
             raise SyntheticDataError(
                 f"{self.index_path}: caption index of {self.source} is corrupt "
                 f"({what} is not UTF-8); delete it: it is rebuilt at the next open"
@@ -294,7 +295,7 @@ class CaptionIndex:
         if code != _CUSTOM_PATHS:
             return f"{image_stem(self.caption_id(i))}_{image_component(k, self._extensions[code])}"
         j = int(self._arrays["path_starts"][i]) + (0 if self._root_per_image else k)
-        return self._text("path", j, f"stored image path {j}")
+        return self._text("path", j)
 
     def image_path(self, i: int, k: int) -> Path:
         root = self.roots[k] if self._root_per_image else self.roots[0]
