@@ -307,7 +307,12 @@ def _folder_summaries(
                 try:
                     write_first_writable(candidates, write)
                 except OSError as error:  # the summary saves time only: the tars were checked
-                    log.warning("%s: cannot save its shard summary (%s)", folder, error)
+                    log.warning(
+                        "%s: cannot save its shard summary beside it or in the cache (%s); the "
+                        "next open checks its tars again",
+                        folder,
+                        error,
+                    )
     return current
 
 
