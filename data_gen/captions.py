@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from solo_stablerep.data.storage import unlimited_csv_fields
 from solo_stablerep.errors import DataGenError
+from solo_stablerep.storage import unlimited_csv_fields
 
 _INTEGER = re.compile(r"^[+-]?\d+$")
 

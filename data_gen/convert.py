@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from solo_stablerep.data.shards import make_header
-from solo_stablerep.data.storage import file_sha256, json_digest
 from solo_stablerep.errors import DataGenError
+from solo_stablerep.storage import file_sha256, json_digest
 
 from .output import check_writable
 from .shards import DEFAULT_SHARD_BYTES, ShardWriter, shard_bytes

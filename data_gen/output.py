@@ -14,7 +14,7 @@ files are there resumes under that name, and the merge reads both folders (for o
 
 Every file is written under a temporary name in its own folder, then renamed with ``os.replace``, so
 a reader (or a rerun after SIGKILL) sees either the old file or the complete new one, and each log
-is an :class:`~solo_stablerep.data.storage.AppendLog` (a line cut by a crash is dropped on resume).
+is an :class:`~solo_stablerep.storage.AppendLog` (a line cut by a crash is dropped on resume).
 A caption is logged as finished only after all its images are in place, so the log never claims a
 missing image.
 
@@ -37,13 +37,13 @@ from PIL import Image
 
 from solo_stablerep.data.index import CAPTION_INDEX_SUFFIX, write_indexed_manifest
 from solo_stablerep.data.manifest import MANIFEST_NAME, CaptionRecord
-from solo_stablerep.data.storage import (
+from solo_stablerep.errors import DataGenError
+from solo_stablerep.storage import (
     atomic_write_json,
     exclusive_lock,
     iter_log,
     remove_stale_temps,
 )
-from solo_stablerep.errors import DataGenError
 
 from .settings import IMAGE_FORMATS
 from .shards import RECORDS_DIR

@@ -23,15 +23,15 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from solo_stablerep.data.manifest import image_relpath
 from solo_stablerep.data.shards import make_header
-from solo_stablerep.data.storage import (
+from solo_stablerep.errors import DataGenError
+from solo_stablerep.storage import (
     AppendLog,
     atomic_write_bytes,
     atomic_write_json,
-    image_relpath,
     json_digest,
 )
-from solo_stablerep.errors import DataGenError
 
 from .backends import load_backend
 from .captions import Caption, load_captions

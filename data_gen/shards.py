@@ -7,7 +7,7 @@ writer keeps, per writer prefix, the list of its finished tars::
 
 Crash safety: a tar is written as ``.<name>.tar.tmp`` and renamed when complete (after its index),
 then recorded in ``records/<prefix>.jsonl`` (one fsynced line of an
-:class:`~solo_stablerep.data.storage.AppendLog`: a line cut by a crash is dropped on resume, its tar
+:class:`~solo_stablerep.storage.AppendLog`: a line cut by a crash is dropped on resume, its tar
 redone). A writer that starts again deletes
 its temporary tar and any of its tars that are not recorded, and skips the captions recorded as
 done, so a SIGKILL loses at most the tar in progress and a rerun finishes the set with no caption
@@ -29,22 +29,22 @@ import numpy as np
 
 from solo_stablerep.data.shards import (
     HEADER_NAME,
+    image_member,
     iter_indexed_samples,
     read_header,
     tar_index_path,
     tar_index_text,
 )
-from solo_stablerep.data.storage import (
+from solo_stablerep.errors import ShardFormatError
+from solo_stablerep.storage import (
     AppendLog,
     atomic_output,
     atomic_write_bytes,
     atomic_write_json,
     exclusive_lock,
-    image_member,
     iter_log,
     remove_stale_temps,
 )
-from solo_stablerep.errors import ShardFormatError
 
 RECORDS_DIR = "records"
 DEFAULT_SHARD_BYTES = (

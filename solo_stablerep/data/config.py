@@ -1,18 +1,6 @@
-"""Config of the synthetic data set (``data.dataset: synthetic``): defaults, checks, the typed
-:class:`DataConfig` every loader reads, and :func:`open_reader`, the one place a layout's reader is
-chosen.
-
-Three layouts are read (on-disk formats in :mod:`solo_stablerep.data.manifest` and
-:mod:`solo_stablerep.data.shards`; readers in :mod:`solo_stablerep.data.readers`):
-
-- ``manifest``: ``data.train_path`` is a root folder holding ``manifest.jsonl`` (format v1).
-- ``authors``: the StableRep authors' layout, one CSV whose rows are ``relative image path,caption``
-  plus a list of root folders, one per generation seed; image ``k`` of the caption on a row is
-  ``roots[k]/relative_path``. Relative ``csv`` and ``roots`` are resolved against
-  ``data.train_path``.
-- ``webdataset``: tar shards, one sample per caption; ``data.train_path`` is the shard folder, a
-  brace pattern or one tar.
-"""
+"""Config of the synthetic data set (``data.dataset: synthetic``): defaults and checks
+(:func:`add_and_assert_synthetic_cfg`), the typed :class:`DataConfig` every loader reads, and
+:func:`open_reader`, the one place a layout's reader is chosen."""
 
 from __future__ import annotations
 
@@ -22,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import omegaconf
+from omegaconf import OmegaConf
 from solo.utils.misc import omegaconf_select
 
 from solo_stablerep.data.index import CaptionIndex
@@ -29,35 +18,33 @@ from solo_stablerep.data.readers import CaptionReader, Reader, ShardReader
 from solo_stablerep.errors import SyntheticDataError
 
 LAYOUTS = ("manifest", "authors", "webdataset")
-# the keys of data.synthetic (documented in add_and_assert_synthetic_cfg); any other is a typo
-SYNTHETIC_KEYS = {
-    "n_img": None,
-    "layout": None,
+# data.synthetic's keys and defaults (documented in add_and_assert_synthetic_cfg)
+DEFAULTS = {
+    "n_img": 6,
+    "layout": "manifest",
     "csv": None,
-    "csv_header": None,
-    "roots": None,
-    "downsample": ("prob", "sizes"),
-    "skip_corrupt": None,
-    "shuffle_buffer": None,
+    "csv_header": False,
+    "roots": [],
+    "downsample": {"prob": 0.0, "sizes": [64, 128]},
+    "skip_corrupt": False,
+    "shuffle_buffer": 256,
 }
 
 
-def _check_known_keys(syn: omegaconf.DictConfig) -> None:
-    """An unknown ``data.synthetic`` key (``+data.synthetic.skip_corupt=True``, the form Hydra's own
-    error suggests) would be ignored without a word: refused, as ``method_kwargs`` typos are."""
-    for key, sub_keys in SYNTHETIC_KEYS.items():
-        value = syn.get(key)
-        if sub_keys is not None and isinstance(value, omegaconf.DictConfig):
-            for sub_key in value:
-                if sub_key not in sub_keys:
-                    raise SyntheticDataError(
-                        f"unknown data.synthetic.{key}.{sub_key}; expected one of {list(sub_keys)}"
-                    )
-    for key in syn:
-        if key not in SYNTHETIC_KEYS:
-            raise SyntheticDataError(
-                f"unknown data.synthetic.{key}; expected one of {sorted(SYNTHETIC_KEYS)}"
-            )
+def _set_defaults(cfg: omegaconf.DictConfig, key: str, defaults: dict) -> None:
+    """Sets the missing keys of ``cfg.<key>``; an unknown one (``+data.synthetic.skip_corupt``, the
+    form Hydra's own error suggests) would be ignored without a word: refused, as in
+    ``method_kwargs``."""
+    node = omegaconf_select(cfg, key, {})
+    OmegaConf.update(cfg, key, node, force_add=True)
+    for name in node:
+        if name not in defaults:
+            raise SyntheticDataError(f"unknown {key}.{name}; expected one of {sorted(defaults)}")
+    for name, default in defaults.items():
+        if isinstance(default, dict):
+            _set_defaults(cfg, f"{key}.{name}", default)
+        else:
+            OmegaConf.update(cfg, f"{key}.{name}", omegaconf_select(cfg, f"{key}.{name}", default))
 
 
 def large_crop_slots(augmentations) -> list[bool]:
@@ -203,20 +190,8 @@ def add_and_assert_synthetic_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictCon
     Returns:
         omegaconf.DictConfig: same as the argument, used to avoid errors.
     """
-    cfg.data.synthetic = omegaconf_select(cfg, "data.synthetic", {})
+    _set_defaults(cfg, "data.synthetic", DEFAULTS)
     syn = cfg.data.synthetic
-    _check_known_keys(syn)
-    syn.n_img = omegaconf_select(cfg, "data.synthetic.n_img", 6)
-    syn.layout = omegaconf_select(cfg, "data.synthetic.layout", "manifest")
-    syn.csv = omegaconf_select(cfg, "data.synthetic.csv", None)
-    syn.csv_header = omegaconf_select(cfg, "data.synthetic.csv_header", False)
-    syn.roots = omegaconf_select(cfg, "data.synthetic.roots", [])
-    syn.downsample = omegaconf_select(cfg, "data.synthetic.downsample", {})
-    syn.downsample.prob = omegaconf_select(cfg, "data.synthetic.downsample.prob", 0.0)
-    syn.downsample.sizes = omegaconf_select(cfg, "data.synthetic.downsample.sizes", [64, 128])
-    syn.skip_corrupt = omegaconf_select(cfg, "data.synthetic.skip_corrupt", False)
-    syn.shuffle_buffer = omegaconf_select(cfg, "data.synthetic.shuffle_buffer", 256)
-
     if not isinstance(syn.n_img, int) or syn.n_img < 1:
         raise SyntheticDataError(f"data.synthetic.n_img={syn.n_img}: must be an integer >= 1")
     if syn.layout not in LAYOUTS:
@@ -241,7 +216,7 @@ def add_and_assert_synthetic_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictCon
         )
 
     index = open_reader(cfg)  # checks that every item has n_img images
-    cfg.data.num_classes = index.num_classes
+    cfg.data.num_classes = len(index.class_names) if index.class_names else 1  # as solo-learn
     cfg.data.no_labels = index.class_names is None
     if cfg.data.no_labels and cfg.method == "supcon":
         # solo-learn's SupCon takes views with equal targets as positives: all -1 would make every

@@ -1,17 +1,11 @@
 """DALI loader of the synthetic data set (``data.format: dali``), over any reader (:mod:`.readers`).
 
-A Python source (:class:`BatchSource`) draws ``n_img`` distinct images per caption through the
-reader (the same stream of items as the PyTorch loader's, on each rank, without DataLoader
-workers), checks each image's header (so that a corrupt one is named, or skipped and counted with
-``data.synthetic.skip_corrupt``) and feeds the encoded bytes to a DALI pipeline through
-``fn.external_source`` as one batch of n_img x captions images, image-major; DALI decodes them
-(``mixed`` on GPU, ``cpu`` otherwise) and applies solo-learn's DALI augmentations in one chain of
-operators, as solo-learn's own DALI loader does, and the iterator cuts each crop's output into
-one view per image.
-
-Why not ``fn.readers.webdataset`` for shards: it yields one sample per caption, so the n views
-took n chains of operators of batch B each, and ran at 0.86x the manifest loader's items per
-second on CPU (``bench/bench_shards.py``).
+A Python source (:class:`BatchSource`) draws ``n_img`` images per caption through the reader (the
+PyTorch loader's stream of items, without DataLoader workers), checks each image's header (so that
+a corrupt one is named, or skipped with ``skip_corrupt``) and feeds one batch of n_img x captions
+encoded images, image-major, to ``fn.external_source``; DALI decodes them (``mixed`` on GPU) and
+applies solo-learn's DALI augmentations in one chain of operators. (``fn.readers.webdataset``
+yields one sample per caption: n chains of batch B, 0.86x the items per second on CPU.)
 """
 
 from __future__ import annotations
@@ -27,21 +21,17 @@ from nvidia.dali import pipeline_def
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from solo_stablerep.data.config import DataConfig, order_views
-from solo_stablerep.data.readers import Reader, Slot, checked_encoded_image, decode_rgb
+from solo_stablerep.data.readers import (
+    Reader,
+    Slot,
+    checked_encoded_image,
+    decode_rgb,
+    first_line,
+)
 from solo_stablerep.errors import InputError
 
 # batches a source keeps a note of: DALI decodes up to its prefetch queue (2) + 1 behind the source
 RECENT_BATCHES = 4
-
-
-def undecodable(data: bytes) -> str | None:
-    """Why PIL cannot decode ``data`` fully, or None: names the image DALI's decoder failed on,
-    after the fact (a full decode is too slow for every image read)."""
-    try:
-        decode_rgb(data)
-    except Exception as e:  # the decoders raise many types
-        return str(e).splitlines()[0] if str(e) else type(e).__name__
-    return None
 
 
 class BatchSource:
@@ -54,11 +44,13 @@ class BatchSource:
     :meth:`caption_of` is asked for it (StableRep++'s tokens; DALI runs ahead of the iterator).
     """
 
-    def __init__(self, reader: Reader, data: DataConfig, rank=0, world_size=1, keep_captions=False):
+    def __init__(
+        self, reader: Reader, data: DataConfig, rank=0, world_size=1, keep_captions=False, epoch=0
+    ):
         self.reader, self.data = reader, data
         self.rank, self.world_size = rank, world_size
         self.keep_captions = keep_captions
-        self.epoch = 0
+        self.epoch = epoch  # of the next ``iter``: the trainer's after a resume
         self._in_flight: dict[int, list] = {}  # index -> [caption, batches holding it not yet read]
         self._recent = deque(maxlen=RECENT_BATCHES)  # items of the batches DALI may be decoding
 
@@ -98,28 +90,24 @@ class BatchSource:
         return entry[0]
 
     def decode_failure(self, error: Exception) -> InputError:
-        """The one-line error for a DALI decoder failure: the first image of the batches DALI may be
-        decoding that PIL cannot decode either (read again), else those batches' first items.
-        DALI's pipeline stops at such an image (it cannot be skipped after the fact); the source's
-        header checks catch the common damage (a file cut short) before it, so that
-        ``skip_corrupt`` can skip it."""
+        """The one-line error for a DALI decoder failure (its pipeline cannot skip the image after
+        the fact): the first image of the batches DALI may be decoding that PIL cannot decode
+        either (a full decode is too slow for every image read), else those batches' items."""
         items = [item for batch in self._recent for item in batch]
         for item in items:
             for k in range(item.num_images):
                 try:
-                    reason = undecodable(item.read(k))
-                except Exception as e:  # a file gone or a member unreadable since
-                    reason = str(e).splitlines()[0]
-                if reason is not None:
-                    return self.reader.error(
-                        f"{item.where(k)}: DALI could not decode this image ({reason}); remove or "
-                        "regenerate it (the DALI pipeline cannot skip an image its decoder "
-                        "rejects; data.format=image_folder with data.synthetic.skip_corrupt=True "
-                        "can)"
-                    )
-        lines = [
-            line.strip() for line in str(error).splitlines() if "rror" in line and line.strip()
-        ]
+                    decode_rgb(item.read(k))
+                    continue
+                except Exception as e:  # the decoders raise many types; a file gone since too
+                    reason = first_line(e)
+                return self.reader.error(
+                    f"{item.where(k)}: DALI could not decode this image ({reason}); remove or "
+                    "regenerate it (the DALI pipeline cannot skip an image its decoder "
+                    "rejects; data.format=image_folder with data.synthetic.skip_corrupt=True "
+                    "can)"
+                )
+        lines = [line.strip() for line in str(error).splitlines() if "rror" in line]
         first = ", ".join(item.name for item in items[:4])
         return self.reader.error(
             f"DALI could not decode an image of {first}... "
@@ -190,8 +178,8 @@ class MultiViewDALIIterator(DALIGenericIterator):
 
 
 class DALIDataModule(pl.LightningDataModule):
-    """Training data with DALI: one pipeline per rank, built in :meth:`setup`. Cfg keys read: see
-    :class:`~solo_stablerep.data.config.DataConfig` (``data.num_workers`` = DALI threads,
+    """Training data with DALI: one pipeline per rank, built by :meth:`train_dataloader`. Cfg keys
+    read: see :class:`~solo_stablerep.data.config.DataConfig` (``data.num_workers`` = DALI threads,
     ``dali.device``: ``gpu`` decodes with ``mixed``, ``cpu`` runs a CPU-only pipeline)."""
 
     def __init__(self, reader: Reader, data: DataConfig, transform: Callable):
@@ -200,20 +188,19 @@ class DALIDataModule(pl.LightningDataModule):
             raise InputError(f"dali.device={data.dali_device}: choose gpu or cpu")
         self.reader, self.data, self.transform = reader, data, transform
         self.tokenizer = None
-        self.train_loader = None
 
     @property
     def skipped(self):
         return self.reader.skipped
 
     def with_caption_tokens(self, tokenizer: Callable) -> DALIDataModule:
-        """Appends each item's caption tokens to the batches (StableRep++), before ``setup``."""
+        """Appends each item's caption tokens to the batches (StableRep++), before building."""
         self.tokenizer = tokenizer
         return self
 
-    def build_loader(self, rank: int = 0, world_size: int = 1, local_rank: int = 0):
+    def build_loader(self, rank: int = 0, world_size: int = 1, local_rank: int = 0, epoch: int = 0):
         d = self.data
-        source = BatchSource(self.reader, d, rank, world_size, self.tokenizer is not None)
+        source = BatchSource(self.reader, d, rank, world_size, self.tokenizer is not None, epoch)
         pipeline = multi_view_pipeline(
             source=source,
             transform=self.transform,
@@ -227,10 +214,9 @@ class DALIDataModule(pl.LightningDataModule):
         pipeline.build()
         return MultiViewDALIIterator(pipeline, source, self.tokenizer)
 
-    def setup(self, stage: str | None = None):
-        self.train_loader = self.build_loader(
-            self.trainer.global_rank, self.trainer.world_size, self.trainer.local_rank
-        )
-
     def train_dataloader(self):
-        return self.train_loader
+        # built here, not in setup: Lightning restores a checkpoint's epoch between the two, and
+        # DALI reads the first batches of the epoch the source starts at as soon as it is built
+        t = self.trainer
+        epoch = t.fit_loop.epoch_progress.current.processed  # the epoch Lightning starts at
+        return self.build_loader(t.global_rank, t.world_size, t.local_rank, epoch)

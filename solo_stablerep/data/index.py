@@ -1,17 +1,12 @@
 """Caption index: a data set's captions in flat arrays, memory-mapped by every rank and worker.
 
-A :class:`CaptionIndex` holds, for ``N`` captions, no Python object per caption: ids and caption
-texts as UTF-8 byte blobs with offsets, labels as int32 (-1 = none), image counts as int32, and
-image paths as an extension code per caption when they follow the writers' rule
-(``images/<id[0:2]>/<id[2:4]>/<id>_<k:02d>.<ext>``, derived from the id) or as stored relative paths
-otherwise. It is built once from ``manifest.jsonl`` (or the authors' CSV), validating every row with
-the readers' one-line errors, and saved as one file beside its source::
-
-    ROOT/manifest.jsonl.index        (authors' layout: <csv>.index)
-
-``np.frombuffer`` over a read-only ``mmap`` of that file gives the arrays, so opening costs
-milliseconds, the DDP ranks of a node and all their DataLoader workers share one copy in the page
-cache, and a worker touching captions copies nothing (no reference counts on Python objects).
+For ``N`` captions it holds no Python object per caption: ids and caption texts as UTF-8 blobs with
+offsets, labels (-1 = none) and image counts as int32, and image paths as an extension code per
+caption when they follow the writers' rule (derived from the id) or as stored paths otherwise. It
+is built once from ``manifest.jsonl`` (or the authors' CSV), validating every row with the
+readers' one-line errors, and saved beside its source as ``<source>.index`` (or in the cache when
+that folder is read-only, :func:`~solo_stablerep.storage.derived_file_paths`). Opening maps it
+read-only: milliseconds, one copy in the page cache for all ranks and workers of a node.
 
 Index file (version 1)::
 
@@ -22,16 +17,10 @@ Index file (version 1)::
     arrays   each at a 64-byte aligned offset
 
 The source signature (size, mtime_ns, SHA-1 of its first line, CSV header flag) says which source
-the index describes: an index whose signature, version, magic or size differ is stale or truncated
-and is rebuilt, never trusted, and so is one whose arrays are inconsistent (damaged behind a valid
-header; checked in one vectorised pass by the process that opens it). Builds write a temporary file
-and ``os.replace`` it, under an exclusive ``flock`` on the source, so the 8 ranks of a node opening
-an unindexed manifest at once build it once; a build killed before its rename leaves its temporary
-file, which the next build removes. Errors name the source where it is now (a data set copied with
-its index names its new place). When the source's folder is not writable, the index goes to
-``$XDG_CACHE_HOME/solo-stablerep`` (default ``~/.cache/solo-stablerep``).
-
-Only the standard library and numpy are imported (``data_gen`` writes indexes without solo-learn).
+the index describes: an index whose signature, version, magic or size differ, or whose arrays are
+inconsistent (damage behind a valid header), is rebuilt, never trusted. Builds run under an
+exclusive ``flock`` on the source, so the ranks of a node opening an unindexed manifest build it
+once. Errors name the source where it is now (a data set copied with its index names its new place).
 """
 
 from __future__ import annotations
@@ -52,23 +41,24 @@ from solo_stablerep.data.manifest import (
     MANIFEST_NAME,
     CaptionIds,
     CaptionRecord,
+    Strings,
     check_relative_path,
+    image_component,
+    image_stem,
     scan_manifest,
     write_manifest,
 )
-from solo_stablerep.data.storage import (
+from solo_stablerep.errors import ManifestError, SyntheticDataError
+from solo_stablerep.storage import (
     Progress,
     atomic_output,
     cache_dir,
     derived_file_paths,
     exclusive_lock,
-    image_component,
-    image_stem,
     remove_stale_temps,
     unlimited_csv_fields,
     write_first_writable,
 )
-from solo_stablerep.errors import ManifestError, SyntheticDataError
 
 CAPTION_INDEX_VERSION = 1
 CAPTION_INDEX_SUFFIX = ".index"
@@ -84,51 +74,33 @@ class _IndexBuilder:
     """Accumulates captions into compact growable arrays (about 20 B + text per caption)."""
 
     def __init__(self):
-        self.ids = CaptionIds()
-        self.texts = bytearray()
-        self.text_ends = array("q")
-        self.labels = array("i")
-        self.num_images = array("i")
+        self.ids, self.texts, self.paths = CaptionIds(), Strings(), Strings()
+        self.labels, self.num_images = array("i"), array("i")
         self.ext_codes = array("B")
         self.extensions: list[str] = []
-        self.paths = bytearray()
-        self.path_ends = array("q")  # end offset of each stored path in ``paths``
         self.path_counts = array("q")  # stored paths so far, after each caption
 
-    def add(
-        self,
-        caption_id: str,
-        caption: str,
-        label: int | None,
-        images: Sequence[str],
-        rule_ext: str | None,
-    ) -> None:
-        self.ids.add(caption_id)
-        self.texts += caption.encode()
-        self.text_ends.append(len(self.texts))
-        self.labels.append(-1 if label is None else label)
-        self.num_images.append(len(images))
+    def add(self, record: CaptionRecord, rule_ext: str | None) -> None:
+        self.ids.add(record.caption_id)
+        self.texts.add(record.caption)
+        self.labels.append(-1 if record.label is None else record.label)
+        self.num_images.append(len(record.images))
         if rule_ext is None:
             self.ext_codes.append(_CUSTOM_PATHS)
-            for path in images:
-                self.paths += path.encode()
-                self.path_ends.append(len(self.paths))
+            for path in record.images:
+                self.paths.add(path)
         else:
             if rule_ext not in self.extensions:
                 if len(self.extensions) == _CUSTOM_PATHS:
                     raise ManifestError(
-                        f"caption {caption_id}: more than {_CUSTOM_PATHS} image extensions"
+                        f"caption {record.caption_id}: more than {_CUSTOM_PATHS} image extensions"
                     )
                 self.extensions.append(rule_ext)
             self.ext_codes.append(self.extensions.index(rule_ext))
-        self.path_counts.append(len(self.path_ends))
-
-    def add_record(self, record: CaptionRecord, rule_ext: str | None) -> None:
-        self.add(record.caption_id, record.caption, record.label, record.images, rule_ext)
+        self.path_counts.append(len(self.paths))
 
     def arrays(self) -> dict:
-        """The index arrays, sharing the builder's buffers where no offset column needs a leading
-        0."""
+        """The index arrays, sharing the builder's buffers where no leading 0 is needed."""
 
         def view(buffer, dtype) -> np.ndarray:
             return np.frombuffer(buffer, dtype) if len(buffer) else np.empty(0, dtype)
@@ -139,14 +111,14 @@ class _IndexBuilder:
         return {
             "id_offsets": offsets(self.ids.ends),
             "id_blob": view(self.ids.blob, np.uint8),
-            "text_offsets": offsets(self.text_ends),
-            "text_blob": view(self.texts, np.uint8),
+            "text_offsets": offsets(self.texts.ends),
+            "text_blob": view(self.texts.blob, np.uint8),
             "labels": view(self.labels, np.int32),
             "num_images": view(self.num_images, np.int32),
             "ext_codes": view(self.ext_codes, np.uint8),
             "path_starts": offsets(self.path_counts),
-            "path_offsets": offsets(self.path_ends),
-            "path_blob": view(self.paths, np.uint8),
+            "path_offsets": offsets(self.paths.ends),
+            "path_blob": view(self.paths.blob, np.uint8),
         }
 
 
@@ -165,8 +137,6 @@ def _signature(source: Path, csv_header: bool | None) -> dict:
 
 
 def _write_index(path: Path, arrays: dict, meta: dict) -> None:
-    """Writes the index file atomically: temporary file in the same folder, fsync,
-    ``os.replace``."""
     layout, offset = {}, 0
     for name, values in arrays.items():
         layout[name] = {"dtype": values.dtype.str, "shape": list(values.shape), "offset": offset}
@@ -204,31 +174,24 @@ def _map_index(path: Path, signature: dict | None) -> tuple[dict, dict] | None:
                 or header.get("version") != CAPTION_INDEX_VERSION
                 or header.get("file_size") != size
                 or (signature is not None and header.get("source") != signature)
+                or not isinstance(header.get("extensions"), list)
             ):
                 return None
             buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    except (OSError, ValueError):
-        return None
-    if hasattr(buffer, "madvise"):  # captions are read at random: no read-ahead, no fault-around
-        buffer.madvise(mmap.MADV_RANDOM)
-    start = 16 + length
-    arrays = {}
-    try:
+        if hasattr(buffer, "madvise"):  # captions are read at random: no read-ahead
+            buffer.madvise(mmap.MADV_RANDOM)
+        arrays = {}
         for name, spec in header["arrays"].items():
-            dtype = np.dtype(spec["dtype"])
             count = int(np.prod(spec["shape"], dtype=np.int64))
-            array = np.frombuffer(buffer, dtype, count, start + spec["offset"])
-            arrays[name] = array.reshape(spec["shape"])
-        if not isinstance(header.get("extensions"), list):
-            return None
-    except (AttributeError, KeyError, TypeError, ValueError):  # damaged header: rebuilt, as stale
+            values = np.frombuffer(buffer, spec["dtype"], count, 16 + length + spec["offset"])
+            arrays[name] = values.reshape(spec["shape"])
+    except (OSError, AttributeError, KeyError, TypeError, ValueError):  # rebuilt, as stale
         return None
     return header, arrays
 
 
 class _Column(Sequence):
-    """A read-only sequence of one string field of an index (ids or caption texts), decoded on
-    access."""
+    """Ids or caption texts of an index, decoded on access."""
 
     def __init__(self, index: CaptionIndex, field: str):
         self._index, self._field = index, field
@@ -236,57 +199,37 @@ class _Column(Sequence):
     def __len__(self) -> int:
         return len(self._index)
 
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        return self._index._string(self._field, i)
-
-    def __eq__(self, other) -> bool:
-        return (
-            isinstance(other, Sequence)
-            and len(other) == len(self)
-            and all(a == b for a, b in zip(self, other, strict=True))
-        )
-
-    def __repr__(self) -> str:
-        return f"<{len(self)} {self._field}s of {self._index.source}>"
+    def __getitem__(self, i: int) -> str:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"caption {i} out of range for {len(self)} captions")
+        return self._index._text(self._field, i % len(self))
 
 
 class CaptionIndex:
     """Captions of a synthetic data set, their labels and image paths, memory-mapped.
 
-    Open with :meth:`from_manifest` or :meth:`from_authors_csv` (built and saved on first open,
-    reused after; an index whose arrays are inconsistent, e.g. damaged on disk, is rebuilt). Image
-    ``k`` of caption ``i`` is ``roots[0] / <its k-th path>`` (manifest layout) or ``roots[k] / <its
-    one path>`` (authors' layout, one root per generation seed). Pickling keeps only the file's
-    path, so DataLoader workers and spawned processes map the same file.
+    Open with :meth:`from_manifest` or :meth:`from_authors_csv`. Image ``k`` of caption ``i`` is
+    ``roots[0] / <its k-th path>`` (manifest layout) or ``roots[k] / <its one path>`` (authors'
+    layout, one root per generation seed). Pickling keeps only the file's path, so DataLoader
+    workers and spawned processes map the same file.
 
     Attributes:
-        source (str): the manifest or CSV the index describes, where it is now (named in errors;
-            a data set copied with its index elsewhere names its new place).
-        class_names (Optional[List[str]]): the manifest's class names (None when unlabelled).
+        source (str): the manifest or CSV the index describes, where it is now.
+        class_names (Optional[List[str]]): None when unlabelled.
         labels (np.ndarray): int32 label of each caption, -1 when unlabelled.
-        caption_ids, captions (Sequence[str]): ids and caption texts, decoded on access.
+        caption_ids, captions (Sequence[str]): decoded on access.
     """
 
-    def __init__(
-        self,
-        index_path: Path,
-        roots: Sequence[str | Path],
-        root_per_image: bool,
-        source: str | Path,
-    ):
+    def __init__(self, index_path: Path, roots: Sequence, root_per_image: bool, source):
         mapped = _map_index(index_path, signature=None)
         if mapped is None:
             raise SyntheticDataError(
                 f"{index_path}: caption index of {source} unreadable or "
                 "truncated; delete it: it is rebuilt at the next open"
             )
-        self.index_path = Path(index_path)
-        self.roots = [Path(r) for r in roots]
-        self._root_per_image = root_per_image
+        self._state = (Path(index_path), [Path(r) for r in roots], root_per_image, str(source))
+        self.index_path, self.roots, self._root_per_image, self.source = self._state
         self._header, self._arrays = mapped
-        self.source = str(source)
         self.class_names = self._header["class_names"]
         self._extensions = self._header["extensions"]
         self.labels = self._arrays["labels"]
@@ -294,32 +237,22 @@ class CaptionIndex:
         self.captions = _Column(self, "text")
 
     def __getstate__(self):
-        return {
-            "index_path": self.index_path,
-            "roots": self.roots,
-            "root_per_image": self._root_per_image,
-            "source": self.source,
-        }
+        return self._state
 
     def __setstate__(self, state):
-        self.__init__(state["index_path"], state["roots"], state["root_per_image"], state["source"])
+        self.__init__(*state)
 
     @classmethod
     def from_manifest(cls, root: str | Path) -> CaptionIndex:
-        """The index of ``root/manifest.jsonl``, built (validating every line) if missing or
-        stale."""
         source = Path(root) / MANIFEST_NAME
         if not source.is_file():
             raise ManifestError(f"{source}: manifest not found")
-        return cls(_ensure_index(source, None), [Path(root)], root_per_image=False, source=source)
+        return cls(_ensure_index(source, None), [Path(root)], False, source)
 
     @classmethod
-    def from_authors_csv(
-        cls, csv_path: str | Path, roots: Sequence[str | Path], header: bool = False
-    ) -> CaptionIndex:
-        """The index of the authors' CSV of ``relative image path,caption`` rows; caption id = the
-        row's 1-based position in the CSV (a header row counted); errors give the file's line
-        number."""
+    def from_authors_csv(cls, csv_path, roots: Sequence, header: bool = False) -> CaptionIndex:
+        """The authors' CSV of ``relative image path,caption`` rows; caption id = the row's 1-based
+        position in the CSV (a header row counted); errors give the file's line number."""
         csv_path = Path(csv_path)
         if not csv_path.is_file():
             raise ManifestError(f"{csv_path}: caption CSV (data.synthetic.csv) not found")
@@ -330,58 +263,39 @@ class CaptionIndex:
         for root in roots:
             if not Path(root).is_dir():
                 raise ManifestError(f"{root}: image root folder (data.synthetic.roots) not found")
-        return cls(
-            _ensure_index(csv_path, bool(header)), roots, root_per_image=True, source=csv_path
-        )
+        return cls(_ensure_index(csv_path, bool(header)), roots, True, csv_path)
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def _string(self, field: str, i: int) -> str:
+    def _text(self, field: str, j: int) -> str:
+        """Entry ``j`` of a blob (``id``, ``text`` or ``path``), decoded."""
         offsets, blob = self._arrays[f"{field}_offsets"], self._arrays[f"{field}_blob"]
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"caption {i} out of range for {len(self)} captions")
-        i %= len(self)
         try:
-            return blob[offsets[i] : offsets[i + 1]].tobytes().decode()
+            return blob[offsets[j] : offsets[j + 1]].tobytes().decode()
         except UnicodeDecodeError:
-            raise self._corrupt(f"{field} of caption {i} is not UTF-8") from None
-
-    def _corrupt(self, what: str) -> SyntheticDataError:
-        return SyntheticDataError(
-            f"{self.index_path}: caption index of {self.source} is corrupt "
-            f"({what}); delete it: it is rebuilt at the next open"
-        )
+            what = f"stored image path {j}" if field == "path" else f"{field} of caption {j}"
+            raise SyntheticDataError(
+                f"{self.index_path}: caption index of {self.source} is corrupt "
+                f"({what} is not UTF-8); delete it: it is rebuilt at the next open"
+            ) from None
 
     def caption_id(self, i: int) -> str:
-        return self._string("id", i)
+        return self.caption_ids[i]
 
     def caption(self, i: int) -> str:
-        return self._string("text", i)
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes for solo-learn's online classifier; 1 when unlabelled (as solo
-        does)."""
-        return len(self.class_names) if self.class_names else 1
+        return self.captions[i]
 
     def num_images(self, i: int) -> int:
         return len(self.roots) if self._root_per_image else int(self._arrays["num_images"][i])
-
-    def _stored_path(self, j: int) -> str:
-        offsets = self._arrays["path_offsets"]
-        try:
-            return self._arrays["path_blob"][offsets[j] : offsets[j + 1]].tobytes().decode()
-        except UnicodeDecodeError:
-            raise self._corrupt(f"stored image path {j} is not UTF-8") from None
 
     def image_relpath(self, i: int, k: int) -> str:
         """Path of image ``k`` of caption ``i``, relative to its root."""
         code = int(self._arrays["ext_codes"][i])
         if code != _CUSTOM_PATHS:
             return f"{image_stem(self.caption_id(i))}_{image_component(k, self._extensions[code])}"
-        start = int(self._arrays["path_starts"][i])
-        return self._stored_path(start if self._root_per_image else start + k)
+        j = int(self._arrays["path_starts"][i]) + (0 if self._root_per_image else k)
+        return self._text("path", j)
 
     def image_path(self, i: int, k: int) -> Path:
         root = self.roots[k] if self._root_per_image else self.roots[0]
@@ -404,11 +318,9 @@ class CaptionIndex:
 
 
 def _consistency_problem(header: dict, arrays: dict) -> str | None:
-    """What makes an index's arrays unusable (offsets out of order or past their blob, labels or
-    extension codes out of range, image counts below 1), or None: damage behind a valid header
-    would otherwise surface as an IndexError, or wrong captions, deep in training. Vectorised, one
-    pass over each array (about 0.2 s at 10M captions), in the process that opens the index (not
-    in every DataLoader worker)."""
+    """What makes an index's arrays unusable, or None: damage behind a valid header would surface
+    as an IndexError, or wrong captions, deep in training. Vectorised (about 0.2 s at 10M
+    captions), in the process that opens the index."""
     try:
         n = len(arrays["labels"])
         for field in ("id", "text", "path"):
@@ -416,13 +328,8 @@ def _consistency_problem(header: dict, arrays: dict) -> str | None:
             if offsets[0] != 0 or offsets[-1] != len(blob) or np.any(offsets[1:] < offsets[:-1]):
                 return f"{field} offsets"
         starts, counts, codes = arrays["path_starts"], arrays["num_images"], arrays["ext_codes"]
-        lengths = {
-            len(arrays["id_offsets"]),
-            len(arrays["text_offsets"]),
-            len(starts),
-            len(counts) + 1,
-        }
-        if lengths != {n + 1}:
+        lengths = {len(arrays["id_offsets"]), len(arrays["text_offsets"]), len(starts)}
+        if lengths | {len(counts) + 1} != {n + 1}:
             return "array lengths"
         if n == 0:
             return None
@@ -447,41 +354,38 @@ def _consistency_problem(header: dict, arrays: dict) -> str | None:
     return None
 
 
-def _valid_index(path: Path, signature: dict) -> bool:
-    mapped = _map_index(path, signature)
-    if mapped is None:
-        return False
-    problem = _consistency_problem(*mapped)
-    if problem is not None:
-        log.warning("%s: caption index damaged (%s): rebuilding it", path, problem)
-    return problem is None
-
-
 def _ensure_index(source: Path, csv_header: bool | None) -> Path:
-    """Path of a valid index of ``source``: an existing one beside it or in the cache, else built
-    now."""
+    """Path of a valid index of ``source`` (beside it or in the cache), else built now."""
     candidates = derived_file_paths(source, CAPTION_INDEX_SUFFIX)
-    signature = _signature(source, csv_header)
-    for path in candidates:
-        if _valid_index(path, signature):
-            return path
-    with exclusive_lock(source):  # one builder per source; the others wait, then find its index
+
+    def valid() -> Path | None:
         signature = _signature(source, csv_header)
         for path in candidates:
-            if _valid_index(path, signature):
+            mapped = _map_index(path, signature)
+            problem = None if mapped is None else _consistency_problem(*mapped)
+            if problem is not None:
+                log.warning("%s: caption index damaged (%s): rebuilding it", path, problem)
+            elif mapped is not None:
                 return path
+        return None
+
+    if found := valid():
+        return found
+    with exclusive_lock(source):  # one builder per source; the others wait, then find its index
+        if found := valid():
+            return found
         for path in candidates:  # left by a build killed (SIGKILL) before its rename
             if path.parent.is_dir():
                 remove_stale_temps(path)
+        signature = _signature(source, csv_header)
         builder = _IndexBuilder()
-        meta = {"source": signature}
         if csv_header is None:
-            meta.update(_build_from_manifest(source, builder))
+            class_names = _build_from_manifest(source, builder)
         else:
-            meta.update(_build_from_csv(source, csv_header, builder))
+            class_names = _build_from_csv(source, csv_header, builder)
         if _signature(source, csv_header) != signature:
             raise ManifestError(f"{source}: changed while it was being indexed; open it again")
-        meta.update(extensions=builder.extensions)
+        meta = {"source": signature, "class_names": class_names, "extensions": builder.extensions}
         arrays = builder.arrays()
         del builder
         try:
@@ -492,29 +396,39 @@ def _ensure_index(source: Path, csv_header: bool | None) -> Path:
             ) from None
 
 
-def _build_from_manifest(source: Path, builder: _IndexBuilder) -> dict:
+def _build_from_manifest(source: Path, builder: _IndexBuilder) -> list[str] | None:
     path, header, lines = scan_manifest(source.parent)
     progress = Progress(source, header["num_captions"])
     for count, (_, record, ext) in enumerate(lines, start=1):
-        builder.add_record(record, ext)
+        builder.add(record, ext)
         if count % 65536 == 0:
             progress(count)
-    repeat = builder.ids.first_repeat()
-    if repeat is not None:  # no blank lines: caption i is on line i + 2
-        first, again = repeat
-        raise ManifestError(
-            f"{path}:{again + 2}: caption_id {builder.ids[again]!r} repeats line {first + 2}"
-        )
-    return {"class_names": header["class_names"]}
+    builder.ids.check_unique(path)
+    return header["class_names"]
 
 
-def _build_from_csv(source: Path, csv_header: bool, builder: _IndexBuilder) -> dict:
+def _build_from_csv(source: Path, csv_header: bool, builder: _IndexBuilder) -> None:
     progress = Progress(source, None)
     reader = None
     try:
         with open(source, newline="", encoding="utf-8") as f, unlimited_csv_fields():
             reader = csv.reader(f)
-            _add_csv_rows(source, csv_header, reader, builder, progress)
+            for row_no, row in enumerate(reader):
+                if csv_header and row_no == 0:
+                    continue
+                where = f"{source}:{reader.line_num}"  # captions may hold quoted newlines
+                if len(row) != 2:
+                    raise ManifestError(
+                        f"{where}: expected 2 columns (path,caption), got {len(row)}"
+                    )
+                path = check_relative_path(row[0], where)
+                if not path.lower().endswith(IMAGE_EXTENSIONS):
+                    raise ManifestError(
+                        f"{where}: {path!r} is not an image path ({', '.join(IMAGE_EXTENSIONS)})"
+                    )
+                builder.add(CaptionRecord(str(row_no + 1), row[1], None, [path]), None)
+                if row_no % 65536 == 0:
+                    progress(row_no)
     except UnicodeDecodeError:
         line = reader.line_num + 1 if reader is not None else 1
         raise ManifestError(
@@ -522,38 +436,12 @@ def _build_from_csv(source: Path, csv_header: bool, builder: _IndexBuilder) -> d
         ) from None
     except csv.Error as e:
         raise ManifestError(f"{source}:{reader.line_num}: unreadable CSV ({e})") from None
-    return {"class_names": None}
+    return None
 
 
-def _add_csv_rows(
-    source: Path, csv_header: bool, reader, builder: _IndexBuilder, progress: Progress
-) -> None:
-    for row_no, row in enumerate(reader):
-        if csv_header and row_no == 0:
-            continue
-        where = f"{source}:{reader.line_num}"  # captions may hold quoted newlines
-        if len(row) != 2:
-            raise ManifestError(f"{where}: expected 2 columns (path,caption), got {len(row)}")
-        path = check_relative_path(row[0], where)
-        if not path.lower().endswith(IMAGE_EXTENSIONS):
-            raise ManifestError(
-                f"{where}: {path!r} is not an image path ({', '.join(IMAGE_EXTENSIONS)})"
-            )
-        builder.add(str(row_no + 1), row[1], None, (path,), None)
-        if row_no % 65536 == 0:
-            progress(row_no)
-
-
-def write_indexed_manifest(
-    root: str | Path,
-    records: Iterable[CaptionRecord],
-    *,
-    class_names: Sequence[str] | None = None,
-    generator: dict | None = None,
-    num_captions: int | None = None,
-) -> Path:
-    """:func:`~solo_stablerep.data.manifest.write_manifest`, then its index beside it, built from
-    the records as they are written (no second parse). Returns the manifest's path."""
+def write_indexed_manifest(root: str | Path, records: Iterable[CaptionRecord], **options) -> Path:
+    """:func:`~solo_stablerep.data.manifest.write_manifest` (``options``: its keywords), then its
+    index beside it, built from the records as they are written (no second parse)."""
     builder = _IndexBuilder()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -561,14 +449,8 @@ def write_indexed_manifest(
     with exclusive_lock(root):  # writers of a root take turns: leftovers of a killed one are stale
         remove_stale_temps(root / MANIFEST_NAME)
         remove_stale_temps(index_path)
-        path = write_manifest(
-            root,
-            records,
-            class_names=class_names,
-            generator=generator,
-            num_captions=num_captions,
-            on_record=builder.add_record,
-        )
+        path = write_manifest(root, records, on_record=builder.add, **options)
+        class_names = options.get("class_names")
         meta = {
             "source": _signature(path, None),
             "class_names": None if class_names is None else list(class_names),

@@ -1,17 +1,13 @@
 """The PyTorch loader of the synthetic data set, over any reader (:mod:`.readers`), and the one
 place a loader is chosen (:func:`prepare_synthetic_train_data`: this one, or :mod:`.dali`).
 
-One item is one caption: every visit draws ``n_img`` distinct images of it afresh
-(:meth:`~solo_stablerep.data.readers.Reader.pick`) and passes each through solo-learn's
-augmentations (all of ``cfg.augmentations``, so each image gives the crops solo-learn counts).
-Views are ordered as solo-learn's ``BaseMethod`` expects: the large crops of image 1..n, then the
-small crops of image 1..n (:func:`order_views`). Batches are ``[indexes, views, targets]`` (plus
-each caption's tokens for methods that need captions), ``optimizer.batch_size`` captions each.
-
-The stream deals the data out itself, so that every layout behaves alike under DDP: each rank
-yields ``reader.batches_per_epoch(world_size, batch_size)`` batches an epoch (the same number on
-every rank, so none waits for another at an epoch's end), all views of a caption on one rank,
-its DataLoader workers taking turns.
+One item is one caption: every visit draws ``n_img`` distinct images of it afresh and passes each
+through solo-learn's augmentations; views are ordered as solo-learn's ``BaseMethod`` expects
+(:func:`~solo_stablerep.data.config.order_views`). Batches are ``[indexes, views, targets]`` (plus
+caption tokens for methods that need captions). The stream deals the data out itself, so that
+every layout behaves alike under DDP: each rank yields ``reader.batches_per_epoch`` batches an
+epoch (the same number on every rank), all views of a caption on one rank, its workers taking
+turns.
 """
 
 from __future__ import annotations
@@ -39,15 +35,9 @@ def dist_info() -> tuple[int, int]:
 
 
 class MultiViewStream(IterableDataset):
-    """Batches of one (rank, DataLoader worker) pair; ``rank``, ``world_size`` and ``epoch`` are set
-    by :class:`MultiViewLoader` before each epoch.
-
-    Args:
-        reader (Reader): the layout's reader.
-        data (DataConfig): ``n_img``, ``batch_size``, ``seed``, ``large_slots`` are read.
-        image_transform (Callable): PIL image -> its crops (solo-learn's ``FullTransformPipeline``).
-        tokenizer (Optional[Callable]): caption -> token ids, for methods that need captions.
-    """
+    """Batches of one (rank, DataLoader worker) pair, ``rank``, ``world_size`` and ``epoch`` set by
+    :class:`MultiViewLoader` before each epoch; ``image_transform``: PIL image -> its crops
+    (solo-learn's ``FullTransformPipeline``), ``tokenizer``: caption -> token ids."""
 
     def __init__(
         self,
@@ -126,10 +116,13 @@ class MultiViewLoader(DataLoader):
         return len(self.dataset)
 
     def __iter__(self):
+        # a generator: Lightning creates the first epoch's iterator before it sets that epoch (the
+        # restored one after a resume), so the epoch is read, and the workers start, at its first
+        # batch
         self.dataset.rank, self.dataset.world_size = dist_info()
         self.dataset.epoch = self._epoch
         self._epoch += 1
-        return super().__iter__()
+        yield from super().__iter__()
 
 
 def prepare_synthetic_train_data(cfg: omegaconf.DictConfig):

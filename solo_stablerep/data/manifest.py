@@ -1,41 +1,22 @@
 """On-disk format of a StableRep synthetic data set (format ``stablerep-synthetic``, version 1).
 
-A data set is one root folder::
-
-    ROOT/
-      manifest.jsonl
-      images/<id[0:2]>/<id[2:4]>/<caption_id>_<k:02d>.<ext>
-
-``manifest.jsonl`` is UTF-8 JSON Lines.
-
-Line 1 is a header object::
+A data set is one root folder holding ``manifest.jsonl`` (UTF-8 JSON Lines) and the images, placed
+by the writers at ``images/<id[0:2]>/<id[2:4]>/<caption_id>_<k:02d>.<ext>``. Line 1 is a header::
 
     {"format": "stablerep-synthetic", "version": 1, "num_captions": 2,
      "class_names": ["cat", "dog"] or null, "generator": {...free-form settings...}}
 
-- ``format`` must be ``"stablerep-synthetic"`` and ``version`` must be ``1``.
-- ``num_captions`` is the number of caption lines that follow.
-- ``class_names`` is null for unlabelled data, else the list of class names; caption labels then
-  index this list.
-- ``generator`` records how the images were made (model, guidance scale, seeds, ...); not read here.
-
-Each following line is one caption::
+``num_captions`` caption lines follow, one per caption::
 
     {"caption_id": "a1b2c3", "caption": "a photo of a cat", "label": 0 or null,
      "images": ["images/a1/b2/a1b2c3_00.jpg", "images/a1/b2/a1b2c3_01.jpg", ...]}
 
-- ``caption_id`` is a non-empty string of letters, digits, ``_`` or ``-``, unique in the file (it
-  names the images' shard folders, so ids of at least 4 characters spread the files best).
-- ``label`` is null when ``class_names`` is null, else an integer in ``[0, len(class_names))``.
-- ``images`` is a non-empty list of distinct relative POSIX paths that stay inside ROOT (no
-  absolute paths, no ``..`` escaping the root). Writers place image ``k`` at
-  ``image_relpath(caption_id, k, ext)``; readers accept any relative path inside the root.
+- ``caption_id``: a non-empty string of letters, digits, ``_`` or ``-``, unique in the file.
+- ``label``: null when ``class_names`` is null, else an integer in ``[0, len(class_names))``.
+- ``images``: a non-empty list of distinct relative POSIX paths that stay inside the root.
 
-:func:`read_manifest` (or :func:`scan_manifest`, streaming) validates all of this without opening
-images (the dataset checks that the files exist and decode, naming the file and the caption when
-they do not). Every error is a :class:`ManifestError` with a one-line message naming the file, line
-and caption at fault. Large data sets are read through :mod:`.index`, which validates the manifest
-once and keeps it in memory-mapped arrays.
+Every error is a :class:`ManifestError` whose one line names the file, line and caption at fault.
+Training reads a manifest through its caption index (:mod:`.index`).
 """
 
 from __future__ import annotations
@@ -51,14 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from solo_stablerep.data.storage import (
-    CAPTION_ID,
-    atomic_output,
-    image_component,
-    image_relpath,  # noqa: F401 (the writers' path rule, named in this format's description)
-    image_stem,
-)
 from solo_stablerep.errors import ManifestError
+from solo_stablerep.storage import atomic_output
 
 FORMAT_NAME = "stablerep-synthetic"
 FORMAT_VERSION = 1
@@ -68,6 +43,30 @@ _HEADER_KEYS = {"format", "version", "num_captions", "class_names", "generator"}
 _RECORD_KEYS = {"caption_id", "caption", "label", "images"}
 # relative paths whose every part starts with neither "." nor "/": valid without further checks
 _PLAIN_RELATIVE = re.compile(r"(?![A-Za-z]:)[^/\\.][^/\\]*(?:/[^/\\.][^/\\]*)*\Z")
+
+
+CAPTION_ID = re.compile(r"^[A-Za-z0-9_-]+$")  # a caption id names files and tar members
+
+
+def image_stem(caption_id: str) -> str:
+    """``images/<id[0:2]>/<id[2:4]>/<id>``: a caption's image paths without ``_<k>.<ext>``; ids
+    shorter than 4 characters are padded with ``_`` for the two folder names."""
+    padded = caption_id.ljust(4, "_")
+    return f"images/{padded[0:2]}/{padded[2:4]}/{caption_id}"
+
+
+def image_component(k: int, ext: str) -> str:
+    """Image ``k``'s number and extension, ``<k:02d>.<ext>``, in both layouts (a tar sample's
+    component name)."""
+    return f"{k:02d}.{ext.lstrip('.')}"
+
+
+def image_relpath(caption_id: str, k: int, ext: str) -> str:
+    """Where the writers place image ``k`` of a caption:
+    ``images/<id[0:2]>/<id[2:4]>/<id>_<k:02d>.<ext>``."""
+    if not CAPTION_ID.match(caption_id):
+        raise ManifestError(f"caption_id {caption_id!r}: use only letters, digits, '_' or '-'")
+    return f"{image_stem(caption_id)}_{image_component(k, ext)}"
 
 
 @dataclass
@@ -81,10 +80,8 @@ class CaptionRecord:
 
 
 def check_relative_path(path: str, where: str) -> str:
-    """Return ``path`` if it is a relative POSIX path staying inside the root, else raise.
-
-    ``where`` names the culprit in the error (file, line, caption).
-    """
+    """``path`` if it is a relative POSIX path staying inside the root; else raises naming
+    ``where`` (file, line, caption)."""
     if _PLAIN_RELATIVE.match(path if isinstance(path, str) else ""):
         return path  # the common case, decided by one regex: no "\\", no leading "/", no "." part
     if not isinstance(path, str) or not path:
@@ -185,32 +182,37 @@ def _check_record(
     return CaptionRecord(cid, obj["caption"], label, list(images)), ext
 
 
-class CaptionIds:
-    """Caption ids in one byte blob with end offsets (no Python object per id), and their repeats.
-
-    Memory: the ids' UTF-8 bytes + 16 B per id (end offset and a 64-bit hash).
-    """
+class Strings:
+    """Strings in one UTF-8 byte blob with end offsets: no Python object per string."""
 
     def __init__(self):
         self.blob = bytearray()
         self.ends = array("q")
-        self._hashes = array("q")
 
     def __len__(self) -> int:
         return len(self.ends)
 
-    def add(self, caption_id: str) -> None:
-        self.blob += caption_id.encode()
+    def add(self, text: str) -> None:
+        self.blob += text.encode()
         self.ends.append(len(self.blob))
-        self._hashes.append(hash(caption_id))
 
     def __getitem__(self, i: int) -> str:
-        start = self.ends[i - 1] if i > 0 else 0
-        return self.blob[start : self.ends[i]].decode()
+        return self.blob[self.ends[i - 1] if i > 0 else 0 : self.ends[i]].decode()
+
+
+class CaptionIds(Strings):
+    """Caption ids, and their repeats (16 B per id besides its bytes: end offset and hash)."""
+
+    def __init__(self):
+        super().__init__()
+        self._hashes = array("q")
+
+    def add(self, caption_id: str) -> None:
+        super().add(caption_id)
+        self._hashes.append(hash(caption_id))
 
     def first_repeat(self) -> tuple[int, int] | None:
-        """(first position, repeat position) of the earliest id that repeats an earlier one, or
-        None."""
+        """(first position, repeat position) of the earliest id that repeats an earlier one."""
         hashes = np.frombuffer(self._hashes, dtype=np.int64) if len(self) else np.empty(0, np.int64)
         order = np.argsort(hashes)
         shared = np.flatnonzero(hashes[order[1:]] == hashes[order[:-1]])
@@ -223,6 +225,14 @@ class CaptionIds:
                 return first, position
         return None
 
+    def check_unique(self, manifest: Path) -> None:
+        """Raises naming the first repeated id of a manifest read in full (caption i: line i+2)."""
+        if (repeat := self.first_repeat()) is not None:
+            first, again = repeat
+            raise ManifestError(
+                f"{manifest}:{again + 2}: caption_id {self[again]!r} repeats line {first + 2}"
+            )
+
 
 def scan_manifest(
     root: str | Path,
@@ -233,21 +243,17 @@ def scan_manifest(
     path = Path(root) / MANIFEST_NAME
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
-    f = open(path, encoding="utf-8")
-    try:
+    with open(path, encoding="utf-8") as f:
         first = f.readline()
-        if not first:
-            raise ManifestError(f"{path}: manifest is empty (no header line)")
-        header = _check_header(_parse_line(first, f"{path}:1"), f"{path}:1")
-    except BaseException:
-        f.close()
-        raise
-    names = header["class_names"]
-    num_classes = None if names is None else len(names)
+    if not first:
+        raise ManifestError(f"{path}: manifest is empty (no header line)")
+    header = _check_header(_parse_line(first, f"{path}:1"), f"{path}:1")
+    num_classes = None if header["class_names"] is None else len(header["class_names"])
 
     def records():
         count = 0
-        with f:
+        with open(path, encoding="utf-8") as f:
+            f.readline()  # the header
             for line_no, line in enumerate(f, start=2):
                 where = f"{path}:{line_no}"
                 record, ext = _check_record(_parse_line(line, where), where, num_classes)
@@ -272,22 +278,14 @@ def _parse_line(line: str, where: str) -> Any:
 
 
 def read_manifest(root: str | Path) -> tuple[dict, list[CaptionRecord]]:
-    """Read and validate ``root/manifest.jsonl``; returns (header, caption records in file order).
-
-    One Python object per caption: for large data sets open a
-    :class:`~solo_stablerep.data.index.CaptionIndex` instead.
-    """
+    """The validated (header, caption records in file order) of ``root/manifest.jsonl``: one
+    Python object per caption (large data sets are read through their caption index)."""
     path, header, lines = scan_manifest(root)
-    records: list[CaptionRecord] = []
-    seen_ids: dict[str, int] = {}
-    for line_no, record, _ in lines:
-        if record.caption_id in seen_ids:
-            raise ManifestError(
-                f"{path}:{line_no}: caption_id {record.caption_id!r} "
-                f"repeats line {seen_ids[record.caption_id]}"
-            )
-        seen_ids[record.caption_id] = line_no
+    ids, records = CaptionIds(), []
+    for _, record, _ in lines:
+        ids.add(record.caption_id)
         records.append(record)
+    ids.check_unique(path)
     return header, records
 
 
@@ -300,14 +298,9 @@ def write_manifest(
     num_captions: int | None = None,
     on_record: Callable[[CaptionRecord, str | None], None] | None = None,
 ) -> Path:
-    """Validate ``records`` and write ``root/manifest.jsonl`` atomically; returns its path.
-
-    The file is written to a temporary file in ``root``, fsync'ed, then renamed over the manifest,
-    so a reader never sees a half-written manifest. With ``num_captions`` given, ``records`` is
-    streamed (memory does not grow with the number of captions beyond 16 B per id) and must yield
-    exactly that many; without it, it is first gathered into a list.
-    ``on_record(record, rule_extension)`` sees each validated record (e.g. to build the caption
-    index while writing).
+    """Validates ``records`` and writes ``root/manifest.jsonl`` atomically; returns its path. With
+    ``num_captions`` given, ``records`` is streamed (16 B per id kept) and must yield that many;
+    ``on_record(record, rule extension)`` sees each validated record (the caption index builder).
     """
     root = Path(root)
     path = root / MANIFEST_NAME

@@ -1,22 +1,12 @@
-"""The reader protocol: how every loader reads items of the synthetic data set, whatever its layout.
+"""The reader protocol: how every loader reads the items of the synthetic data set, whatever its
+layout. An *item* is one caption with its m images.
 
-An *item* is one caption with its m images. A :class:`Reader` says how many items there are, which
-items a (rank, DataLoader worker) pair reads in an epoch (:meth:`Reader.samples`, endless: a pair
-goes on into its next pass if skipped items leave its share of batches short) and how to open one
-(:meth:`Reader.open`); :meth:`Reader.pick` draws ``n_img`` readable images of an item, the one
-place where an unreadable image or item becomes a one-line error or, with ``skip_corrupt``, a
-warning and a count (:class:`SkipCounter`, shared with the DataLoader workers). Two readers:
-
-- :class:`CaptionReader`: the manifest and authors' CSV layouts, through their caption index
-  (:mod:`.index`); each rank takes its share of one shuffle of all captions
-  (``DistributedSampler``'s rule), so every caption is seen once per epoch.
-- :class:`ShardReader`: tar shards (:mod:`.shards`), read through their tar indexes; the tars are
-  dealt out to the (rank, worker) pairs in a new order every epoch, and each pair streams its tars
-  through a shuffle buffer of ``data.synthetic.shuffle_buffer`` samples. With tars of unequal sizes
-  a few captions are seen twice in an epoch and others wait for the next: use many more tars than
-  ranks x workers.
-
-Only the standard library and numpy are imported (and the webdataset package for brace patterns).
+- :class:`CaptionReader`: the manifest and authors' CSV layouts, through their caption index; each
+  rank takes its share of one shuffle of all captions (``DistributedSampler``'s rule).
+- :class:`ShardReader`: tar shards, read through their tar indexes; the tars are dealt out to the
+  (rank, worker) pairs in a new order every epoch, each pair streaming its tars through a shuffle
+  buffer of ``data.synthetic.shuffle_buffer`` samples. With tars of unequal sizes a few captions
+  are seen twice in an epoch and others wait for the next: use many more tars than ranks x workers.
 """
 
 from __future__ import annotations
@@ -49,9 +39,13 @@ log = logging.getLogger(__name__)
 SKIP_HINT = "set data.synthetic.skip_corrupt=True to skip such items"
 
 
+def first_line(error: Exception) -> str:
+    """An exception's first line, or its type's name: the reason a decoder gives, for one line."""
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
 class SkipCounter:
-    """Images and items skipped as corrupt, counted across this process and the DataLoader workers
-    it starts (a ``multiprocessing.Value``, inherited by forked or spawned workers)."""
+    """Images and items skipped as corrupt, shared with the DataLoader workers it is given to."""
 
     def __init__(self, value: int = 0):
         self._shared = multiprocessing.Value("q", value)
@@ -99,8 +93,8 @@ class Item(NamedTuple):
 
 
 class Reader(ABC):
-    """What the loaders need of a layout: its abstract methods, ``source``, ``class_names`` and
-    ``error`` (the error class of its messages); and the one :meth:`pick` of n readable images."""
+    """What the loaders need of a layout: the abstract methods, ``source``, ``class_names``,
+    ``error`` (the error class of its messages), and the one :meth:`pick` of n readable images."""
 
     source: str
     class_names: list[str] | None
@@ -120,7 +114,8 @@ class Reader(ABC):
 
     @abstractmethod
     def samples(self, slot: Slot) -> Iterator:
-        """The samples ``slot`` reads in its epoch, then on (endless), for :meth:`open`."""
+        """The samples ``slot`` reads in its epoch, then on (endless: a slot goes on into its next
+        pass if skipped items leave its share of batches short), for :meth:`open`."""
 
     @abstractmethod
     def open(self, sample) -> Item:
@@ -135,11 +130,6 @@ class Reader(ABC):
         self.n_img = n_img
         self.skip_corrupt = skip_corrupt
         self.skipped = SkipCounter()
-
-    @property
-    def num_classes(self) -> int:
-        """Classes for solo-learn's online classifier; 1 when unlabelled (as solo-learn does)."""
-        return len(self.class_names) if self.class_names else 1
 
     def corrupt(self, message: str) -> None:
         """Raises the one-line error for damaged data, or with ``skip_corrupt`` logs and counts."""
@@ -165,8 +155,7 @@ class Reader(ABC):
                 self.corrupt(str(e))
                 continue
             except Exception as e:  # any failure to decode: the decoders raise many types
-                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-                self.corrupt(f"{item.where(k)}: corrupt image ({reason})")
+                self.corrupt(f"{item.where(k)}: corrupt image ({first_line(e)})")
                 continue
             if len(images) == self.n_img:
                 return item, images
@@ -285,19 +274,18 @@ def shuffled(samples: Iterator, size: int, rng: random.Random) -> Iterator:
 
 class ShardReader(Reader):
     """The tar shards of ``train_path`` (a folder, brace pattern or one tar), checked on opening
-    through each tar's summary (:func:`~solo_stablerep.data.shards.tar_summaries`: read from the
-    tar index once, then cached per folder), so a missing or truncated tar, a sample lacking images
-    or holding fewer than ``n_img``, and tars of two generation runs are one line before training.
-    With ``skip_corrupt``, tars whose index or first sample is unusable are left out (warned)."""
+    through each tar's summary (:func:`~solo_stablerep.data.shards.tar_summaries`), so that a
+    missing or truncated tar, a sample lacking images or holding fewer than ``n_img``, and tars of
+    two generation runs are one line before training. With ``skip_corrupt``, tars whose index or
+    first sample is unusable are left out (warned)."""
 
     error = ShardDataError
 
     def __init__(
         self, train_path: str, n_img: int = 1, skip_corrupt: bool = False, shuffle_buffer: int = 256
     ):
-        self.tars, folder = _expand(train_path)
-        self.source = str(train_path)
-        self.shuffle_buffer = shuffle_buffer
+        tars, folder = _expand(train_path)
+        self.source, self.shuffle_buffer = str(train_path), shuffle_buffer
         header = read_header(folder)
         self.run_id, self.image_ext = header["run_id"], header["image_ext"]
         self.class_names = header["class_names"]
@@ -308,43 +296,45 @@ class ShardReader(Reader):
             left_out.append(tar)
 
         try:
-            summaries = tar_summaries(
-                self.tars, self.image_ext, leave_out if skip_corrupt else None
-            )
+            summaries = tar_summaries(tars, self.image_ext, leave_out if skip_corrupt else None)
         except ShardFormatError as e:
             raise ShardDataError(
                 f"{e}; or set data.synthetic.skip_corrupt=True to leave such tars out"
             ) from None
-        if len(left_out) == len(self.tars):
+        if len(left_out) == len(tars):
             raise ShardDataError(
-                f"{self.source}: none of its {len(self.tars)} tars is usable "
+                f"{self.source}: none of its {len(tars)} tars is usable "
                 f"(first: {left_out[0]}, see the warnings above)"
             )
-        self.tars = [tar for tar in self.tars if tar not in left_out]
-        summaries = [summary for summary in summaries if summary is not None]
-        for tar, summary in zip(self.tars, summaries, strict=True):
+        kept = [
+            (tar, summary)
+            for tar, summary in zip(tars, summaries, strict=True)
+            if summary is not None
+        ]
+        for tar, summary in kept:
             if summary["run_id"] != self.run_id:
                 raise ShardDataError(
                     f"{tar}: sample {summary['first']} is from generation run {summary['run_id']}, "
                     f"the header from run {self.run_id}: shards of two runs are mixed"
                 )
-        self.sample_counts = [summary["samples"] for summary in summaries]
-        count, position, key = min(
-            (s["fewest"][0], i, s["fewest"][1]) for i, s in enumerate(summaries)
+        self.tars = [tar for tar, _ in kept]
+        self.sample_counts = [summary["samples"] for _, summary in kept]
+        count, _, tar, key = min(
+            (s["fewest"][0], i, t, s["fewest"][1]) for i, (t, s) in enumerate(kept)
         )
-        self.fewest_images = (count, self.tars[position], key)
+        self.fewest_images = (count, tar, key)
         if Path(train_path).is_dir() and not left_out and len(self) != header["num_captions"]:
-            raise ShardDataError(self._count_mismatch(folder, header["num_captions"], summaries))
+            raise ShardDataError(self._count_mismatch(folder, header["num_captions"], kept))
         super().__init__(n_img, skip_corrupt)
 
-    def _count_mismatch(self, folder: Path, num_captions: int, summaries: list[dict]) -> str:
+    def _count_mismatch(self, folder: Path, num_captions: int, kept: list) -> str:
         """Why a folder's tars do not hold the header's caption count, and what to do."""
         held = f"{folder}: the tars hold {len(self)} samples, {folder / HEADER_NAME} says "
         held += str(num_captions)
         if len(self) < num_captions:
             return f"{held} (unfinished writing? rerun the command that wrote it to finish it)"
         first_seen: dict[str, Path] = {}
-        for tar, summary in zip(self.tars, summaries, strict=True):
+        for tar, summary in kept:
             other = first_seen.setdefault(summary["first"], tar)
             if other != tar:
                 return (
@@ -389,7 +379,7 @@ class ShardReader(Reader):
                             read += 1
                             yield sample
                     except (ShardFormatError, OSError, ValueError) as e:
-                        self.corrupt(f"{tar}: unreadable ({str(e).splitlines()[0]})")
+                        self.corrupt(f"{tar}: unreadable ({first_line(e)})")
                 if read == 0:  # every tar skipped: another pass would find nothing either
                     raise self.nothing_usable(slot)
 

@@ -1,50 +1,26 @@
 """On-disk format of WebDataset tar shards (``stablerep-webdataset`` v1): what training reads.
 
-Layout of a shard folder::
+A shard folder::
 
     OUT/webdataset.json            header: format, version, run_id, num_captions,
                                    images_per_caption, image_ext, class_names, generator
     OUT/<prefix>-000000.tar        samples (POSIX ustar), about 1 GB each
-    OUT/<prefix>-000000.idx        index for DALI's ``fn.readers.webdataset`` (wds2idx format v1.2)
+    OUT/<prefix>-000000.idx        its tar index (DALI's wds2idx format v1.2)
 
-A sample is one caption; its members, in this order, are::
+A sample is one caption; its members, in this order: ``<caption_id>.json`` (``caption_id``,
+``caption``, ``label``, ``index``: the caption's position in the caption list, ``run_id``: the
+generation run, so that shards of two runs mixed in one folder are detected, ``num_images``), then
+``<caption_id>.<k:02d>.<ext>`` for k = 0..m-1. The WebDataset key is the caption id (it holds no
+``.``), the components ``json``, ``00.jpg``, ... The tar index is a line ``v1.2 <num_samples>``,
+then a line per sample listing each member as ``<ext> <data offset> <size> <member name>``.
 
-    <caption_id>.json              {"caption_id", "caption", "label", "index", "run_id",
-                                    "num_images"}
-    <caption_id>.00.<ext> ... <caption_id>.<m-1:02d>.<ext>     image k of the caption (k = 0..m-1)
+Shard summary: per tar, what opening a shard set needs (sample count, fewest and most images, where
+its index ends, its first sample's ``run_id``), kept in ``OUT/webdataset.json.summary`` (or the
+cache, :func:`~solo_stablerep.storage.derived_file_paths`) under the key ``[tar size, tar
+mtime_ns, idx size, idx mtime_ns]``: an entry whose key differs from the files is summarised again.
 
-The WebDataset key is the caption id (ids hold no ``.``), so readers see the components ``json``,
-``00.jpg``, ``01.jpg``, ... (everything after the first dot, the WebDataset and DALI rule).
-``index`` is the caption's position in the source caption list; ``run_id`` identifies the generation
-run (its settings and caption list), so that shards of two runs mixed in one folder are detected.
-
-The tar index (``.idx``) is DALI's ``wds2idx`` format: a line ``v1.2 <num_samples>``, then one line
-per sample listing each member as ``<ext> <data offset> <size> <member name>`` (offsets in bytes
-from the start of the tar, past the member's 512-byte header).
-
-Shard summary: what opening a shard set needs of each tar (sample count, fewest and most images,
-where its index ends, its first sample's ``run_id``), checked once from its index and kept in one
-JSON file per shard folder, beside the header or, when the folder is read-only, in
-``$XDG_CACHE_HOME/solo-stablerep`` (the caption index's rules, :mod:`solo_stablerep.data.index`)::
-
-    OUT/webdataset.json.summary    {"format", "version", "image_ext", "tars": {<tar name>: entry}}
-    entry                          {"key": [tar size, tar mtime_ns, idx size, idx mtime_ns],
-                                    "samples", "fewest": [images, caption id], "most", "end",
-                                    "first": caption id, "run_id"}
-
-An entry whose key differs from the tar and index on disk (one ``stat`` each) is stale: that tar is
-summarised again, so a tar truncated or rewritten after its summary was cached is checked again. A
-folder's summary is updated under an exclusive ``flock`` on the folder, so the ranks of a node
-opening it at once summarise each tar once; it is written atomically, also when a tar turns out to
-be bad (the tars checked before it are kept).
-
-Reading: :func:`iter_indexed_samples` gives a tar's samples through its index lines, each member
-read with one ``pread`` at its offset when asked for, as DALI's reader reads them; both training
-loaders and the generator's contact sheets read tars this way.
-
-The writer (crash safety, resuming) is :mod:`data_gen.shards`; the loaders are
-:mod:`solo_stablerep.data.readers`. Only the standard library is used, and the storage helpers
-(:mod:`solo_stablerep.data.storage`).
+Samples are read through their index line (:func:`iter_indexed_samples`), each member with one
+``pread`` when asked for, as DALI reads them. The writer is :mod:`data_gen.shards`.
 """
 
 from __future__ import annotations
@@ -56,17 +32,16 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from solo_stablerep.data.storage import (
+from solo_stablerep.data.manifest import image_component
+from solo_stablerep.errors import ShardFormatError
+from solo_stablerep.storage import (
     Progress,
     atomic_output,
     derived_file_paths,
     exclusive_lock,
-    image_component,
-    image_member,  # noqa: F401 (the members' naming rule of this format)
     remove_stale_temps,
     write_first_writable,
 )
-from solo_stablerep.errors import ShardFormatError
 
 log = logging.getLogger(__name__)
 
@@ -75,26 +50,22 @@ FORMAT_VERSION = 1
 HEADER_NAME = "webdataset.json"
 TAR_INDEX_VERSION = "v1.2"
 SUMMARY_SUFFIX = ".summary"
-SUMMARY_FORMAT = "stablerep-webdataset-summary"
-SUMMARY_VERSION = 1
+SUMMARY_FORMAT = {"format": "stablerep-webdataset-summary", "version": 1}
+_REWRITE = "rewrite it (reconvert the shard, or wds2idx)"
 
-# one member of a sample in a tar index: (component, data offset, size, member name)
-IndexMember = tuple[str, int, int, str]
+IndexMember = tuple[str, int, int, str]  # (component, data offset, size, member name)
+
+
+def image_member(caption_id: str, k: int, ext: str) -> str:
+    """Tar member name of image ``k`` of a caption: ``<caption_id>.<k:02d>.<ext>``."""
+    return f"{caption_id}.{image_component(k, ext)}"
 
 
 def tar_index_path(tar_path: Path) -> Path:
-    """The tar index beside a tar: ``name.tar`` -> ``name.idx``."""
     return Path(tar_path).with_suffix(".idx")
 
 
-def make_header(
-    run_id: str,
-    num_captions: int,
-    images_per_caption: int,
-    image_ext: str,
-    class_names: Sequence[str] | None,
-    generator: dict | None,
-) -> dict:
+def make_header(run_id, num_captions, images_per_caption, image_ext, class_names, generator):
     return {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
@@ -125,11 +96,8 @@ def read_header(folder: Path) -> dict:
     return header
 
 
-_REWRITE = "rewrite it (reconvert the shard, or wds2idx)"
-
-
-def tar_index_lines(path: Path) -> tuple[int, list[str]]:
-    """(samples its header line announces, the sample lines) of a tar index."""
+def tar_index_lines(path: Path) -> list[str]:
+    """The sample lines of a tar index, checked against the count its first line announces."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
@@ -148,65 +116,50 @@ def tar_index_lines(path: Path) -> tuple[int, list[str]]:
         raise ShardFormatError(
             f"{path}:1: not a {TAR_INDEX_VERSION} tar index header (DALI's wds2idx format)"
         )
-    return int(head[1]), lines[1:]
+    if len(lines) - 1 != int(head[1]):
+        raise ShardFormatError(
+            f"{path}: header says {head[1]} samples, {len(lines) - 1} lines follow"
+        )
+    return lines[1:]
 
 
-def _member_fields(path: Path, number: int, line: str) -> list[str]:
+def _members(path: Path, number: int, line: str, signed_ok: bool = True) -> list[IndexMember]:
+    """The members of the sample on line ``number`` of tar index ``path``; a negative offset or
+    size is refused here unless ``signed_ok`` (then when the member is read: the hot path)."""
     fields = line.split()
     if not fields or len(fields) % 4:
         raise ShardFormatError(
             f"{path}:{number}: expected groups of 4 fields (ext offset size name); {_REWRITE}"
         )
-    return fields
-
-
-def _bad_number(path: Path, number: int, fields: Sequence[str]) -> ShardFormatError:
-    bad = next(f for f in fields[1::4] + fields[2::4] if not f.isdigit())
-    return ShardFormatError(
-        f"{path}:{number}: offset or size {bad!r} is not a non-negative integer; {_REWRITE}"
-    )
-
-
-def _members(path: Path, number: int, line: str) -> list[IndexMember]:
-    """The members (component, offset, size, name) of the sample on line ``number`` of index
-    ``path``."""
-    fields = _member_fields(path, number, line)
     try:
         members = [
             (fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3])
             for i in range(0, len(fields), 4)
         ]
-    except ValueError:  # (a negative offset or size is named when read)
-        raise _bad_number(path, number, fields) from None
-    return members
-
-
-def _check_count(path: Path, announced: int, lines: Sequence[str]) -> None:
-    if len(lines) != announced:
-        raise ShardFormatError(
-            f"{path}: header says {announced} samples, {len(lines)} lines follow"
-        )
+        if signed_ok or min(min(m[1], m[2]) for m in members) >= 0:
+            return members
+    except ValueError:
+        pass
+    bad = next(f for f in fields[1::4] + fields[2::4] if not f.isdigit())
+    raise ShardFormatError(
+        f"{path}:{number}: offset or size {bad!r} is not a non-negative integer; {_REWRITE}"
+    )
 
 
 def read_tar_index(path: Path) -> list[list[IndexMember]]:
-    """Samples of a tar index: per sample, its members as (component, offset, size, name)."""
-    announced, lines = tar_index_lines(path)
-    samples = [_members(path, number, line) for number, line in enumerate(lines, start=2)]
-    _check_count(path, announced, samples)
-    return samples
+    return [_members(path, n, line) for n, line in enumerate(tar_index_lines(path), start=2)]
 
 
 def tar_index_text(samples: Sequence[Sequence[IndexMember]]) -> str:
     """The tar index of a tar holding ``samples`` (the inverse of :func:`read_tar_index`)."""
     lines = [f"{TAR_INDEX_VERSION} {len(samples)}"]
     lines += [
-        " ".join(f"{ext} {offset} {size} {name}" for ext, offset, size, name in s) for s in samples
+        " ".join(f"{e} {offset} {size} {name}" for e, offset, size, name in s) for s in samples
     ]
     return "\n".join(lines) + "\n"
 
 
 def _summary_key(tar: Path) -> list | None:
-    """[tar size, tar mtime_ns, idx size, idx mtime_ns]; None when the index is missing."""
     try:
         tar_stat, idx_stat = tar.stat(), tar_index_path(tar).stat()
     except FileNotFoundError:
@@ -216,36 +169,26 @@ def _summary_key(tar: Path) -> list | None:
 
 def summarise_tar(tar: Path, image_ext: str) -> dict:
     """The summary entry of one tar, from its index and its first sample's JSON; raises
-    :class:`ShardFormatError` naming the tar (and sample, or index line) if either is unusable:
-    index missing or malformed, no sample, tar shorter than its index says, a sample without its
-    JSON first or lacking images (components ``00.<ext>``, ``01.<ext>``, ... in order)."""
-    key = _summary_key(
-        tar
-    )  # taken before reading: a tar changed meanwhile is stale at the next open
+    :class:`ShardFormatError` naming the tar (and sample, or index line) if either is unusable."""
+    key = _summary_key(tar)  # taken before reading: a tar changed meanwhile is stale next time
     path = tar_index_path(tar)
-    announced, lines = tar_index_lines(path)
-    expected: dict[int, list[str]] = {}  # image count -> its components
+    components: dict[int, list[str]] = {}  # image count -> its components
     end, most, fewest, problem = 0, 0, None, None
+    lines = tar_index_lines(path)
     for number, line in enumerate(lines, start=2):
-        fields = _member_fields(path, number, line)
-        if not all(f.isdigit() for f in fields[1::4] + fields[2::4]):
-            raise _bad_number(path, number, fields)
-        # a sample's members are stored in order (WebDataset groups them): its last one ends it
-        end = max(end, int(fields[-3]) + int(fields[-2]))
-        if problem is not None:
-            continue
-        caption_id = fields[3].split(".", 1)[0]
-        count = len(fields) // 4 - 1
-        if count not in expected:
-            expected[count] = [image_component(k, image_ext) for k in range(count)]
-        if fields[0] != "json":
+        members = _members(path, number, line, signed_ok=False)
+        end = max(end, members[-1][1] + members[-1][2])  # a sample's last member ends it
+        caption_id, count = members[0][3].split(".", 1)[0], len(members) - 1
+        if count not in components:
+            components[count] = [image_component(k, image_ext) for k in range(count)]
+        found = [m[0] for m in members[1:]]
+        if problem is None and members[0][0] != "json":
             problem = f"{tar}: sample {caption_id} has no .json metadata first"
-        elif fields[4::4] != expected[count]:
-            problem = f"{tar}: sample {caption_id} lacks some of its images (has {fields[4::4]})"
+        elif problem is None and found != components[count]:
+            problem = f"{tar}: sample {caption_id} lacks some of its images (has {found})"
         most = max(most, count)
         if fewest is None or count < fewest[0]:
             fewest = [count, caption_id]
-    _check_count(path, announced, lines)
     if not lines:
         raise ShardFormatError(f"{tar}: shard holds no sample")
     size = tar.stat().st_size
@@ -253,11 +196,10 @@ def summarise_tar(tar: Path, image_ext: str) -> dict:
         raise ShardFormatError(f"{tar}: truncated ({size} bytes, its tar index reaches {end})")
     if problem is not None:
         raise ShardFormatError(problem)
-    _, offset, length, name = lines[0].split()[:4]
+    _, offset, length, name = _members(path, 2, lines[0])[0]
     first = name.split(".", 1)[0]
     with open(tar, "rb") as f:
-        f.seek(int(offset))
-        meta = sample_meta(f.read(int(length)), tar, first)
+        meta = sample_meta(os.pread(f.fileno(), length, offset), tar, first)
     return {
         "key": key,
         "samples": len(lines),
@@ -273,10 +215,8 @@ _META_TYPES = {"caption_id": str, "caption": str, "index": int, "run_id": str, "
 
 
 def sample_meta(data: bytes, tar, key: str) -> dict:
-    """A sample's ``.json`` metadata, checked: an object with the writer's fields of the right
-    types; else ShardFormatError naming tar and sample (not valid JSON or UTF-8, not an object, a
-    field missing or of another type). Read at every visit of a sample: the check is one
-    expression (a loop over the fields cost the DALI source 2 us a sample)."""
+    """A sample's ``.json`` metadata, checked (the writer's fields, of their types); else a
+    ShardFormatError naming tar and sample. Read at every visit of a sample: one expression."""
     try:
         meta = json.loads(data)
         label = meta["label"]
@@ -308,91 +248,41 @@ def sample_meta(data: bytes, tar, key: str) -> dict:
     )
 
 
-def _load_summary(path: Path, image_ext: str) -> dict[str, dict]:
-    """Entries of a summary file; none if it is missing, unreadable, of another version or image
-    extension (a valid summary's entries are still checked against their tars)."""
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if (
-        not isinstance(summary, dict)
-        or summary.get("format") != SUMMARY_FORMAT
-        or summary.get("version") != SUMMARY_VERSION
-        or summary.get("image_ext") != image_ext
-        or not isinstance(summary.get("tars"), dict)
-    ):
-        return {}
-    return summary["tars"]
-
-
-def _matching_entries(
-    candidates: Sequence[Path], tars: Sequence[Path], keys: Sequence[list | None], image_ext: str
-) -> tuple[dict[str, dict], dict[str, dict]]:
-    """(all entries of a folder's summary files, those of ``tars`` whose key is the tar's
-    ``keys``)."""
-    loaded = [_load_summary(path, image_ext) for path in candidates]
-    known: dict[str, dict] = {}
-    for entries in reversed(loaded):
-        known.update(entries)
-    current = {}
-    for tar, key in zip(tars, keys, strict=True):
-        for entries in loaded:  # beside the folder, else (read-only folder) in the cache
-            entry = entries.get(tar.name)
-            if key is not None and isinstance(entry, dict) and entry.get("key") == key:
-                current[tar.name] = entry
-                break
-    return known, current
-
-
-def _save_summary(
-    candidates: Sequence[Path], folder: Path, entries: dict[str, dict], image_ext: str
-) -> None:
-    """Writes the entries of the folder's tars still there; only warns if no place is writable (the
-    summary saves time, the tars were checked)."""
-    present = set(os.listdir(folder))
-    summary = {
-        "format": SUMMARY_FORMAT,
-        "version": SUMMARY_VERSION,
-        "image_ext": image_ext,
-        "tars": {name: entry for name, entry in sorted(entries.items()) if name in present},
-    }
-
-    def write(path: Path) -> None:
-        with atomic_output(path, "w", encoding="utf-8") as f:
-            json.dump(summary, f, separators=(",", ":"))
-
-    try:
-        write_first_writable(candidates, write)
-    except OSError as error:
-        log.warning(
-            "%s: cannot save its shard summary beside it or in the cache (%s); the next open "
-            "checks its tars again",
-            folder,
-            error,
-        )
-
-
 def _folder_summaries(
-    folder: Path,
-    tars: Sequence[Path],
-    image_ext: str,
-    on_bad: Callable[[Path, str], None] | None,
+    folder: Path, tars: Sequence[Path], image_ext: str, on_bad: Callable | None
 ) -> dict[str, dict]:
-    """Entries of ``tars`` (all in ``folder``) by tar name, cached or summarised now (and saved); a
-    bad tar raises, or with ``on_bad`` is passed to it with the error and left out."""
+    """Entries of ``tars`` (all in ``folder``) by tar name, cached or summarised now and saved."""
     candidates = derived_file_paths(folder / HEADER_NAME, SUMMARY_SUFFIX)
-    keys = [_summary_key(tar) for tar in tars]
-    _, current = _matching_entries(candidates, tars, keys, image_ext)
+    keys = {tar.name: _summary_key(tar) for tar in tars}
+
+    def load() -> tuple[dict, dict]:  # (every cached entry, the current ones of ``tars``)
+        loaded = []
+        for path in candidates:
+            try:
+                summary = json.loads(path.read_text(encoding="utf-8"))
+                header = {k: summary[k] for k in SUMMARY_FORMAT}
+                ok = header == SUMMARY_FORMAT and summary["image_ext"] == image_ext
+                loaded.append(summary["tars"] if ok and isinstance(summary["tars"], dict) else {})
+            except (OSError, ValueError, KeyError, TypeError):
+                loaded.append({})
+        known = {name: e for entries in reversed(loaded) for name, e in entries.items()}
+        current = {}
+        for name, key in keys.items():  # beside the folder first, then in the cache
+            for entries in loaded:
+                entry = entries.get(name)
+                if key is not None and isinstance(entry, dict) and entry.get("key") == key:
+                    current[name] = entry
+                    break
+        return known, current
+
+    current = load()[1]
     if len(current) == len(tars):
         return current
-    with exclusive_lock(
-        folder
-    ):  # one summariser per folder; the others wait, then find its entries
+    with exclusive_lock(folder):  # one summariser per folder; the others then find its entries
         for path in candidates:  # left by a summariser killed (SIGKILL) before its rename
             if path.parent.is_dir():
                 remove_stale_temps(path)
-        known, current = _matching_entries(candidates, tars, keys, image_ext)
+        known, current = load()
         stale = [tar for tar in tars if tar.name not in current]
         progress = Progress(folder, len(stale), doing="checking the shard indexes of", unit="tars")
         try:
@@ -406,31 +296,41 @@ def _folder_summaries(
                 progress(done)
         finally:  # also when a tar is bad: the ones checked before it are kept
             if len(current) > len(tars) - len(stale):
-                _save_summary(candidates, folder, {**known, **current}, image_ext)
+                present = set(os.listdir(folder))
+                entries = {n: e for n, e in sorted({**known, **current}.items()) if n in present}
+                summary = dict(SUMMARY_FORMAT, image_ext=image_ext, tars=entries)
+
+                def write(path: Path) -> None:
+                    with atomic_output(path, "w", encoding="utf-8") as f:
+                        json.dump(summary, f, separators=(",", ":"))
+
+                try:
+                    write_first_writable(candidates, write)
+                except OSError as error:  # the summary saves time only: the tars were checked
+                    log.warning(
+                        "%s: cannot save its shard summary beside it or in the cache (%s); the "
+                        "next open checks its tars again",
+                        folder,
+                        error,
+                    )
     return current
 
 
 def tar_summaries(
     tars: Sequence[Path], image_ext: str, on_bad: Callable[[Path, str], None] | None = None
 ) -> list[dict | None]:
-    """The summary entry of each tar, in order (see the module docstring): one ``stat`` of each tar
-    and index when the cached summaries are current, else the stale tars' indexes are read. A tar
-    that cannot be used raises :class:`ShardFormatError`, or, with ``on_bad(tar, error line)``, is
-    passed to it and its entry is None."""
+    """The summary entry of each tar, in order; a tar that cannot be used raises
+    :class:`ShardFormatError`, or with ``on_bad(tar, error line)`` is passed to it (entry None)."""
     by_folder: dict[Path, list[Path]] = {}
     for tar in tars:
         by_folder.setdefault(tar.parent, []).append(tar)
-    entries = {
-        folder: _folder_summaries(folder, group, image_ext, on_bad)
-        for folder, group in by_folder.items()
-    }
+    entries = {f: _folder_summaries(f, group, image_ext, on_bad) for f, group in by_folder.items()}
     return [entries[tar.parent].get(tar.name) for tar in tars]
 
 
 class _TarReader:
-    """Reads byte ranges of one tar with ``pread`` on a descriptor held while any sample of the tar
-    is (plain reads from the page cache: memory-mapping the tars cost DALI's threads page-table
-    work and measurably slowed the loader)."""
+    """``pread`` of one tar's byte ranges on a descriptor held while any of its samples is
+    (memory-mapping the tars cost DALI's threads page-table work and slowed the loader)."""
 
     def __init__(self, path: Path):
         self.path = str(path)
@@ -453,28 +353,23 @@ class _TarReader:
 
 
 class IndexedSample(Mapping):
-    """One sample of a tar, read through its index line as DALI's reader reads it: a mapping of the
-    WebDataset package's shape (``__key__``, ``__url__``, then component -> bytes) whose members are
-    read only when asked for, so a loader that uses n of m images reads n of them, and a shuffle
-    buffer holds index lines rather than images.
-
-    Raises ShardFormatError (naming tar and sample, or index line) for a malformed index line or a
-    member that lies past the tar's end.
-    """
+    """One sample of a tar as the WebDataset package gives it (``__key__``, ``__url__``, component
+    -> bytes), its index line parsed and each member read only when asked for; raises
+    ShardFormatError for a malformed line or a member past the tar's end."""
 
     def __init__(self, tar: _TarReader, index: Path, number: int, line: str):
         self._tar, self._index, self._number, self._line = tar, index, number, line
         self._members: dict | None = None
 
     def _parsed(self) -> dict:
-        if self._members is None:  # parsed on first use: most of a buffer's lines wait a while
+        if self._members is None:  # on first use: most of a shuffle buffer's lines wait a while
             members = _members(self._index, self._number, self._line)
             self._members = {component: (offset, size) for component, offset, size, _ in members}
             self._key = members[0][3].split(".", 1)[0]
         return self._members
 
     def __getitem__(self, component: str):
-        if component == "__url__":  # no parsing needed: names the tar also when the line is bad
+        if component == "__url__":  # names the tar also when the line is bad
             return self._tar.path
         members = self._parsed()
         if component == "__key__":
@@ -489,10 +384,8 @@ class IndexedSample(Mapping):
 
 
 def iter_indexed_samples(tar_path: Path) -> Iterator[IndexedSample]:
-    """The samples of a tar in index order, each an :class:`IndexedSample`."""
     path = tar_index_path(tar_path)
-    announced, lines = tar_index_lines(path)
-    _check_count(path, announced, lines)
+    lines = tar_index_lines(path)
     tar = _TarReader(tar_path)
     for number, line in enumerate(lines, start=2):
         yield IndexedSample(tar, path, number, line)

@@ -45,13 +45,13 @@ class RandomDownsample:
 
 
 class DALIRandomDownsample:
-    """DALI version of :class:`RandomDownsample` (needs a pipeline with conditionals enabled);
-    ``INTERP_LINEAR`` with antialiasing is DALI's bilinear."""
+    """DALI version of :class:`RandomDownsample` (needs a pipeline with conditionals enabled),
+    followed by the DALI pipeline ``then``; ``INTERP_LINEAR`` with antialiasing is DALI's
+    bilinear."""
 
-    def __init__(self, prob: float, sizes: Sequence[int], device: str):
-        self.prob = prob
+    def __init__(self, prob: float, sizes: Sequence[int], device: str, then: Callable):
+        self.prob, self.device, self.then = prob, device, then
         self.sizes = np.array(sizes, dtype=np.float32)
-        self.device = device
 
     def __call__(self, images):
         import nvidia.dali.fn as fn
@@ -64,23 +64,10 @@ class DALIRandomDownsample:
             out = fn.resize(small, resize_x=shape[1], resize_y=shape[0], **resize)
         else:
             out = images
-        return out
+        return self.then(out)
 
     def __repr__(self) -> str:
-        return f"DALIRandomDownsample(prob={self.prob}, sizes={self.sizes.tolist()})"
-
-
-class _Then:
-    """Applies ``first`` then ``then`` (DALI pipelines are plain callables, not torchvision's)."""
-
-    def __init__(self, first: Callable, then: Callable):
-        self.first, self.then = first, then
-
-    def __call__(self, images):
-        return self.then(self.first(images))
-
-    def __repr__(self) -> str:
-        return f"{self.first} -> {self.then}"
+        return f"DALIRandomDownsample(prob={self.prob}, sizes={self.sizes.tolist()}) -> {self.then}"
 
 
 def build_image_transform(cfg: omegaconf.DictConfig, dali: bool = False) -> FullTransformPipeline:
@@ -100,9 +87,8 @@ def build_image_transform(cfg: omegaconf.DictConfig, dali: bool = False) -> Full
                 cfg.data.dataset, aug_cfg, dali_device=cfg.dali.device
             )
             if downsample is not None:
-                transform = _Then(
-                    DALIRandomDownsample(downsample.prob, downsample.sizes, cfg.dali.device),
-                    transform,
+                transform = DALIRandomDownsample(
+                    downsample.prob, downsample.sizes, cfg.dali.device, transform
                 )
         else:
             transform = build_transform_pipeline(cfg.data.dataset, aug_cfg)

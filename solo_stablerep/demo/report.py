@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from statistics import mean, stdev
 
-from solo_stablerep.data.storage import atomic_output
 from solo_stablerep.demo.digits import ACCURACIES
 from solo_stablerep.demo.runs import CEILING, LOSS_COLUMNS, RANDOM_FLOOR
+from solo_stablerep.storage import atomic_output
 
 SUBJECT = "stablerep"  # the method whose margins the verdict reports
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from solo_stablerep.data.storage import file_sha256
 from solo_stablerep.errors import EvalError
+from solo_stablerep.storage import file_sha256
 
 RANDOM_PREFIX = "random:"
 RANDOM_SEED = 0

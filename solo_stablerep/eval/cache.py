@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from solo_stablerep.data.storage import atomic_output
+from solo_stablerep.storage import atomic_output
 
 log = logging.getLogger(__name__)
 

@@ -112,12 +112,12 @@ def _configure_output() -> None:
 def _compare(args) -> int:
     import numpy as np
 
-    from solo_stablerep.data.storage import cache_dir
     from solo_stablerep.eval.cache import FeatureCache
     from solo_stablerep.eval.compare import ProbeSettings, compare
     from solo_stablerep.eval.distributed import join, leave
     from solo_stablerep.eval.features import ExtractionSettings
     from solo_stablerep.eval.report import markdown_table, write_report
+    from solo_stablerep.storage import cache_dir
 
     if args.weight_decays < 1:
         raise InputError(f"--weight-decays {args.weight_decays}: give at least 1")

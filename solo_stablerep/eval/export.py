@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from solo_stablerep.data.storage import atomic_output
 from solo_stablerep.errors import EvalError
 from solo_stablerep.eval.backbone import BackboneSpec, load_backbone
+from solo_stablerep.storage import atomic_output
 
 # solo-learn backbone -> the timm model its constructor builds
 TIMM_NAMES = {

@@ -15,7 +15,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from solo_stablerep.data.storage import atomic_output
+from solo_stablerep.storage import atomic_output
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ from solo_stablerep.data.manifest import (
     read_manifest,
     write_manifest,
 )
+from solo_stablerep.data.shards import image_member
 
 
 def _records(n=3, labelled=False):
@@ -122,3 +123,11 @@ def test_missing_manifest_and_invalid_json(tmp_path):
     (tmp_path / MANIFEST_NAME).write_text(json.dumps(_header()) + "\n{not json\n")
     with pytest.raises(ManifestError, match=r":2: not valid JSON"):
         read_manifest(tmp_path)
+
+
+def test_image_naming_rules_share_the_image_number():
+    assert image_relpath("a1b2c3", 7, "jpg") == "images/a1/b2/a1b2c3_07.jpg"
+    assert image_relpath("ab", 0, ".png") == "images/ab/__/ab_00.png"
+    assert image_member("a1b2c3", 7, ".jpg") == "a1b2c3.07.jpg"
+    with pytest.raises(ManifestError, match="caption_id 'a/b'"):
+        image_relpath("a/b", 0, "jpg")

@@ -14,7 +14,7 @@ from data_gen.output import part_name
 from data_gen.runner import RunOptions, generate
 from data_gen.settings import GenerationSettings
 from solo_stablerep.data.manifest import read_manifest
-from solo_stablerep.data.storage import iter_log
+from solo_stablerep.storage import iter_log
 
 FLAGS = procedural_flags()
 

@@ -380,8 +380,7 @@ def test_dali_loader_batches_get_their_captions_tokens(manifest_root):
 
     cfg = pp_cfg(manifest_root, "data.format=dali", "dali.device=cpu")
     module = prepare_train_data(cfg)
-    module.train_loader = module.build_loader()  # what setup() does under a Trainer
-    loader = module.train_dataloader()
+    loader = module.build_loader()  # what train_dataloader() does under a Trainer
     assert len(loader) == 2
     _, captions = load_captions(cfg)
     seen = []

@@ -1,21 +1,7 @@
-"""Storage helpers shared by every writer and reader of this project's files (standard library and
-numpy only: the generator ``data_gen`` uses them on machines where nobody trains).
-
-- :func:`atomic_output` / :func:`atomic_write_bytes` / :func:`atomic_write_json`: a file appears
-  whole or not at all (temporary file in the same folder, fsync, ``os.replace``), created with the
-  permissions the umask gives new files. :func:`remove_stale_temps` removes what a killed writer
-  left, under the writers' :func:`exclusive_lock`.
-- :class:`AppendLog` / :func:`iter_log`: an append-only JSON Lines file, each append fsynced. A
-  crash can cut only its last line: every reader ignores a last line without its newline, and
-  every writer removes it before appending, so a cut line is never glued to the next one.
-- :func:`exclusive_lock`, :func:`cache_dir`, :func:`derived_file_paths`,
-  :func:`write_first_writable`: where a file derived from a source (a caption index, a shard
-  summary) lives, and how processes build it once.
-- :class:`Progress`: a line on stderr every few seconds during long work.
-- :func:`file_sha256` and :func:`json_digest`: the identity of a source file and of a run.
-- The image naming rule of both layouts: :func:`image_relpath` (manifest layout) and
-  :func:`image_member` (tar shards) share image ``k``'s two-digit number.
-"""
+"""Storage helpers shared by every writer and reader of this project's files - the data sets, the
+generator's logs, the evaluation's feature cache and reports (standard library only: ``data_gen``
+uses them where nobody trains): atomic writes, the append-only log, the lock and cache paths of
+derived files (a caption index, a shard summary), progress lines, file and run identities."""
 
 from __future__ import annotations
 
@@ -24,7 +10,6 @@ import glob
 import hashlib
 import json
 import os
-import re
 import secrets
 import sys
 import time
@@ -32,75 +17,32 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from solo_stablerep.errors import InputError, ManifestError
+from solo_stablerep.errors import InputError
 
 try:
     import fcntl
 except ImportError:  # Windows: concurrent builders may overlap, each still writing atomically
     fcntl = None
 
-CAPTION_ID = re.compile(r"^[A-Za-z0-9_-]+$")  # a caption id names files and tar members
-_HASH_BLOCK = 1 << 20
-
-
-# --- image naming ---------------------------------------------------------------------------
-
-
-def image_stem(caption_id: str) -> str:
-    """``images/<id[0:2]>/<id[2:4]>/<id>``: a caption's image paths without ``_<k>.<ext>``; ids
-    shorter than 4 characters are padded with ``_`` for the two folder names."""
-    padded = caption_id.ljust(4, "_")
-    return f"images/{padded[0:2]}/{padded[2:4]}/{caption_id}"
-
-
-def image_component(k: int, ext: str) -> str:
-    """Image ``k``'s number and extension, ``<k:02d>.<ext>``: a tar sample's component name."""
-    return f"{k:02d}.{ext.lstrip('.')}"
-
-
-def image_relpath(caption_id: str, k: int, ext: str) -> str:
-    """Relative path of image ``k`` of a caption in the manifest layout:
-    ``images/<id[0:2]>/<id[2:4]>/<id>_<k:02d>.<ext>``."""
-    if not CAPTION_ID.match(caption_id):
-        raise ManifestError(f"caption_id {caption_id!r}: use only letters, digits, '_' or '-'")
-    return f"{image_stem(caption_id)}_{image_component(k, ext)}"
-
-
-def image_member(caption_id: str, k: int, ext: str) -> str:
-    """Tar member name of image ``k`` of a caption: ``<caption_id>.<k:02d>.<ext>``."""
-    return f"{caption_id}.{image_component(k, ext)}"
-
 
 # --- atomic writes --------------------------------------------------------------------------
 
 
-def _temp_pattern(path: Path) -> str:
-    return f".{glob.escape(path.name)}.{'[0-9a-f]' * 12}.tmp"
-
-
 def remove_stale_temps(path: Path) -> None:
-    """Removes the temporary files :func:`atomic_output` left beside ``path`` when a writer was
-    killed (SIGKILL, power loss); call it only while no other process may be writing ``path``
-    (under the lock its writers take)."""
-    for tmp in [
-        *path.parent.glob(_temp_pattern(path)),
-        path.with_name(f".{path.name}.tmp"),  # a sole writer's fixed name
-    ]:
+    """Removes the temporary files :class:`atomic_output` left beside ``path`` when a writer was
+    killed; call it only under the lock the writers of ``path`` take."""
+    unique = f".{glob.escape(path.name)}.{'[0-9a-f]' * 12}.tmp"
+    for tmp in [*path.parent.glob(unique), path.with_name(f".{path.name}.tmp")]:
         tmp.unlink(missing_ok=True)
 
 
 class atomic_output:  # lower case: used as a function, ``with atomic_output(path) as f``
-    """A file that appears at ``path`` only once written in full (and fsynced), or not at all.
-
-    Used as ``with atomic_output(path, "w", encoding="utf-8") as f: ...`` (an exception removes the
-    temporary file), or held open with :meth:`commit` / :meth:`discard` (the tar writer). It is
-    written under a unique temporary name in the same folder, so processes writing the same path
-    at once do not collide; ``sole_writer=True`` uses the fixed name ``.<name>.tmp`` instead, which
-    a rerun after a crash overwrites rather than leaving another (a path only one process writes).
-    The file gets the permissions the umask gives new files (``mkstemp``'s 0600 would lock the
-    colleagues who train on a data set out of it). ``fsync=False`` skips the fsync (many small
-    files whose loss a log would reveal on resume).
-    """
+    """A file that appears at ``path`` only once written in full (and fsynced), or not at all:
+    ``with atomic_output(path, "w", encoding="utf-8") as f: ...`` (an exception removes it), or held
+    open with :meth:`commit` / :meth:`discard` (the tar writer). Written under a unique temporary
+    name in the same folder, or with ``sole_writer`` the fixed ``.<name>.tmp``, which a rerun after
+    a crash overwrites; with the permissions the umask gives new files (``mkstemp``'s 0600 would
+    lock colleagues out of a data set). ``fsync=False``: many small files a log double-checks."""
 
     def __init__(
         self,
@@ -120,7 +62,6 @@ class atomic_output:  # lower case: used as a function, ``with atomic_output(pat
         self._fsync = fsync
 
     def commit(self) -> None:
-        """Flushes (and fsyncs) the file and renames it over ``path``."""
         try:
             self.file.flush()
             if self._fsync:
@@ -132,7 +73,6 @@ class atomic_output:  # lower case: used as a function, ``with atomic_output(pat
             raise
 
     def discard(self) -> None:
-        """Closes and removes the temporary file; ``path`` is left as it was."""
         self.file.close()
         self.tmp.unlink(missing_ok=True)
 
@@ -147,14 +87,13 @@ class atomic_output:  # lower case: used as a function, ``with atomic_output(pat
 
 
 def atomic_write_bytes(path: Path, data: bytes, **options) -> None:
-    """Writes ``data`` to ``path`` through :class:`atomic_output` (``options``: its keywords)."""
+    """``options``: :class:`atomic_output`'s keywords."""
     with atomic_output(path, **options) as f:
         f.write(data)
 
 
 def atomic_write_json(path: Path, obj, **options) -> None:
-    """Writes ``obj`` as indented JSON to ``path`` (its folder created) through
-    :class:`atomic_output` (``options``: its keywords)."""
+    """``obj`` as indented JSON, its folder created (``options``: :class:`atomic_output`'s)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
     atomic_write_bytes(path, text.encode(), **options)
@@ -278,7 +217,7 @@ def file_sha256(path: Path) -> str:
     place, even with the same size and time, is another file."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(_HASH_BLOCK):
+        while block := f.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
 

@@ -1,6 +1,6 @@
 """The storage helpers: crash tests of the append-only log and the atomic writer (a file cut at
 every byte of its last record, or a writer killed mid-write, then resumed twice), the lock, the
-derived paths and the image naming rule."""
+derived paths."""
 
 import json
 import os
@@ -13,20 +13,18 @@ import textwrap
 import pytest
 from helpers import REPO
 
-from solo_stablerep.data.storage import (
+from solo_stablerep.errors import InputError
+from solo_stablerep.storage import (
     AppendLog,
     atomic_output,
     atomic_write_bytes,
     atomic_write_json,
     derived_file_paths,
     file_sha256,
-    image_member,
-    image_relpath,
     iter_log,
     json_digest,
     remove_stale_temps,
 )
-from solo_stablerep.errors import InputError, ManifestError
 
 ENTRIES = [{"index": i, "caption": f"caption {i}", "images": ["é" * i]} for i in range(4)]
 
@@ -85,7 +83,7 @@ def test_a_damaged_complete_line_is_one_line_naming_it(tmp_path):
 CHILD = """
 import os, signal, sys
 from pathlib import Path
-from solo_stablerep.data.storage import AppendLog, atomic_output
+from solo_stablerep.storage import AppendLog, atomic_output
 
 path, what = Path(sys.argv[1]), sys.argv[2]
 if what == "log":
@@ -186,11 +184,3 @@ def test_derived_file_paths_and_identities(tmp_path, monkeypatch):
     assert file_sha256(source) == file_sha256(source) and len(file_sha256(source)) == 64
     assert json_digest({"a": 1, "b": 2}) == json_digest({"b": 2, "a": 1})
     assert len(json_digest({"a": 1})) == 16
-
-
-def test_image_naming_rules_share_the_image_number():
-    assert image_relpath("a1b2c3", 7, "jpg") == "images/a1/b2/a1b2c3_07.jpg"
-    assert image_relpath("ab", 0, ".png") == "images/ab/__/ab_00.png"
-    assert image_member("a1b2c3", 7, ".jpg") == "a1b2c3.07.jpg"
-    with pytest.raises(ManifestError, match="caption_id 'a/b'"):
-        image_relpath("a/b", 0, "jpg")
