@@ -139,10 +139,12 @@ def _compare(args) -> int:
         args.batch_size, args.workers, args.device, not args.no_progress, ranks
     )
     cache = FeatureCache(args.cache_dir or cache_dir() / "features")
+    completed = False
     try:
         comparison = compare(args.models, args.datasets, cache, settings, extraction)
+        completed = True
     finally:
-        leave()
+        leave(completed)
     if not ranks.is_main:
         return 0  # its share of the features is in the cache; rank 0 reports
     log.info(

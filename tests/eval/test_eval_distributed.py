@@ -33,11 +33,13 @@ from test_eval_distributed import IDENTITY, extract
 
 ranks = join("cpu")
 die_at = int(os.environ.get("DIE_ON_RANK", "-1"))
+completed = False
 try:
     extract(FeatureCache(sys.argv[1]), ExtractionSettings(8, 0, "cpu", False, ranks),
             die=ranks.rank == die_at)
+    completed = True
 finally:
-    leave()
+    leave(completed)
 """
 
 
