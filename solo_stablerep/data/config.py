@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import omegaconf
-from omegaconf import OmegaConf
-from solo.utils.misc import omegaconf_select
 
+from solo_stablerep.cfg_defaults import fill_defaults
 from solo_stablerep.data.index import CaptionIndex
 from solo_stablerep.data.readers import CaptionReader, Reader, ShardReader
 from solo_stablerep.errors import SyntheticDataError
@@ -29,22 +28,6 @@ DEFAULTS = {
     "skip_corrupt": False,
     "shuffle_buffer": 256,
 }
-
-
-def _set_defaults(cfg: omegaconf.DictConfig, key: str, defaults: dict) -> None:
-    """Sets the missing keys of ``cfg.<key>``; an unknown one (``+data.synthetic.skip_corupt``, the
-    form Hydra's own error suggests) would be ignored without a word: refused, as in
-    ``method_kwargs``."""
-    node = omegaconf_select(cfg, key, {})
-    OmegaConf.update(cfg, key, node, force_add=True)
-    for name in node:
-        if name not in defaults:
-            raise SyntheticDataError(f"unknown {key}.{name}; expected one of {sorted(defaults)}")
-    for name, default in defaults.items():
-        if isinstance(default, dict):
-            _set_defaults(cfg, f"{key}.{name}", default)
-        else:
-            OmegaConf.update(cfg, f"{key}.{name}", omegaconf_select(cfg, f"{key}.{name}", default))
 
 
 def large_crop_slots(augmentations) -> list[bool]:
@@ -190,7 +173,7 @@ def add_and_assert_synthetic_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictCon
     Returns:
         omegaconf.DictConfig: same as the argument, used to avoid errors.
     """
-    _set_defaults(cfg, "data.synthetic", DEFAULTS)
+    fill_defaults(cfg, "data.synthetic", DEFAULTS, SyntheticDataError)
     syn = cfg.data.synthetic
     if not isinstance(syn.n_img, int) or syn.n_img < 1:
         raise SyntheticDataError(f"data.synthetic.n_img={syn.n_img}: must be an integer >= 1")

@@ -7,8 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from solo.methods.base import BaseMethod
 from solo.utils.metrics import accuracy_at_k
-from solo.utils.misc import omegaconf_select
 
+from solo_stablerep.cfg_defaults import fill_defaults
 from solo_stablerep.errors import InputError
 from solo_stablerep.losses import multi_positive_contrastive_loss
 from solo_stablerep.methods.needs import EntryPointNeeds
@@ -32,22 +32,6 @@ def build_projector(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int)
         if not is_last:
             layers += [nn.BatchNorm1d(d_out), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
-
-
-def fill_method_kwargs(cfg: omegaconf.DictConfig, defaults: dict[str, Any]) -> None:
-    """Sets the defaults of ``cfg.method_kwargs``; a key left ``???`` or an unknown key (a typo
-    that would otherwise be silently ignored) is a one-line error naming it."""
-
-    for key in cfg.method_kwargs:
-        if key not in defaults:
-            raise InputError(
-                f"unknown method_kwargs.{key} for method {cfg.method}; expected one of "
-                f"{sorted(defaults)}"
-            )
-    for key, default in defaults.items():
-        if omegaconf.OmegaConf.is_missing(cfg.method_kwargs, key):
-            raise InputError(f"method_kwargs.{key} is missing (???): set it, e.g. {default}")
-        cfg.method_kwargs[key] = omegaconf_select(cfg, f"method_kwargs.{key}", default)
 
 
 def check_projector_kwargs(cfg: omegaconf.DictConfig) -> None:
@@ -226,7 +210,7 @@ class StableRep(EntryPointNeeds, BaseMethod):
         """
 
         cfg = super().add_and_assert_specific_cfg(cfg)
-        fill_method_kwargs(cfg, cls.KWARGS_DEFAULTS)
+        fill_defaults(cfg, "method_kwargs", cls.KWARGS_DEFAULTS, owner=f" for method {cfg.method}")
         check_projector_kwargs(cfg)
         check_views_per_backbone_call(cfg)
         require_views(cfg, 2 if cls.image_image_weight(cfg) > 0 else 1)
