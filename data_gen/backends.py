@@ -40,7 +40,7 @@ SCHEDULERS = {
 class Backend(Protocol):
     """What the runner needs from an image source."""
 
-    #: The settings of :data:`data_gen.settings.BACKEND_FIELDS` this backend reads (model,
+    #: The settings of :data:`BACKEND_FIELDS` this backend reads (model,
     #: scheduler, ...): only these are validated and stored; the others are stored as null.
     settings_fields: ClassVar[tuple[str, ...]]
 
@@ -57,6 +57,16 @@ class Backend(Protocol):
 
 
 BACKENDS: dict[str, type[Backend]] = {}
+# The settings that only some backends read (GenerationSettings' fields); each backend lists its own
+# in `settings_fields`: a run validates and stores those, and stores the others as null.
+BACKEND_FIELDS = (
+    "model",
+    "scheduler",
+    "guidance_scale",
+    "num_inference_steps",
+    "dtype",
+    "negative_prompt",
+)
 
 
 def register_backend(name: str):
@@ -117,14 +127,7 @@ def load_pipeline(model: str, dtype, device: str):
 class DiffusionBackend:
     """Stable Diffusion via diffusers: one pipeline call per batch of captions, k images each."""
 
-    settings_fields = (
-        "model",
-        "scheduler",
-        "guidance_scale",
-        "num_inference_steps",
-        "dtype",
-        "negative_prompt",
-    )
+    settings_fields = BACKEND_FIELDS  # Stable Diffusion reads every one
 
     def __init__(self, settings, device: str):
         import torch

@@ -10,21 +10,11 @@ from dataclasses import dataclass
 
 from solo_stablerep.errors import DataGenError
 
-from .backends import BACKENDS, SCHEDULERS
+from .backends import BACKEND_FIELDS, BACKENDS, SCHEDULERS
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 IMAGE_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 DTYPES = ("auto", "fp32", "fp16", "bf16")
-# Settings that only some backends read: each backend lists its own in `settings_fields`; a run
-# validates and stores those, and stores the others as null.
-BACKEND_FIELDS = (
-    "model",
-    "scheduler",
-    "guidance_scale",
-    "num_inference_steps",
-    "dtype",
-    "negative_prompt",
-)
 
 
 @dataclass(frozen=True)
