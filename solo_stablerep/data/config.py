@@ -117,26 +117,6 @@ def open_reader(data: DataConfig | omegaconf.DictConfig) -> Reader:
     return CaptionReader(index, data.n_img, data.skip_corrupt)
 
 
-def check_batch_size(num_captions: int, batch_size: int, source: str) -> None:
-    # batches drop their remainder (solo-learn's convention): a smaller set would train on nothing
-    if num_captions < batch_size:
-        raise SyntheticDataError(
-            f"{source}: {num_captions} captions, fewer than optimizer.batch_size={batch_size}"
-        )
-
-
-def _check_val_classes(val_path: str | Path, class_names: list[str], source: str) -> None:
-    """solo-learn validates on an ImageFolder, whose class index = position in sorted folders."""
-    if not Path(val_path).is_dir():
-        raise SyntheticDataError(f"data.val_path={val_path}: folder not found")
-    folders = sorted(e.name for e in os.scandir(val_path) if e.is_dir())
-    if folders != list(class_names):
-        raise SyntheticDataError(
-            f"data.val_path={val_path}: class folders {folders[:5]}... differ from class_names "
-            f"{list(class_names)[:5]}... of {source} (same names, sorted, are needed)"
-        )
-
-
 def add_and_assert_synthetic_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictConfig:
     """Adds defaults and checks for the synthetic data set; call after solo-learn's ``parse_cfg``.
 
@@ -205,14 +185,23 @@ def add_and_assert_synthetic_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictCon
         # solo-learn's SupCon takes views with equal targets as positives: all -1 would make every
         # view of the batch a positive
         raise SyntheticDataError(f"method=supcon needs class labels, but {index.source} has none")
-    if cfg.data.val_path is not None:
+    val_path = cfg.data.val_path
+    if val_path is not None:
         if index.class_names is None:
             raise SyntheticDataError(
                 f"data.val_path is set but {index.source} has no class labels: an online "
                 "classifier trained without labels gives a meaningless accuracy; unset "
                 "data.val_path and run offline linear evaluation"
             )
-        _check_val_classes(cfg.data.val_path, index.class_names, index.source)
+        if not Path(val_path).is_dir():
+            raise SyntheticDataError(f"data.val_path={val_path}: folder not found")
+        # solo-learn validates on an ImageFolder, whose class index = position in sorted folders
+        folders = sorted(e.name for e in os.scandir(val_path) if e.is_dir())
+        if folders != index.class_names:
+            raise SyntheticDataError(
+                f"data.val_path={val_path}: class folders {folders[:5]}... differ from class_names "
+                f"{index.class_names[:5]}... of {index.source} (same names, sorted, are needed)"
+            )
 
     slots = large_crop_slots(cfg.augmentations)
     cfg.data.num_large_crops = syn.n_img * sum(slots)

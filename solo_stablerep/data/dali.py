@@ -21,13 +21,7 @@ from nvidia.dali import pipeline_def
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from solo_stablerep.data.config import DataConfig, order_views
-from solo_stablerep.data.readers import (
-    Reader,
-    Slot,
-    checked_encoded_image,
-    decode_rgb,
-    first_line,
-)
+from solo_stablerep.data.readers import Reader, Slot, checked_encoded_image, decode_rgb, first_line
 from solo_stablerep.errors import InputError
 
 # batches a source keeps a note of: DALI decodes up to its prefetch queue (2) + 1 behind the source
@@ -187,11 +181,8 @@ class DALIDataModule(pl.LightningDataModule):
         if data.dali_device not in ("gpu", "cpu"):
             raise InputError(f"dali.device={data.dali_device}: choose gpu or cpu")
         self.reader, self.data, self.transform = reader, data, transform
+        self.skipped = reader.skipped
         self.tokenizer = None
-
-    @property
-    def skipped(self):
-        return self.reader.skipped
 
     def with_caption_tokens(self, tokenizer: Callable) -> DALIDataModule:
         """Appends each item's caption tokens to the batches (StableRep++), before building."""

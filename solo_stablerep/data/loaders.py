@@ -23,9 +23,10 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
-from solo_stablerep.data.config import DataConfig, check_batch_size, open_reader, order_views
+from solo_stablerep.data.config import DataConfig, open_reader, order_views
 from solo_stablerep.data.readers import Item, Reader, SkipCounter, Slot, decode_rgb
 from solo_stablerep.data.transforms import build_image_transform
+from solo_stablerep.errors import SyntheticDataError
 
 
 def dist_info() -> tuple[int, int]:
@@ -46,14 +47,10 @@ class MultiViewStream(IterableDataset):
         image_transform: Callable,
         tokenizer: Callable | None = None,
     ):
-        self.reader, self.data = reader, data
+        self.reader, self.data, self.skipped = reader, data, reader.skipped
         self.image_transform = image_transform
         self.tokenizer = tokenizer
         self.rank, self.world_size, self.epoch = 0, 1, 0
-
-    @property
-    def skipped(self) -> SkipCounter:
-        return self.reader.skipped
 
     def __len__(self) -> int:
         return self.reader.batches_per_epoch(self.world_size, self.data.batch_size)
@@ -89,6 +86,7 @@ class MultiViewLoader(DataLoader):
     def __init__(self, stream: MultiViewStream, num_workers: int):
         super().__init__(stream, batch_size=None, num_workers=num_workers, pin_memory=True)
         self._epoch = 0
+        self.skipped = stream.skipped
         # Lightning tells a loader its epoch through its sampler's set_epoch (after a resume too)
         self.sampler.set_epoch = self.set_epoch
         # Lightning warns, when fit starts, that an IterableDataset's len may count duplicates
@@ -100,10 +98,6 @@ class MultiViewLoader(DataLoader):
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch = epoch
-
-    @property
-    def skipped(self) -> SkipCounter:
-        return self.dataset.skipped
 
     def with_caption_tokens(self, tokenizer: Callable) -> MultiViewLoader:
         """Appends each item's caption tokens to the batches (StableRep++)."""
@@ -133,7 +127,12 @@ def prepare_synthetic_train_data(cfg: omegaconf.DictConfig):
     :class:`~solo_stablerep.data.config.DataConfig`."""
     data = DataConfig.from_cfg(cfg)
     reader = open_reader(data)
-    check_batch_size(len(reader), data.batch_size, reader.source)
+    # batches drop their remainder (solo-learn's convention): a smaller set would train on nothing
+    if len(reader) < data.batch_size:
+        raise SyntheticDataError(
+            f"{reader.source}: {len(reader)} captions, fewer than "
+            f"optimizer.batch_size={data.batch_size}"
+        )
     if data.dali:
         from solo_stablerep.data.dali import DALIDataModule
 

@@ -1,13 +1,6 @@
-"""The reader protocol: how every loader reads the items of the synthetic data set, whatever its
-layout. An *item* is one caption with its m images.
-
-- :class:`CaptionReader`: the manifest and authors' CSV layouts, through their caption index; each
-  rank takes its share of one shuffle of all captions (``DistributedSampler``'s rule).
-- :class:`ShardReader`: tar shards, read through their tar indexes; the tars are dealt out to the
-  (rank, worker) pairs in a new order every epoch, each pair streaming its tars through a shuffle
-  buffer of ``data.synthetic.shuffle_buffer`` samples. With tars of unequal sizes a few captions
-  are seen twice in an epoch and others wait for the next: use many more tars than ranks x workers.
-"""
+"""The reader protocol: how every loader reads the items (a caption with its m images) of the
+synthetic data set, whatever its layout: :class:`CaptionReader` (manifest, authors' CSV) or
+:class:`ShardReader` (tar shards)."""
 
 from __future__ import annotations
 
@@ -180,7 +173,8 @@ class Reader(ABC):
 
 
 class CaptionReader(Reader):
-    """The manifest and authors' CSV layouts, through their :class:`CaptionIndex`."""
+    """The manifest and authors' CSV layouts, through their :class:`CaptionIndex`; each rank takes
+    its share of one shuffle of all captions (``DistributedSampler``'s rule)."""
 
     error = SyntheticDataError
 
@@ -277,7 +271,12 @@ class ShardReader(Reader):
     through each tar's summary (:func:`~solo_stablerep.data.shards.tar_summaries`), so that a
     missing or truncated tar, a sample lacking images or holding fewer than ``n_img``, and tars of
     two generation runs are one line before training. With ``skip_corrupt``, tars whose index or
-    first sample is unusable are left out (warned)."""
+    first sample is unusable are left out (warned).
+
+    The tars are dealt out to the (rank, worker) pairs in a new order every epoch, each pair
+    streaming its tars through a shuffle buffer of ``shuffle_buffer`` samples. With tars of unequal
+    sizes a few captions are seen twice in an epoch and others wait for the next: use many more
+    tars than ranks x workers."""
 
     error = ShardDataError
 
@@ -306,11 +305,7 @@ class ShardReader(Reader):
                 f"{self.source}: none of its {len(tars)} tars is usable "
                 f"(first: {left_out[0]}, see the warnings above)"
             )
-        kept = [
-            (tar, summary)
-            for tar, summary in zip(tars, summaries, strict=True)
-            if summary is not None
-        ]
+        kept = [(tar, s) for tar, s in zip(tars, summaries, strict=True) if s is not None]
         for tar, summary in kept:
             if summary["run_id"] != self.run_id:
                 raise ShardDataError(
