@@ -167,12 +167,9 @@ def add_and_assert_synthetic_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictCon
         raise SyntheticDataError(
             f"data.synthetic.downsample.prob={syn.downsample.prob}: must be in [0, 1]"
         )
-    if not syn.downsample.sizes or not all(
-        isinstance(s, int) and s > 0 for s in syn.downsample.sizes
-    ):
-        raise SyntheticDataError(
-            f"data.synthetic.downsample.sizes={list(syn.downsample.sizes)}: need positive integers"
-        )
+    sizes = list(syn.downsample.sizes)
+    if not sizes or not all(isinstance(s, int) and s > 0 for s in sizes):
+        raise SyntheticDataError(f"data.synthetic.downsample.sizes={sizes}: need positive integers")
     if cfg.data.format not in ("image_folder", "dali"):
         raise SyntheticDataError(
             f"data.format={cfg.data.format}: synthetic data supports image_folder or dali"

@@ -280,12 +280,6 @@ class CaptionIndex:
                 f"({what} is not UTF-8); delete it: it is rebuilt at the next open"
             ) from None
 
-    def caption_id(self, i: int) -> str:
-        return self.caption_ids[i]
-
-    def caption(self, i: int) -> str:
-        return self.captions[i]
-
     def num_images(self, i: int) -> int:
         return len(self.roots) if self._root_per_image else int(self._arrays["num_images"][i])
 
@@ -293,7 +287,7 @@ class CaptionIndex:
         """Path of image ``k`` of caption ``i``, relative to its root."""
         code = int(self._arrays["ext_codes"][i])
         if code != _CUSTOM_PATHS:
-            return f"{image_stem(self.caption_id(i))}_{image_component(k, self._extensions[code])}"
+            return f"{image_stem(self.caption_ids[i])}_{image_component(k, self._extensions[code])}"
         j = int(self._arrays["path_starts"][i]) + (0 if self._root_per_image else k)
         return self._text("path", j)
 
@@ -312,7 +306,7 @@ class CaptionIndex:
         if len(too_few):
             i = int(too_few[0])  # the first, as a reader going through the file would report
             raise SyntheticDataError(
-                f"{self.source}: caption {self.caption_id(i)} has {self.num_images(i)} images, "
+                f"{self.source}: caption {self.caption_ids[i]} has {self.num_images(i)} images, "
                 f"fewer than data.synthetic.n_img={n_img}"
             )
 

@@ -43,8 +43,6 @@ _HEADER_KEYS = {"format", "version", "num_captions", "class_names", "generator"}
 _RECORD_KEYS = {"caption_id", "caption", "label", "images"}
 # relative paths whose every part starts with neither "." nor "/": valid without further checks
 _PLAIN_RELATIVE = re.compile(r"(?![A-Za-z]:)[^/\\.][^/\\]*(?:/[^/\\.][^/\\]*)*\Z")
-
-
 CAPTION_ID = re.compile(r"^[A-Za-z0-9_-]+$")  # a caption id names files and tar members
 
 

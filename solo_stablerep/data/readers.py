@@ -216,11 +216,11 @@ class CaptionReader(Reader):
         return Item(
             i,
             int(index.labels[i]),
-            lambda: index.caption(i),
+            lambda: index.captions[i],
             index.num_images(i),
             lambda k: index.image_path(i, k).read_bytes(),
-            lambda k: f"{index.image_path(i, k)} (caption {index.caption_id(i)})",
-            f"caption {index.caption_id(i)}",
+            lambda k: f"{index.image_path(i, k)} (caption {index.caption_ids[i]})",
+            f"caption {index.caption_ids[i]}",
         )
 
     def nothing_usable(self, slot: Slot) -> InputError:
@@ -288,11 +288,9 @@ class ShardReader(Reader):
         header = read_header(folder)
         self.run_id, self.image_ext = header["run_id"], header["image_ext"]
         self.class_names = header["class_names"]
-        left_out = []
 
         def leave_out(tar: Path, error: str) -> None:
             log.warning("%s: skipped (data.synthetic.skip_corrupt=True)", error)
-            left_out.append(tar)
 
         try:
             summaries = tar_summaries(tars, self.image_ext, leave_out if skip_corrupt else None)
@@ -300,12 +298,12 @@ class ShardReader(Reader):
             raise ShardDataError(
                 f"{e}; or set data.synthetic.skip_corrupt=True to leave such tars out"
             ) from None
-        if len(left_out) == len(tars):
+        kept = [(tar, s) for tar, s in zip(tars, summaries, strict=True) if s is not None]
+        if not kept:
             raise ShardDataError(
                 f"{self.source}: none of its {len(tars)} tars is usable "
-                f"(first: {left_out[0]}, see the warnings above)"
+                f"(first: {tars[0]}, see the warnings above)"
             )
-        kept = [(tar, s) for tar, s in zip(tars, summaries, strict=True) if s is not None]
         for tar, summary in kept:
             if summary["run_id"] != self.run_id:
                 raise ShardDataError(
@@ -318,7 +316,8 @@ class ShardReader(Reader):
             (s["fewest"][0], i, t, s["fewest"][1]) for i, (t, s) in enumerate(kept)
         )
         self.fewest_images = (count, tar, key)
-        if Path(train_path).is_dir() and not left_out and len(self) != header["num_captions"]:
+        all_kept = len(kept) == len(tars)
+        if Path(train_path).is_dir() and all_kept and len(self) != header["num_captions"]:
             raise ShardDataError(self._count_mismatch(folder, header["num_captions"], kept))
         super().__init__(n_img, skip_corrupt)
 
@@ -378,10 +377,8 @@ class ShardReader(Reader):
                 if read == 0:  # every tar skipped: another pass would find nothing either
                     raise self.nothing_usable(slot)
 
-        seed = np.random.default_rng([slot.seed, slot.epoch, slot.rank, slot.worker]).integers(
-            2**63
-        )
-        return shuffled(passes(), self.shuffle_buffer, random.Random(int(seed)))
+        rng = np.random.default_rng([slot.seed, slot.epoch, slot.rank, slot.worker])
+        return shuffled(passes(), self.shuffle_buffer, random.Random(int(rng.integers(2**63))))
 
     def open(self, sample) -> Item:
         tar = sample["__url__"]

@@ -36,7 +36,7 @@ from solo_stablerep.data.manifest import image_component
 from solo_stablerep.errors import ShardFormatError
 from solo_stablerep.storage import (
     Progress,
-    atomic_output,
+    atomic_write_bytes,
     derived_file_paths,
     exclusive_lock,
     remove_stale_temps,
@@ -289,13 +289,9 @@ def _folder_summaries(
                 present = set(os.listdir(folder))
                 entries = {n: e for n, e in sorted({**known, **current}.items()) if n in present}
                 summary = dict(SUMMARY_FORMAT, image_ext=image_ext, tars=entries)
-
-                def write(path: Path) -> None:
-                    with atomic_output(path, "w", encoding="utf-8") as f:
-                        json.dump(summary, f, separators=(",", ":"))
-
+                data = json.dumps(summary, separators=(",", ":")).encode()
                 try:
-                    write_first_writable(candidates, write)
+                    write_first_writable(candidates, lambda path: atomic_write_bytes(path, data))
                 except OSError as error:  # the summary saves time only: the tars were checked
                     log.warning(
                         "%s: cannot save its shard summary beside it or in the cache (%s); the "
