@@ -31,10 +31,8 @@ DEFAULTS = {
 
 
 def large_crop_slots(augmentations) -> list[bool]:
-    """For each crop one image yields (in ``cfg.augmentations`` order), whether it is a large crop.
-
-    Same rule as solo-learn's ``parse_cfg``: large = crop_size equal to the first pipeline's.
-    """
+    """For each crop one image yields (``cfg.augmentations`` order), whether it is large: as in
+    solo-learn's ``parse_cfg``, its crop_size equals the first pipeline's."""
     big_size = augmentations[0].crop_size
     return [aug.crop_size == big_size for aug in augmentations for _ in range(aug.num_crops)]
 

@@ -5,8 +5,7 @@ PyTorch loader's stream of items, without DataLoader workers), checks each image
 a corrupt one is named, or skipped with ``skip_corrupt``) and feeds one batch of n_img x captions
 encoded images, image-major, to ``fn.external_source``; DALI decodes them (``mixed`` on GPU) and
 applies solo-learn's DALI augmentations in one chain of operators. (``fn.readers.webdataset``
-yields one sample per caption: n chains of batch B, 0.86x the items per second on CPU.)
-"""
+yields one sample per caption: n chains of batch B, 0.86x the items per second on CPU.)"""
 
 from __future__ import annotations
 
@@ -35,8 +34,7 @@ class BatchSource:
     of this rank's ``batches_per_epoch`` batches.
 
     With ``keep_captions`` it remembers the caption of each index it has handed to DALI until
-    :meth:`caption_of` is asked for it (StableRep++'s tokens; DALI runs ahead of the iterator).
-    """
+    :meth:`caption_of` is asked for it (StableRep++'s tokens; DALI runs ahead of the iterator)."""
 
     def __init__(
         self, reader: Reader, data: DataConfig, rank=0, world_size=1, keep_captions=False, epoch=0

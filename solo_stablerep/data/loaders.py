@@ -7,8 +7,7 @@ through solo-learn's augmentations; views are ordered as solo-learn's ``BaseMeth
 caption tokens for methods that need captions). The stream deals the data out itself, so that
 every layout behaves alike under DDP: each rank yields ``reader.batches_per_epoch`` batches an
 epoch (the same number on every rank), all views of a caption on one rank, its workers taking
-turns.
-"""
+turns."""
 
 from __future__ import annotations
 
@@ -120,11 +119,9 @@ class MultiViewLoader(DataLoader):
 
 
 def prepare_synthetic_train_data(cfg: omegaconf.DictConfig):
-    """Training data of a cfg that went through ``add_and_assert_synthetic_cfg``: a
-    :class:`MultiViewLoader` (``data.format: image_folder``) or a
-    :class:`~solo_stablerep.data.dali.DALIDataModule` (``data.format: dali``), over the reader of
-    ``data.synthetic.layout``. Cfg keys read: see
-    :class:`~solo_stablerep.data.config.DataConfig`."""
+    """Training data of a cfg checked by ``add_and_assert_synthetic_cfg``: a
+    :class:`MultiViewLoader` (``data.format: image_folder``) or a :class:`.dali.DALIDataModule`
+    (``dali``), over the reader of ``data.synthetic.layout``; cfg keys: see ``DataConfig``."""
     data = DataConfig.from_cfg(cfg)
     reader = open_reader(data)
     # batches drop their remainder (solo-learn's convention): a smaller set would train on nothing
@@ -165,8 +162,7 @@ class SkippedImagesLogger(Callback):
 
 
 def synthetic_callbacks(cfg: omegaconf.DictConfig, train_data) -> list[Callback]:
-    """Callbacks the synthetic training data needs: :class:`SkippedImagesLogger` with
-    ``skip_corrupt``."""
+    """The synthetic training data's callbacks: :class:`SkippedImagesLogger` with skip_corrupt."""
     if cfg.data.dataset != "synthetic" or not cfg.data.synthetic.skip_corrupt:
         return []
     return [SkippedImagesLogger(train_data.skipped)]

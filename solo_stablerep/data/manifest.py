@@ -60,8 +60,7 @@ def image_component(k: int, ext: str) -> str:
 
 
 def image_relpath(caption_id: str, k: int, ext: str) -> str:
-    """Where the writers place image ``k`` of a caption:
-    ``images/<id[0:2]>/<id[2:4]>/<id>_<k:02d>.<ext>``."""
+    """Where the writers place image ``k`` of a caption: ``<image_stem>_<image_component>``."""
     if not CAPTION_ID.match(caption_id):
         raise ManifestError(f"caption_id {caption_id!r}: use only letters, digits, '_' or '-'")
     return f"{image_stem(caption_id)}_{image_component(k, ext)}"
@@ -99,9 +98,8 @@ def check_relative_path(path: str, where: str) -> str:
 
 
 def rule_extension(caption_id: str, images: list[str]) -> str | None:
-    """The extension ``ext`` if ``images`` is exactly
-    ``[image_relpath(caption_id, k, ext) for k ...]`` (the writers' rule, so the paths can be
-    derived from the id and need not be stored), else None."""
+    """The extension ``ext`` if ``images`` is exactly ``[image_relpath(caption_id, k, ext) ...]``
+    (the writers' rule: the paths are derived from the id, not stored), else None."""
     first = images[0] if images else None
     if not isinstance(first, str):
         return None
@@ -298,8 +296,8 @@ def write_manifest(
 ) -> Path:
     """Validates ``records`` and writes ``root/manifest.jsonl`` atomically; returns its path. With
     ``num_captions`` given, ``records`` is streamed (16 B per id kept) and must yield that many;
-    ``on_record(record, rule extension)`` sees each validated record (the caption index builder).
-    """
+    ``on_record(record, rule extension)`` sees each validated record (the caption index
+    builder)."""
     root = Path(root)
     path = root / MANIFEST_NAME
     if num_captions is None:
