@@ -157,12 +157,8 @@ class MultiViewDALIIterator(DALIGenericIterator):
             [batch[f"crop{j}"][k * b : (k + 1) * b] for j in range(len(self.large_slots))]
             for k in range(self.n_img)
         ]
-        indexes = batch["index"][:b].flatten().long()
-        out = [
-            indexes,
-            order_views(per_image_crops, self.large_slots),
-            batch["label"][:b].flatten().long(),
-        ]
+        indexes, labels = (batch[name][:b].flatten().long() for name in ("index", "label"))
+        out = [indexes, order_views(per_image_crops, self.large_slots), labels]
         if self.tokenizer is not None:
             captions = [self.source.caption_of(i) for i in indexes.tolist()]
             out.append(self.tokenizer(captions).to(indexes.device))

@@ -142,16 +142,14 @@ class Reader(ABC):
         for k in rng.permutation(item.num_images).tolist():
             try:
                 images.append(decode(item.read(k)))
+                if len(images) == self.n_img:
+                    return item, images
             except FileNotFoundError:  # a file of the manifest or CSV: the layout is wrong
                 raise self.error(f"{item.where(k)}: image file missing") from None
             except ShardFormatError as e:  # already names tar and sample
                 self.corrupt(str(e))
-                continue
             except Exception as e:  # any failure to decode: the decoders raise many types
                 self.corrupt(f"{item.where(k)}: corrupt image ({first_line(e)})")
-                continue
-            if len(images) == self.n_img:
-                return item, images
         return self.corrupt(
             f"{item.name}: only {len(images)} readable images, "
             f"fewer than data.synthetic.n_img={self.n_img}"
