@@ -403,7 +403,6 @@ def _build_from_manifest(source: Path, builder: _IndexBuilder) -> list[str] | No
 
 def _build_from_csv(source: Path, csv_header: bool, builder: _IndexBuilder) -> None:
     progress = Progress(source, None)
-    reader = None
     try:
         with open(source, newline="", encoding="utf-8") as f, unlimited_csv_fields():
             reader = csv.reader(f)
@@ -423,8 +422,8 @@ def _build_from_csv(source: Path, csv_header: bool, builder: _IndexBuilder) -> N
                 builder.add(CaptionRecord(str(row_no + 1), row[1], None, [path]), None)
                 if row_no % 65536 == 0:
                     progress(row_no)
-    except UnicodeDecodeError:
-        line = reader.line_num + 1 if reader is not None else 1
+    except UnicodeDecodeError:  # raised by a read of the rows: reader is set
+        line = reader.line_num + 1
         raise ManifestError(
             f"{source}:{line}: not valid UTF-8 (near this line); save the CSV as UTF-8"
         ) from None

@@ -37,18 +37,13 @@ def dist_info() -> tuple[int, int]:
 class MultiViewStream(IterableDataset):
     """Batches of one (rank, DataLoader worker) pair, ``rank``, ``world_size`` and ``epoch`` set by
     :class:`MultiViewLoader` before each epoch; ``image_transform``: PIL image -> its crops
-    (solo-learn's ``FullTransformPipeline``), ``tokenizer``: caption -> token ids."""
+    (solo-learn's ``FullTransformPipeline``); ``tokenizer`` (caption -> token ids): see
+    :meth:`MultiViewLoader.with_caption_tokens`."""
 
-    def __init__(
-        self,
-        reader: Reader,
-        data: DataConfig,
-        image_transform: Callable,
-        tokenizer: Callable | None = None,
-    ):
+    def __init__(self, reader: Reader, data: DataConfig, image_transform: Callable):
         self.reader, self.data, self.skipped = reader, data, reader.skipped
         self.image_transform = image_transform
-        self.tokenizer = tokenizer
+        self.tokenizer: Callable | None = None
         self.rank, self.world_size, self.epoch = 0, 1, 0
 
     def __len__(self) -> int:
@@ -89,8 +84,7 @@ class MultiViewLoader(DataLoader):
         # Lightning tells a loader its epoch through its sampler's set_epoch (after a resume too)
         self.sampler.set_epoch = self.set_epoch
         # Lightning warns, when fit starts, that an IterableDataset's len may count duplicates
-        # across workers; here each worker makes its own share of the batches, so len is exact
-        # (tested under DDP)
+        # across workers: each worker here makes its own share of the batches (len is DDP-tested)
         warnings.filterwarnings(
             "ignore", message="Your `IterableDataset` has `__len__` defined", category=UserWarning
         )
@@ -110,8 +104,7 @@ class MultiViewLoader(DataLoader):
 
     def __iter__(self):
         # a generator: Lightning creates the first epoch's iterator before it sets that epoch (the
-        # restored one after a resume), so the epoch is read, and the workers start, at its first
-        # batch
+        # restored one after a resume), so the epoch is read, and workers start, at the first batch
         self.dataset.rank, self.dataset.world_size = dist_info()
         self.dataset.epoch = self._epoch
         self._epoch += 1
