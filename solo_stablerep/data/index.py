@@ -233,8 +233,7 @@ class CaptionIndex:
         self.class_names = self._header["class_names"]
         self._extensions = self._header["extensions"]
         self.labels = self._arrays["labels"]
-        self.caption_ids = _Column(self, "id")
-        self.captions = _Column(self, "text")
+        self.caption_ids, self.captions = _Column(self, "id"), _Column(self, "text")
 
     def __getstate__(self):
         return self._state

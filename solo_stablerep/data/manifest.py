@@ -128,8 +128,7 @@ def _check_header(header: Any, where: str) -> dict:
             f"{where}: unknown version {header.get('version')!r} "
             f"(this reader knows {FORMAT_VERSION})"
         )
-    missing = _HEADER_KEYS - header.keys()
-    if missing:
+    if missing := _HEADER_KEYS - header.keys():
         raise ManifestError(f"{where}: header lacks {sorted(missing)}")
     num = header["num_captions"]
     if not isinstance(num, int) or isinstance(num, bool) or num < 0:
@@ -324,8 +323,7 @@ def write_manifest(
             if on_record is not None:
                 on_record(record, ext)
             f.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        repeat = ids.first_repeat()
-        if repeat is not None:
+        if (repeat := ids.first_repeat()) is not None:
             raise ManifestError(
                 f"{path}: record {repeat[1]}: caption_id {ids[repeat[1]]!r} repeats"
             )
