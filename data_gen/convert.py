@@ -86,8 +86,8 @@ def open_source(
         for i in range(len(index)):
             label = int(index.labels[i])
             yield SourceCaption(
-                index.caption_id(i),
-                index.caption(i),
+                index.caption_ids[i],
+                index.captions[i],
                 None if label < 0 else label,
                 [index.image_path(i, k) for k in range(index.num_images(i))],
             )

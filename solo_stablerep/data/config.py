@@ -31,10 +31,8 @@ DEFAULTS = {
 
 
 def large_crop_slots(augmentations) -> list[bool]:
-    """For each crop one image yields (in ``cfg.augmentations`` order), whether it is a large crop.
-
-    Same rule as solo-learn's ``parse_cfg``: large = crop_size equal to the first pipeline's.
-    """
+    """For each crop one image yields (``cfg.augmentations`` order), whether it is large: as in
+    solo-learn's ``parse_cfg``, its crop_size equals the first pipeline's."""
     big_size = augmentations[0].crop_size
     return [aug.crop_size == big_size for aug in augmentations for _ in range(aug.num_crops)]
 
@@ -117,26 +115,6 @@ def open_reader(data: DataConfig | omegaconf.DictConfig) -> Reader:
     return CaptionReader(index, data.n_img, data.skip_corrupt)
 
 
-def check_batch_size(num_captions: int, batch_size: int, source: str) -> None:
-    # batches drop their remainder (solo-learn's convention): a smaller set would train on nothing
-    if num_captions < batch_size:
-        raise SyntheticDataError(
-            f"{source}: {num_captions} captions, fewer than optimizer.batch_size={batch_size}"
-        )
-
-
-def _check_val_classes(val_path: str | Path, class_names: list[str], source: str) -> None:
-    """solo-learn validates on an ImageFolder, whose class index = position in sorted folders."""
-    if not Path(val_path).is_dir():
-        raise SyntheticDataError(f"data.val_path={val_path}: folder not found")
-    folders = sorted(e.name for e in os.scandir(val_path) if e.is_dir())
-    if folders != list(class_names):
-        raise SyntheticDataError(
-            f"data.val_path={val_path}: class folders {folders[:5]}... differ from class_names "
-            f"{list(class_names)[:5]}... of {source} (same names, sorted, are needed)"
-        )
-
-
 def add_and_assert_synthetic_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictConfig:
     """Adds defaults and checks for the synthetic data set; call after solo-learn's ``parse_cfg``.
 
@@ -187,12 +165,9 @@ def add_and_assert_synthetic_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictCon
         raise SyntheticDataError(
             f"data.synthetic.downsample.prob={syn.downsample.prob}: must be in [0, 1]"
         )
-    if not syn.downsample.sizes or not all(
-        isinstance(s, int) and s > 0 for s in syn.downsample.sizes
-    ):
-        raise SyntheticDataError(
-            f"data.synthetic.downsample.sizes={list(syn.downsample.sizes)}: need positive integers"
-        )
+    sizes = list(syn.downsample.sizes)
+    if not sizes or not all(isinstance(s, int) and s > 0 for s in sizes):
+        raise SyntheticDataError(f"data.synthetic.downsample.sizes={sizes}: need positive integers")
     if cfg.data.format not in ("image_folder", "dali"):
         raise SyntheticDataError(
             f"data.format={cfg.data.format}: synthetic data supports image_folder or dali"
@@ -205,14 +180,23 @@ def add_and_assert_synthetic_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictCon
         # solo-learn's SupCon takes views with equal targets as positives: all -1 would make every
         # view of the batch a positive
         raise SyntheticDataError(f"method=supcon needs class labels, but {index.source} has none")
-    if cfg.data.val_path is not None:
+    val_path = cfg.data.val_path
+    if val_path is not None:
         if index.class_names is None:
             raise SyntheticDataError(
                 f"data.val_path is set but {index.source} has no class labels: an online "
                 "classifier trained without labels gives a meaningless accuracy; unset "
                 "data.val_path and run offline linear evaluation"
             )
-        _check_val_classes(cfg.data.val_path, index.class_names, index.source)
+        if not Path(val_path).is_dir():
+            raise SyntheticDataError(f"data.val_path={val_path}: folder not found")
+        # solo-learn validates on an ImageFolder, whose class index = position in sorted folders
+        folders = sorted(e.name for e in os.scandir(val_path) if e.is_dir())
+        if folders != index.class_names:
+            raise SyntheticDataError(
+                f"data.val_path={val_path}: class folders {folders[:5]}... differ from class_names "
+                f"{index.class_names[:5]}... of {index.source} (same names, sorted, are needed)"
+            )
 
     slots = large_crop_slots(cfg.augmentations)
     cfg.data.num_large_crops = syn.n_img * sum(slots)

@@ -5,8 +5,7 @@ PyTorch loader's stream of items, without DataLoader workers), checks each image
 a corrupt one is named, or skipped with ``skip_corrupt``) and feeds one batch of n_img x captions
 encoded images, image-major, to ``fn.external_source``; DALI decodes them (``mixed`` on GPU) and
 applies solo-learn's DALI augmentations in one chain of operators. (``fn.readers.webdataset``
-yields one sample per caption: n chains of batch B, 0.86x the items per second on CPU.)
-"""
+yields one sample per caption: n chains of batch B, 0.86x the items per second on CPU.)"""
 
 from __future__ import annotations
 
@@ -21,13 +20,7 @@ from nvidia.dali import pipeline_def
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from solo_stablerep.data.config import DataConfig, order_views
-from solo_stablerep.data.readers import (
-    Reader,
-    Slot,
-    checked_encoded_image,
-    decode_rgb,
-    first_line,
-)
+from solo_stablerep.data.readers import Reader, Slot, checked_encoded_image, decode_rgb, first_line
 from solo_stablerep.errors import InputError
 
 # batches a source keeps a note of: DALI decodes up to its prefetch queue (2) + 1 behind the source
@@ -41,8 +34,7 @@ class BatchSource:
     of this rank's ``batches_per_epoch`` batches.
 
     With ``keep_captions`` it remembers the caption of each index it has handed to DALI until
-    :meth:`caption_of` is asked for it (StableRep++'s tokens; DALI runs ahead of the iterator).
-    """
+    :meth:`caption_of` is asked for it (StableRep++'s tokens; DALI runs ahead of the iterator)."""
 
     def __init__(
         self, reader: Reader, data: DataConfig, rank=0, world_size=1, keep_captions=False, epoch=0
@@ -165,12 +157,8 @@ class MultiViewDALIIterator(DALIGenericIterator):
             [batch[f"crop{j}"][k * b : (k + 1) * b] for j in range(len(self.large_slots))]
             for k in range(self.n_img)
         ]
-        indexes = batch["index"][:b].flatten().long()
-        out = [
-            indexes,
-            order_views(per_image_crops, self.large_slots),
-            batch["label"][:b].flatten().long(),
-        ]
+        indexes, labels = (batch[name][:b].flatten().long() for name in ("index", "label"))
+        out = [indexes, order_views(per_image_crops, self.large_slots), labels]
         if self.tokenizer is not None:
             captions = [self.source.caption_of(i) for i in indexes.tolist()]
             out.append(self.tokenizer(captions).to(indexes.device))
@@ -187,11 +175,8 @@ class DALIDataModule(pl.LightningDataModule):
         if data.dali_device not in ("gpu", "cpu"):
             raise InputError(f"dali.device={data.dali_device}: choose gpu or cpu")
         self.reader, self.data, self.transform = reader, data, transform
+        self.skipped = reader.skipped
         self.tokenizer = None
-
-    @property
-    def skipped(self):
-        return self.reader.skipped
 
     def with_caption_tokens(self, tokenizer: Callable) -> DALIDataModule:
         """Appends each item's caption tokens to the batches (StableRep++), before building."""

@@ -233,8 +233,7 @@ class CaptionIndex:
         self.class_names = self._header["class_names"]
         self._extensions = self._header["extensions"]
         self.labels = self._arrays["labels"]
-        self.caption_ids = _Column(self, "id")
-        self.captions = _Column(self, "text")
+        self.caption_ids, self.captions = _Column(self, "id"), _Column(self, "text")
 
     def __getstate__(self):
         return self._state
@@ -280,12 +279,6 @@ class CaptionIndex:
                 f"({what} is not UTF-8); delete it: it is rebuilt at the next open"
             ) from None
 
-    def caption_id(self, i: int) -> str:
-        return self.caption_ids[i]
-
-    def caption(self, i: int) -> str:
-        return self.captions[i]
-
     def num_images(self, i: int) -> int:
         return len(self.roots) if self._root_per_image else int(self._arrays["num_images"][i])
 
@@ -293,7 +286,7 @@ class CaptionIndex:
         """Path of image ``k`` of caption ``i``, relative to its root."""
         code = int(self._arrays["ext_codes"][i])
         if code != _CUSTOM_PATHS:
-            return f"{image_stem(self.caption_id(i))}_{image_component(k, self._extensions[code])}"
+            return f"{image_stem(self.caption_ids[i])}_{image_component(k, self._extensions[code])}"
         j = int(self._arrays["path_starts"][i]) + (0 if self._root_per_image else k)
         return self._text("path", j)
 
@@ -312,7 +305,7 @@ class CaptionIndex:
         if len(too_few):
             i = int(too_few[0])  # the first, as a reader going through the file would report
             raise SyntheticDataError(
-                f"{self.source}: caption {self.caption_id(i)} has {self.num_images(i)} images, "
+                f"{self.source}: caption {self.caption_ids[i]} has {self.num_images(i)} images, "
                 f"fewer than data.synthetic.n_img={n_img}"
             )
 
@@ -409,7 +402,6 @@ def _build_from_manifest(source: Path, builder: _IndexBuilder) -> list[str] | No
 
 def _build_from_csv(source: Path, csv_header: bool, builder: _IndexBuilder) -> None:
     progress = Progress(source, None)
-    reader = None
     try:
         with open(source, newline="", encoding="utf-8") as f, unlimited_csv_fields():
             reader = csv.reader(f)
@@ -429,8 +421,8 @@ def _build_from_csv(source: Path, csv_header: bool, builder: _IndexBuilder) -> N
                 builder.add(CaptionRecord(str(row_no + 1), row[1], None, [path]), None)
                 if row_no % 65536 == 0:
                     progress(row_no)
-    except UnicodeDecodeError:
-        line = reader.line_num + 1 if reader is not None else 1
+    except UnicodeDecodeError:  # raised by a read of the rows: reader is set
+        line = reader.line_num + 1
         raise ManifestError(
             f"{source}:{line}: not valid UTF-8 (near this line); save the CSV as UTF-8"
         ) from None

@@ -7,8 +7,7 @@ through solo-learn's augmentations; views are ordered as solo-learn's ``BaseMeth
 caption tokens for methods that need captions). The stream deals the data out itself, so that
 every layout behaves alike under DDP: each rank yields ``reader.batches_per_epoch`` batches an
 epoch (the same number on every rank), all views of a caption on one rank, its workers taking
-turns.
-"""
+turns."""
 
 from __future__ import annotations
 
@@ -23,9 +22,10 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
-from solo_stablerep.data.config import DataConfig, check_batch_size, open_reader, order_views
+from solo_stablerep.data.config import DataConfig, open_reader, order_views
 from solo_stablerep.data.readers import Item, Reader, SkipCounter, Slot, decode_rgb
 from solo_stablerep.data.transforms import build_image_transform
+from solo_stablerep.errors import SyntheticDataError
 
 
 def dist_info() -> tuple[int, int]:
@@ -37,23 +37,14 @@ def dist_info() -> tuple[int, int]:
 class MultiViewStream(IterableDataset):
     """Batches of one (rank, DataLoader worker) pair, ``rank``, ``world_size`` and ``epoch`` set by
     :class:`MultiViewLoader` before each epoch; ``image_transform``: PIL image -> its crops
-    (solo-learn's ``FullTransformPipeline``), ``tokenizer``: caption -> token ids."""
+    (solo-learn's ``FullTransformPipeline``); ``tokenizer`` (caption -> token ids): see
+    :meth:`MultiViewLoader.with_caption_tokens`."""
 
-    def __init__(
-        self,
-        reader: Reader,
-        data: DataConfig,
-        image_transform: Callable,
-        tokenizer: Callable | None = None,
-    ):
-        self.reader, self.data = reader, data
+    def __init__(self, reader: Reader, data: DataConfig, image_transform: Callable):
+        self.reader, self.data, self.skipped = reader, data, reader.skipped
         self.image_transform = image_transform
-        self.tokenizer = tokenizer
+        self.tokenizer: Callable | None = None
         self.rank, self.world_size, self.epoch = 0, 1, 0
-
-    @property
-    def skipped(self) -> SkipCounter:
-        return self.reader.skipped
 
     def __len__(self) -> int:
         return self.reader.batches_per_epoch(self.world_size, self.data.batch_size)
@@ -89,21 +80,17 @@ class MultiViewLoader(DataLoader):
     def __init__(self, stream: MultiViewStream, num_workers: int):
         super().__init__(stream, batch_size=None, num_workers=num_workers, pin_memory=True)
         self._epoch = 0
+        self.skipped = stream.skipped
         # Lightning tells a loader its epoch through its sampler's set_epoch (after a resume too)
         self.sampler.set_epoch = self.set_epoch
         # Lightning warns, when fit starts, that an IterableDataset's len may count duplicates
-        # across workers; here each worker makes its own share of the batches, so len is exact
-        # (tested under DDP)
+        # across workers: each worker here makes its own share of the batches (len is DDP-tested)
         warnings.filterwarnings(
             "ignore", message="Your `IterableDataset` has `__len__` defined", category=UserWarning
         )
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch = epoch
-
-    @property
-    def skipped(self) -> SkipCounter:
-        return self.dataset.skipped
 
     def with_caption_tokens(self, tokenizer: Callable) -> MultiViewLoader:
         """Appends each item's caption tokens to the batches (StableRep++)."""
@@ -117,8 +104,7 @@ class MultiViewLoader(DataLoader):
 
     def __iter__(self):
         # a generator: Lightning creates the first epoch's iterator before it sets that epoch (the
-        # restored one after a resume), so the epoch is read, and the workers start, at its first
-        # batch
+        # restored one after a resume), so the epoch is read, and workers start, at the first batch
         self.dataset.rank, self.dataset.world_size = dist_info()
         self.dataset.epoch = self._epoch
         self._epoch += 1
@@ -126,14 +112,17 @@ class MultiViewLoader(DataLoader):
 
 
 def prepare_synthetic_train_data(cfg: omegaconf.DictConfig):
-    """Training data of a cfg that went through ``add_and_assert_synthetic_cfg``: a
-    :class:`MultiViewLoader` (``data.format: image_folder``) or a
-    :class:`~solo_stablerep.data.dali.DALIDataModule` (``data.format: dali``), over the reader of
-    ``data.synthetic.layout``. Cfg keys read: see
-    :class:`~solo_stablerep.data.config.DataConfig`."""
+    """Training data of a cfg checked by ``add_and_assert_synthetic_cfg``: a
+    :class:`MultiViewLoader` (``data.format: image_folder``) or a :class:`.dali.DALIDataModule`
+    (``dali``), over the reader of ``data.synthetic.layout``; cfg keys: see ``DataConfig``."""
     data = DataConfig.from_cfg(cfg)
     reader = open_reader(data)
-    check_batch_size(len(reader), data.batch_size, reader.source)
+    # batches drop their remainder (solo-learn's convention): a smaller set would train on nothing
+    if len(reader) < data.batch_size:
+        raise SyntheticDataError(
+            f"{reader.source}: {len(reader)} captions, fewer than "
+            f"optimizer.batch_size={data.batch_size}"
+        )
     if data.dali:
         from solo_stablerep.data.dali import DALIDataModule
 
@@ -166,8 +155,7 @@ class SkippedImagesLogger(Callback):
 
 
 def synthetic_callbacks(cfg: omegaconf.DictConfig, train_data) -> list[Callback]:
-    """Callbacks the synthetic training data needs: :class:`SkippedImagesLogger` with
-    ``skip_corrupt``."""
+    """The synthetic training data's callbacks: :class:`SkippedImagesLogger` with skip_corrupt."""
     if cfg.data.dataset != "synthetic" or not cfg.data.synthetic.skip_corrupt:
         return []
     return [SkippedImagesLogger(train_data.skipped)]

@@ -43,8 +43,6 @@ _HEADER_KEYS = {"format", "version", "num_captions", "class_names", "generator"}
 _RECORD_KEYS = {"caption_id", "caption", "label", "images"}
 # relative paths whose every part starts with neither "." nor "/": valid without further checks
 _PLAIN_RELATIVE = re.compile(r"(?![A-Za-z]:)[^/\\.][^/\\]*(?:/[^/\\.][^/\\]*)*\Z")
-
-
 CAPTION_ID = re.compile(r"^[A-Za-z0-9_-]+$")  # a caption id names files and tar members
 
 
@@ -62,8 +60,7 @@ def image_component(k: int, ext: str) -> str:
 
 
 def image_relpath(caption_id: str, k: int, ext: str) -> str:
-    """Where the writers place image ``k`` of a caption:
-    ``images/<id[0:2]>/<id[2:4]>/<id>_<k:02d>.<ext>``."""
+    """Where the writers place image ``k`` of a caption: ``<image_stem>_<image_component>``."""
     if not CAPTION_ID.match(caption_id):
         raise ManifestError(f"caption_id {caption_id!r}: use only letters, digits, '_' or '-'")
     return f"{image_stem(caption_id)}_{image_component(k, ext)}"
@@ -101,9 +98,8 @@ def check_relative_path(path: str, where: str) -> str:
 
 
 def rule_extension(caption_id: str, images: list[str]) -> str | None:
-    """The extension ``ext`` if ``images`` is exactly
-    ``[image_relpath(caption_id, k, ext) for k ...]`` (the writers' rule, so the paths can be
-    derived from the id and need not be stored), else None."""
+    """The extension ``ext`` if ``images`` is exactly ``[image_relpath(caption_id, k, ext) ...]``
+    (the writers' rule: the paths are derived from the id, not stored), else None."""
     first = images[0] if images else None
     if not isinstance(first, str):
         return None
@@ -132,8 +128,7 @@ def _check_header(header: Any, where: str) -> dict:
             f"{where}: unknown version {header.get('version')!r} "
             f"(this reader knows {FORMAT_VERSION})"
         )
-    missing = _HEADER_KEYS - header.keys()
-    if missing:
+    if missing := _HEADER_KEYS - header.keys():
         raise ManifestError(f"{where}: header lacks {sorted(missing)}")
     num = header["num_captions"]
     if not isinstance(num, int) or isinstance(num, bool) or num < 0:
@@ -300,8 +295,8 @@ def write_manifest(
 ) -> Path:
     """Validates ``records`` and writes ``root/manifest.jsonl`` atomically; returns its path. With
     ``num_captions`` given, ``records`` is streamed (16 B per id kept) and must yield that many;
-    ``on_record(record, rule extension)`` sees each validated record (the caption index builder).
-    """
+    ``on_record(record, rule extension)`` sees each validated record (the caption index
+    builder)."""
     root = Path(root)
     path = root / MANIFEST_NAME
     if num_captions is None:
@@ -328,8 +323,7 @@ def write_manifest(
             if on_record is not None:
                 on_record(record, ext)
             f.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        repeat = ids.first_repeat()
-        if repeat is not None:
+        if (repeat := ids.first_repeat()) is not None:
             raise ManifestError(
                 f"{path}: record {repeat[1]}: caption_id {ids[repeat[1]]!r} repeats"
             )

@@ -1,13 +1,6 @@
-"""The reader protocol: how every loader reads the items of the synthetic data set, whatever its
-layout. An *item* is one caption with its m images.
-
-- :class:`CaptionReader`: the manifest and authors' CSV layouts, through their caption index; each
-  rank takes its share of one shuffle of all captions (``DistributedSampler``'s rule).
-- :class:`ShardReader`: tar shards, read through their tar indexes; the tars are dealt out to the
-  (rank, worker) pairs in a new order every epoch, each pair streaming its tars through a shuffle
-  buffer of ``data.synthetic.shuffle_buffer`` samples. With tars of unequal sizes a few captions
-  are seen twice in an epoch and others wait for the next: use many more tars than ranks x workers.
-"""
+"""The reader protocol: how every loader reads the items (a caption with its m images) of the
+synthetic data set, whatever its layout: :class:`CaptionReader` (manifest, authors' CSV) or
+:class:`ShardReader` (tar shards)."""
 
 from __future__ import annotations
 
@@ -149,16 +142,14 @@ class Reader(ABC):
         for k in rng.permutation(item.num_images).tolist():
             try:
                 images.append(decode(item.read(k)))
+                if len(images) == self.n_img:
+                    return item, images
             except FileNotFoundError:  # a file of the manifest or CSV: the layout is wrong
                 raise self.error(f"{item.where(k)}: image file missing") from None
             except ShardFormatError as e:  # already names tar and sample
                 self.corrupt(str(e))
-                continue
             except Exception as e:  # any failure to decode: the decoders raise many types
                 self.corrupt(f"{item.where(k)}: corrupt image ({first_line(e)})")
-                continue
-            if len(images) == self.n_img:
-                return item, images
         return self.corrupt(
             f"{item.name}: only {len(images)} readable images, "
             f"fewer than data.synthetic.n_img={self.n_img}"
@@ -180,7 +171,8 @@ class Reader(ABC):
 
 
 class CaptionReader(Reader):
-    """The manifest and authors' CSV layouts, through their :class:`CaptionIndex`."""
+    """The manifest and authors' CSV layouts, through their :class:`CaptionIndex`; each rank takes
+    its share of one shuffle of all captions (``DistributedSampler``'s rule)."""
 
     error = SyntheticDataError
 
@@ -222,11 +214,11 @@ class CaptionReader(Reader):
         return Item(
             i,
             int(index.labels[i]),
-            lambda: index.caption(i),
+            lambda: index.captions[i],
             index.num_images(i),
             lambda k: index.image_path(i, k).read_bytes(),
-            lambda k: f"{index.image_path(i, k)} (caption {index.caption_id(i)})",
-            f"caption {index.caption_id(i)}",
+            lambda k: f"{index.image_path(i, k)} (caption {index.caption_ids[i]})",
+            f"caption {index.caption_ids[i]}",
         )
 
     def nothing_usable(self, slot: Slot) -> InputError:
@@ -277,7 +269,12 @@ class ShardReader(Reader):
     through each tar's summary (:func:`~solo_stablerep.data.shards.tar_summaries`), so that a
     missing or truncated tar, a sample lacking images or holding fewer than ``n_img``, and tars of
     two generation runs are one line before training. With ``skip_corrupt``, tars whose index or
-    first sample is unusable are left out (warned)."""
+    first sample is unusable are left out (warned).
+
+    The tars are dealt out to the (rank, worker) pairs in a new order every epoch, each pair
+    streaming its tars through a shuffle buffer of ``shuffle_buffer`` samples. With tars of unequal
+    sizes a few captions are seen twice in an epoch and others wait for the next: use many more
+    tars than ranks x workers."""
 
     error = ShardDataError
 
@@ -289,11 +286,9 @@ class ShardReader(Reader):
         header = read_header(folder)
         self.run_id, self.image_ext = header["run_id"], header["image_ext"]
         self.class_names = header["class_names"]
-        left_out = []
 
         def leave_out(tar: Path, error: str) -> None:
             log.warning("%s: skipped (data.synthetic.skip_corrupt=True)", error)
-            left_out.append(tar)
 
         try:
             summaries = tar_summaries(tars, self.image_ext, leave_out if skip_corrupt else None)
@@ -301,16 +296,12 @@ class ShardReader(Reader):
             raise ShardDataError(
                 f"{e}; or set data.synthetic.skip_corrupt=True to leave such tars out"
             ) from None
-        if len(left_out) == len(tars):
+        kept = [(tar, s) for tar, s in zip(tars, summaries, strict=True) if s is not None]
+        if not kept:
             raise ShardDataError(
                 f"{self.source}: none of its {len(tars)} tars is usable "
-                f"(first: {left_out[0]}, see the warnings above)"
+                f"(first: {tars[0]}, see the warnings above)"
             )
-        kept = [
-            (tar, summary)
-            for tar, summary in zip(tars, summaries, strict=True)
-            if summary is not None
-        ]
         for tar, summary in kept:
             if summary["run_id"] != self.run_id:
                 raise ShardDataError(
@@ -323,7 +314,8 @@ class ShardReader(Reader):
             (s["fewest"][0], i, t, s["fewest"][1]) for i, (t, s) in enumerate(kept)
         )
         self.fewest_images = (count, tar, key)
-        if Path(train_path).is_dir() and not left_out and len(self) != header["num_captions"]:
+        all_kept = len(kept) == len(tars)
+        if Path(train_path).is_dir() and all_kept and len(self) != header["num_captions"]:
             raise ShardDataError(self._count_mismatch(folder, header["num_captions"], kept))
         super().__init__(n_img, skip_corrupt)
 
@@ -383,10 +375,8 @@ class ShardReader(Reader):
                 if read == 0:  # every tar skipped: another pass would find nothing either
                     raise self.nothing_usable(slot)
 
-        seed = np.random.default_rng([slot.seed, slot.epoch, slot.rank, slot.worker]).integers(
-            2**63
-        )
-        return shuffled(passes(), self.shuffle_buffer, random.Random(int(seed)))
+        rng = np.random.default_rng([slot.seed, slot.epoch, slot.rank, slot.worker])
+        return shuffled(passes(), self.shuffle_buffer, random.Random(int(rng.integers(2**63))))
 
     def open(self, sample) -> Item:
         tar = sample["__url__"]

@@ -443,7 +443,7 @@ def test_authors_csv_with_a_long_caption_or_not_utf8(data):
     ]
     assert len(loader_batches(data, data / "ds", *authors, epochs=1)) == NUM_CAPTIONS // 4
     assert (
-        CaptionIndex.from_authors_csv(data / "ds" / "rows.csv", [data / "ds"] * 2).caption(1)
+        CaptionIndex.from_authors_csv(data / "ds" / "rows.csv", [data / "ds"] * 2).captions[1]
         == long
     )
     (data / "ds" / "rows.csv").write_bytes(

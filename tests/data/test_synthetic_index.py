@@ -173,7 +173,7 @@ def test_concurrent_first_opens_build_one_valid_index(tmp_path):
         from solo_stablerep.data.index import CaptionIndex
         time.sleep(max(0.0, {__import__("time").time() + 3} - time.time()))  # start together
         index = CaptionIndex.from_manifest(sys.argv[1])
-        print(len(index), index.caption_id(19999), index.index_path)
+        print(len(index), index.caption_ids[19999], index.index_path)
     """)
     env = dict(os.environ, PYTHONPATH=str(REPO))
     procs = [
@@ -210,7 +210,7 @@ gc.collect()
 before = private_dirty_and_rss()
 index = CaptionIndex.from_manifest(sys.argv[1])
 for i in range(len(index)):  # touch every caption: id, text, label, paths
-    index.caption(i); index.labels[i]; index.image_path(i, 1)
+    index.captions[i]; index.labels[i]; index.image_path(i, 1)
 gc.collect()
 after = private_dirty_and_rss()
 print(len(index), after[0] - before[0], after[1] - before[1])
