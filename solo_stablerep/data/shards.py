@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 FORMAT_NAME = "stablerep-webdataset"
 FORMAT_VERSION = 1
 HEADER_NAME = "webdataset.json"
+_HEADER_KEYS = {"run_id", "num_captions", "image_ext", "class_names"}  # what readers read
 TAR_INDEX_VERSION = "v1.2"
 SUMMARY_SUFFIX = ".summary"
 SUMMARY_FORMAT = {"format": "stablerep-webdataset-summary", "version": 1}
@@ -88,11 +89,15 @@ def read_header(folder: Path) -> dict:
         header = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:
         raise ShardFormatError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise ShardFormatError(f"{path}: a JSON {type(header).__name__}, not the header's object")
     if header.get("format") != FORMAT_NAME or header.get("version") != FORMAT_VERSION:
         raise ShardFormatError(
             f"{path}: format {header.get('format')!r} version {header.get('version')!r}, "
             f"expected {FORMAT_NAME!r} version {FORMAT_VERSION}"
         )
+    if missing := _HEADER_KEYS - header.keys():
+        raise ShardFormatError(f"{path}: header lacks {sorted(missing)}")
     return header
 
 

@@ -242,6 +242,32 @@ def test_shards_of_two_runs_mixed(tmp_path):
         ShardReader(str(tmp_path / "a"))
 
 
+@pytest.mark.parametrize(
+    "header, match",
+    [
+        ("[1, 2]", r"webdataset.json: a JSON list, not the header's object"),
+        ('"text"', r"webdataset.json: a JSON str, not the header's object"),
+        ("drop run_id", r"webdataset.json: header lacks \['run_id'\]"),
+    ],
+)
+def test_a_header_that_is_not_the_header_object_is_one_line(tmp_path, shards, header, match):
+    import json
+
+    from solo_stablerep.data.readers import ShardReader
+    from solo_stablerep.errors import ShardFormatError
+
+    folder, _ = shards
+    path = folder / "webdataset.json"
+    if header == "drop run_id":
+        header = json.loads(path.read_text())
+        del header["run_id"]
+        header = json.dumps(header)
+    path.write_text(header)
+    with pytest.raises(ShardFormatError, match=match) as raised:
+        ShardReader(str(folder))
+    assert "\n" not in str(raised.value)
+
+
 def test_dali_loader_names_a_corrupt_image_or_skips_it_when_asked(tmp_path):
     pytest.importorskip("nvidia.dali", reason="data.format=dali needs nvidia-dali")
     from solo_stablerep.data.loaders import prepare_synthetic_train_data
