@@ -402,9 +402,14 @@ class ShardReader(Reader):
 
         label = -1 if meta["label"] is None else meta["label"]
         return Item(
-            meta["index"], label, lambda: meta["caption"], len(names), read,
-            lambda k: f"{tar}: sample {key}: image {names[k]}", f"{tar}: sample {key}",
-        )  # fmt: skip
+            meta["index"],
+            label,
+            lambda: meta["caption"],
+            len(names),
+            read,
+            lambda k: f"{tar}: sample {key}: image {names[k]}",
+            f"{tar}: sample {key}",
+        )
 
     def nothing_usable(self, slot: Slot) -> InputError:
         tars = self._slot_tars(slot)
