@@ -17,7 +17,7 @@ from typing import ClassVar, Protocol
 
 from PIL import Image
 
-from solo_stablerep.errors import DataGenError
+from solo_stablerep.errors import DataGenError, first_line
 
 from .procedural import render
 
@@ -116,9 +116,8 @@ def load_pipeline(model: str, dtype, device: str):
             requires_safety_checker=False,
         )
     except Exception as e:  # hub, file and config errors all mean "cannot use this model"
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataGenError(
-            f"--model {model}: cannot load a Stable Diffusion pipeline ({reason})"
+            f"--model {model}: cannot load a Stable Diffusion pipeline ({first_line(e)})"
         ) from None
     return pipe.to(device)
 

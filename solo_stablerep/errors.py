@@ -12,6 +12,13 @@ library only: ``data_gen`` and the on-disk format modules import it on machines 
 INPUT_ERROR_EXIT = 2  # argparse's code for a bad command line
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's first non-blank line, or its type's name when it has no message: the reason
+    a decoder, loader or library gives, quoted in a one-line error."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class InputError(ValueError):
     """Bad input or configuration, reported to the user as one line.
 

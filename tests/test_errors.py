@@ -12,7 +12,7 @@ from helpers import REPO, requires_solo
 
 import solo_stablerep.errors
 from data_gen import cli as generate_cli
-from solo_stablerep.errors import INPUT_ERROR_EXIT, InputError
+from solo_stablerep.errors import INPUT_ERROR_EXIT, InputError, first_line
 
 
 def test_every_error_class_is_an_input_error_defined_in_one_module():
@@ -43,6 +43,19 @@ def run_module(module, *args):
         env=env,
         timeout=600,
     )
+
+
+@pytest.mark.parametrize(
+    "error, reason",
+    [
+        (OSError("cannot identify image\nTraceback: more"), "cannot identify image"),
+        (RuntimeError("\n  hub: 404 not found\n"), "hub: 404 not found"),
+        (OSError(), "OSError"),
+        (ValueError("   "), "ValueError"),
+    ],
+)
+def test_first_line_quotes_the_first_non_blank_line_or_the_type(error, reason):
+    assert first_line(error) == reason
 
 
 @pytest.mark.parametrize(

@@ -20,8 +20,8 @@ from nvidia.dali import pipeline_def
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from solo_stablerep.data.config import DataConfig, order_views
-from solo_stablerep.data.readers import Reader, Slot, checked_encoded_image, decode_rgb, first_line
-from solo_stablerep.errors import InputError
+from solo_stablerep.data.readers import Reader, Slot, checked_encoded_image, decode_rgb
+from solo_stablerep.errors import InputError, first_line
 
 # batches a source keeps a note of: DALI decodes up to its prefetch queue (2) + 1 behind the source
 RECENT_BATCHES = 4

@@ -26,15 +26,16 @@ from solo_stablerep.data.shards import (
     sample_meta,
     tar_summaries,
 )
-from solo_stablerep.errors import InputError, ShardDataError, ShardFormatError, SyntheticDataError
+from solo_stablerep.errors import (
+    InputError,
+    ShardDataError,
+    ShardFormatError,
+    SyntheticDataError,
+    first_line,
+)
 
 log = logging.getLogger(__name__)
 SKIP_HINT = "set data.synthetic.skip_corrupt=True to skip such items"
-
-
-def first_line(error: Exception) -> str:
-    """An exception's first line, or its type's name: the reason a decoder gives, for one line."""
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 class SkipCounter:

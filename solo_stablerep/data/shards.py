@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from solo_stablerep.data.manifest import image_component
-from solo_stablerep.errors import ShardFormatError
+from solo_stablerep.errors import ShardFormatError, first_line
 from solo_stablerep.storage import (
     Progress,
     atomic_write_bytes,
@@ -226,7 +226,7 @@ def sample_meta(data: bytes, tar, key: str) -> dict:
         meta = json.loads(data)
     except ValueError as e:  # UnicodeDecodeError included
         raise ShardFormatError(
-            f"{tar}: sample {key}: its .json metadata is not valid JSON ({str(e).splitlines()[0]})"
+            f"{tar}: sample {key}: its .json metadata is not valid JSON ({first_line(e)})"
         ) from None
     if not isinstance(meta, dict):
         raise ShardFormatError(f"{tar}: sample {key}: its .json metadata is not a JSON object")

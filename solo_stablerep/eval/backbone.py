@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from solo_stablerep.errors import EvalError
+from solo_stablerep.errors import EvalError, first_line
 from solo_stablerep.storage import file_sha256
 
 RANDOM_PREFIX = "random:"
@@ -168,7 +168,7 @@ def backbone_state(spec: BackboneSpec) -> dict:
     except Exception as error:  # pickle/zip errors of many kinds: all mean "not a checkpoint"
         raise EvalError(
             f"{spec.spec}: not a checkpoint torch can read safely "
-            f"({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+            f"({type(error).__name__}: {first_line(error)[:200]})"
         ) from error
     state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):

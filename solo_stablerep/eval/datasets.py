@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image
 
 from solo_stablerep.data.index import IMAGE_EXTENSIONS
-from solo_stablerep.errors import EvalError
+from solo_stablerep.errors import EvalError, first_line
 
 CALTECH_TRAIN_PER_CLASS = 30
 VOC_CLASSES = (
@@ -222,7 +222,7 @@ def _open(constructor, spec, **kwargs):
         return constructor(**kwargs)  # download defaults to False
     except (RuntimeError, FileNotFoundError, OSError) as error:
         raise EvalError(
-            f"{spec}: {str(error).splitlines()[0]} (the data set must already be on disk in "
+            f"{spec}: {first_line(error)} (the data set must already be on disk in "
             "torchvision's layout: nothing is downloaded)"
         ) from None
 
