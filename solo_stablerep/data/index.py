@@ -431,9 +431,16 @@ def _build_from_csv(source: Path, csv_header: bool, builder: _IndexBuilder) -> N
     return None
 
 
-def write_indexed_manifest(root: str | Path, records: Iterable[CaptionRecord], **options) -> Path:
-    """:func:`~solo_stablerep.data.manifest.write_manifest` (``options``: its keywords), then its
-    index beside it, built from the records as they are written (no second parse)."""
+def write_indexed_manifest(
+    root: str | Path,
+    records: Iterable[CaptionRecord],
+    *,
+    class_names: Sequence[str] | None = None,
+    **options,
+) -> Path:
+    """:func:`~solo_stablerep.data.manifest.write_manifest` (``class_names`` and ``options``: its
+    keywords), then its index beside it, built from the records as they are written (no second
+    parse); the index stores ``class_names`` too."""
     builder = _IndexBuilder()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -441,8 +448,9 @@ def write_indexed_manifest(root: str | Path, records: Iterable[CaptionRecord], *
     with exclusive_lock(root):  # writers of a root take turns: leftovers of a killed one are stale
         remove_stale_temps(root / MANIFEST_NAME)
         remove_stale_temps(index_path)
-        path = write_manifest(root, records, on_record=builder.add, **options)
-        class_names = options.get("class_names")
+        path = write_manifest(
+            root, records, class_names=class_names, on_record=builder.add, **options
+        )
         meta = {
             "source": _signature(path, None),
             "class_names": None if class_names is None else list(class_names),
