@@ -374,7 +374,7 @@ def _lbfgs(objective, point: torch.Tensor, memory, *, max_iter: int, tol: float)
     gives y·s >= 0: no curvature condition is needed. Stops at max |∇J| <= ``tol``, when J or the
     point stops changing, after ``max_iter`` steps or :data:`MAX_EVAL` evaluations.
 
-    Returns (point, ∇J there, the pairs (steps, changes, 1 / y·s), steps, evaluations)."""
+    Returns (point, ∇J there, the pairs (steps, changes, 1 / y·s), steps taken, evaluations)."""
     steps, changes, rho = (list(pairs) for pairs in (memory or ([], [], [])))
     value, gradient = objective(point)
     iterations, evaluations = 0, 1
