@@ -1,6 +1,6 @@
 """Reading the captions file for generation at scale: one process of many vs a single process.
 
-``stablerep-generate`` run as process i of n (``--num-shards n --shard-index i``, or torchrun/SLURM)
+``stablerep-generate`` run as process i of n (``--num-parts n --part-index i``, or torchrun/SLURM)
 reads the whole captions file (de-duplication and caption indices are global) but keeps
 :class:`~data_gen.captions.Caption` objects for its own captions only. A cc12m-like TSV
 (``url<TAB>caption``, some duplicates) of ``--captions`` lines is written to a temporary folder,

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 import torch
+from fixtures.tiny_pipeline import build_tiny_pipeline
 from tqdm import tqdm
 
 from data_gen.backends import DiffusionBackend
 from data_gen.captions import Caption, caption_id
 from data_gen.runner import FileSink, run_batches
 from data_gen.settings import GenerationSettings, image_seed
-from data_gen.tiny_pipeline import build_tiny_pipeline
 
 
 def main():

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 import torch
+from fixtures.tiny_pipeline import write_tiny_tokenizer
 from tqdm import tqdm
 
 from data_gen.backends import DiffusionBackend
 from data_gen.captions import Caption, caption_id
 from data_gen.runner import FileSink, run_batches
 from data_gen.settings import GenerationSettings
-from data_gen.tiny_pipeline import write_tiny_tokenizer
 
 UNET = dict(  # runwayml/stable-diffusion-v1-5 unet/config.json
     sample_size=64,

@@ -224,9 +224,9 @@ def child_train(
 
 def child_generate_fp16(work: Path, cpu: bool):
     import numpy as np
+    from fixtures.tiny_pipeline import build_tiny_pipeline
     from PIL import Image
 
-    from data_gen.tiny_pipeline import build_tiny_pipeline
     from solo_stablerep.data.manifest import read_manifest
 
     model = build_tiny_pipeline(work / "tiny_sd")

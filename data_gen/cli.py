@@ -5,24 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
-from argparse import SUPPRESS
 
 from solo_stablerep.console import configure_logging, run_command
-from solo_stablerep.errors import DataGenError
 
 from .output import check_writable
 from .settings import BACKENDS, DEFAULT_MODEL, DTYPES, IMAGE_FORMATS, SCHEDULERS, GenerationSettings
 from .shards import DEFAULT_SHARD_BYTES, shard_bytes
-
-log = logging.getLogger(__name__)
-# flags renamed when "shard" came to mean a tar only: the old ones still work, for one release
-DEPRECATED_FLAGS = {"--num-shards": "--num-parts", "--shard-index": "--part-index"}
-
-
-def _dest(flag: str) -> str:
-    return flag[2:].replace("-", "_")
 
 
 def _generate_parser() -> argparse.ArgumentParser:
@@ -88,8 +77,6 @@ def _generate_parser() -> argparse.ArgumentParser:
         default=None,
         help="this process's part (default: RANK or SLURM_PROCID, else 0)",
     )
-    for old in DEPRECATED_FLAGS:  # kept working for one release
-        r.add_argument(old, type=int, default=None, dest=_dest(old), help=SUPPRESS)
     r.add_argument(
         "--device", default=None, help="default: cuda:LOCAL_RANK if a GPU is present, else cpu"
     )
@@ -119,18 +106,6 @@ def _generate_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _apply_deprecated_flags(args: argparse.Namespace) -> None:
-    """Moves the values of :data:`DEPRECATED_FLAGS` to their new names, with a warning each."""
-    for old, new in DEPRECATED_FLAGS.items():
-        value = getattr(args, _dest(old))
-        if value is None:
-            continue
-        if getattr(args, _dest(new)) is not None:
-            raise DataGenError(f"{old} is the deprecated name of {new}: give {new} alone")
-        log.warning("%s is deprecated (a shard is a tar): use %s", old, new)
-        setattr(args, _dest(new), value)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     configure_logging()
@@ -154,7 +129,6 @@ def _run(argv: list[str]) -> None:
         convert_main(argv[1:])
         return
     args = _generate_parser().parse_args(argv)
-    _apply_deprecated_flags(args)
     settings = GenerationSettings(
         **{name: getattr(args, name) for name in GenerationSettings.__dataclass_fields__}
     ).validate()  # before any model loads

@@ -9,9 +9,6 @@ A run is split into parts (processes, ``--num-parts``); part 3 of 8 is named
     OUT/parts/part-00003-of-00008.summary.json
     OUT/contact_sheets/part-00003-of-00008.png
 
-Outputs of earlier versions named a part ``shard-00003-of-00008`` in ``OUT/shards/``: a part whose
-files are there resumes under that name, and the merge reads both folders (for one release).
-
 Every file is written under a temporary name in its own folder, then renamed with ``os.replace``, so
 a reader (or a rerun after SIGKILL) sees either the old file or the complete new one, and each log
 is an :class:`~solo_stablerep.storage.AppendLog` (a line cut by a crash is dropped on resume).
@@ -46,33 +43,15 @@ from solo_stablerep.storage import (
 )
 
 from .settings import IMAGE_FORMATS
-from .shards import RECORDS_DIR
 
 SETTINGS_NAME = "generation.json"
 PARTS_DIR = "parts"
-LEGACY_PARTS_DIR = "shards"  # the parts' folder in outputs of earlier versions
 CONTACT_SHEETS_DIR = "contact_sheets"
 
 
-def part_name(out: Path, part_index: int, num_parts: int) -> str:
-    """The name of part ``part_index`` of ``num_parts``: ``part-<i:05d>-of-<n:05d>``, or the name
-    ``shard-...`` that earlier versions gave it if ``out`` holds its files under that name (its
-    log, its tars' records, a tar or a tar in progress), so that their run resumes."""
-    legacy = f"shard-{part_index:05d}-of-{num_parts:05d}"
-    patterns = (
-        f"{LEGACY_PARTS_DIR}/{legacy}.*",
-        f"{RECORDS_DIR}/{legacy}.*",
-        f"{legacy}-*.tar",
-        f".{legacy}-*.tar.tmp",
-    )
-    if any(any(out.glob(pattern)) for pattern in patterns):
-        return legacy
+def part_name(part_index: int, num_parts: int) -> str:
+    """The name of part ``part_index`` of ``num_parts`` (its log, summary, contact sheet, tars)."""
     return f"part-{part_index:05d}-of-{num_parts:05d}"
-
-
-def part_folder(out: Path, name: str) -> Path:
-    """The folder of a part's log and summary (format ``manifest``)."""
-    return out / (LEGACY_PARTS_DIR if name.startswith("shard-") else PARTS_DIR)
 
 
 def check_writable(out) -> None:
@@ -160,7 +139,7 @@ def _prepare_locked(out: Path, settings_path: Path, stored: dict, overwrite: boo
                 f"{out} holds another run ({_describe(previous, stored)}); pass --overwrite to "
                 "replace it"
             )
-        for name in (PARTS_DIR, LEGACY_PARTS_DIR, CONTACT_SHEETS_DIR, "images"):
+        for name in (PARTS_DIR, CONTACT_SHEETS_DIR, "images"):
             shutil.rmtree(out / name, ignore_errors=True)
         (out / MANIFEST_NAME).unlink(missing_ok=True)
         (out / (MANIFEST_NAME + CAPTION_INDEX_SUFFIX)).unlink(missing_ok=True)
@@ -190,10 +169,7 @@ def merge(out: str | Path) -> Path:
         raise DataGenError(f"{out}: no {SETTINGS_NAME}; not a stablerep-generate output folder")
     stored = read_settings(settings_path, overwrite_hint=False)
     num_captions = stored["num_captions"]
-    logs = [
-        *sorted((out / PARTS_DIR).glob("part-*.jsonl")),
-        *sorted((out / LEGACY_PARTS_DIR).glob("shard-*.jsonl")),
-    ]
+    logs = sorted((out / PARTS_DIR).glob("part-*.jsonl"))
     entries = heapq.merge(*(iter_log(log) for log in logs), key=lambda e: e["index"])
 
     def records():

@@ -37,10 +37,10 @@ from .backends import load_backend
 from .captions import Caption, load_captions
 from .output import (
     CONTACT_SHEETS_DIR,
+    PARTS_DIR,
     encode_image,
     finished_mask,
     merge,
-    part_folder,
     part_name,
     prepare_output,
 )
@@ -91,8 +91,8 @@ class FileSink:
     def __init__(self, out: Path, name: str, num_captions: int, settings: GenerationSettings):
         self.out = out
         self.settings = settings
-        self.log_path = part_folder(out, name) / f"{name}.jsonl"
-        self.summary_path = part_folder(out, name) / f"{name}.summary.json"
+        self.log_path = out / PARTS_DIR / f"{name}.jsonl"
+        self.summary_path = out / PARTS_DIR / f"{name}.summary.json"
         self._done = finished_mask(self.log_path, num_captions)  # this part's own log only
         self._log: AppendLog | None = None
         self._entries: list[dict] = []
@@ -267,7 +267,7 @@ def generate(
         "captions_file": str(captions_path),
         "versions": _versions(),
     }
-    name = part_name(out, part_index, num_parts)
+    name = part_name(part_index, num_parts)
     sink = _open_sink(out, name, stored, settings, options)
     mine = captions.captions
     todo = [c for c in mine if not sink.finished(c.index)]
@@ -309,8 +309,8 @@ def generate(
     if options.format == "webdataset":
         return summary  # nothing to merge: the tars are the data set
     # a part's summary is written once all its captions are: the last part to finish merges
-    names = (part_name(out, p, num_parts) for p in range(num_parts))
-    summaries = (part_folder(out, name) / f"{name}.summary.json" for name in names)
+    names = (part_name(p, num_parts) for p in range(num_parts))
+    summaries = (out / PARTS_DIR / f"{name}.summary.json" for name in names)
     if options.merge and all(path.exists() for path in summaries):
         summary["manifest"] = str(merge(out))
     return summary

@@ -65,6 +65,7 @@ def test_wheel_ships_every_config_once(wheel):
     in_checkout = {p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml")}
     assert in_checkout and shipped == in_checkout
     assert not [n for n in names if n.startswith("scripts/")]  # one source of truth, no second copy
+    assert not [n for n in names if "tiny_pipeline" in n]  # a fixture of the tests and benchmarks
 
 
 @pytest.mark.slow

@@ -160,10 +160,19 @@ def _input_size(spec: BackboneSpec, requested: int | None) -> int:
 
 
 def _probe(model: str, dataset: EvalDataset, features: dict[str, tuple], settings: ProbeSettings):
+    """One Result per probe of ``settings`` on ``model``'s features of ``dataset``."""
+    return [
+        Result(model, dataset.name, probe, metric, score, **fields)
+        for probe, metric, score, fields in _scores(model, dataset, features, settings)
+    ]
+
+
+def _scores(model: str, dataset: EvalDataset, features: dict[str, tuple], settings: ProbeSettings):
+    """(probe column, metric, score, the Result's other fields) of each probe that applies to
+    ``dataset``: kNN and few-shot episodes only where each image has one class."""
     train_x, train_y = features["train"]
     test_x, test_y = features["test"]
-    val = features.get("val")
-    results = []
+    val_x, val_y = features.get("val", (None, None))
     if "linear" in settings.probes:
         log.info(
             "%s on %s: linear probe (%d weight decays)",
@@ -176,29 +185,21 @@ def _probe(model: str, dataset: EvalDataset, features: dict[str, tuple], setting
             train_y,
             test_x,
             test_y,
-            val_features=None if val is None else val[0],
-            val_labels=None if val is None else val[1],
+            val_features=val_x,
+            val_labels=val_y,
             weight_decays=settings.weight_decays,
             metric=dataset.metric,
             seed=settings.seed,
             device=settings.device,
         )
-        results.append(
-            Result(
-                model,
-                dataset.name,
-                "linear",
-                dataset.metric,
-                linear.score,
-                weight_decay=linear.weight_decay,
-                details={
-                    "val_scores": linear.val_scores.tolist(),
-                    "weight_decays": linear.weight_decays.tolist(),
-                },
-            )
-        )
+        curve = {
+            "val_scores": linear.val_scores.tolist(),
+            "weight_decays": linear.weight_decays.tolist(),
+        }
+        fields = {"weight_decay": linear.weight_decay, "details": curve}
+        yield "linear", dataset.metric, linear.score, fields
     if dataset.multilabel:
-        return results  # kNN and few-shot episodes need one class per image
+        return
     if "knn" in settings.probes:
         score = knn_accuracy(
             train_x,
@@ -209,18 +210,10 @@ def _probe(model: str, dataset: EvalDataset, features: dict[str, tuple], setting
             settings.knn_temperature,
             device=settings.device,
         )
-        results.append(
-            Result(
-                model,
-                dataset.name,
-                "kNN",
-                "top1",
-                score,
-                details={"k": settings.knn_k, "temperature": settings.knn_temperature},
-            )
-        )
+        knn = {"k": settings.knn_k, "temperature": settings.knn_temperature}
+        yield "kNN", "top1", score, {"details": knn}
     if "fewshot" in settings.probes:
-        classes, counts = np.unique(test_y, return_counts=True)
+        _, counts = np.unique(test_y, return_counts=True)
         for shots in settings.shots:
             ways = min(settings.ways, int((counts >= shots + settings.queries).sum()))
             if ways < 2:
@@ -240,20 +233,11 @@ def _probe(model: str, dataset: EvalDataset, features: dict[str, tuple], setting
                 seed=settings.seed,
                 device=settings.device,
             )
-            results.append(
-                Result(
-                    model,
-                    dataset.name,
-                    f"{ways}-way {shots}-shot",
-                    "top1",
-                    episodes.mean,
-                    ci95=episodes.ci95,
-                    details={
-                        "ways": ways,
-                        "shots": shots,
-                        "episodes": settings.episodes,
-                        "queries": settings.queries,
-                    },
-                )
-            )
-    return results
+            drawn = {
+                "ways": ways,
+                "shots": shots,
+                "episodes": settings.episodes,
+                "queries": settings.queries,
+            }
+            fields = {"ci95": episodes.ci95, "details": drawn}
+            yield f"{ways}-way {shots}-shot", "top1", episodes.mean, fields

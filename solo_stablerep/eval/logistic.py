@@ -22,7 +22,9 @@ The optional standardisation :math:`(\\mu, \\sigma)` is folded into the linear m
 z-scored, so a memory-mapped feature file is read in place; W lives in the z-scored coordinates,
 where the problem is as well conditioned as scikit-learn's on z-scored features.
 
-Stopping as scikit-learn's L-BFGS: history of 10 pairs, strong-Wolfe line search, stop when
+The solver is a compact L-BFGS of our own (:func:`_lbfgs`: history of 10 pairs, as scikit-learn's;
+a backtracking line search, enough on a convex J), so that a fit along a sweep can start with the
+previous fit's curvature pairs. Stopping as scikit-learn's: when
 :math:`\\max |\\nabla J| \\le` ``tol`` (1e-4), when J stops changing, or after ``max_iter``
 iterations. Problems stacked along leading batch dimensions (few-shot episodes), and the columns of
 the binary model, are independent: they are fitted jointly, each reaching its own optimum, and the
@@ -40,6 +42,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,6 +54,10 @@ import torch.nn.functional as F
 MAX_ITER = 1000  # the protocol's cap on L-BFGS iterations
 TOL = 1e-4  # scikit-learn's default gradient tolerance
 MAX_EVAL = 15000  # scipy's default cap on function evaluations (sklearn leaves it)
+HISTORY = 10  # L-BFGS's curvature pairs, as scikit-learn's (scipy's m)
+_ARMIJO = 1e-4  # the sufficient decrease a step's length must reach (Nocedal & Wright's c1)
+_MAX_BACKTRACKS = 25
+_STALL = 1e-9  # J, a step or the slope below this: J has stopped changing (torch LBFGS's default)
 # Features per chunk of rows (J, mean/std, gathers): what is computed per row (logits, float64
 # copies) is held for one chunk only. 16 MB in float32 on the CPU (the protocol-size sweep took
 # the same time as with whole blocks), 256 MB on a GPU (few kernel launches).
@@ -284,7 +291,8 @@ def fit_logistic_regression(
         num_outputs: K, the number of columns.
         binary: K independent binary classifiers instead of one softmax.
         standardization: z-scoring applied to the features inside the model.
-        init: a model to start from (warm start along a sweep), of the same shapes.
+        init: a model to start from (warm start along a sweep), of the same shapes; its curvature
+            pairs, if any, are L-BFGS's memory from the first step.
     """
     features = blocks[0][0]  # a tensor or a RowSubset: shape, dtype, device
     batch_shape, dim = features.shape[:-2], features.shape[-1]
@@ -295,23 +303,18 @@ def fit_logistic_regression(
         )
         bias = _prior_bias(blocks, num_outputs, binary, num_rows)
     else:
-        weight, bias = init.weight.detach().clone(), init.bias.detach().clone()
+        weight, bias = init.weight, init.bias
+    weight_shape, bias_shape, num_weights = weight.shape, bias.shape, weight.numel()
     penalty = weight_decay / num_rows
-    last_evaluated = {}
-    optimizer = torch.optim.LBFGS(
-        [weight, bias],
-        lr=1,
-        max_iter=max_iter,
-        max_eval=MAX_EVAL,
-        tolerance_grad=tol,
-        history_size=10,
-        line_search_fn="strong_wolfe",
-    )
+
+    def unflatten(point):
+        return point[:num_weights].view(weight_shape), point[num_weights:].view(bias_shape)
 
     @torch.no_grad()
-    def objective():
-        """J, with its gradient written to ``weight.grad`` and ``bias.grad`` (by hand: the two
-        products with the features are the whole cost, autograd's bookkeeping is not needed)."""
+    def objective(point):
+        """J at ``point`` (the weights, then the bias, flat) and its gradient, by hand: the two
+        products with the features are the whole cost, autograd's bookkeeping is not needed."""
+        weight, bias = unflatten(point)
         total = weight.new_zeros((), dtype=torch.float64)  # one sync per evaluation, not per chunk
         grad_weight, grad_bias = torch.zeros_like(weight), torch.zeros_like(bias)
         for block, block_y in blocks:  # one chunk's logits in memory at a time
@@ -334,61 +337,91 @@ def fit_logistic_regression(
             scale = 1.0 / standardization.std
             shift = (standardization.mean * scale).unsqueeze(-1)
             grad_weight = grad_weight * scale.unsqueeze(-1) - shift * grad_bias.unsqueeze(-2)
-        grad_weight /= num_rows
-        grad_bias /= num_rows
-        last_evaluated.update(
-            point=(weight.clone(), bias.clone()), gradient=(grad_weight, grad_bias)
-        )
-        weight.grad = grad_weight + weight_decay / num_rows * weight
-        bias.grad = grad_bias
-        return (total.item() + 0.5 * weight_decay * weight.square().sum().item()) / num_rows
+        gradient = torch.cat([grad_weight.reshape(-1), grad_bias.reshape(-1)]).div_(num_rows)
+        gradient[:num_weights].add_(point[:num_weights], alpha=penalty)
+        value = total.item() / num_rows + 0.5 * penalty * weight.square().sum().item()
+        return value, gradient
 
-    state = optimizer.state[weight]
+    memory = None
     if init is not None and init.curvature is not None:
-        _resume_memory(state, init.curvature.for_penalty(penalty, weight.numel()), weight, bias)
+        memory = init.curvature.for_penalty(penalty, num_weights)
+    start = torch.cat([weight.reshape(-1), bias.reshape(-1)])
     work = num_rows * dim * num_outputs * int(np.prod(batch_shape, dtype=np.int64))
     with _single_thread_if(features.device.type == "cpu" and work < _SINGLE_THREAD_WORK):
-        optimizer.step(objective)
-    n_iter = state.get("n_iter", 0) - state.pop("resumed", 0)
-    curvature = None
-    if state.get("old_stps"):
-        curvature = Curvature(state["old_stps"], state["old_dirs"], penalty)
-    elif init is not None:
-        curvature = init.curvature
-    point = last_evaluated.get("point")
-    ends_evaluated = (
-        point is not None and torch.equal(point[0], weight) and torch.equal(point[1], bias)
-    )
-    gradient = last_evaluated["gradient"] if ends_evaluated else None
+        point, gradient, (steps, changes, _), n_iter, func_evals = _lbfgs(
+            objective, start, memory, max_iter=max_iter, tol=tol
+        )
+    weight, bias = unflatten(point)
+    grad_weight, grad_bias = unflatten(gradient)
     return LogisticModel(
-        weight.detach(),
-        bias.detach(),
+        weight,
+        bias,
         binary,
         standardization,
         n_iter,
-        gradient,
-        curvature,
-        state.get("func_evals", 0),
+        (grad_weight - penalty * weight, grad_bias),  # the data term's: without the penalty's
+        Curvature(steps, changes, penalty) if steps else None,
+        func_evals,
     )
 
 
-def _resume_memory(state: dict, pairs, weight: torch.Tensor, bias: torch.Tensor) -> None:
-    """Seeds ``torch.optim.LBFGS``'s state so that its first iteration is a quasi-Newton step
-    with the curvature pairs of the previous fit along the path (``pairs``: steps, changes, 1/y·s)
-    instead of a short gradient step: the state of an optimizer past its first iteration (its
-    state keys, stable since torch 1.x), with a zero last step so that no pair is added from it."""
-    steps, changes, rho = pairs
-    if not steps:
-        return
-    flat = torch.cat([weight.reshape(-1), bias.reshape(-1)])
-    state.update(
-        n_iter=1,
-        resumed=1,
-        d=torch.zeros_like(flat),
-        t=0.0,
-        old_stps=list(steps),
-        old_dirs=list(changes),
-        ro=list(rho),
-        H_diag=float(steps[-1].dot(changes[-1]) / changes[-1].dot(changes[-1])),
-        prev_flat_grad=torch.zeros_like(flat),
-    )
+def _lbfgs(objective, point: torch.Tensor, memory, *, max_iter: int, tol: float):
+    """Minimises a convex ``objective(point) -> (J, ∇J)`` by L-BFGS (Nocedal & Wright, *Numerical
+    Optimization*, 2nd ed., Alg. 7.5): each step goes along -H ∇J, H the inverse Hessian of the
+    last :data:`HISTORY` curvature pairs (``memory``: steps s, gradient changes y, 1 / y·s, from
+    a previous fit, or None), its length from 1 (the first step without pairs: 1 / |∇J|₁, as
+    torch's ``LBFGS``) backtracked until J decreases enough (Armijo). J is convex, so every step
+    gives y·s >= 0: no curvature condition is needed. Stops at max |∇J| <= ``tol``, when J or the
+    point stops changing, after ``max_iter`` steps or :data:`MAX_EVAL` evaluations.
+
+    Returns (point, ∇J there, the pairs (steps, changes, 1 / y·s), steps taken, evaluations)."""
+    steps, changes, rho = (list(pairs) for pairs in (memory or ([], [], [])))
+    value, gradient = objective(point)
+    iterations, evaluations = 0, 1
+    while iterations < max_iter and evaluations < MAX_EVAL and gradient.abs().max() > tol:
+        direction = _inverse_hessian_times(gradient, steps, changes, rho).neg_()
+        slope = float(gradient.dot(direction))
+        if slope > -_STALL:
+            break
+        length = 1.0 if steps else min(1.0, 1.0 / float(gradient.abs().sum()))
+        for _ in range(_MAX_BACKTRACKS):
+            trial = point + length * direction
+            trial_value, trial_gradient = objective(trial)
+            evaluations += 1
+            if trial_value <= value + _ARMIJO * length * slope:
+                break
+            # to the minimum of the parabola through J(0), J'(0) and J(length), within [0.1, 0.5]
+            excess = trial_value - value - slope * length  # > 0 where the test failed
+            shrink = -slope * length / (2 * excess) if math.isfinite(excess) else 0.5
+            length *= min(max(shrink, 0.1), 0.5)
+        else:
+            break
+        iterations += 1
+        step, change = trial - point, trial_gradient - gradient
+        curvature = float(change.dot(step))
+        if curvature > 1e-10:
+            if len(steps) == HISTORY:
+                del steps[0], changes[0], rho[0]
+            steps.append(step)
+            changes.append(change)
+            rho.append(1.0 / curvature)
+        stalled = abs(trial_value - value) < _STALL or float(step.abs().max()) <= _STALL
+        point, value, gradient = trial, trial_value, trial_gradient
+        if stalled:
+            break
+    return point, gradient, (steps, changes, rho), iterations, evaluations
+
+
+def _inverse_hessian_times(vector, steps, changes, rho):
+    """H ``vector`` by L-BFGS's two-loop recursion (Nocedal & Wright, Alg. 7.4), from
+    H₀ = (s·y / y·y) I of the latest pair (I without pairs)."""
+    q = vector.clone()
+    alphas = []
+    for s, y, r in zip(reversed(steps), reversed(changes), reversed(rho), strict=True):
+        alphas.append(r * s.dot(q))  # tensors: no sync with a GPU
+        q.sub_(alphas[-1] * y)
+    if steps:
+        q.mul_(1.0 / (rho[-1] * changes[-1].dot(changes[-1])))
+    for s, y, r, alpha in zip(steps, changes, rho, reversed(alphas), strict=True):
+        q.add_((alpha - r * y.dot(q)) * s)
+    return q

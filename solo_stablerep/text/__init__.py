@@ -6,7 +6,6 @@ open_clip is imported only when a tokenizer or a text tower is built.
 
 from solo_stablerep.text.captions import (
     check_caption_data,
-    load_captions,
     with_caption_tokens,
 )
 from solo_stablerep.text.tokenizer import CaptionTokenizer
@@ -16,6 +15,5 @@ __all__ = [
     "CaptionTokenizer",
     "build_text_tower",
     "check_caption_data",
-    "load_captions",
     "with_caption_tokens",
 ]

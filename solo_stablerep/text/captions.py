@@ -16,23 +16,6 @@ from solo_stablerep.errors import InputError
 from solo_stablerep.text.tokenizer import DEFAULT_CONTEXT_LENGTH, CaptionTokenizer
 
 
-def load_captions(cfg: omegaconf.DictConfig) -> tuple[list[str], list[str]]:
-    """(caption ids, caption texts) of the synthetic data set of ``cfg``, in its order, as lists.
-
-    Ids are the manifest's ``caption_id`` or, for the authors' CSV, the row's position (the ids
-    :class:`~solo_stablerep.data.index.CaptionIndex` gives). Lists hold a Python string per
-    caption: for large data sets use the index's ``captions`` sequence instead (as the loaders do).
-    """
-
-    from solo_stablerep.data.config import open_caption_index
-
-    syn = cfg.data.synthetic
-    index = open_caption_index(
-        cfg.data.train_path, syn.layout, syn.get("csv"), syn.get("roots"), syn.get("csv_header")
-    )
-    return list(index.caption_ids), list(index.captions)
-
-
 def check_caption_data(cfg: omegaconf.DictConfig) -> None:
     """One-line InputError unless ``cfg``'s training data can carry captions."""
 

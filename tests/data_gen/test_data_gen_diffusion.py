@@ -12,8 +12,8 @@ import pytest
 from helpers import REPO
 from PIL import Image
 
+from bench.fixtures.tiny_pipeline import build_tiny_pipeline
 from data_gen.cli import main
-from data_gen.tiny_pipeline import build_tiny_pipeline
 from solo_stablerep.data.manifest import read_manifest
 
 FAST = [

@@ -7,6 +7,8 @@ these problems: objectives within 5e-5, predictions identical on >= 99.75 % of t
 objectives within 5e-4 (or 1 %), predictions identical on >= 99 %.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -131,6 +133,29 @@ def test_warm_start_from_the_optimum_stops_at_once():
     first = fit_logistic_regression([(x, y)], 1.0, 4, standardization=standardization)
     again = fit_logistic_regression([(x, y)], 1.0, 4, standardization=standardization, init=first)
     assert first.n_iter > 5 and again.n_iter <= 1
+
+
+def test_curvature_pairs_carried_along_the_path_save_evaluations():
+    """The next fit of a sweep starts with the last fit's curvature pairs (their penalty part moved
+    to the new weight decay): its first step is a quasi-Newton one (measured 9 evaluations against
+    13 from the same start without them), and it reaches the same optimum."""
+    features, labels = blobs()
+    x, y = torch.from_numpy(features), torch.from_numpy(labels)
+    standardization = Standardization.of([x])
+    first = fit_logistic_regression([(x, y)], 10.0, 4, standardization=standardization)
+    assert first.curvature is not None and 0 < len(first.curvature.steps) <= 10
+    bare = dataclasses.replace(first, curvature=None)
+    carried, plain = (
+        fit_logistic_regression([(x, y)], 3.0, 4, standardization=standardization, init=init)
+        for init in (first, bare)
+    )
+    assert carried.func_evals < plain.func_evals
+    z_scored = ((x - standardization.mean) / standardization.std).double().numpy()
+    j_carried, j_plain = (
+        objective(z_scored, labels, m.weight.double().numpy(), m.bias.double().numpy(), 3.0, False)
+        for m in (carried, plain)
+    )
+    assert j_carried == pytest.approx(j_plain, abs=OBJECTIVE_ATOL, rel=OBJECTIVE_RTOL)
 
 
 def test_a_fit_carries_its_gradient_for_the_next_weight_decay():

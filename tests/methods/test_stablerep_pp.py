@@ -16,7 +16,6 @@ from helpers import (
     requires_solo,
     run_pretrain_command,
 )
-from omegaconf import OmegaConf
 
 pytestmark = requires_solo
 
@@ -102,36 +101,6 @@ def manifest_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("manifest")
     write_tiny_manifest(root)
     return root
-
-
-def test_load_captions_reads_both_layouts_in_data_set_order(tmp_path):
-    from solo_stablerep.text import load_captions
-
-    captions = write_tiny_manifest(tmp_path / "m", num_captions=3, images_per_caption=1)
-    cfg = OmegaConf.create(
-        {"data": {"train_path": str(tmp_path / "m"), "synthetic": {"layout": "manifest"}}}
-    )
-    assert load_captions(cfg) == (["cap000", "cap001", "cap002"], captions)
-
-    (tmp_path / "a" / "seed0").mkdir(parents=True)
-    (tmp_path / "a" / "cc.csv").write_text(
-        'path,caption\nx/0.jpg,a red bus\nx/1.jpg,"a cat, asleep"\n'
-    )
-    cfg = OmegaConf.create(
-        {
-            "data": {
-                "train_path": str(tmp_path / "a"),
-                "synthetic": {
-                    "layout": "authors",
-                    "csv": "cc.csv",
-                    "csv_header": True,
-                    "roots": ["seed0"],
-                },
-            }
-        }
-    )
-    # ids are CSV line numbers, as the data set's CaptionIndex numbers them
-    assert load_captions(cfg) == (["2", "3"], ["a red bus", "a cat, asleep"])
 
 
 # ----------------------------------------------------------------------------------- method
@@ -375,14 +344,15 @@ def test_training_data_without_captions_is_refused_in_one_line(manifest_root):
 
 def test_dali_loader_batches_get_their_captions_tokens(manifest_root):
     pytest.importorskip("nvidia.dali")
+    from solo_stablerep.data.index import CaptionIndex
     from solo_stablerep.pretrain import prepare_train_data
-    from solo_stablerep.text import CaptionTokenizer, load_captions
+    from solo_stablerep.text import CaptionTokenizer
 
     cfg = pp_cfg(manifest_root, "data.format=dali", "dali.device=cpu")
     module = prepare_train_data(cfg)
     loader = module.build_loader()  # what train_dataloader() does under a Trainer
     assert len(loader) == 2
-    _, captions = load_captions(cfg)
+    captions = CaptionIndex.from_manifest(manifest_root).captions
     seen = []
     for indexes, views, _, tokens in loader:
         assert len(views) == 2 and views[0].shape[0] == 4
@@ -392,13 +362,14 @@ def test_dali_loader_batches_get_their_captions_tokens(manifest_root):
 
 
 def test_train_loader_yields_views_and_caption_tokens(manifest_root):
+    from solo_stablerep.data.index import CaptionIndex
     from solo_stablerep.pretrain import prepare_train_data
-    from solo_stablerep.text import CaptionTokenizer, load_captions
+    from solo_stablerep.text import CaptionTokenizer
 
     cfg = pp_cfg(manifest_root)
     indexes, views, targets, tokens = next(iter(prepare_train_data(cfg)))
     assert len(views) == 2 and views[0].shape == (4, 3, 32, 32)
-    _, captions = load_captions(cfg)
+    captions = CaptionIndex.from_manifest(manifest_root).captions
     expected = CaptionTokenizer(12)([captions[i] for i in indexes.tolist()])
     assert torch.equal(tokens, expected)
     assert torch.equal(targets, indexes % 2)  # the manifest's labels travel too
