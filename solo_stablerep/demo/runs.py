@@ -194,7 +194,7 @@ def check_set_types(base, composed, method: str, extra_overrides) -> None:
             continue
         was = OmegaConf.select(base, key, default=None)
         now = OmegaConf.select(composed, key, default=None)
-        if was is None or isinstance(was, str):
+        if was is None or now is None or isinstance(was, str):  # null: the user's choice
             continue
         for kind, words in (*_TYPE_WORDS, (DictConfig, "a mapping {...}"), (ListConfig, "a list")):
             if isinstance(was, kind):
