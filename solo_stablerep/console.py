@@ -4,12 +4,19 @@ input error ends a command.
 Library modules log through ``logging.getLogger(__name__)`` and never configure output; each entry
 point calls :func:`configure_logging` once. Only this project's INFO lines are shown, with
 everyone's warnings: torch.distributed, Hydra and timm log at INFO too, and would bury them.
-Each entry point runs its work through :func:`run_command`: bad input is one line and exit code 2.
+Each entry point runs its work through :func:`run_command`: bad input is one line and exit code 2,
+options included: each parses them with :class:`ArgumentParser` and the ``type=`` functions below
+(:func:`positive_int`, ...), and checks its output paths with :func:`check_output_folder` /
+:func:`check_output_file` before any work.
 """
 
+import argparse
 import logging
+import math
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from solo_stablerep.errors import INPUT_ERROR_EXIT, InputError
 
@@ -38,3 +45,92 @@ def run_command(prog: str, command: Callable[[], object]) -> int:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return INPUT_ERROR_EXIT
     return 0
+
+
+# --- options: argparse types and the one-line parser ------------------------------------------
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose errors (an unknown option, a value its ``type=`` refuses) raise an
+    :class:`InputError`, so that :func:`run_command` prints them as one line, exit code 2, as
+    every other input error (argparse's own prints the whole usage first, and exits). Parse
+    inside ``run_command``. ``--help`` still shows the usage."""
+
+    def error(self, message: str):
+        raise InputError(f"{message} (see {self.prog} --help)")
+
+
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type=``: a whole number >= ``minimum`` (and <= ``maximum``), or argparse's
+    error naming the range."""
+
+    def parse(text: str) -> int:
+        value = _whole_number(text)
+        if value < minimum or (maximum is not None and value > maximum):
+            upto = "" if maximum is None else f" and <= {maximum}"
+            raise argparse.ArgumentTypeError(f"got {value}; give a whole number >= {minimum}{upto}")
+        return value
+
+    parse.__name__ = f"int_at_least_{minimum}"
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+seed_int = int_at_least(0, 2**32 - 1)  # what numpy's and Lightning's seeding accept
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type=``: a finite number > 0 (nan, inf, 0 and negatives are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"got {text}; give a finite number > 0")
+    return value
+
+
+# --- output paths ---------------------------------------------------------------------------
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot be made or written in, or None."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # a dangling link: mkdir would fail
+            return f"{existing} is a broken link"
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+def check_output_folder(path: Path, option: str = "--output") -> None:
+    """Raises a one-line :class:`InputError` unless ``path`` is a folder, or can be made one, that
+    this process may write in: checked before any work, so that no work is lost at the end."""
+    problem = _folder_problem(Path(path))
+    if problem:
+        raise InputError(f"{option} {path}: {problem}: give another folder")
+
+
+def check_output_file(path: Path, option: str, overwrite: bool = False) -> None:
+    """Raises a one-line :class:`InputError` unless ``path`` can be written as a file: not a folder,
+    its folder can be made and written in, and an existing file only with ``overwrite``."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{option} {path}: is a folder: give a file name in it")
+    problem = _folder_problem(path.parent)
+    if problem:
+        raise InputError(f"{option} {path}: {problem}: give another path")
+    if path.exists() and not overwrite:
+        raise InputError(f"{option} {path}: exists; pass --overwrite to replace it")

@@ -167,15 +167,21 @@ class AppendLog:
 
 
 @contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
+def exclusive_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
     """An exclusive ``flock`` on ``path`` (a file or a folder, opened read-only), held in the block:
-    processes building the same derived file take turns, so that it is built once."""
+    processes building the same derived file take turns, so that it is built once. ``on_wait()``
+    is called when another process holds it (to say why this one waits)."""
     if fcntl is None:  # no flock (Windows): builders may overlap, each still writing atomically
         yield
         return
     fd = os.open(path, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # releases the lock

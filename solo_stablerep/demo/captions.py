@@ -25,6 +25,8 @@ BACKGROUNDS = ("on a dark background", "on a black background")
 # (colour, size, style, background, digit as a word). Measured: orange "big" digits on a "dark"
 # ground left StableRep below the floor where this passed.
 SCAN_LIKE = ("white", "huge", "handwritten", "on a black background", False)
+# distinct descriptions of a digit: colour x size x style x background x digit or word
+MAX_CAPTIONS_PER_CLASS = len(COLOURS) * len(SIZES) * len(STYLES) * len(BACKGROUNDS) * 2
 
 
 def write_captions(path: Path, captions_per_class: int, seed: int) -> int:

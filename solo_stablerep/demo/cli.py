@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 import sys
@@ -10,12 +9,22 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from solo_stablerep.console import configure_logging, run_command
+from solo_stablerep.console import (
+    ArgumentParser,
+    configure_logging,
+    int_at_least,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_command,
+    seed_int,
+)
+from solo_stablerep.demo.captions import MAX_CAPTIONS_PER_CLASS
 from solo_stablerep.demo.runs import DEFAULT_METHODS, METHODS, SIZES_PRESETS
 
 
 def _parse_args(argv):
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="stablerep-demo",
         description="Synthetic images from captions -> StableRep and baselines (solo-learn "
         "configs) -> kNN, linear and few-shot probes on real handwritten digits -> table and plot.",
@@ -24,7 +33,12 @@ def _parse_args(argv):
         "--output",
         type=Path,
         default=Path("demo_output"),
-        help="output folder (default: demo_output)",
+        help="output folder (default: demo_output); the same command again redoes the run there",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results of another run (other options) in --output",
     )
     p.add_argument(
         "--size",
@@ -36,27 +50,38 @@ def _parse_args(argv):
     p.add_argument(
         "--seeds",
         nargs="+",
-        type=int,
+        type=seed_int,
         default=[0],
         help="training seeds; give 2 or more for the spread (default: 0, which fits in 10 minutes)",
     )
-    p.add_argument("--steps", type=int, help="training steps per method (preset's otherwise)")
-    p.add_argument("--views", type=int, help="images per caption StableRep uses per step")
-    p.add_argument("--images-per-caption", type=int, help="images generated per caption")
-    p.add_argument("--captions-per-class", type=int)
+    p.add_argument(
+        "--steps", type=positive_int, help="training steps per method (preset's otherwise)"
+    )
+    p.add_argument("--views", type=positive_int, help="images per caption StableRep uses per step")
+    p.add_argument("--images-per-caption", type=positive_int, help="images generated per caption")
+    p.add_argument(
+        "--captions-per-class",
+        type=int_at_least(1, MAX_CAPTIONS_PER_CLASS),
+        help=f"distinct captions per digit (at most {MAX_CAPTIONS_PER_CLASS})",
+    )
     p.add_argument(
         "--crops-per-step",
-        type=int,
+        type=int_at_least(2),
         help="crops per step for every method (a multiple of views and 2)",
     )
-    p.add_argument("--lr", type=float, help="effective AdamW learning rate of every method")
+    p.add_argument(
+        "--lr", type=positive_float, help="effective AdamW learning rate of every method"
+    )
     # 0: StableRep's epochs are one step long here (10 captions), and starting workers every
     # epoch cost more than they overlapped (measured)
     p.add_argument(
-        "--workers", type=int, default=0, help="data loader workers (default 0: the main process)"
+        "--workers",
+        type=non_negative_int,
+        default=0,
+        help="data loader workers (default 0: the main process)",
     )
     p.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads for training and probes"
+        "--threads", type=positive_int, default=1, help="torch CPU threads for training and probes"
     )
     p.add_argument(
         "--config-dir",
@@ -113,8 +138,8 @@ def _configure_output() -> None:
         warnings.filterwarnings("ignore", message=".*" + re.escape(message))
 
 
-def main(argv=None) -> int:
-    args = _parse_args(sys.argv[1:] if argv is None else argv)
+def _main(argv) -> None:
+    args = _parse_args(argv)
     _configure_output()
     size = SIZES_PRESETS[args.size]
     chosen = {
@@ -130,17 +155,20 @@ def main(argv=None) -> int:
     from solo_stablerep.demo.pipeline import run_demo
     from solo_stablerep.demo.report import markdown_table
 
-    def run() -> None:  # config and data errors (DemoError, DataGenError, ...): one line
-        results = run_demo(
-            args.output,
-            size,
-            args.methods,
-            args.seeds,
-            args.config_dir.resolve() if args.config_dir else None,
-            args.workers,
-            args.extra_overrides,
-            args.threads,
-        )
-        print(markdown_table(results["summary"]), flush=True)  # the result, on stdout
+    results = run_demo(
+        args.output,
+        size,
+        args.methods,
+        args.seeds,
+        args.config_dir.resolve() if args.config_dir else None,
+        args.workers,
+        args.extra_overrides,
+        args.threads,
+        args.overwrite,
+    )
+    print(markdown_table(results["summary"]), flush=True)  # the result, on stdout
 
-    return run_command("stablerep-demo", run)
+
+def main(argv=None) -> int:
+    # options, config and data errors (DemoError, DataGenError, ...): one line
+    return run_command("stablerep-demo", lambda: _main(sys.argv[1:] if argv is None else argv))

@@ -3,12 +3,15 @@ report."""
 
 from __future__ import annotations
 
+import json
 import logging
+import shlex
 import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+from solo_stablerep.console import check_output_folder
 from solo_stablerep.demo.captions import write_captions
 from solo_stablerep.demo.dataset import generate_images, write_per_image_manifest
 from solo_stablerep.demo.digits import PROBES_TEXT, evaluate_backbone, load_real_digits
@@ -18,18 +21,37 @@ from solo_stablerep.demo.runs import (
     METHODS,
     RANDOM_FLOOR,
     DemoSize,
+    check_set_types,
+    compose,
     default_config_dir,
+    method_overrides,
     random_backbone,
     train_method,
 )
 from solo_stablerep.errors import DemoError
+from solo_stablerep.storage import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
 
-def check_options(size: DemoSize, methods, config_dir: Path) -> None:
-    """Raises :class:`DemoError` (one line) for options the runs cannot honour, before any work."""
+def check_options(
+    size: DemoSize,
+    methods,
+    seeds,
+    config_dir: Path,
+    output: Path,
+    workers: int = 0,
+    extra_overrides=(),
+) -> None:
+    """Raises :class:`DemoError` (one line) for options the runs cannot honour, before any work:
+    every run's config is composed here, ``--set`` values checked against the config's types."""
 
+    check_output_folder(output)
+    if "${" in str(output):  # solo-learn resolves its config again: Hydra's quotes do not hold
+        raise DemoError(
+            f"--output {output}: '${{' in the path reads as a config interpolation: give a folder "
+            "without it"
+        )
     if not (config_dir / "stablerep.yaml").is_file():
         raise DemoError(
             f"no stablerep.yaml in {config_dir}: pass --config-dir scripts/pretrain/synthetic"
@@ -44,6 +66,77 @@ def check_options(size: DemoSize, methods, config_dir: Path) -> None:
         )
     if size.views > size.images_per_caption:
         raise DemoError(f"views {size.views} > images per caption {size.images_per_caption}")
+    data_root = output / "data"
+    for method in methods:
+        run_dir = output / "runs" / f"seed{seeds[0]}" / method
+        overrides = method_overrides(method, size, data_root, run_dir, seeds[0], workers)
+        base = compose(config_dir, method, overrides)
+        check_set_types(
+            base,
+            compose(config_dir, method, overrides + list(extra_overrides)),
+            method,
+            extra_overrides,
+        )
+
+
+RUN_FILE = "demo-run.json"  # the options of the run whose results the output folder holds
+REPORT_FILES = ("results.json", "results.md", "results.png")
+
+
+def run_options(size: DemoSize, methods, seeds, config_dir: Path, extra_overrides) -> dict:
+    """What a run's results depend on, as :data:`RUN_FILE` holds it (not the workers or threads:
+    they change its speed only)."""
+
+    options = {
+        "size": asdict(size),
+        "methods": list(methods),
+        "seeds": list(seeds),
+        "set": list(extra_overrides),
+        "config_dir": str(config_dir),
+    }
+    return json.loads(json.dumps(options))  # as read back
+
+
+def claim_output(output: Path, options: dict, overwrite: bool) -> None:
+    """Makes ``output`` the folder of the run of ``options`` (written to :data:`RUN_FILE` before
+    any work). The same options again: the run is redone there. Another run's results, or a folder
+    holding something else, are never replaced without ``overwrite`` (:class:`DemoError`)."""
+
+    marker = output / RUN_FILE
+    if marker.is_file():
+        try:
+            before = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            before = {}
+        if before == options:
+            return
+        if not overwrite:
+            raise DemoError(
+                f"--output {output} holds the results of a run with other options "
+                f"({_differences(before, options)}): pass --overwrite to replace them, or give "
+                "another --output"
+            )
+    elif output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise DemoError(
+            f"--output {output} is not empty and holds no demo run: give a new or empty folder, "
+            "or pass --overwrite"
+        )
+    output.mkdir(parents=True, exist_ok=True)
+    for name in REPORT_FILES:  # another run's report: gone before this run reports
+        (output / name).unlink(missing_ok=True)
+    atomic_write_json(marker, options)
+
+
+def _differences(before: dict, now: dict) -> str:
+    """``key: then -> now`` for the options that differ, the size's fields one by one."""
+
+    def flat(options):
+        size = options.get("size") if isinstance(options.get("size"), dict) else {}
+        return {**{k: v for k, v in options.items() if k != "size"}, **size}
+
+    before, now = flat(before), flat(now)
+    changed = [k for k in now if before.get(k) != now[k]]
+    return ", ".join(f"{k}: {before.get(k)} -> {now[k]}" for k in changed) or "unreadable"
 
 
 def save_run_config(
@@ -54,9 +147,9 @@ def save_run_config(
     (configs_dir / f"{method}.yaml").write_text(composed_yaml)
     command = [
         "solo-stablerep-pretrain",
-        f"--config-path {config_dir}",
+        f"--config-path {shlex.quote(str(config_dir))}",
         f"--config-name {method}.yaml",
-        *overrides,
+        *map(shlex.quote, overrides),
     ]
     (configs_dir / f"{method}.command.txt").write_text(" \\\n    ".join(command) + "\n")
 
@@ -70,10 +163,13 @@ def run_demo(
     workers: int = 0,
     extra_overrides=(),
     threads: int = 1,
+    overwrite: bool = False,
 ) -> dict:
     """Runs the whole demo into ``output``; returns what ``results.json`` holds.
 
-    ``config_dir`` defaults to :func:`~solo_stablerep.demo.runs.default_config_dir`.
+    ``config_dir`` defaults to :func:`~solo_stablerep.demo.runs.default_config_dir`. ``output``
+    may hold this run's files from before (the same options: the run is redone), else nothing
+    but with ``overwrite`` (:func:`claim_output`).
     """
 
     import torch
@@ -82,10 +178,10 @@ def run_demo(
     # 8x slower with 2 threads than 1 on a busy 2-core machine); the data worker takes another core.
     torch.set_num_threads(threads)
 
-    config_dir = config_dir or default_config_dir()
-    check_options(size, methods, config_dir)
+    config_dir = (config_dir or default_config_dir()).resolve()
     output = output.resolve()
-    output.mkdir(parents=True, exist_ok=True)
+    check_options(size, methods, seeds, config_dir, output, workers, extra_overrides)
+    claim_output(output, run_options(size, methods, seeds, config_dir, extra_overrides), overwrite)
     started = time.perf_counter()
 
     captions = output / "captions.csv"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,19 @@ SIZES_PRESETS = {
 }
 
 
+def hydra_quoted(text: str) -> str:
+    """``text`` as a quoted value of a Hydra override, read back as ``text`` whatever it holds
+    (``=``, ``,``, quotes, brackets, spaces): a path of the user's. Hydra's quoted strings escape
+    a quote, and the backslashes before one or at the end. (``${`` stays an interpolation:
+    :func:`~solo_stablerep.demo.pipeline.check_options` refuses it.)"""
+
+    def escape(match: re.Match) -> str:
+        backslashes, quote = match.groups()
+        return 2 * backslashes + ("\\" + quote if quote else "")
+
+    return "'" + re.sub(r"(\\*)('|$)", escape, text) + "'"
+
+
 def method_overrides(
     method: str, size: DemoSize, data_root: Path, run_dir: Path, seed: int, workers: int
 ) -> list:
@@ -85,6 +99,7 @@ def method_overrides(
     # StableRep: an item is a caption, one crop of each of `views` of its images; the others: an
     # item is an image, 2 crops of it (solo-learn lets only StableRep use more than 2 large crops)
     per_caption = method in CAPTION_METHODS
+    train_path = data_root if per_caption else per_image_root(data_root)
     crops_per_item = size.views if per_caption else 2
     batch_size = size.crops_per_step // crops_per_item  # items per step
     num_items = 10 * size.captions_per_class * (1 if per_caption else size.images_per_caption)
@@ -102,7 +117,7 @@ def method_overrides(
         "wandb.enabled=False",
         "auto_resume.enabled=False",
         "checkpoint.enabled=False",  # the demo probes the in-memory model
-        f"data.train_path={data_root if per_caption else per_image_root(data_root)}",
+        f"data.train_path={hydra_quoted(str(train_path))}",
         f"data.num_workers={workers}",
         f"augmentations.0.crop_size={size.crop_size}",
         "augmentations.0.horizontal_flip.prob=0.0",  # a mirrored 2 is no digit
@@ -119,7 +134,7 @@ def method_overrides(
         # warm-up over the first 10% of the steps (solo-learn counts it in epochs of max_epochs)
         f"scheduler.warmup_epochs={0.1 * max_epochs:.6g}",
         f"++seed={seed}",
-        f"++default_root_dir={run_dir}",
+        f"++default_root_dir={hydra_quoted(str(run_dir))}",
         f"++log_every_n_steps={max(1, size.steps // 60)}",
         "++enable_progress_bar=False",
         "++enable_model_summary=False",
@@ -159,6 +174,38 @@ def compose(config_dir: Path, method: str, overrides: list):
         except HydraException as error:
             # a --set KEY=VALUE the config lacks or Hydra cannot parse: Hydra's words, one line
             raise DemoError(f"{method}: {' '.join(str(error).split())}") from error
+
+
+# what a --set value must be where the config has a value of this type (bool before int: a bool is
+# an int to Python)
+_TYPE_WORDS = ((bool, "True or False"), (int, "a whole number"), (float, "a number"))
+
+
+def check_set_types(base, composed, method: str, extra_overrides) -> None:
+    """Raises :class:`DemoError` (one line) for a ``--set KEY=VALUE`` whose value has another type
+    than ``KEY``'s in the ``base`` config (a word where a number goes, a number where a list goes):
+    solo-learn and Lightning would stop on it with a traceback, after the runs before it."""
+
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    for override in extra_overrides:
+        key = override.split("=", 1)[0].lstrip("+")
+        if key.startswith("~"):
+            continue
+        was = OmegaConf.select(base, key, default=None)
+        now = OmegaConf.select(composed, key, default=None)
+        if was is None or now is None or isinstance(was, str):  # null: the user's choice
+            continue
+        for kind, words in (*_TYPE_WORDS, (DictConfig, "a mapping {...}"), (ListConfig, "a list")):
+            if isinstance(was, kind):
+                fits = isinstance(now, kind) and not (kind is int and isinstance(now, bool))
+                if kind is float:
+                    fits = isinstance(now, int | float) and not isinstance(now, bool)
+                if not fits:
+                    raise DemoError(
+                        f"--set {override}: {key} takes {words} (the {method} run has {was})"
+                    )
+                break
 
 
 def read_loss_curve(run_dir: Path, method: str) -> list:

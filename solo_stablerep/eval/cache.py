@@ -17,7 +17,9 @@ name, fsync, rename; :func:`atomic_output`), the JSON last, so an entry without 
 finished. Reading validates the JSON (version,
 key), and opens the arrays with ``allow_pickle=False`` checking their shapes and dtypes: a
 truncated file, a file of another version or any foreign file is rebuilt, never trusted. Arrays
-only: nothing in the cache can run code.
+only: nothing in the cache can run code. Evaluations may share a cache folder: the process writing
+an entry holds its lock (``<key>.lock``, :meth:`FeatureCache.writing`), and one wanting the same
+entry waits for it.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from solo_stablerep.storage import atomic_output
+from solo_stablerep.storage import atomic_output, exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +91,31 @@ class FeatureCache:
             log.warning("feature cache entry %s is unusable (%s): rebuilding it", meta_path, error)
             return None
         return features, labels
+
+    @contextmanager
+    def writing(self, key: str) -> Iterator[None]:
+        """Held by the one process (rank 0 under ``torchrun``) that creates entry ``key``, from
+        :meth:`create` to reading it back: another process extracting the same features (another
+        evaluation sharing the cache folder) waits for it, instead of both filling the one pending
+        file. The lock is ``<key>.lock``, an empty file left in place."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = self.root / f"{key}.lock"
+        lock.touch(exist_ok=True)
+
+        def waiting():
+            log.info("feature cache entry %s: waiting for another process writing it", key)
+
+        with exclusive_lock(lock, on_wait=waiting):
+            yield
+
+    def written_meanwhile(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The entry :meth:`load` missed, if another process wrote it since (counted as a hit
+        then, not a miss); call it under :meth:`writing`."""
+        entry = self._read(key)
+        if entry is not None:
+            self.misses -= 1
+            self.hits += 1
+        return entry
 
     def _pending_path(self, key: str) -> Path:
         return self.root / f"{key}.features.npy.pending"

@@ -10,21 +10,30 @@ together and rank 0 runs the probes and writes the outputs (:mod:`.distributed`)
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import warnings
 from pathlib import Path
 
-from solo_stablerep.console import configure_logging, run_command
-from solo_stablerep.errors import InputError
+from solo_stablerep.console import (
+    ArgumentParser,
+    check_output_file,
+    check_output_folder,
+    configure_logging,
+    int_at_least,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_command,
+    seed_int,
+)
 
 PROG = "solo-stablerep-eval"
 log = logging.getLogger("solo_stablerep.eval")
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog=PROG,
         description="Compare solo-learn checkpoints side by side by the papers' protocols: linear "
         "transfer (45-value weight-decay sweep, L-BFGS logistic regression), weighted kNN and "
@@ -49,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
         "--output", type=Path, required=True, help="folder for results.json/.csv/.md/.png"
     )
     p.add_argument(
+        "--overwrite", action="store_true", help="replace the results of an earlier run in --output"
+    )
+    p.add_argument(
         "--probes",
         nargs="+",
         default=["linear", "knn", "fewshot"],
@@ -63,42 +75,51 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--image-size",
-        type=int,
+        type=positive_int,
         default=None,
         help="resize + centre-crop size (default: each checkpoint's pretraining crop "
         "size; 224 for random:)",
     )
-    p.add_argument("--batch-size", type=int, default=128, help="images per extraction batch")
-    p.add_argument("--workers", type=int, default=4, help="data loader workers for decoding")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=128, help="images per extraction batch"
+    )
+    p.add_argument(
+        "--workers", type=non_negative_int, default=4, help="data loader workers for decoding"
+    )
     p.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
     p.add_argument(
         "--weight-decays",
-        type=int,
+        type=positive_int,
         default=45,
         metavar="N",
         help="number of log-spaced weight decays in [1e-6, 1e5] (the protocol's: 45)",
     )
-    p.add_argument("--knn-k", type=int, default=20)
-    p.add_argument("--knn-temperature", type=float, default=0.07)
-    p.add_argument("--ways", type=int, default=5)
-    p.add_argument("--shots", type=int, nargs="+", default=[1, 5])
-    p.add_argument("--episodes", type=int, default=600)
-    p.add_argument("--queries", type=int, default=15, help="query items per class and episode")
+    p.add_argument("--knn-k", type=positive_int, default=20)
+    p.add_argument("--knn-temperature", type=positive_float, default=0.07)
+    p.add_argument("--ways", type=int_at_least(2), default=5)
+    p.add_argument("--shots", type=positive_int, nargs="+", default=[1, 5])
     p.add_argument(
-        "--seed", type=int, default=0, help="of the held-out validation split and the episodes"
+        "--episodes", type=int_at_least(2), default=600, help="(2 at least: a 95 %% interval)"
+    )
+    p.add_argument(
+        "--queries", type=positive_int, default=15, help="query items per class and episode"
+    )
+    p.add_argument(
+        "--seed", type=seed_int, default=0, help="of the held-out validation split and the episodes"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
 
-def _export_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def _export_parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog=f"{PROG} export",
         description="Write a checkpoint's backbone weights as safetensors "
         "that timm (or torchvision, for ResNets) loads.",
     )
     p.add_argument("checkpoint", metavar="CKPT")
     p.add_argument("output", type=Path, metavar="OUT.safetensors")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     return p
 
 
@@ -116,11 +137,13 @@ def _compare(args) -> int:
     from solo_stablerep.eval.compare import ProbeSettings, compare
     from solo_stablerep.eval.distributed import join, leave
     from solo_stablerep.eval.features import ExtractionSettings
-    from solo_stablerep.eval.report import markdown_table, write_report
+    from solo_stablerep.eval.report import check_report_folder, markdown_table, write_report
     from solo_stablerep.storage import cache_dir
 
-    if args.weight_decays < 1:
-        raise InputError(f"--weight-decays {args.weight_decays}: give at least 1")
+    # where the results go, before any work: an unusable --output would lose all of it
+    check_report_folder(args.output, args.overwrite)
+    cache_root = args.cache_dir or cache_dir() / "features"
+    check_output_folder(cache_root, "--cache-dir")
     settings = ProbeSettings(
         probes=args.probes,
         weight_decays=tuple(np.logspace(-6, 5, args.weight_decays)),
@@ -138,7 +161,7 @@ def _compare(args) -> int:
     extraction = ExtractionSettings(
         args.batch_size, args.workers, args.device, not args.no_progress, ranks
     )
-    cache = FeatureCache(args.cache_dir or cache_dir() / "features")
+    cache = FeatureCache(cache_root)
     completed = False
     try:
         comparison = compare(args.models, args.datasets, cache, settings, extraction)
@@ -176,10 +199,13 @@ def _compare(args) -> int:
             for d in comparison.datasets
         ],
         "cache": {"dir": str(cache.root), "hits": cache.hits, "misses": cache.misses},
+        "skipped": comparison.skipped,
     }
     written = write_report(args.output, summary, labels, comparison.results)
     log.info("wrote %s", ", ".join(str(p) for p in written))
-    print(markdown_table(labels, comparison.results), end="", flush=True)  # the result, on stdout
+    print(
+        markdown_table(labels, comparison.results, comparison.skipped), end="", flush=True
+    )  # the result, on stdout
     return 0
 
 
@@ -187,6 +213,7 @@ def _export(args) -> int:
     from solo_stablerep.eval.backbone import read_spec
     from solo_stablerep.eval.export import export_backbone
 
+    check_output_file(args.output, "OUT", args.overwrite)
     spec = read_spec(args.checkpoint)
     timm_name = export_backbone(spec, args.output)
     kwargs = "".join(f", {k}={v!r}" for k, v in spec.backbone_kwargs.items())
@@ -197,10 +224,13 @@ def _export(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+def _main(argv: list) -> int:
     exporting = bool(argv) and argv[0] == "export"
     args = _export_parser().parse_args(argv[1:]) if exporting else _parser().parse_args(argv)
     _configure_output()
-    # checkpoints, data sets, cache, options: one line
-    return run_command(PROG, lambda: _export(args) if exporting else _compare(args))
+    return _export(args) if exporting else _compare(args)
+
+
+def main(argv=None) -> int:
+    # options, checkpoints, data sets, cache, outputs: one line
+    return run_command(PROG, lambda: _main(sys.argv[1:] if argv is None else list(argv)))

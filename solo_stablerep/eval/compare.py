@@ -68,6 +68,50 @@ class Comparison:
     models: list[BackboneSpec]
     datasets: list[EvalDataset] = field(default_factory=list)
     results: list[Result] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # a probe that could not run, and why
+
+
+@dataclass(frozen=True)
+class PlannedProbe:
+    """A probe to run on a data set: ``kind`` one of :data:`PROBES`; few-shot's ways and shots."""
+
+    kind: str
+    ways: int = 0
+    shots: int = 0
+
+
+def plan_probes(dataset: EvalDataset, settings: ProbeSettings) -> tuple[list, list[str]]:
+    """The probes of ``settings`` that can run on ``dataset``, and a line for each that cannot
+    (a multi-label set has no kNN or episodes; episodes need 2 test classes with enough items):
+    from the labels alone, before any feature is extracted."""
+    runs, skipped = [], []
+    if "linear" in settings.probes:
+        fit_labels = [dataset.splits[s].labels for s in ("train", "val") if s in dataset.splits]
+        classes = len(np.unique(np.concatenate(fit_labels)))
+        if dataset.multilabel or classes >= 2:
+            runs.append(PlannedProbe("linear"))
+        else:
+            skipped.append(f"{dataset.name} linear: train has {classes} class(es), it needs 2")
+    for kind in ("knn", "fewshot"):
+        if dataset.multilabel and kind in settings.probes:
+            skipped.append(f"{dataset.name} {kind}: multi-label, it needs one class per image")
+    if dataset.multilabel:
+        return runs, skipped
+    if "knn" in settings.probes:
+        runs.append(PlannedProbe("knn"))
+    if "fewshot" in settings.probes:
+        _, counts = np.unique(dataset.splits["test"].labels, return_counts=True)
+        for shots in settings.shots:
+            items = shots + settings.queries
+            enough = int((counts >= items).sum())
+            if enough < 2:
+                skipped.append(
+                    f"{dataset.name} {shots}-shot: episodes need 2 test classes of >= {items} "
+                    f"items ({shots} shots + {settings.queries} queries); {enough} have as many"
+                )
+            else:
+                runs.append(PlannedProbe("fewshot", min(settings.ways, enough), shots))
+    return runs, skipped
 
 
 def _labels_of_models(specs: list[BackboneSpec]) -> None:
@@ -93,7 +137,13 @@ def compare(
     models = [read_spec(spec) for spec in model_specs]
     _labels_of_models(models)
     datasets = [open_dataset(spec) for spec in dataset_specs]  # all checked before any work
-    comparison = Comparison(models, datasets)
+    plans = [plan_probes(dataset, probe_settings) for dataset in datasets]
+    skipped = [line for _, lines in plans for line in lines]
+    if not any(runs for runs, _ in plans):
+        raise EvalError(f"no probe can run: {'; '.join(skipped)}")
+    for line in skipped:
+        log.warning("skipped: %s", line)
+    comparison = Comparison(models, datasets, skipped=skipped)
     built: dict[str, object] = {}
 
     def backbone_of(spec: BackboneSpec):
@@ -138,7 +188,8 @@ def compare(
     built.clear()
     if extraction.ranks.is_main:  # under torchrun the other ranks are done: features only
         for (m, d), splits in features.items():
-            comparison.results += _probe(models[m].label, datasets[d], splits, probe_settings)
+            runs = plans[d][0]
+            comparison.results += _probe(models[m].label, datasets[d], splits, runs, probe_settings)
     return comparison
 
 
@@ -159,85 +210,73 @@ def _input_size(spec: BackboneSpec, requested: int | None) -> int:
     return size
 
 
-def _probe(model: str, dataset: EvalDataset, features: dict[str, tuple], settings: ProbeSettings):
-    """One Result per probe of ``settings`` on ``model``'s features of ``dataset``."""
+def _probe(model: str, dataset: EvalDataset, features: dict[str, tuple], runs, settings):
+    """One Result per planned probe of ``runs`` (:func:`plan_probes`) on ``model``'s features."""
     return [
         Result(model, dataset.name, probe, metric, score, **fields)
-        for probe, metric, score, fields in _scores(model, dataset, features, settings)
+        for probe, metric, score, fields in _scores(model, dataset, features, runs, settings)
     ]
 
 
-def _scores(model: str, dataset: EvalDataset, features: dict[str, tuple], settings: ProbeSettings):
-    """(probe column, metric, score, the Result's other fields) of each probe that applies to
-    ``dataset``: kNN and few-shot episodes only where each image has one class."""
+def _scores(model: str, dataset: EvalDataset, features: dict[str, tuple], runs, settings):
+    """(probe column, metric, score, the Result's other fields) of each planned probe."""
     train_x, train_y = features["train"]
     test_x, test_y = features["test"]
     val_x, val_y = features.get("val", (None, None))
-    if "linear" in settings.probes:
-        log.info(
-            "%s on %s: linear probe (%d weight decays)",
-            model,
-            dataset.name,
-            len(settings.weight_decays),
-        )
-        linear = linear_probe(
-            train_x,
-            train_y,
-            test_x,
-            test_y,
-            val_features=val_x,
-            val_labels=val_y,
-            weight_decays=settings.weight_decays,
-            metric=dataset.metric,
-            seed=settings.seed,
-            device=settings.device,
-        )
-        curve = {
-            "val_scores": linear.val_scores.tolist(),
-            "weight_decays": linear.weight_decays.tolist(),
-        }
-        fields = {"weight_decay": linear.weight_decay, "details": curve}
-        yield "linear", dataset.metric, linear.score, fields
-    if dataset.multilabel:
-        return
-    if "knn" in settings.probes:
-        score = knn_accuracy(
-            train_x,
-            train_y,
-            test_x,
-            test_y,
-            settings.knn_k,
-            settings.knn_temperature,
-            device=settings.device,
-        )
-        knn = {"k": settings.knn_k, "temperature": settings.knn_temperature}
-        yield "kNN", "top1", score, {"details": knn}
-    if "fewshot" in settings.probes:
-        _, counts = np.unique(test_y, return_counts=True)
-        for shots in settings.shots:
-            ways = min(settings.ways, int((counts >= shots + settings.queries).sum()))
-            if ways < 2:
-                log.warning(
-                    "%s: too few test items per class for %d-shot episodes: skipped",
-                    dataset.name,
-                    shots,
-                )
-                continue
+    for run in runs:
+        if run.kind == "linear":
+            log.info(
+                "%s on %s: linear probe (%d weight decays)",
+                model,
+                dataset.name,
+                len(settings.weight_decays),
+            )
+            linear = linear_probe(
+                train_x,
+                train_y,
+                test_x,
+                test_y,
+                val_features=val_x,
+                val_labels=val_y,
+                weight_decays=settings.weight_decays,
+                metric=dataset.metric,
+                seed=settings.seed,
+                device=settings.device,
+            )
+            curve = {
+                "val_scores": linear.val_scores.tolist(),
+                "weight_decays": linear.weight_decays.tolist(),
+            }
+            fields = {"weight_decay": linear.weight_decay, "details": curve}
+            yield "linear", dataset.metric, linear.score, fields
+        elif run.kind == "knn":
+            score = knn_accuracy(
+                train_x,
+                train_y,
+                test_x,
+                test_y,
+                settings.knn_k,
+                settings.knn_temperature,
+                device=settings.device,
+            )
+            knn = {"k": settings.knn_k, "temperature": settings.knn_temperature}
+            yield "kNN", "top1", score, {"details": knn}
+        else:
             episodes = few_shot(
                 test_x,
                 test_y,
-                ways=ways,
-                shots=shots,
+                ways=run.ways,
+                shots=run.shots,
                 episodes=settings.episodes,
                 queries=settings.queries,
                 seed=settings.seed,
                 device=settings.device,
             )
             drawn = {
-                "ways": ways,
-                "shots": shots,
+                "ways": run.ways,
+                "shots": run.shots,
                 "episodes": settings.episodes,
                 "queries": settings.queries,
             }
             fields = {"ci95": episodes.ci95, "details": drawn}
-            yield f"{ways}-way {shots}-shot", "top1", episodes.mean, fields
+            yield f"{run.ways}-way {run.shots}-shot", "top1", episodes.mean, fields

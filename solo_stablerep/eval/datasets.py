@@ -340,11 +340,8 @@ def _voc2007(spec: str, root: str) -> dict[str, Split]:
         dataset = _open(VOCDetection, spec, root=root, year="2007", image_set=ours)
         targets = np.zeros((len(dataset), len(VOC_CLASSES)), dtype=np.int64)
         for i, annotation_file in enumerate(dataset.annotations):
-            annotation = dataset.parse_voc_xml(_read_xml(annotation_file))["annotation"]
-            objects = annotation.get("object", [])
-            for obj in objects if isinstance(objects, list) else [objects]:
-                if obj.get("difficult", "0") == "0":
-                    targets[i, VOC_CLASSES.index(obj["name"])] = 1
+            for name in _voc_positives(dataset, annotation_file):
+                targets[i, VOC_CLASSES.index(name)] = 1
         splits[ours] = Split(
             targets,
             lambda i, d=dataset: Image.open(d.images[i]),
@@ -353,10 +350,50 @@ def _voc2007(spec: str, root: str) -> dict[str, Split]:
     return splits
 
 
-def _read_xml(path):
+def _voc_positives(dataset, annotation_file) -> list[str]:
+    """The classes of an annotation's objects that are not marked difficult; a one-line
+    :class:`EvalError` naming the file when it is not a VOC annotation."""
     from xml.etree.ElementTree import parse
 
-    return parse(path).getroot()
+    try:
+        annotation = dataset.parse_voc_xml(parse(annotation_file).getroot())["annotation"]
+        objects = annotation.get("object", [])
+        objects = objects if isinstance(objects, list) else [objects]
+        names = [obj["name"] for obj in objects if obj.get("difficult", "0") == "0"]
+    except (OSError, SyntaxError, KeyError, TypeError, AttributeError) as error:  # ParseError too
+        reason = f"no {error}" if isinstance(error, KeyError) else first_line(error)
+        raise EvalError(
+            f"{annotation_file}: not a VOC annotation ({reason}): restore it from the VOC2007 "
+            "archive"
+        ) from None
+    unknown = sorted(set(names) - set(VOC_CLASSES))
+    if unknown:
+        raise EvalError(
+            f"{annotation_file}: object class {unknown[0]!r} is none of VOC's 20: restore the file "
+            "from the VOC2007 archive"
+        )
+    return names
+
+
+def _dtd(spec: str, root: str) -> dict[str, Split]:
+    """DTD's partition 1, its split files checked first: torchvision reads each line as
+    ``CLASS/IMAGE`` and fails on any other without naming it."""
+    from torchvision.datasets import DTD
+
+    labels = Path(root) / "dtd" / "dtd" / "labels"
+    for split in ("train", "val", "test"):
+        path = labels / f"{split}1.txt"
+        if path.is_file():
+            with path.open(encoding="utf-8", errors="replace") as f:
+                for number, line in enumerate(f, start=1):
+                    if len(line.strip().split("/")) != 2:
+                        raise EvalError(
+                            f"{path}:{number}: {line.strip()!r} is not CLASS/IMAGE, as every line "
+                            "of DTD's split files: restore the file from the DTD archive"
+                        )
+    return _split_sets(DTD, {"train": "train", "val": "val", "test": "test"}, partition=1)(
+        spec, root
+    )
 
 
 def _torchvision_builders() -> dict[str, tuple]:
@@ -374,7 +411,7 @@ def _torchvision_builders() -> dict[str, tuple]:
         "cars": (_split_sets(tv.StanfordCars, two), "top1"),
         "cifar10": (_cifar(tv.CIFAR10), "top1"),
         "cifar100": (_cifar(tv.CIFAR100), "top1"),
-        "dtd": (_split_sets(tv.DTD, three, partition=1), "top1"),
+        "dtd": (_dtd, "top1"),
         "flowers102": (_split_sets(tv.Flowers102, three), "mean_per_class"),
         "food101": (_split_sets(tv.Food101, two), "top1"),
         "pets": (

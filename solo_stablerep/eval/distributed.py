@@ -18,7 +18,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from solo_stablerep.errors import EvalError
+from solo_stablerep.errors import EvalError, first_line
 
 # How long a rank waits for the others at an agreement point (a rank extracting a large split is
 # awaited by the ones done with theirs; a rank that died is awaited this long at most).
@@ -54,6 +54,28 @@ class Ranks:
         return int(tensor.item())
 
 
+def usable_device(device: str | None) -> torch.device:
+    """``--device`` as a torch device this process can allocate on (default: CUDA when available,
+    else the CPU); a one-line :class:`EvalError` for a name torch does not know or a device that
+    is not here (``cuda`` without a GPU, ``cuda:3`` on a machine with one)."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise EvalError(
+            f"--device {device}: not a device torch knows: give cpu, cuda or cuda:N"
+        ) from None
+    try:
+        torch.empty(1, device=chosen)
+    except (RuntimeError, AssertionError) as error:  # no driver, no GPU N, a CPU-only build
+        raise EvalError(
+            f"--device {device}: not usable here ({first_line(error)}): leave --device out to use "
+            "what there is"
+        ) from None
+    return chosen
+
+
 def join(device: str | None) -> Ranks:
     """This process's :class:`Ranks`: alone, or, under ``torchrun`` (``WORLD_SIZE`` > 1), a rank of
     the process group it joins here (NCCL on ``cuda:LOCAL_RANK`` unless ``device`` is ``cpu`` or
@@ -61,8 +83,7 @@ def join(device: str | None) -> Ranks:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     use_cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
     if world_size == 1:
-        default = "cuda" if torch.cuda.is_available() else "cpu"
-        return Ranks(device=torch.device(device or default))
+        return Ranks(device=usable_device(device))
     if device not in (None, "cpu", "cuda"):
         raise EvalError(
             f"--device {device}: under torchrun each rank uses cuda:LOCAL_RANK; give cuda or cpu"

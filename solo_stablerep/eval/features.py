@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -87,7 +88,9 @@ def split_features(
     committed by rank 0 once every rank has written and flushed its rows, and each step is agreed
     on by all ranks: if any rank fails (a corrupt image, an interrupt), every rank raises and the
     pending file is removed; a rank that dies leaves the others failing at the next agreement. In
-    either case no valid entry is left."""
+    either case no valid entry is left. A process extracting an entry holds its lock
+    (:meth:`FeatureCache.writing`): another one wanting the same features (an evaluation sharing
+    the cache folder) waits, then reads the entry (alone) or writes it again (torchrun)."""
     key = cache_key(identity)
     ranks = settings.ranks
     cached = cache.load(key)
@@ -142,11 +145,16 @@ def split_features(
             cache.commit(key, identity, np.asarray(split.labels))
 
     discard = (lambda: cache.discard(key)) if ranks.is_main else (lambda: None)
-    backbone = _together(ranks, allocate, discard)
-    dim = _together(ranks, extract, discard)
-    _together(ranks, commit, discard)
-    log.info("features %s: %d x %d extracted", description, len(split), dim)
-    return cache.read_back(key)
+    with cache.writing(key) if ranks.is_main else nullcontext():
+        if ranks.world_size == 1:  # ranks would have to agree on it: they extract again
+            cached = cache.written_meanwhile(key)
+            if cached is not None:
+                return cached
+        backbone = _together(ranks, allocate, discard)
+        dim = _together(ranks, extract, discard)
+        _together(ranks, commit, discard)
+        log.info("features %s: %d x %d extracted", description, len(split), dim)
+        return cache.read_back(key)
 
 
 def _together(ranks: Ranks, step: Callable, on_failure: Callable):

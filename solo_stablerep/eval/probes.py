@@ -99,6 +99,8 @@ def knn_accuracy(
     weights exp(cos / ``temperature``)) on these features; the same number as
     ``solo.utils.knn.WeightedKNNClassifier(k, temperature)`` (which reports percent)."""
 
+    if k < 1 or not temperature > 0:  # k 0 would vote for nobody: chance, as if a score
+        raise EvalError(f"knn_accuracy needs k >= 1 and temperature > 0, got {k}, {temperature}")
     train = as_tensor(train_features, device)  # a memory map stays one: norms apart, no copy
     inverse_norms = torch.cat(
         [1 / rows.norm(dim=1).clamp_min(1e-12) for rows in train.split(KNN_NORM_ROWS)]

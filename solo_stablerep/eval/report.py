@@ -15,10 +15,13 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from solo_stablerep.console import check_output_folder
+from solo_stablerep.errors import EvalError
 from solo_stablerep.storage import atomic_output
 
 log = logging.getLogger(__name__)
 
+REPORT_FILES = ("results.json", "results.csv", "results.md", "results.png")
 CSV_FIELDS = ("model", "dataset", "probe", "metric", "score", "ci95", "weight_decay")
 
 
@@ -51,7 +54,8 @@ def _cell(result: Result | None) -> str:
     return text
 
 
-def markdown_table(models: list[str], results: list[Result]) -> str:
+def markdown_table(models: list[str], results: list[Result], skipped=()) -> str:
+    """The table of ``results``, a row per model, and the lines of the probes ``skipped``."""
     columns = _columns(results)
     by_cell: dict[tuple, Result] = {(r.model, r.column): r for r in results}
     metrics = {r.column: r.metric for r in results}
@@ -68,14 +72,29 @@ def markdown_table(models: list[str], results: list[Result]) -> str:
         "",
         f"Scores in percent (few-shot: mean ± 95 % interval over episodes). Metrics: {used}.",
     ]
+    if skipped:
+        lines.append(f"Skipped: {'; '.join(skipped)}.")
     return "\n".join(lines) + "\n"
+
+
+def check_report_folder(output: Path, overwrite: bool = False) -> None:
+    """Raises a one-line error unless the report can be written into ``output``: a folder (or one
+    to make) that is writable and holds no earlier report, unless ``overwrite``. Called before
+    any work."""
+    check_output_folder(output)
+    earlier = [name for name in REPORT_FILES if (output / name).exists()]
+    if earlier and not overwrite:
+        raise EvalError(
+            f"--output {output} holds the results of an earlier run ({', '.join(earlier)}): "
+            "pass --overwrite to replace them, or give another --output"
+        )
 
 
 def write_report(
     output: Path, summary: dict, models: list[str], results: list[Result]
 ) -> list[Path]:
     """Writes the four files into ``output``; returns their paths (the plot only if matplotlib is
-    installed)."""
+    installed). ``summary["skipped"]``: the probes that could not run, listed under the table."""
     output.mkdir(parents=True, exist_ok=True)
     written = []
     document = dict(
@@ -100,13 +119,14 @@ def write_report(
 
     path = output / "results.md"
     with atomic_output(path, "w", encoding="utf-8") as f:
-        f.write(markdown_table(models, results))
+        f.write(markdown_table(models, results, summary.get("skipped", ())))
     written.append(path)
 
     try:
         import matplotlib
     except ImportError:
         log.warning("matplotlib is not installed: no results.png (pip install matplotlib)")
+        (output / "results.png").unlink(missing_ok=True)  # an earlier run's
         return written
     matplotlib.use("Agg")
     path = output / "results.png"

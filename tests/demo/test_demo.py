@@ -5,6 +5,7 @@ import importlib.util
 import json
 import math
 import re
+import shlex
 import subprocess
 import sys
 
@@ -374,6 +375,23 @@ def test_demo_runs_end_to_end_and_writes_its_table_plot_and_configs(tmp_path):
             rf"seed 0 {method}: step {steps}/{steps}, loss [0-9.]+, \d+ s, ~0 s left", proc.stderr
         )
     assert "Warning" not in proc.stderr and "warn" not in proc.stderr.lower(), proc.stderr[-3000:]
+    # the command that reproduces each run, pasteable into a shell (paths quoted for Hydra)
+    command = (out / "configs" / "stablerep.command.txt").read_text().replace("\\\n", " ")
+    words = shlex.split(command)
+    assert words[0] == "solo-stablerep-pretrain" and f"data.train_path='{out / 'data'}'" in words
+
+    # the same folder with other options: refused before any work, the results kept
+    report = (out / "results.json").read_text()
+    other = subprocess.run(
+        [sys.executable, "-m", "solo_stablerep.demo", *proc.args[3:], "--seeds", "1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert other.returncode == 2, other.stderr[-3000:]
+    assert "holds the results of a run with other options (seeds: [0] -> [1])" in other.stderr
+    assert (out / "results.json").read_text() == report
 
 
 # ---- bench/run_all.py

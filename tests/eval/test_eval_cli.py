@@ -227,7 +227,10 @@ def test_val_split_and_multilabel_sets_from_torchvision_layouts(tmp_path, capsys
         ),
         (["no/such.ckpt", "--datasets", "digits"], "no/such.ckpt: no such checkpoint file"),
         (["random:alexnet", "--datasets", "digits"], "unknown backbone 'alexnet'"),
-        (["random:resnet18", "--datasets", "digits", "--weight-decays", "0"], "--weight-decays 0"),
+        (
+            ["random:resnet18", "--datasets", "digits", "--weight-decays", "0"],
+            "argument --weight-decays: got 0",
+        ),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, capsys, argv, message):

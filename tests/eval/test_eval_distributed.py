@@ -111,14 +111,21 @@ def test_two_ranks_fill_one_entry_with_the_features_of_one_process(tmp_path):
     assert features.shape == alone[0].shape == (101, 6)
     np.testing.assert_allclose(features, alone[0], rtol=TOLERANCE, atol=TOLERANCE)
     np.testing.assert_array_equal(labels, alone[1])
-    assert len(list((tmp_path / "shared").iterdir())) == 3  # features, labels, JSON: nothing else
+    # features, labels, JSON and the entry's lock (held by rank 0 while writing): nothing else
+    assert sorted(p.suffix for p in (tmp_path / "shared").iterdir()) == [
+        ".json",
+        ".lock",
+        ".npy",
+        ".npy",
+    ]
 
 
 def test_a_rank_that_dies_leaves_no_valid_entry(tmp_path):
     codes, outputs = run_ranks(tmp_path, DIE_ON_RANK="1")
     assert codes[1] == 3 and codes[0] != 0, outputs
     assert FeatureCache(tmp_path).load(cache_key(IDENTITY)) is None
-    assert [p.name for p in tmp_path.iterdir()] == []  # rank 0 removed the pending features
+    # rank 0 removed the pending features: the entry's lock is all that is left
+    assert [p.suffix for p in tmp_path.iterdir()] == [".lock"]
 
 
 @pytest.mark.parametrize("num_items", [0, 1, 5, 898])

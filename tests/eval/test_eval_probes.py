@@ -72,6 +72,14 @@ def test_knn_chunks_the_similarities(monkeypatch):
     assert knn_accuracy(train_x, train_y, test_x, test_y) == whole
 
 
+@pytest.mark.parametrize("k, temperature", [(0, 0.07), (-1, 0.07), (20, 0.0), (20, float("nan"))])
+def test_knn_refuses_no_neighbours_or_no_temperature(k, temperature):
+    """k 0 voted for nobody: every prediction class 0, chance reported as a score."""
+    train_x, train_y = blobs(20, noise=1.0, seed=3)
+    with pytest.raises(EvalError, match="k >= 1 and temperature > 0"):
+        knn_accuracy(train_x, train_y, train_x, train_y, k=k, temperature=temperature)
+
+
 # ------------------------------------------------------------------------------ linear probe
 
 
