@@ -6,12 +6,23 @@ import omegaconf
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from solo.methods.base import BaseMethod
 from solo.utils.misc import omegaconf_select
 
+from solo_stablerep.cfg_defaults import (
+    NAMES,
+    Setting,
+    at_least,
+    containing,
+    greater_than,
+    integer,
+    null_or,
+)
 from solo_stablerep.errors import InputError
 from solo_stablerep.losses import image_text_contrastive_loss
 from solo_stablerep.losses.distributed import is_distributed
-from solo_stablerep.methods.stablerep import StableRep
+from solo_stablerep.methods.common import MultiViewMethod, require_views
+from solo_stablerep.methods.stablerep import StableRep, projector_of, stablerep_loss
 from solo_stablerep.text import CaptionTokenizer, build_text_tower
 
 # CLIP's initial temperature 0.07 and its ceiling on the logit scale (open_clip clamps log s
@@ -20,21 +31,35 @@ LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = math.log(100)
 
 
-class StableRepPP(StableRep):
+class StableRepPP(MultiViewMethod, BaseMethod):
     # batches are (indexes, views, targets, caption tokens) (see EntryPointNeeds)
     needs_captions = True
-    KWARGS_DEFAULTS = {
-        **StableRep.KWARGS_DEFAULTS,
-        "embed_dim": 512,
-        "text_width": 512,
-        "text_layers": 12,
-        "text_heads": 8,
-        "context_length": 77,
-        "w1": 1.0,
-        "w2": 1.0,
-        "class_names": None,
-        "zero_shot_template": "a photo of a {name}",
-    }
+    SETTINGS = (
+        *StableRep.SETTINGS,
+        Setting("w1", 1.0, at_least(0), "weight of the image–image loss; 0: CLIP (no projector)"),
+        Setting(
+            "w2",
+            1.0,
+            greater_than(0),
+            "weight of the image–text loss",
+            hint="without the image-text term use method=stablerep",
+        ),
+        Setting("embed_dim", 512, integer(1), "joint image–text embedding dimension"),
+        Setting("text_width", 512, integer(1), "width of the text transformer (CLIP ViT-B/16's)"),
+        Setting("text_layers", 12, integer(1), "depth of the text transformer"),
+        Setting("text_heads", 8, integer(1), "attention heads of the text transformer"),
+        Setting(
+            "context_length",
+            77,
+            integer(2),
+            "caption tokens; longer captions are truncated",
+            hint="<sot> and <eot>",
+        ),
+        Setting("class_names", None, null_or(NAMES), "zero-shot classes (null: the data set's)"),
+        Setting(
+            "zero_shot_template", "a photo of a {name}", containing("{name}"), "prompt of a class"
+        ),
+    )
 
     def __init__(self, cfg: omegaconf.DictConfig):
         """Implements StableRep++ (Tian, Fan, Isola, Chang, Krishnan, "StableRep: Synthetic Images
@@ -43,40 +68,36 @@ class StableRepPP(StableRep):
         CLIP-style image–text contrastive loss between the images and the caption they were
         generated from, ``w1 * image_image + w2 * image_text``.
 
-        The image–image term is StableRep's (its projector and temperature: this class extends
-        :class:`StableRep`). The image–text term uses a linear projection of the backbone
-        features (initialised from N(0, features_dim^-0.5), as in the authors' code) and a CLIP
-        text tower (open_clip's ``TextTransformer`` with CLIP's QuickGELU, CLIP BPE tokenizer)
-        into a shared embedding, a learnable logit scale
+        The image–image term is StableRep's (its projector, temperature and loss,
+        :func:`~solo_stablerep.methods.stablerep.stablerep_loss`). The image–text term uses a
+        linear projection of the backbone features (initialised from N(0, features_dim^-0.5), as
+        in the authors' code) and a CLIP text tower (open_clip's ``TextTransformer`` with CLIP's
+        QuickGELU, CLIP BPE tokenizer) into a shared embedding, a learnable logit scale
         (init 1/0.07, clamped at 100) and is multi-positive in both directions
         (:func:`solo_stablerep.losses.image_text_contrastive_loss`). With ``w1: 0`` it is CLIP
         (one image per caption works; the image–image loss and the projector are dropped).
         Training data must carry captions: ``data.dataset: synthetic`` (``data.format``
         image_folder or dali), see :mod:`solo_stablerep.text.captions`.
 
-        Extra cfg settings (besides StableRep's proj_hidden_dim, proj_output_dim,
-        proj_num_layers and temperature):
-            method_kwargs:
-                embed_dim (int): dimension of the shared image–text embedding. Defaults to 512.
-                text_width (int): width of the text transformer. Defaults to 512.
-                text_layers (int): depth of the text transformer. Defaults to 12.
-                text_heads (int): attention heads of the text transformer. Defaults to 8.
-                context_length (int): caption token slots; longer captions are truncated.
-                    Defaults to 77.
-                w1 (float): weight of the image–image loss; 0 drops it. Defaults to 1.
-                w2 (float): weight of the image–text loss, > 0. Defaults to 1.
-                class_names (Optional[List[str]]): class names in the order of the validation
-                    labels (sorted folder names of ``data.val_path``), for online zero-shot
-                    classification logged as ``val_zero_shot_acc1``. Defaults to the manifest's
-                    class_names when ``data.val_path`` is set, else None (no zero-shot).
-                zero_shot_template (str): prompt of a class, with ``{name}``. Defaults to
-                    "a photo of a {name}".
+        Extra cfg settings:
+            method_kwargs: StableRep's, and the loss weights ``w1`` and ``w2``, the text tower's
+                ``embed_dim``, ``text_width``, ``text_layers``, ``text_heads``,
+                ``context_length``, and the online zero-shot accuracy's ``class_names`` (in the
+                order of the validation labels, the sorted folder names of ``data.val_path``;
+                null: the manifest's class_names when ``data.val_path`` is set, else no
+                zero-shot) and ``zero_shot_template``; their types, defaults and meanings are the
+                table ``SETTINGS`` (the README's table).
         """
 
         super().__init__(cfg)
 
         kwargs = cfg.method_kwargs
+        self.temperature: float = kwargs.temperature
+        self.w1: float = kwargs.w1
         self.w2: float = kwargs.w2
+        # Nothing reads "z" without the image–image term: no projector to train (DDP refuses
+        # parameters that get no gradient).
+        self.projector = projector_of(kwargs, self.features_dim) if self.w1 > 0 else nn.Identity()
         self.image_projection = nn.Linear(self.features_dim, kwargs.embed_dim, bias=False)
         # the authors' image projection: a (features_dim, embed_dim) matrix from N(0, width^-0.5)
         nn.init.normal_(self.image_projection.weight, std=self.features_dim**-0.5)
@@ -98,15 +119,9 @@ class StableRepPP(StableRep):
         self._zero_shot_hits = torch.zeros(2, dtype=torch.long)  # (correct, seen)
 
     @classmethod
-    def image_image_weight(cls, cfg: omegaconf.DictConfig) -> float:
-        """``method_kwargs.w1``: 0 is CLIP (one image per caption is enough)."""
-
-        return cfg.method_kwargs.w1
-
-    @classmethod
     def add_and_assert_specific_cfg(cls, cfg: omegaconf.DictConfig) -> omegaconf.DictConfig:
-        """Adds method specific default values/checks for config: StableRep's, then the
-        loss weights, the text tower and the zero-shot settings.
+        """Adds method specific default values/checks for config: ``SETTINGS``, enough views
+        for the image–image term (one without it), the text tower's heads and the class names.
 
         Args:
             cfg (omegaconf.DictConfig): DictConfig object.
@@ -117,72 +132,69 @@ class StableRepPP(StableRep):
 
         cfg = super().add_and_assert_specific_cfg(cfg)
         kwargs = cfg.method_kwargs
-        if not kwargs.w1 >= 0:
-            raise InputError(f"method_kwargs.w1 must be >= 0, got {kwargs.w1}")
-        if not kwargs.w2 > 0:
+        require_views(cfg, 2 if kwargs.w1 > 0 else 1)
+        if kwargs.text_width % kwargs.text_heads:
             raise InputError(
-                f"method_kwargs.w2 must be > 0, got {kwargs.w2} (without the image-text term use "
-                "method=stablerep)"
+                f"method_kwargs.text_width ({kwargs.text_width}) must be divisible by "
+                f"method_kwargs.text_heads ({kwargs.text_heads})"
             )
-        check_text_tower_kwargs(kwargs)
         names = kwargs.class_names
-        if names is not None and (
-            isinstance(names, str) or not names or not all(isinstance(n, str) for n in names)
-        ):
-            raise InputError(
-                f"method_kwargs.class_names must be null or a list of names, got {names}"
-            )
         num_classes = omegaconf_select(cfg, "data.num_classes", 1)
         if names is not None and num_classes > 1 and len(names) != num_classes:
             raise InputError(
                 f"method_kwargs.class_names has {len(names)} names but data.num_classes is "
                 f"{num_classes}"
             )
-        if "{name}" not in kwargs.zero_shot_template:
-            raise InputError(
-                f"method_kwargs.zero_shot_template must contain {{name}}, got "
-                f"{kwargs.zero_shot_template!r}"
-            )
         return cfg
 
     @property
     def learnable_params(self) -> list[dict]:
-        """Adds the text tower, the image projection and the logit scale (no weight decay, as in
-        CLIP) to StableRep's learnable parameters.
+        """Adds the projector (with an image–image term), the text tower, the image projection
+        and the logit scale (no weight decay, as in CLIP) to the parent's learnable parameters.
 
         Returns:
             List[dict]: list of learnable parameters.
         """
 
-        return super().learnable_params + [
-            {"name": "text_tower", "params": self.text_tower.parameters()},
-            {"name": "image_projection", "params": self.image_projection.parameters()},
-            {"name": "logit_scale", "params": [self.logit_scale], "weight_decay": 0.0},
-        ]
+        projector = [{"name": "projector", "params": self.projector.parameters()}]
+        return (
+            super().learnable_params
+            + (projector if self.w1 > 0 else [])
+            + [
+                {"name": "text_tower", "params": self.text_tower.parameters()},
+                {"name": "image_projection", "params": self.image_projection.parameters()},
+                {"name": "logit_scale", "params": [self.logit_scale], "weight_decay": 0.0},
+            ]
+        )
+
+    def heads(self, out: dict[str, Any]) -> dict[str, Any]:
+        """Adds one view's projection "z" (the features themselves without an image–image
+        term)."""
+
+        out["z"] = self.projector(out["feats"])
+        return out
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, context_length) token ids -> (B, embed_dim) text embeddings (not normalised)."""
         return self.text_tower(tokens)
 
-    def contrastive_loss(self, batch: Sequence[Any], out: dict[str, Any]) -> torch.Tensor:
-        """StableRep's ``w1 *`` image–image loss plus ``w2 *`` the image–text loss between
-        every view's image embedding and the caption it was generated from (logged as
-        ``train_image_text_loss``, with ``train_logit_scale``).
+    def image_text_loss(self, batch: Sequence[Any], feats: list[torch.Tensor]) -> torch.Tensor:
+        """The image–text loss between every view's image embedding and the caption it was
+        generated from (logged as ``train_image_text_loss``, with ``train_logit_scale``).
 
         Args:
             batch (Sequence[Any]): ``[indexes, [X], Y, tokens]``, tokens (B, context_length)
                 the caption's token ids.
-            out (Dict[str, Any]): solo-learn's step outputs: per view, "feats" and "z".
+            feats (List[torch.Tensor]): the backbone features of each view.
 
         Returns:
             torch.Tensor: scalar loss.
         """
 
         indexes, tokens = batch[0], batch[3]
-        image_emb = self.image_projection(torch.cat(out["feats"]))
         logit_scale = self.logit_scale.exp()
-        image_text_loss = image_text_contrastive_loss(
-            image_emb,
+        loss = image_text_contrastive_loss(
+            self.image_projection(torch.cat(feats)),
             self.view_labels(indexes),
             self.encode_text(tokens),
             indexes,
@@ -190,14 +202,14 @@ class StableRepPP(StableRep):
             max_rows_per_rank=(self.max_views_per_step, self.batch_size),
         )
         self.log_dict(
-            {"train_image_text_loss": image_text_loss, "train_logit_scale": logit_scale.detach()},
+            {"train_image_text_loss": loss, "train_logit_scale": logit_scale.detach()},
             on_epoch=True,
             sync_dist=True,
         )
-        return super().contrastive_loss(batch, out) + self.w2 * image_text_loss
+        return loss
 
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
-        """Training step for StableRep++: StableRep's, on batches that carry caption tokens.
+        """Training step for StableRep++.
 
         Args:
             batch (Sequence[Any]): a batch of data in the format of [img_indexes, [X], Y, tokens],
@@ -217,7 +229,12 @@ class StableRepPP(StableRep):
                 f"{len(batch)} items: train through solo_stablerep.pretrain on "
                 "data.dataset=synthetic"
             )
-        return super().training_step(batch, batch_idx)
+        out = self.multi_view_step(batch)
+        image_text = self.image_text_loss(batch, out["feats"])
+        if self.w1 == 0:  # CLIP
+            return self.w2 * image_text + out["loss"]
+        image_image = self.w1 * stablerep_loss(self, batch[0], out["z"])
+        return image_image + self.w2 * image_text + out["loss"]
 
     def on_train_batch_end(self, outputs: Any, batch: Sequence[Any], batch_idx: int):
         """Clamps the logit scale to [1, 100] after the optimizer step, as CLIP does."""
@@ -275,22 +292,3 @@ def _manifest_class_names(cfg: omegaconf.DictConfig) -> list[str] | None:
     # cached: the data loader reads the same index
     names = open_reader(cfg).class_names
     return list(names) if names else None
-
-
-def check_text_tower_kwargs(kwargs: omegaconf.DictConfig) -> None:
-    """The one check of the text tower's and the tokenizer's settings (``build_text_tower`` and
-    ``CaptionTokenizer`` take them as given): a one-line error naming the bad key."""
-
-    for key in ("embed_dim", "text_width", "text_layers", "text_heads"):
-        if not (isinstance(kwargs[key], int) and kwargs[key] >= 1):
-            raise InputError(f"method_kwargs.{key} must be an integer >= 1, got {kwargs[key]}")
-    if not (isinstance(kwargs.context_length, int) and kwargs.context_length >= 2):
-        raise InputError(
-            f"method_kwargs.context_length must be an integer >= 2 (<sot> and <eot>), got "
-            f"{kwargs.context_length}"
-        )
-    if kwargs.text_width % kwargs.text_heads:
-        raise InputError(
-            f"method_kwargs.text_width ({kwargs.text_width}) must be divisible by "
-            f"method_kwargs.text_heads ({kwargs.text_heads})"
-        )

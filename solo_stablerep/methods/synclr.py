@@ -1,3 +1,4 @@
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -11,6 +12,16 @@ from solo.utils.misc import omegaconf_select
 from solo.utils.momentum import MomentumUpdater, initialize_momentum_params
 from timm.layers import trunc_normal_
 
+from solo_stablerep.cfg_defaults import (
+    BOOLEAN,
+    Setting,
+    at_least,
+    greater_than,
+    integer,
+    null_or,
+    one_of,
+    within,
+)
 from solo_stablerep.errors import InputError
 from solo_stablerep.losses import (
     LabelledKeyQueue,
@@ -18,19 +29,27 @@ from solo_stablerep.losses import (
     momentum_multi_positive_loss,
     sinkhorn_knopp,
 )
-from solo_stablerep.methods.stablerep import StableRep, build_projector, concat
+from solo_stablerep.methods.common import MultiViewMethod, concat, require_views
+from solo_stablerep.methods.stablerep import PROJECTOR_SETTINGS, build_projector, projector_of
 
 
 def vit_tokens(
     vit: nn.Module, X: torch.Tensor, masks: torch.Tensor = None, mask_token: torch.Tensor = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A timm ViT's features (what ``vit(X)`` returns) and its patch tokens after the final
-    norm, with the patches flagged in ``masks`` (B, T) replaced by ``mask_token`` (iBOT)."""
+    norm, with the patches flagged in ``masks`` (B, T) replaced by ``mask_token`` (iBOT) as they
+    leave ``vit.patch_embed``: timm's public ``forward_features`` and ``forward_head`` around a
+    forward hook, not timm's private position-embedding step."""
 
-    x = vit.patch_embed(X)  # (B, T, C), or (B, H, W, C) with dynamic_img_size
-    if masks is not None:
-        x = torch.where(masks.view(x.shape[:-1])[..., None], mask_token.to(x.dtype), x)
-    x = vit.norm(vit.blocks(vit.norm_pre(vit.patch_drop(vit._pos_embed(x)))))
+    def mask_patches(module, inputs, x):  # x: (B, T, C), or (B, H, W, C) with dynamic_img_size
+        return torch.where(masks.view(x.shape[:-1])[..., None], mask_token.to(x.dtype), x)
+
+    hook = vit.patch_embed.register_forward_hook(mask_patches) if masks is not None else None
+    try:
+        x = vit.forward_features(X)
+    finally:
+        if hook is not None:
+            hook.remove()
     return vit.forward_head(x, pre_logits=True), x[:, vit.num_prefix_tokens :]
 
 
@@ -105,30 +124,48 @@ class FusedMomentumUpdater(MomentumUpdater):
         )
 
 
-class SynCLR(StableRep, BaseMomentumMethod):
-    # views: one global crop of each of n_img images of a caption, plus local crops
-    any_number_of_large_crops = True
-    KWARGS_DEFAULTS = {
-        **StableRep.KWARGS_DEFAULTS,
-        "temperature": 0.08,
-        "pred_hidden_dim": 4096,
-        "pred_num_layers": 2,
-        "head_norm": "ln",
-        "num_local_crops": 4,
-        "avoid_local_global_same": True,
-        "queue_size": 0,
-        "ibot_weight": 0.0,
-        "ibot_num_prototypes": 8192,
-        "ibot_head_hidden_dim": 2048,
-        "ibot_head_bottleneck_dim": 256,
-        "ibot_mask_probability": 0.5,
-        "ibot_mask_ratio": 0.5,
-        "ibot_student_temperature": 0.1,
-        "ibot_teacher_temperature": 0.07,
-        "ibot_warmup_teacher_temperature": 0.04,
-        "ibot_warmup_teacher_temperature_epochs": 1.0,
-        "weight_decay_end": None,
-    }
+class SynCLR(MultiViewMethod, BaseMomentumMethod):
+    SETTINGS = (
+        *PROJECTOR_SETTINGS[:2],
+        dataclasses.replace(
+            PROJECTOR_SETTINGS[2], meaning="layers of both projectors (student and teacher)"
+        ),
+        Setting("temperature", 0.08, greater_than(0), "contrastive temperature"),
+        *MultiViewMethod.SETTINGS,
+        Setting("pred_hidden_dim", 4096, integer(1), "hidden width of the student's predictor"),
+        Setting("pred_num_layers", 2, integer(0), "linear layers of the predictor; 0: none"),
+        Setting(
+            "head_norm", "ln", one_of(*HEAD_BUILDERS), "`ln` or `bn` heads: [the heads](#the-heads)"
+        ),
+        Setting(
+            "num_local_crops", 4, integer(0), "local crops per global crop (as augmentations give)"
+        ),
+        Setting(
+            "avoid_local_global_same", True, BOOLEAN, "a local crop never sees its own image's key"
+        ),
+        Setting(
+            "queue_size", 0, integer(0), "keys of earlier steps kept; a multiple of a step's keys"
+        ),
+        Setting("ibot_weight", 0.0, at_least(0), "weight of the iBOT loss (ViT only); 0: off"),
+        Setting("ibot_num_prototypes", 8192, integer(1), "iBOT head prototypes (paper: 65536)"),
+        Setting("ibot_head_hidden_dim", 2048, integer(1), "hidden width of the iBOT head"),
+        Setting("ibot_head_bottleneck_dim", 256, integer(1), "bottleneck of the iBOT head"),
+        Setting("ibot_mask_probability", 0.5, within(0, 1), "share of global crops masked"),
+        Setting("ibot_mask_ratio", 0.5, within(0, 1), "share of a masked crop's patches masked"),
+        Setting("ibot_student_temperature", 0.1, greater_than(0), "iBOT student temperature"),
+        Setting(
+            "ibot_teacher_temperature", 0.07, greater_than(0), "iBOT teacher temperature, warmed up"
+        ),
+        Setting(
+            "ibot_warmup_teacher_temperature", 0.04, greater_than(0), "iBOT teacher's at the start"
+        ),
+        Setting(
+            "ibot_warmup_teacher_temperature_epochs", 1.0, at_least(0), "warm-up epochs; 0: none"
+        ),
+        Setting(
+            "weight_decay_end", None, null_or(at_least(0)), "weight decay's cosine end; null: none"
+        ),
+    )
 
     def __init__(self, cfg: omegaconf.DictConfig):
         """Implements SynCLR (Tian, Fan, Chen, Katabi, Krishnan, Isola, "Learning Vision from
@@ -154,51 +191,18 @@ class SynCLR(StableRep, BaseMomentumMethod):
         takes the collated global crops (solo-learn's ``BaseMomentumMethod`` makes a call per
         crop): with a BatchNorm backbone (a resnet) or ``head_norm: bn``, the teacher's batch
         statistics are over all global crops of the step, not over one crop at a time. The
-        student forwards its crops ``views_per_backbone_call`` at a time (StableRep's key; global
+        student forwards its crops ``views_per_backbone_call`` at a time (global
         and local crops alike, each call one crop size; 1: solo-learn's call per crop).
 
-        Extra cfg settings (besides StableRep's proj_hidden_dim, proj_output_dim,
-        proj_num_layers and views_per_backbone_call):
-            method_kwargs:
-                temperature (float): temperature of the contrastive loss. Defaults to 0.08.
-                pred_hidden_dim (int): hidden width of the student's predictor. Defaults to 4096.
-                pred_num_layers (int): linear layers of the predictor; 0: no predictor.
-                    Defaults to 2 (the authors' code).
-                head_norm (str): the projector's (student and teacher) and the predictor's
-                    layers: "ln", the authors' (Linear + LayerNorm + GELU between layers, a
-                    LayerNorm without affine parameters on the output, truncated-normal init),
-                    or "bn", StableRep's projector (Linear + BN + ReLU between layers, no norm
-                    on the output). Defaults to "ln".
-                num_local_crops (int): local crops per global crop, as the augmentations give
-                    them (checked). Defaults to 4.
-                avoid_local_global_same (bool): a local crop does not see its own image's key,
-                    as a positive or a negative. Defaults to True.
-                queue_size (int): teacher keys of earlier steps kept as extra columns (with their
-                    captions: same caption = positive); a multiple of the keys of one step
-                    (batch_size x global crops x devices x num_nodes); 0: no queue. Defaults to 0.
-                ibot_weight (float): weight of the iBOT masked-patch loss (ViT backbones only);
-                    0: off. Defaults to 0.
-                ibot_num_prototypes (int): prototypes of the iBOT head. Defaults to 8192 (the
-                    authors' PyTorch command; the paper: 65536).
-                ibot_head_hidden_dim (int): hidden width of the iBOT head. Defaults to 2048.
-                ibot_head_bottleneck_dim (int): bottleneck of the iBOT head. Defaults to 256.
-                ibot_mask_probability (float): share of global crops masked. Defaults to 0.5.
-                ibot_mask_ratio (float): share of a masked crop's patches masked. Defaults to 0.5.
-                ibot_student_temperature (float): Defaults to 0.1.
-                ibot_teacher_temperature (float): of the Sinkhorn–Knopp targets (3 iterations)
-                    after the warm-up. Defaults to 0.07.
-                ibot_warmup_teacher_temperature (float): the teacher temperature at the start;
-                    it rises linearly to ``ibot_teacher_temperature`` over the warm-up, as
-                    DINO's and iBOT's (the authors' ``--warmup_teacher_temp``). Defaults to 0.04.
-                ibot_warmup_teacher_temperature_epochs (float): epochs of that warm-up, counted
-                    in optimiser steps as solo-learn counts ``scheduler.warmup_epochs``
-                    (max_epochs x step / steps of the run); 0: constant
-                    ``ibot_teacher_temperature``. Defaults to 1.0 (the authors' README command;
-                    their script's default, -1, is no warm-up).
-                weight_decay_end (Optional[float]): the weight decay of the decayed parameter
-                    groups follows a cosine from ``optimizer.weight_decay`` to this value over
-                    the training steps (SynCLR: 0.04 to 0.2; solo-learn has no such schedule);
-                    None: constant. Defaults to None.
+        Extra cfg settings:
+            method_kwargs: the projector's (``proj_*``; ``head_norm`` "ln": the authors' LayerNorm
+                MLPs, "bn": StableRep's), the predictor's (``pred_*``), ``temperature``,
+                ``num_local_crops``, ``avoid_local_global_same``, ``queue_size`` (keys kept with
+                their captions: same caption = positive), iBOT's (``ibot_*``; the teacher
+                temperature's warm-up counted in optimiser steps, as solo-learn counts
+                ``scheduler.warmup_epochs``), ``weight_decay_end`` (a cosine of the decayed
+                groups' weight decay; SynCLR: 0.04 to 0.2) and ``views_per_backbone_call``; their
+                types, defaults and meanings are the table ``SETTINGS`` (docs/synclr.md's).
             momentum:
                 base_tau (float): initial EMA coefficient. SynCLR: 0.994.
                 final_tau (float): final EMA coefficient. SynCLR: 1.0.
@@ -209,15 +213,9 @@ class SynCLR(StableRep, BaseMomentumMethod):
         kwargs = cfg.method_kwargs
         self.avoid_local_global_same: bool = kwargs.avoid_local_global_same
         self.local_crops_per_global: int = kwargs.num_local_crops
+        self.temperature: float = kwargs.temperature
         build_head = HEAD_BUILDERS[kwargs.head_norm]
-        projector_dims = (
-            self.features_dim,
-            kwargs.proj_hidden_dim,
-            kwargs.proj_output_dim,
-            kwargs.proj_num_layers,
-        )
-        if build_head is not build_projector:  # StableRep's __init__ built a BN projector
-            self.projector = build_head(*projector_dims)
+        self.projector = projector_of(kwargs, self.features_dim, build_head)
         if kwargs.pred_num_layers > 0:
             self.predictor = build_head(
                 kwargs.proj_output_dim,
@@ -227,7 +225,7 @@ class SynCLR(StableRep, BaseMomentumMethod):
             )
         else:
             self.predictor = nn.Identity()
-        self.momentum_projector = build_head(*projector_dims)
+        self.momentum_projector = projector_of(kwargs, self.features_dim, build_head)
         initialize_momentum_params(self.projector, self.momentum_projector)
         self.momentum_updater = FusedMomentumUpdater(cfg.momentum.base_tau, cfg.momentum.final_tau)
         self.queue = (
@@ -255,8 +253,10 @@ class SynCLR(StableRep, BaseMomentumMethod):
 
     @classmethod
     def add_and_assert_specific_cfg(cls, cfg: omegaconf.DictConfig) -> omegaconf.DictConfig:
-        """Adds method specific default values/checks for config: StableRep's, solo-learn's
-        momentum keys, then one line for each setting SynCLR cannot run with.
+        """Adds method specific default values/checks for config: SynCLR's EMA schedule unless
+        the config sets solo-learn's momentum keys, ``SETTINGS``, then one line for each setting
+        SynCLR cannot run with: too few images or crops, local crops that do not match the
+        augmentations, iBOT without a ViT, a queue that is not a multiple of a step's keys.
 
         Args:
             cfg (omegaconf.DictConfig): DictConfig object.
@@ -265,103 +265,71 @@ class SynCLR(StableRep, BaseMomentumMethod):
             omegaconf.DictConfig: same as the argument, used to avoid errors.
         """
 
-        # SynCLR's EMA schedule unless the config sets solo-learn's momentum keys
         cfg.momentum = omegaconf_select(cfg, "momentum", {})
         cfg.momentum.base_tau = omegaconf_select(cfg, "momentum.base_tau", 0.994)
         cfg.momentum.final_tau = omegaconf_select(cfg, "momentum.final_tau", 1.0)
         cfg = super().add_and_assert_specific_cfg(cfg)
-        kwargs = cfg.method_kwargs
-        if not (isinstance(kwargs.pred_num_layers, int) and kwargs.pred_num_layers >= 0):
-            raise InputError(
-                "method_kwargs.pred_num_layers must be an integer >= 0, got "
-                f"{kwargs.pred_num_layers}"
-            )
-        synthetic = cfg.data.dataset == "synthetic"
-        if synthetic and cfg.data.synthetic.n_img < 2:
+        require_views(cfg, 2)
+        kwargs, data = cfg.method_kwargs, cfg.data
+        if data.dataset == "synthetic" and data.synthetic.n_img < 2:
             raise InputError(
                 f"method synclr needs at least 2 images per caption, got data.synthetic.n_img="
-                f"{cfg.data.synthetic.n_img}: the keys of the other images are a crop's positives"
+                f"{data.synthetic.n_img}: the keys of the other images are a crop's positives"
             )
-        if cfg.data.num_large_crops < 2:
+        if data.num_large_crops < 2:
             raise InputError(
                 f"method synclr needs at least 2 global crops per item, got "
-                f"{cfg.data.num_large_crops}: raise augmentations[0].num_crops"
+                f"{data.num_large_crops}: raise augmentations[0].num_crops"
             )
         local_crops = kwargs.num_local_crops
-        if not (isinstance(local_crops, int) and local_crops >= 0):
-            raise InputError(
-                f"method_kwargs.num_local_crops must be an integer >= 0, got {local_crops}"
-            )
-        if local_crops > 0 and cfg.data.num_small_crops == 0:
+        if local_crops > 0 and data.num_small_crops == 0:
             raise InputError(
                 f"method_kwargs.num_local_crops={local_crops} but no augmentation makes local "
                 "crops: add a pipeline with a smaller crop_size to augmentations (see "
                 "scripts/pretrain/synthetic/augmentations/synclr.yaml) or set num_local_crops=0"
             )
-        if cfg.data.num_small_crops != local_crops * cfg.data.num_large_crops:
+        if data.num_small_crops != local_crops * data.num_large_crops:
             raise InputError(
                 f"method_kwargs.num_local_crops={local_crops} per global crop, but the "
-                f"augmentations give {cfg.data.num_small_crops} local crops for "
-                f"{cfg.data.num_large_crops} global ones: make the local pipeline's num_crops "
-                "agree"
+                f"augmentations give {data.num_small_crops} local crops for "
+                f"{data.num_large_crops} global ones: make the local pipeline's num_crops agree"
             )
-        if cfg.backbone.name.startswith("vit") and cfg.data.num_small_crops:
+        vit = cfg.backbone.name.startswith("vit")
+        if vit and data.num_small_crops:
             # timm interpolates the position embedding for the local crops' size
             cfg.backbone.kwargs = omegaconf_select(cfg, "backbone.kwargs", {})
             cfg.backbone.kwargs.dynamic_img_size = True
-        if kwargs.ibot_weight < 0:
-            raise InputError(f"method_kwargs.ibot_weight must be >= 0, got {kwargs.ibot_weight}")
-        if kwargs.ibot_weight > 0 and not cfg.backbone.name.startswith("vit"):
+        if kwargs.ibot_weight > 0 and not vit:
             raise InputError(
                 f"method_kwargs.ibot_weight={kwargs.ibot_weight} needs a ViT backbone (iBOT masks "
                 f"patch tokens), got backbone.name={cfg.backbone.name}: set ibot_weight=0"
             )
-        for key in ("ibot_mask_probability", "ibot_mask_ratio"):
-            if not 0 <= kwargs[key] <= 1:
-                raise InputError(f"method_kwargs.{key} must be in [0, 1], got {kwargs[key]}")
-        end = kwargs.weight_decay_end
-        if end is not None and not (isinstance(end, (int, float)) and end >= 0):
-            raise InputError(f"method_kwargs.weight_decay_end must be null or >= 0, got {end}")
-        if kwargs.head_norm not in HEAD_BUILDERS:
-            raise InputError(
-                f"method_kwargs.head_norm must be one of {sorted(HEAD_BUILDERS)}, got "
-                f"{kwargs.head_norm!r}"
-            )
-        for key in (
-            "ibot_student_temperature",
-            "ibot_teacher_temperature",
-            "ibot_warmup_teacher_temperature",
-        ):
-            if not (isinstance(kwargs[key], (int, float)) and kwargs[key] > 0):
-                raise InputError(f"method_kwargs.{key} must be > 0, got {kwargs[key]}")
-        warmup = kwargs.ibot_warmup_teacher_temperature_epochs
-        if not (isinstance(warmup, (int, float)) and warmup >= 0):
-            raise InputError(
-                f"method_kwargs.ibot_warmup_teacher_temperature_epochs must be >= 0, got {warmup}"
-            )
         devices = omegaconf_select(cfg, "devices", 1)
         devices = devices if isinstance(devices, int) else len(devices)
         keys_per_step = (
-            cfg.optimizer.batch_size * cfg.data.num_large_crops * devices * cfg.get("num_nodes", 1)
+            cfg.optimizer.batch_size * data.num_large_crops * devices * cfg.get("num_nodes", 1)
         )
-        queue_size = kwargs.queue_size
-        if not isinstance(queue_size, int) or queue_size < 0 or queue_size % keys_per_step:
+        if kwargs.queue_size % keys_per_step:
             raise InputError(
-                f"method_kwargs.queue_size={queue_size} must be 0 or a multiple of the teacher "
-                f"keys of one step, {keys_per_step} (batch_size x global crops x devices x "
-                "num_nodes)"
+                f"method_kwargs.queue_size={kwargs.queue_size} must be 0 or a multiple of the "
+                f"teacher keys of one step, {keys_per_step} (batch_size x global crops x devices "
+                "x num_nodes)"
             )
         return cfg
 
     @property
     def learnable_params(self) -> list[dict]:
-        """Adds the predictor and, with iBOT, its head and mask token to StableRep's.
+        """Adds the projector, the predictor and, with iBOT, its head and mask token to the
+        parent's.
 
         Returns:
             List[dict]: list of learnable parameters.
         """
 
-        extra = [{"name": "predictor", "params": self.predictor.parameters()}]
+        extra = [
+            {"name": "projector", "params": self.projector.parameters()},
+            {"name": "predictor", "params": self.predictor.parameters()},
+        ]
         if self.ibot_weight > 0:
             extra.append({"name": "ibot_head", "params": self.ibot_head.parameters()})
             extra.append({"name": "mask_token", "params": [self.mask_token], "weight_decay": 0.0})
@@ -381,14 +349,14 @@ class SynCLR(StableRep, BaseMomentumMethod):
         return pairs
 
     def heads(self, out: dict[str, Any]) -> dict[str, Any]:
-        """StableRep's heads (projection "z") plus the predictor's query "q", per view."""
+        """Adds one view's projection "z" and the predictor's query "q"."""
 
-        out = super().heads(out)
+        out["z"] = self.projector(out["feats"])
         out["q"] = self.predictor(out["z"])
         return out
 
     def large_views_forward(self, views: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """StableRep's backbone call over global crops; with iBOT, some images of each crop have
+        """One backbone call over global crops; with iBOT, some images of each crop have
         masked patches (drawn per crop, as one crop at a time would) and the outputs gain their
         "ibot_masks" and the student's "patch_tokens"."""
 
@@ -457,16 +425,31 @@ class SynCLR(StableRep, BaseMomentumMethod):
         return outs
 
     def step_outputs(self, batch: Sequence[Any], batch_idx: int) -> dict[str, Any]:
-        """The student's outputs (StableRep's, grouped by ``views_per_backbone_call``) and the
-        teacher's (:meth:`teacher_outputs`), with the momentum classifier's loss added as
+        """The student's outputs (:meth:`multi_view_step`) and the teacher's
+        (:meth:`teacher_outputs`), with the momentum classifier's loss added as
         ``BaseMomentumMethod.training_step`` adds it."""
 
-        outs = super().step_outputs(batch, batch_idx)
+        outs = self.multi_view_step(batch)
         teacher = self.teacher_outputs(batch)
         if "momentum_loss" in teacher:
             outs["loss"] = outs["loss"] + teacher["momentum_loss"]
         outs.update(teacher)
         return outs
+
+    def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
+        """Training step for SynCLR: :meth:`contrastive_loss` plus the online classifiers'.
+
+        Args:
+            batch (Sequence[Any]): a batch of data in the format of [img_indexes, [X], Y], where
+                [X] is a list of size num_crops: the global crops, then the local crops.
+            batch_idx (int): index of the batch.
+
+        Returns:
+            torch.Tensor: the loss.
+        """
+
+        out = self.step_outputs(batch, batch_idx)
+        return self.contrastive_loss(batch, out) + out["loss"]
 
     def teacher_temperature_at(self, epoch: float) -> float:
         """iBOT's teacher temperature after ``epoch`` epochs (:func:`warmup_teacher_temperature`

@@ -16,7 +16,7 @@ def build_text_tower(
 
     CLIP ViT-B/16's text tower is width 512, 12 layers, 8 heads, context 77. The settings are
     taken as given (``width`` divisible by ``heads``): StableRep++ checks its ``method_kwargs``
-    once, in :func:`~solo_stablerep.methods.stablerep_pp.check_text_tower_kwargs`.
+    once (:attr:`~solo_stablerep.methods.stablerep_pp.StableRepPP.SETTINGS`).
     """
 
     from open_clip.transformer import QuickGELU, TextTransformer

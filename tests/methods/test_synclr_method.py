@@ -248,7 +248,7 @@ def test_grouped_student_gives_the_per_crop_loss_on_a_vit(image_folder, ibot_wei
     [
         (3, "divides both the 2 large crops and the 8 small crops, got 3"),
         (4, "divides both the 2 large crops and the 8 small crops, got 4"),
-        (0, "divides both the 2 large crops and the 8 small crops, got 0"),
+        (0, "views_per_backbone_call must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_views_per_backbone_call_is_one_line(image_folder, group, message):
@@ -400,6 +400,30 @@ def test_heads_are_the_authors_layer_norm_mlps_or_stablereps(image_folder):
     for head in (bn.projector, bn.momentum_projector):
         assert [type(m) for m in head] == [type(m) for m in reference]  # StableRep's projector
     assert [type(m) for m in bn.predictor] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+
+
+def test_vit_tokens_are_the_vits_features_with_masked_patches_replaced():
+    # timm's public forward_features / forward_head, the mask put in by a hook on patch_embed
+    import timm
+
+    from solo_stablerep.methods.synclr import vit_tokens
+
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=0).eval()
+    X = torch.randn(2, 3, 32, 32)
+    token = torch.randn(1, 1, vit.embed_dim)
+    with torch.no_grad():
+        feats, patches = vit_tokens(vit, X)
+        assert torch.equal(feats, vit(X)) and patches.shape == (2, 4, vit.embed_dim)
+        none = torch.zeros(2, 4, dtype=torch.bool)
+        assert torch.equal(vit_tokens(vit, X, none, token)[0], feats)
+        # every patch masked: the output no longer depends on the image, and the hook is gone
+        every = torch.ones(2, 4, dtype=torch.bool)
+        masked, _ = vit_tokens(vit, X, every, token)
+        torch.testing.assert_close(
+            masked, vit_tokens(vit, torch.randn(2, 3, 32, 32), every, token)[0]
+        )
+        assert not torch.allclose(masked, feats)
+        assert torch.equal(vit(X), feats)
 
 
 def test_patch_masks_mask_half_the_images_at_half_their_patches():
