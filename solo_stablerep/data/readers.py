@@ -4,9 +4,11 @@ synthetic data set, whatever its layout: :class:`CaptionReader` (manifest, autho
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import multiprocessing
+import os
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -93,6 +95,7 @@ class Reader(ABC):
     source: str
     class_names: list[str] | None
     error: type[InputError]
+    identity: dict  # what tells this data set from another at the same path (auto-resume)
 
     @abstractmethod
     def __len__(self) -> int:
@@ -182,6 +185,21 @@ class CaptionReader(Reader):
         self.source = index.source
         self.class_names = index.class_names
         super().__init__(n_img, skip_corrupt)
+
+    @property
+    def identity(self) -> dict:
+        """The manifest's (or CSV's) size, modification time and first line, as its caption index
+        identifies it: a data set regenerated or rewritten at the same path is another one (a
+        manifest's header line also records the generator's settings and caption digest); one
+        moved with ``mv`` keeps them. A stat and one line read."""
+        with open(self.source, "rb") as f:
+            first = f.readline(1 << 16)
+            stat = os.fstat(f.fileno())
+        return {
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "first_line_sha1": hashlib.sha1(first).hexdigest(),
+        }
 
     def __len__(self) -> int:
         return len(self.index)
@@ -287,6 +305,8 @@ class ShardReader(Reader):
         header = read_header(folder)
         self.run_id, self.image_ext = header["run_id"], header["image_ext"]
         self.class_names = header["class_names"]
+        # the run id hashes the generator's settings and caption list (or the converted source)
+        self.identity = {"run_id": self.run_id, "num_captions": header["num_captions"]}
 
         def leave_out(tar: Path, error: str) -> None:
             log.warning("%s: skipped (data.synthetic.skip_corrupt=True)", error)
