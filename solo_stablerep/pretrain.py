@@ -16,7 +16,9 @@ StableRep needs it:
   :mod:`solo_stablerep.data`; for methods with ``needs_captions`` (StableRep++) each item also
   carries its caption's token ids (:mod:`solo_stablerep.text`);
 * ``devices`` may be an int (as Lightning's CPU accelerator requires), not only a list;
-* bad method names and view counts are reported in one line instead of a bare assert;
+* bad method names, view counts and solo-learn settings of the wrong type
+  (:mod:`solo_stablerep.solo_settings`) are reported in one line instead of a bare assert or a
+  ``TypeError``;
 * auto-resume continues only a run on the same data, and says which checkpoint it resumed
   (:mod:`solo_stablerep.resume`).
 """
@@ -54,6 +56,7 @@ from solo.utils.misc import make_contiguous, omegaconf_select  # noqa: E402
 
 from solo_stablerep.methods import EntryPointNeeds  # noqa: E402
 from solo_stablerep.resume import resume_checkpoint  # noqa: E402
+from solo_stablerep.solo_settings import check_solo_settings  # noqa: E402
 
 log = logging.getLogger(__name__)
 PROG = "solo-stablerep-pretrain"
@@ -80,6 +83,7 @@ def parse_pretrain_cfg(cfg: DictConfig) -> DictConfig:
     for key in ("data.dataset", "data.train_path"):
         if OmegaConf.select(cfg, key, default=None) is None or OmegaConf.is_missing(cfg, key):
             raise InputError(f"{key} is not set: add {key}=... to the command line or the config")
+    check_solo_settings(cfg)  # numbers and switches of the wrong type: one line, up front
     if cfg.data.dataset in _ON_DISK_DATASETS:
         # solo-learn's parse_cfg would scan a missing train_path with a traceback
         for key in ("data.train_path", "data.val_path"):
