@@ -148,8 +148,8 @@ class Reader(ABC):
                 images.append(decode(item.read(k)))
                 if len(images) == self.n_img:
                     return item, images
-            except FileNotFoundError:  # a file of the manifest or CSV: the layout is wrong
-                raise self.error(f"{item.where(k)}: image file missing") from None
+            except FileNotFoundError:  # a file of the manifest or CSV (a wrong root: see check)
+                self.corrupt(f"{item.where(k)}: image file missing")
             except ShardFormatError as e:  # already names tar and sample
                 self.corrupt(str(e))
             except Exception as e:  # any failure to decode: the decoders raise many types
@@ -206,6 +206,16 @@ class CaptionReader(Reader):
 
     def check(self, n_img: int) -> None:
         self.index.check(n_img)
+        # the first caption's images (one per root in the authors' layout): a wrong root, or a
+        # manifest copied without its images, is one line here, with or without skip_corrupt
+        # (which skips a missing image of any other caption), not a line for every image read
+        first = self.open(0)
+        for k in range(first.num_images):
+            if not self.index.image_path(0, k).is_file():
+                raise self.error(
+                    f"{first.where(k)}: image file missing, the first caption's (a wrong "
+                    "data.train_path or data.synthetic.roots, or images not copied?)"
+                )
 
     def batches_per_epoch(self, world_size: int, batch_size: int) -> int:
         return -(-len(self) // world_size) // batch_size
@@ -455,10 +465,14 @@ def decode_rgb(data: bytes) -> Image.Image:
 def checked_encoded_image(data: bytes) -> np.ndarray:
     """An encoded image's bytes for a decoder elsewhere (DALI), after a header check here, so that a
     corrupt image raises an error this package names (DALI's decoder error would not, and would
-    leave its pipeline unusable, so nothing could be skipped after it). A JPEG must also end with
-    its end-of-image marker after its last scan (PNG and WebP headers already tell a file cut
-    short): an O(1) check of the last two bytes on a complete file."""
+    leave its pipeline unusable, so nothing could be skipped after it). A JPEG must also have a
+    scan (PIL's header parser stops at its start-of-scan marker, and finds none in a file cut
+    before it, which DALI decodes without a word) and end with its end-of-image marker after its
+    last scan (PNG and WebP headers already tell a file cut short): an O(1) check of the last two
+    bytes on a complete file."""
     with _open_image(data) as img:
+        if img.format == "JPEG" and not img.tile:
+            raise OSError("JPEG without scan data (no start-of-scan marker: cut after its header)")
         img.verify()
         cut = not data.endswith(b"\xff\xd9") and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
         if img.format == "JPEG" and cut:

@@ -112,6 +112,13 @@ def cut_short(path: Path) -> None:
     path.write_bytes(data[: (data.find(b"\xff\xda") + len(data)) // 2])
 
 
+def scan_gone(path: Path) -> None:
+    """A JPEG cut before its start-of-scan marker: header intact, no pixel data; PIL opens it and
+    refuses to decode it, DALI's decoder decodes it without a word."""
+    data = path.read_bytes()
+    path.write_bytes(data[: data.find(b"\xff\xda")])
+
+
 def damage_tar_member(tar: Path, line: int, member: int, new: bytes) -> None:
     """Overwrites member ``member`` of the sample on index line ``line`` (0 = the index's header)
     in place, padded with spaces to its size."""
@@ -192,10 +199,14 @@ def test_a_data_synthetic_typo_is_refused_like_a_method_kwargs_one(data, typo, e
 # ---------------------------------------------------------- images, samples, indexes damaged
 
 
+@pytest.mark.parametrize(
+    "damage, expected",
+    [(cut_short, "JPEG data cut short"), (scan_gone, "JPEG without scan data")],
+)
 @pytest.mark.parametrize("layout", ["manifest", "webdataset"])
-def test_dali_on_a_jpeg_cut_short_names_it_or_skips_it(data, layout):
+def test_dali_on_a_jpeg_cut_short_names_it_or_skips_it(data, layout, damage, expected):
     pytest.importorskip("nvidia.dali", reason="data.format=dali needs nvidia-dali")
-    cut_short(first_image(data))
+    damage(first_image(data))
     if layout == "webdataset":  # the same damage inside a tar
         shutil.rmtree(data / "shards")
         convert(data / "ds", data / "shards", shard_bytes=6000, progress=False)
@@ -210,7 +221,7 @@ def test_dali_on_a_jpeg_cut_short_names_it_or_skips_it(data, layout):
         "data.synthetic.shuffle_buffer=1",
     ]
     message = entry(data, path, *args)
-    assert "JPEG data cut short" in message and "skip_corrupt=True" in message
+    assert expected in message and "skip_corrupt=True" in message
     assert (
         (first_image(data).name in message)
         if layout == "manifest"
