@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from solo_stablerep.data.index import CaptionIndex
 from solo_stablerep.data.shards import (
     HEADER_NAME,
+    bad_line_errors,
     image_component,
     iter_indexed_samples,
     read_header,
@@ -297,8 +298,9 @@ class ShardReader(Reader):
     """The tar shards of ``train_path`` (a folder, brace pattern or one tar), checked on opening
     through each tar's summary (:func:`~solo_stablerep.data.shards.tar_summaries`), so that a
     missing or truncated tar, a sample lacking images or holding fewer than ``n_img``, and tars of
-    two generation runs are one line before training. With ``skip_corrupt``, tars whose index or
-    first sample is unusable are left out (warned).
+    two generation runs are one line before training. With ``skip_corrupt``, a damaged sample line
+    of a tar index is left out (warned; the rest of its tar is read), and so is a tar whose index
+    as a whole (header, line count), length or first usable sample is unusable.
 
     The tars are dealt out to the (rank, worker) pairs in a new order every epoch, each pair
     streaming its tars through a shuffle buffer of ``shuffle_buffer`` samples. With tars of unequal
@@ -333,6 +335,7 @@ class ShardReader(Reader):
                 f"{self.source}: none of its {len(tars)} tars is usable "
                 f"(first: {tars[0]}, see the warnings above)"
             )
+        self._leave_out_bad_lines(kept, skip_corrupt)
         for tar, summary in kept:
             if summary["run_id"] != self.run_id:
                 raise ShardDataError(
@@ -349,6 +352,23 @@ class ShardReader(Reader):
         if Path(train_path).is_dir() and all_kept and len(self) != header["num_captions"]:
             raise ShardDataError(self._count_mismatch(folder, header["num_captions"], kept))
         super().__init__(n_img, skip_corrupt)
+
+    def _leave_out_bad_lines(self, kept: list, skip_corrupt: bool) -> None:
+        """Damaged sample lines of the tar indexes: one line without ``skip_corrupt``; with it a
+        warning each, and their samples are left out when the tars are read (the other samples
+        of their tars are kept)."""
+        self.bad_lines = {}  # tar -> its damaged sample lines, left out when read
+        for tar, summary in kept:
+            numbers = summary.get("bad_lines") or []  # entries cached by an older version: none
+            if numbers:
+                self.bad_lines[tar] = frozenset(numbers)
+            for error in bad_line_errors(tar, self.image_ext, numbers) if numbers else ():
+                if not skip_corrupt:
+                    raise ShardDataError(
+                        f"{error}; or set data.synthetic.skip_corrupt=True to leave such samples "
+                        "out"
+                    )
+                log.warning("%s: sample left out (data.synthetic.skip_corrupt=True)", error)
 
     def _count_mismatch(self, folder: Path, num_captions: int, kept: list) -> str:
         """Why a folder's tars do not hold the header's caption count, and what to do."""
@@ -398,7 +418,7 @@ class ShardReader(Reader):
                 read = 0
                 for tar in self._slot_tars(slot):
                     try:
-                        for sample in iter_indexed_samples(tar):
+                        for sample in iter_indexed_samples(tar, self.bad_lines.get(tar, ())):
                             read += 1
                             yield sample
                     except (ShardFormatError, OSError, ValueError) as e:
