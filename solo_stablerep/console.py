@@ -32,6 +32,11 @@ def configure_logging(fmt: str = "%(name)s: %(message)s", datefmt=None) -> None:
         lambda record: record.levelno >= logging.WARNING or record.name.startswith(OUR_LOGGERS)
     )
     logging.basicConfig(level=logging.INFO, format=fmt, datefmt=datefmt, handlers=[handler])
+    # Hydra's "disabled" job logging (the shipped configs) disables every logger that exists when
+    # it starts: those of the modules imported by then, ours included
+    for name, logger in logging.Logger.manager.loggerDict.items():
+        if name.startswith(OUR_LOGGERS) and isinstance(logger, logging.Logger):
+            logger.disabled = False
 
 
 def run_command(prog: str, command: Callable[[], object]) -> int:

@@ -16,7 +16,11 @@ StableRep needs it:
   :mod:`solo_stablerep.data`; for methods with ``needs_captions`` (StableRep++) each item also
   carries its caption's token ids (:mod:`solo_stablerep.text`);
 * ``devices`` may be an int (as Lightning's CPU accelerator requires), not only a list;
-* bad method names and view counts are reported in one line instead of a bare assert.
+* bad method names, view counts and solo-learn settings of the wrong type
+  (:mod:`solo_stablerep.solo_settings`) are reported in one line instead of a bare assert or a
+  ``TypeError``;
+* auto-resume continues only a run on the same data, and says which checkpoint it resumed
+  (:mod:`solo_stablerep.resume`).
 """
 
 import inspect
@@ -47,11 +51,12 @@ from solo.data.classification_dataloader import (  # noqa: E402
 )
 from solo.data.pretrain_dataloader import prepare_dataloader, prepare_datasets  # noqa: E402
 from solo.methods import METHODS  # noqa: E402
-from solo.utils.auto_resumer import AutoResumer  # noqa: E402
 from solo.utils.checkpointer import Checkpointer  # noqa: E402
 from solo.utils.misc import make_contiguous, omegaconf_select  # noqa: E402
 
 from solo_stablerep.methods import EntryPointNeeds  # noqa: E402
+from solo_stablerep.resume import resume_checkpoint  # noqa: E402
+from solo_stablerep.solo_settings import check_solo_settings  # noqa: E402
 
 log = logging.getLogger(__name__)
 PROG = "solo-stablerep-pretrain"
@@ -78,6 +83,7 @@ def parse_pretrain_cfg(cfg: DictConfig) -> DictConfig:
     for key in ("data.dataset", "data.train_path"):
         if OmegaConf.select(cfg, key, default=None) is None or OmegaConf.is_missing(cfg, key):
             raise InputError(f"{key} is not set: add {key}=... to the command line or the config")
+    check_solo_settings(cfg)  # numbers and switches of the wrong type: one line, up front
     if cfg.data.dataset in _ON_DISK_DATASETS:
         # solo-learn's parse_cfg would scan a missing train_path with a traceback
         for key in ("data.train_path", "data.val_path"):
@@ -216,26 +222,6 @@ def prepare_train_data(cfg: DictConfig):
     )
 
 
-def _resume_checkpoint(cfg: DictConfig):
-    """(checkpoint path, wandb run id) to resume from, as solo-learn's script finds them."""
-
-    if cfg.auto_resume.enabled and cfg.resume_from_checkpoint is None:
-        auto_resumer = AutoResumer(
-            checkpoint_dir=os.path.join(cfg.checkpoint.dir, cfg.method),
-            max_hours=cfg.auto_resume.max_hours,
-        )
-        ckpt_path, wandb_run_id = auto_resumer.find_checkpoint(cfg)
-        if ckpt_path is not None:
-            log.info(
-                "Resuming from previous checkpoint that matches specifications: '%s'", ckpt_path
-            )
-        return ckpt_path, wandb_run_id
-    ckpt_path = cfg.resume_from_checkpoint
-    if ckpt_path is not None:
-        del cfg.resume_from_checkpoint
-    return ckpt_path, None
-
-
 def build_trainer(cfg: DictConfig, model, wandb_run_id: str | None = None, callbacks=()) -> Trainer:
     callbacks = list(callbacks)
     if cfg.checkpoint.enabled:
@@ -306,7 +292,7 @@ def run_pretrain(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> Trainer
 
     val_loader = _prepare_val_loader(cfg)
     train_data = prepare_train_data(cfg)
-    ckpt_path, wandb_run_id = _resume_checkpoint(cfg)
+    ckpt_path, wandb_run_id = resume_checkpoint(cfg)  # the same run on the same data only
     from solo_stablerep.data.loaders import synthetic_callbacks
 
     trainer = build_trainer(

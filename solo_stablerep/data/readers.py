@@ -4,9 +4,11 @@ synthetic data set, whatever its layout: :class:`CaptionReader` (manifest, autho
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import multiprocessing
+import os
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -20,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from solo_stablerep.data.index import CaptionIndex
 from solo_stablerep.data.shards import (
     HEADER_NAME,
+    bad_line_errors,
     image_component,
     iter_indexed_samples,
     read_header,
@@ -93,6 +96,7 @@ class Reader(ABC):
     source: str
     class_names: list[str] | None
     error: type[InputError]
+    identity: dict  # what tells this data set from another at the same path (auto-resume)
 
     @abstractmethod
     def __len__(self) -> int:
@@ -145,8 +149,8 @@ class Reader(ABC):
                 images.append(decode(item.read(k)))
                 if len(images) == self.n_img:
                     return item, images
-            except FileNotFoundError:  # a file of the manifest or CSV: the layout is wrong
-                raise self.error(f"{item.where(k)}: image file missing") from None
+            except FileNotFoundError:  # a file of the manifest or CSV (a wrong root: see check)
+                self.corrupt(f"{item.where(k)}: image file missing")
             except ShardFormatError as e:  # already names tar and sample
                 self.corrupt(str(e))
             except Exception as e:  # any failure to decode: the decoders raise many types
@@ -183,11 +187,36 @@ class CaptionReader(Reader):
         self.class_names = index.class_names
         super().__init__(n_img, skip_corrupt)
 
+    @property
+    def identity(self) -> dict:
+        """The manifest's (or CSV's) size, modification time and first line, as its caption index
+        identifies it: a data set regenerated or rewritten at the same path is another one (a
+        manifest's header line also records the generator's settings and caption digest); one
+        moved with ``mv`` keeps them. A stat and one line read."""
+        with open(self.source, "rb") as f:
+            first = f.readline(1 << 16)
+            stat = os.fstat(f.fileno())
+        return {
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "first_line_sha1": hashlib.sha1(first).hexdigest(),
+        }
+
     def __len__(self) -> int:
         return len(self.index)
 
     def check(self, n_img: int) -> None:
         self.index.check(n_img)
+        # the first caption's images (one per root in the authors' layout): a wrong root, or a
+        # manifest copied without its images, is one line here, with or without skip_corrupt
+        # (which skips a missing image of any other caption), not a line for every image read
+        first = self.open(0)
+        for k in range(first.num_images):
+            if not self.index.image_path(0, k).is_file():
+                raise self.error(
+                    f"{first.where(k)}: image file missing, the first caption's (a wrong "
+                    "data.train_path or data.synthetic.roots, or images not copied?)"
+                )
 
     def batches_per_epoch(self, world_size: int, batch_size: int) -> int:
         return -(-len(self) // world_size) // batch_size
@@ -269,8 +298,9 @@ class ShardReader(Reader):
     """The tar shards of ``train_path`` (a folder, brace pattern or one tar), checked on opening
     through each tar's summary (:func:`~solo_stablerep.data.shards.tar_summaries`), so that a
     missing or truncated tar, a sample lacking images or holding fewer than ``n_img``, and tars of
-    two generation runs are one line before training. With ``skip_corrupt``, tars whose index or
-    first sample is unusable are left out (warned).
+    two generation runs are one line before training. With ``skip_corrupt``, a damaged sample line
+    of a tar index is left out (warned; the rest of its tar is read), and so is a tar whose index
+    as a whole (header, line count), length or first usable sample is unusable.
 
     The tars are dealt out to the (rank, worker) pairs in a new order every epoch, each pair
     streaming its tars through a shuffle buffer of ``shuffle_buffer`` samples. With tars of unequal
@@ -287,6 +317,8 @@ class ShardReader(Reader):
         header = read_header(folder)
         self.run_id, self.image_ext = header["run_id"], header["image_ext"]
         self.class_names = header["class_names"]
+        # the run id hashes the generator's settings and caption list (or the converted source)
+        self.identity = {"run_id": self.run_id, "num_captions": header["num_captions"]}
 
         def leave_out(tar: Path, error: str) -> None:
             log.warning("%s: skipped (data.synthetic.skip_corrupt=True)", error)
@@ -303,6 +335,7 @@ class ShardReader(Reader):
                 f"{self.source}: none of its {len(tars)} tars is usable "
                 f"(first: {tars[0]}, see the warnings above)"
             )
+        self._leave_out_bad_lines(kept, skip_corrupt)
         for tar, summary in kept:
             if summary["run_id"] != self.run_id:
                 raise ShardDataError(
@@ -319,6 +352,23 @@ class ShardReader(Reader):
         if Path(train_path).is_dir() and all_kept and len(self) != header["num_captions"]:
             raise ShardDataError(self._count_mismatch(folder, header["num_captions"], kept))
         super().__init__(n_img, skip_corrupt)
+
+    def _leave_out_bad_lines(self, kept: list, skip_corrupt: bool) -> None:
+        """Damaged sample lines of the tar indexes: one line without ``skip_corrupt``; with it a
+        warning each, and their samples are left out when the tars are read (the other samples
+        of their tars are kept)."""
+        self.bad_lines = {}  # tar -> its damaged sample lines, left out when read
+        for tar, summary in kept:
+            numbers = summary.get("bad_lines") or []  # entries cached by an older version: none
+            if numbers:
+                self.bad_lines[tar] = frozenset(numbers)
+            for error in bad_line_errors(tar, self.image_ext, numbers) if numbers else ():
+                if not skip_corrupt:
+                    raise ShardDataError(
+                        f"{error}; or set data.synthetic.skip_corrupt=True to leave such samples "
+                        "out"
+                    )
+                log.warning("%s: sample left out (data.synthetic.skip_corrupt=True)", error)
 
     def _count_mismatch(self, folder: Path, num_captions: int, kept: list) -> str:
         """Why a folder's tars do not hold the header's caption count, and what to do."""
@@ -368,7 +418,7 @@ class ShardReader(Reader):
                 read = 0
                 for tar in self._slot_tars(slot):
                     try:
-                        for sample in iter_indexed_samples(tar):
+                        for sample in iter_indexed_samples(tar, self.bad_lines.get(tar, ())):
                             read += 1
                             yield sample
                     except (ShardFormatError, OSError, ValueError) as e:
@@ -435,10 +485,14 @@ def decode_rgb(data: bytes) -> Image.Image:
 def checked_encoded_image(data: bytes) -> np.ndarray:
     """An encoded image's bytes for a decoder elsewhere (DALI), after a header check here, so that a
     corrupt image raises an error this package names (DALI's decoder error would not, and would
-    leave its pipeline unusable, so nothing could be skipped after it). A JPEG must also end with
-    its end-of-image marker after its last scan (PNG and WebP headers already tell a file cut
-    short): an O(1) check of the last two bytes on a complete file."""
+    leave its pipeline unusable, so nothing could be skipped after it). A JPEG must also have a
+    scan (PIL's header parser stops at its start-of-scan marker, and finds none in a file cut
+    before it, which DALI decodes without a word) and end with its end-of-image marker after its
+    last scan (PNG and WebP headers already tell a file cut short): an O(1) check of the last two
+    bytes on a complete file."""
     with _open_image(data) as img:
+        if img.format == "JPEG" and not img.tile:
+            raise OSError("JPEG without scan data (no start-of-scan marker: cut after its header)")
         img.verify()
         cut = not data.endswith(b"\xff\xd9") and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
         if img.format == "JPEG" and cut:

@@ -28,8 +28,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from solo_stablerep.data.manifest import image_component
@@ -55,6 +56,7 @@ SUMMARY_FORMAT = {"format": "stablerep-webdataset-summary", "version": 1}
 _REWRITE = "rewrite it (reconvert the shard, or wds2idx)"
 
 IndexMember = tuple[str, int, int, str]  # (component, data offset, size, member name)
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # a byte of invalid UTF-8, decoded with surrogateescape
 
 
 def image_member(caption_id: str, k: int, ext: str) -> str:
@@ -111,11 +113,8 @@ def tar_index_lines(path: Path) -> list[str]:
         ) from None
     try:
         lines = data.decode("utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise ShardFormatError(
-            f"{path}:{line}: not UTF-8 text (a damaged index?); {_REWRITE}"
-        ) from None
+    except UnicodeDecodeError:  # each damaged line is named when it is parsed (_members)
+        lines = data.decode("utf-8", "surrogateescape").splitlines()
     head = lines[0].split() if lines else []
     if len(head) != 2 or head[0] != TAR_INDEX_VERSION or not head[1].isdigit():
         raise ShardFormatError(
@@ -131,6 +130,8 @@ def tar_index_lines(path: Path) -> list[str]:
 def _members(path: Path, number: int, line: str, signed_ok: bool = True) -> list[IndexMember]:
     """The members of the sample on line ``number`` of tar index ``path``; a negative offset or
     size is refused here unless ``signed_ok`` (then when the member is read: the hot path)."""
+    if not line.isascii() and _NOT_UTF8.search(line):  # bytes tar_index_lines kept as escapes
+        raise ShardFormatError(f"{path}:{number}: not UTF-8 text (a damaged index?); {_REWRITE}")
     fields = line.split()
     if not fields or len(fields) % 4:
         raise ShardFormatError(
@@ -172,48 +173,82 @@ def _summary_key(tar: Path) -> list | None:
     return [tar_stat.st_size, tar_stat.st_mtime_ns, idx_stat.st_size, idx_stat.st_mtime_ns]
 
 
+def _sample_members(
+    tar: Path, path: Path, number: int, line: str, components: dict[int, list[str]], image_ext: str
+) -> list[IndexMember]:
+    """The members of the sample on line ``number`` of ``tar``'s index ``path``, checked as opening
+    the set checks them (``components``: each image count's image components, filled on the way);
+    raises :class:`ShardFormatError` naming the line, or the tar and sample."""
+    members = _members(path, number, line, signed_ok=False)
+    caption_id, count = members[0][3].split(".", 1)[0], len(members) - 1
+    if count not in components:
+        components[count] = [image_component(k, image_ext) for k in range(count)]
+    if members[0][0] != "json":
+        raise ShardFormatError(f"{tar}: sample {caption_id} has no .json metadata first")
+    found = [m[0] for m in members[1:]]
+    if found != components[count]:
+        raise ShardFormatError(f"{tar}: sample {caption_id} lacks some of its images (has {found})")
+    return members
+
+
 def summarise_tar(tar: Path, image_ext: str) -> dict:
-    """The summary entry of one tar, from its index and its first sample's JSON; raises
-    :class:`ShardFormatError` naming the tar (and sample, or index line) if either is unusable."""
+    """The summary entry of one tar, from its index and its first usable sample's JSON. A damaged
+    sample line is noted (``bad_lines``, the line numbers: :func:`bad_line_errors` names them)
+    and the tar kept; raises :class:`ShardFormatError` naming the tar (and sample, or index line)
+    when the index as a whole (its header, its line count), every sample line, the tar's length
+    or the first usable sample's JSON is unusable."""
     key = _summary_key(tar)  # taken before reading: a tar changed meanwhile is stale next time
     path = tar_index_path(tar)
     components: dict[int, list[str]] = {}  # image count -> its components
-    end, most, fewest, problem = 0, 0, None, None
+    end, most, fewest, first, bad, problem = 0, 0, None, None, [], None
     lines = tar_index_lines(path)
     for number, line in enumerate(lines, start=2):
-        members = _members(path, number, line, signed_ok=False)
+        try:
+            members = _sample_members(tar, path, number, line, components, image_ext)
+        except ShardFormatError as e:
+            bad.append(number)
+            problem = problem or str(e)
+            continue
         end = max(end, members[-1][1] + members[-1][2])  # a sample's last member ends it
         caption_id, count = members[0][3].split(".", 1)[0], len(members) - 1
-        if count not in components:
-            components[count] = [image_component(k, image_ext) for k in range(count)]
-        found = [m[0] for m in members[1:]]
-        if problem is None and members[0][0] != "json":
-            problem = f"{tar}: sample {caption_id} has no .json metadata first"
-        elif problem is None and found != components[count]:
-            problem = f"{tar}: sample {caption_id} lacks some of its images (has {found})"
+        first = first or members[0]
         most = max(most, count)
         if fewest is None or count < fewest[0]:
             fewest = [count, caption_id]
     if not lines:
         raise ShardFormatError(f"{tar}: shard holds no sample")
+    if first is None:
+        raise ShardFormatError(f"{problem}; no sample line of {path.name} is usable")
     size = tar.stat().st_size
     if size < end:
         raise ShardFormatError(f"{tar}: truncated ({size} bytes, its tar index reaches {end})")
-    if problem is not None:
-        raise ShardFormatError(problem)
-    _, offset, length, name = _members(path, 2, lines[0])[0]
-    first = name.split(".", 1)[0]
+    _, offset, length, name = first
+    first_key = name.split(".", 1)[0]
     with open(tar, "rb") as f:
-        meta = sample_meta(os.pread(f.fileno(), length, offset), tar, first)
+        meta = sample_meta(os.pread(f.fileno(), length, offset), tar, first_key)
     return {
         "key": key,
         "samples": len(lines),
         "fewest": fewest,
         "most": most,
         "end": end,
-        "first": first,
+        "first": first_key,
         "run_id": meta["run_id"],
+        "bad_lines": bad,
     }
+
+
+def bad_line_errors(tar: Path, image_ext: str, numbers: Sequence[int]) -> list[str]:
+    """The one-line error of each damaged sample line ``numbers`` of ``tar``'s index (a summary's
+    ``bad_lines``), read again so that it names the tar where it is now."""
+    path = tar_index_path(tar)
+    lines, components, errors = tar_index_lines(path), {}, []
+    for number in numbers:
+        try:
+            _sample_members(tar, path, number, lines[number - 2], components, image_ext)
+        except ShardFormatError as e:
+            errors.append(str(e))
+    return errors
 
 
 _META_TYPES = {"caption_id": str, "caption": str, "index": int, "run_id": str, "num_images": int}
@@ -374,9 +409,11 @@ class IndexedSample(Mapping):
         return 2 + len(self._parsed())
 
 
-def iter_indexed_samples(tar_path: Path) -> Iterator[IndexedSample]:
+def iter_indexed_samples(tar_path: Path, left_out: Container[int] = ()) -> Iterator[IndexedSample]:
+    """A tar's samples, but those on the index lines ``left_out`` (a summary's ``bad_lines``)."""
     path = tar_index_path(tar_path)
     lines = tar_index_lines(path)
     tar = _TarReader(tar_path)
     for number, line in enumerate(lines, start=2):
-        yield IndexedSample(tar, path, number, line)
+        if number not in left_out:
+            yield IndexedSample(tar, path, number, line)

@@ -8,7 +8,9 @@ checked on the loaders directly. Data: procedural 16 px JPEGs, 8 captions x 3 im
 import contextlib
 import io
 import json
+import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from helpers import (
 
 from data_gen.cli import main as generate_main  # noqa: E402
 from data_gen.convert import convert  # noqa: E402
+from solo_stablerep.errors import InputError  # noqa: E402
 
 NUM_CAPTIONS = 8
 TINY_RUN = [
@@ -112,6 +115,13 @@ def cut_short(path: Path) -> None:
     path.write_bytes(data[: (data.find(b"\xff\xda") + len(data)) // 2])
 
 
+def scan_gone(path: Path) -> None:
+    """A JPEG cut before its start-of-scan marker: header intact, no pixel data; PIL opens it and
+    refuses to decode it, DALI's decoder decodes it without a word."""
+    data = path.read_bytes()
+    path.write_bytes(data[: data.find(b"\xff\xda")])
+
+
 def damage_tar_member(tar: Path, line: int, member: int, new: bytes) -> None:
     """Overwrites member ``member`` of the sample on index line ``line`` (0 = the index's header)
     in place, padded with spaces to its size."""
@@ -192,10 +202,14 @@ def test_a_data_synthetic_typo_is_refused_like_a_method_kwargs_one(data, typo, e
 # ---------------------------------------------------------- images, samples, indexes damaged
 
 
+@pytest.mark.parametrize(
+    "damage, expected",
+    [(cut_short, "JPEG data cut short"), (scan_gone, "JPEG without scan data")],
+)
 @pytest.mark.parametrize("layout", ["manifest", "webdataset"])
-def test_dali_on_a_jpeg_cut_short_names_it_or_skips_it(data, layout):
+def test_dali_on_a_jpeg_cut_short_names_it_or_skips_it(data, layout, damage, expected):
     pytest.importorskip("nvidia.dali", reason="data.format=dali needs nvidia-dali")
-    cut_short(first_image(data))
+    damage(first_image(data))
     if layout == "webdataset":  # the same damage inside a tar
         shutil.rmtree(data / "shards")
         convert(data / "ds", data / "shards", shard_bytes=6000, progress=False)
@@ -210,7 +224,7 @@ def test_dali_on_a_jpeg_cut_short_names_it_or_skips_it(data, layout):
         "data.synthetic.shuffle_buffer=1",
     ]
     message = entry(data, path, *args)
-    assert "JPEG data cut short" in message and "skip_corrupt=True" in message
+    assert expected in message and "skip_corrupt=True" in message
     assert (
         (first_image(data).name in message)
         if layout == "manifest"
@@ -234,7 +248,7 @@ def test_dali_on_a_jpeg_cut_short_names_it_or_skips_it(data, layout):
         ("json_not_an_object", "its .json metadata is not a JSON object"),
     ],
 )
-def test_damaged_tar_index_or_sample_metadata_is_named_or_its_tar_left_out(data, damage, expected):
+def test_damaged_tar_index_or_sample_metadata_is_named_or_left_out(data, damage, expected):
     tar = data / "shards" / "shard-000000.tar"
     lines = sample_lines(tar.with_suffix(".idx"))
     if damage == "index_not_a_number":
@@ -253,6 +267,52 @@ def test_damaged_tar_index_or_sample_metadata_is_named_or_its_tar_left_out(data,
     if damage == "json_without_run_id":
         assert "metadata lacks run_id" in message
     assert entry(data, data / "shards", *args, "data.synthetic.skip_corrupt=True") is None
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        ("offset", "shard-000000.idx:3: offset or size 'x"),
+        ("not_utf8", "shard-000000.idx:3: not UTF-8 text"),
+        ("fields", "shard-000000.idx:3: expected groups of 4 fields"),
+        ("json_not_first", r"shard-000000.tar: sample \w+ has no .json metadata first"),
+    ],
+)
+def test_a_damaged_tar_index_line_leaves_out_its_sample_only(data, damage, expected, caplog):
+    """The second sample line of the first tar damaged: without skip_corrupt one line naming it;
+    with it, that sample is left out, the tar's other sample trained on."""
+    idx = data / "shards" / "shard-000000.idx"
+    lines = sample_lines(idx)
+    fields = lines[2].split(b" ")
+    if damage == "offset":
+        fields[1] = b"x" + fields[1]
+    elif damage == "not_utf8":
+        fields[0] = b"js\xffn"
+    elif damage == "fields":
+        fields = fields[:-1]
+    else:  # its first image listed first
+        fields = fields[4:8] + fields[:4] + fields[8:]
+    lines[2] = b" ".join(fields)
+    idx.write_bytes(b"\n".join(lines))
+    args = ["data.synthetic.layout=webdataset", "data.synthetic.shuffle_buffer=1"]
+    with pytest.raises(InputError, match=f"{expected}.*skip_corrupt=True to leave such samples"):
+        loader_batches(data, data / "shards", *args, epochs=0)
+    skip = "data.synthetic.skip_corrupt=True"
+    with caplog.at_level(logging.WARNING, logger="solo_stablerep.data.readers"):
+        batches = loader_batches(data, data / "shards", *args, skip, epochs=3)
+    assert re.search(f"{expected}.*: sample left out", caplog.text), caplog.text
+    seen = {int(i) for batch in batches for i in batch[0]}
+    assert seen == set(range(NUM_CAPTIONS)) - {1}  # caption 1 is the first tar's second sample
+
+
+def test_a_damaged_manifest_line_is_a_format_error_also_with_skip_corrupt(data):
+    """skip_corrupt skips images and samples, not lines of the caption list (docs/data.md)."""
+    manifest = data / "ds" / "manifest.jsonl"
+    lines = manifest.read_text().splitlines(keepends=True)
+    lines[2] = lines[2][: len(lines[2]) // 2] + "\n"  # caption 2's line cut in the middle
+    manifest.write_text("".join(lines))
+    message = entry(data, data / "ds", "data.synthetic.skip_corrupt=True")
+    assert f"{manifest}:3: " in message, message
 
 
 def test_a_copied_data_set_is_named_where_it_is_now(data):

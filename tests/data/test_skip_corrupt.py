@@ -1,7 +1,8 @@
 """``data.synthetic.skip_corrupt`` behaves alike in every layout (manifest, authors' CSV, tar
-shards) and loader (PyTorch, DALI on CPU): an item left with fewer than ``n_img`` readable images
-is a one-line error without it; with it, the item is skipped, named in a warning and counted,
-the other items fill each epoch, and training stops with one line only when no item is usable."""
+shards) and loader (PyTorch, DALI on CPU): an item left with fewer than ``n_img`` readable (or, in
+the manifest and CSV layouts, present) images is a one-line error without it; with it, the item is
+skipped, named in a warning and counted, the other items fill each epoch, and training stops with
+one line only when no item is usable."""
 
 import logging
 import shutil
@@ -119,3 +120,52 @@ def test_nothing_usable_with_skip_corrupt_is_one_line_not_a_hang(tmp_path, layou
         for _ in loader_for(tmp_path, layout, data_format, overrides, skip)[1]:
             pass
     assert "\n" not in str(e.value)
+
+
+def remove_images(root, layout, images):
+    """Deletes ``images`` ((caption, k) pairs) of a layout :func:`make_layout` wrote."""
+    for c, k in images:
+        if layout == "manifest":
+            next((root / "ds" / "images").rglob(f"cap{c:04d}_{k:02d}.png")).unlink()
+        else:
+            (root / f"seed{k}" / f"{c}.png").unlink()
+
+
+@pytest.mark.parametrize("data_format", LOADERS)
+@pytest.mark.parametrize("layout", ["manifest", "authors"])
+def test_a_missing_image_is_skipped_like_a_corrupt_one_or_one_line(
+    tmp_path, layout, data_format, caplog
+):
+    if data_format == "dali":
+        pytest.importorskip("nvidia.dali", reason="data.format=dali needs nvidia-dali")
+    overrides = make_layout(tmp_path, layout, lambda c, k: False)
+    remove_images(tmp_path, layout, [(2, 1), (2, 2)])  # caption 2 keeps one image of 3
+    with pytest.raises(InputError, match="image file missing; set data.synthetic.skip_corrupt"):
+        _, loader = loader_for(tmp_path, layout, data_format, overrides)
+        for _ in range(2):  # every epoch visits caption 2
+            for _ in loader:
+                pass
+
+    data, loader = loader_for(
+        tmp_path, layout, data_format, overrides, "data.synthetic.skip_corrupt=True"
+    )
+    with caplog.at_level(logging.WARNING, logger="solo_stablerep.data.readers"):
+        for _ in range(3):
+            batches = [batch[0].tolist() for batch in loader]
+            assert len(batches) == NUM_CAPTIONS // BATCH
+            assert all(2 not in indexes for indexes in batches)
+    caption_id = "cap0002" if layout == "manifest" else "3"  # the authors': the CSV row number
+    assert f"(caption {caption_id}): image file missing: skipped" in caplog.text
+    assert data.skipped.value >= 2
+
+
+@pytest.mark.parametrize("layout", ["manifest", "authors"])
+def test_the_first_captions_image_missing_is_one_line_even_when_skipping(tmp_path, layout):
+    """A wrong root (or a manifest copied without its images) would otherwise be a warning for
+    every image of the data set before the last one says nothing is usable."""
+    overrides = make_layout(tmp_path, layout, lambda c, k: False)
+    remove_images(tmp_path, layout, [(0, 1)])
+    skip = "data.synthetic.skip_corrupt=True"
+    with pytest.raises(InputError, match="image file missing, the first caption's") as e:
+        loader_for(tmp_path, layout, "image_folder", overrides, skip)
+    assert "\n" not in str(e.value) and "data.synthetic.roots" in str(e.value)

@@ -421,8 +421,8 @@ def test_worker_errors_stay_one_line(config_dir, tmp_path):
     assert loader.num_workers == 1
     with pytest.raises(
         SyntheticDataError,
-        match=rf"^{missing} \(caption cap0002\): image file missing "
-        r"\(in DataLoader worker process 0\)$",
+        match=rf"^{missing} \(caption cap0002\): image file missing; set "
+        r"data.synthetic.skip_corrupt=True to skip such items \(in DataLoader worker process 0\)$",
     ) as e:
         for _ in loader:
             pass
