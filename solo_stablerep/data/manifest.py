@@ -60,7 +60,7 @@ _WRITTEN = (
 _WRITTEN_LINE = re.compile(_WRITTEN)
 _WRITTEN_LINES = re.compile(f"^{_WRITTEN}$", re.MULTILINE)  # every such line of a text
 _UNMATCHED = ("",) * 7  # the groups standing for a line _WRITTEN_LINE does not match
-_BLOCK_BYTES = 1 << 23  # a manifest is read and checked this many bytes of lines at a time
+_BLOCK_BYTES = 1 << 18  # a manifest is read and checked this many bytes of lines at a time
 
 
 def image_stem(caption_id: str) -> str:
