@@ -33,12 +33,14 @@ import mmap
 import os
 from array import array
 from collections.abc import Iterable, Sequence
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
 
 from solo_stablerep.data.manifest import (
     MANIFEST_NAME,
+    CaptionColumns,
     CaptionIds,
     CaptionRecord,
     Strings,
@@ -71,36 +73,54 @@ log = logging.getLogger(__name__)
 
 
 class _IndexBuilder:
-    """Accumulates captions into compact growable arrays (about 20 B + text per caption)."""
+    """Accumulates captions into compact growable arrays (about 20 B + text per caption), a block of
+    captions at a time."""
 
     def __init__(self):
         self.ids, self.texts, self.paths = CaptionIds(), Strings(), Strings()
         self.labels, self.num_images = array("i"), array("i")
         self.ext_codes = array("B")
         self.extensions: list[str] = []
+        self._codes: dict[str, int] = {}  # extension -> its code
         self.path_counts = array("q")  # stored paths so far, after each caption
+        self._pending: list[tuple[CaptionRecord, str | None]] = []  # added one by one
 
     def add(self, record: CaptionRecord, rule_ext: str | None) -> None:
-        self.ids.add(record.caption_id)
-        self.texts.add(record.caption)
-        self.labels.append(-1 if record.label is None else record.label)
-        self.num_images.append(len(record.images))
-        if rule_ext is None:
-            self.ext_codes.append(_CUSTOM_PATHS)
-            for path in record.images:
-                self.paths.add(path)
-        else:
-            if rule_ext not in self.extensions:
-                if len(self.extensions) == _CUSTOM_PATHS:
-                    raise ManifestError(
-                        f"caption {record.caption_id}: more than {_CUSTOM_PATHS} image extensions"
-                    )
-                self.extensions.append(rule_ext)
-            self.ext_codes.append(self.extensions.index(rule_ext))
-        self.path_counts.append(len(self.paths))
+        """Adds a caption (``rule_ext``: :func:`~.manifest.rule_extension`'s)."""
+        self._pending.append((record, rule_ext))
+        if len(self._pending) == 65536:
+            self._add_pending()
+
+    def _add_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending:
+            self.extend(CaptionColumns.of_records(pending))
+
+    def extend(self, columns: CaptionColumns) -> None:
+        """Adds a block of captions. A rule caption whose extension would be the 256th keeps its
+        paths (no room for its code)."""
+        self._add_pending()
+        self.ids.extend(columns.ids)
+        self.texts.extend(columns.texts)
+        self.labels.extend(columns.labels)
+        self.num_images.extend(columns.num_images)
+        for ext in dict.fromkeys(columns.exts):  # in the order they first appear
+            if ext is not None and ext not in self._codes and len(self._codes) < _CUSTOM_PATHS:
+                self._codes[ext] = len(self.extensions)
+                self.extensions.append(ext)
+        codes = list(map(self._codes.get, columns.exts, repeat(_CUSTOM_PATHS)))
+        self.ext_codes.extend(codes)
+        if _CUSTOM_PATHS not in codes:
+            self.path_counts.extend(repeat(len(self.paths), len(codes)))
+            return
+        for i, code in enumerate(codes):
+            if code == _CUSTOM_PATHS:
+                self.paths.extend(columns.image_paths(i))
+            self.path_counts.append(len(self.paths))
 
     def arrays(self) -> dict:
         """The index arrays, sharing the builder's buffers where no leading 0 is needed."""
+        self._add_pending()
 
         def view(buffer, dtype) -> np.ndarray:
             return np.frombuffer(buffer, dtype) if len(buffer) else np.empty(0, dtype)
@@ -390,12 +410,11 @@ def _ensure_index(source: Path, csv_header: bool | None) -> Path:
 
 
 def _build_from_manifest(source: Path, builder: _IndexBuilder) -> list[str] | None:
-    path, header, lines = scan_manifest(source.parent)
+    path, header, blocks = scan_manifest(source.parent)
     progress = Progress(source, header["num_captions"])
-    for count, (_, record, ext) in enumerate(lines, start=1):
-        builder.add(record, ext)
-        if count % 65536 == 0:
-            progress(count)
+    for columns in blocks:
+        builder.extend(columns)
+        progress(len(builder.labels))
     builder.ids.check_unique(path)
     return header["class_names"]
 

@@ -27,6 +27,7 @@ import re
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from itertools import accumulate, chain, islice, repeat
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -44,6 +45,22 @@ _RECORD_KEYS = {"caption_id", "caption", "label", "images"}
 # relative paths whose every part starts with neither "." nor "/": valid without further checks
 _PLAIN_RELATIVE = re.compile(r"(?![A-Za-z]:)[^/\\.][^/\\]*(?:/[^/\\.][^/\\]*)*\Z")
 CAPTION_ID = re.compile(r"^[A-Za-z0-9_-]+$")  # a caption id names files and tar members
+# a caption line as write_manifest writes it: json.dumps' separators, an id of 4 characters or more,
+# a caption without escapes, and up to 100 images whose paths follow the writers' rule (path k
+# matched by back-references to the id, its parts and the first path's extension). Groups: id,
+# id[0:2], id[2:4], caption, label, the images' JSON, their extension. No part matches a line end.
+_WRITTEN = (
+    r'\{"caption_id": "(([A-Za-z0-9_-]{2})([A-Za-z0-9_-]{2})[A-Za-z0-9_-]*)", '
+    r'"caption": "([^"\\\x00-\x1f]*)", "label": (null|0|[1-9][0-9]{0,9}), '
+    r'"images": \[("images/\2/\3/\1_00\.([A-Za-z0-9]+)"'
+    + "".join(f'(?:, "images/\\2/\\3/\\1_{k:02d}\\.\\7"' for k in range(1, 100))
+    + ")?" * 99
+    + r")\]\}"
+)
+_WRITTEN_LINE = re.compile(_WRITTEN)
+_WRITTEN_LINES = re.compile(f"^{_WRITTEN}$", re.MULTILINE)  # every such line of a text
+_UNMATCHED = ("",) * 7  # the groups standing for a line _WRITTEN_LINE does not match
+_BLOCK_BYTES = 1 << 18  # a manifest is read and checked this many bytes of lines at a time
 
 
 def image_stem(caption_id: str) -> str:
@@ -114,6 +131,14 @@ def rule_extension(caption_id: str, images: list[str]) -> str | None:
 @functools.lru_cache(maxsize=64)
 def _rule_suffixes(ext: str, n: int) -> tuple[str, ...] | None:
     return None if "/" in ext else tuple(f"_{image_component(k, ext)}" for k in range(n))
+
+
+def _label_value(text: str, num_classes: int | None) -> int | None:
+    """The label a written line's label text stands for (-1: none), None if it is not allowed or
+    the line did not match (no text)."""
+    if text == "null":
+        return -1 if num_classes is None else None
+    return int(text) if text and num_classes is not None and int(text) < num_classes else None
 
 
 def _check_header(header: Any, where: str) -> dict:
@@ -191,6 +216,13 @@ class Strings:
         self.blob += text.encode()
         self.ends.append(len(self.blob))
 
+    def extend(self, texts: Sequence[str]) -> None:
+        """Adds ``texts`` with one encode of them all (their sizes from their lengths if ASCII)."""
+        joined = "".join(texts)
+        sizes = map(len, texts) if joined.isascii() else map(len, map(str.encode, texts))
+        self.ends.extend(islice(accumulate(sizes, initial=len(self.blob)), 1, None))
+        self.blob += joined.encode()
+
     def __getitem__(self, i: int) -> str:
         return self.blob[self.ends[i - 1] if i > 0 else 0 : self.ends[i]].decode()
 
@@ -205,6 +237,10 @@ class CaptionIds(Strings):
     def add(self, caption_id: str) -> None:
         super().add(caption_id)
         self._hashes.append(hash(caption_id))
+
+    def extend(self, caption_ids: Sequence[str]) -> None:
+        super().extend(caption_ids)
+        self._hashes.extend(map(hash, caption_ids))
 
     def first_repeat(self) -> tuple[int, int] | None:
         """(first position, repeat position) of the earliest id that repeats an earlier one."""
@@ -229,38 +265,148 @@ class CaptionIds(Strings):
             )
 
 
-def scan_manifest(
-    root: str | Path,
-) -> tuple[Path, dict, Iterator[tuple[int, CaptionRecord, str | None]]]:
-    """Streams ``root/manifest.jsonl``: (path, validated header, iterator of (line number, record,
-    rule extension or None)). The iterator validates each line as it goes and, at the end, that
-    ``num_captions`` lines were read; repeated ids are left to the caller (:class:`CaptionIds`)."""
+class CaptionColumns:
+    """Validated captions in file order, as columns: ids, texts, labels (-1: none), image counts,
+    and each caption's rule extension (its paths follow the writers' rule) or None with its paths
+    in ``paths`` (None for a rule caption)."""
+
+    def __init__(self, ids, texts, labels, num_images, exts, paths):
+        self.ids, self.texts, self.labels = ids, texts, labels
+        self.num_images, self.exts, self.paths = num_images, exts, paths
+
+    @classmethod
+    def of_records(cls, checked: Sequence[tuple[CaptionRecord, str | None]]) -> CaptionColumns:
+        """Of (record, rule extension or None) pairs, as :func:`_check_record` returns them."""
+        columns = cls(*([None] * len(checked) for _ in range(6)))
+        for i, (record, ext) in enumerate(checked):
+            columns.set(i, record, ext)
+        return columns
+
+    def set(self, i: int, record: CaptionRecord, ext: str | None) -> None:
+        self.ids[i], self.texts[i] = record.caption_id, record.caption
+        self.labels[i] = -1 if record.label is None else record.label
+        self.num_images[i], self.exts[i] = len(record.images), ext
+        self.paths[i] = None if ext is not None else list(record.images)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image_paths(self, i: int) -> list[str]:
+        if self.paths[i] is not None:
+            return self.paths[i]
+        stem = image_stem(self.ids[i])
+        return [stem + suffix for suffix in _rule_suffixes(self.exts[i], self.num_images[i])]
+
+    def records(self) -> Iterator[CaptionRecord]:
+        for i, label in enumerate(self.labels):
+            yield CaptionRecord(
+                self.ids[i], self.texts[i], None if label < 0 else label, self.image_paths(i)
+            )
+
+
+def _check_lines(
+    text: str, count: int, line_no: int, terminated: bool, path: Path, num_classes: int | None
+) -> CaptionColumns:
+    """The captions of the ``count`` lines of ``text`` (from line ``line_no`` on, joined by
+    ``\\n``; ``terminated``: the last one had a line end). Lines as write_manifest writes them are
+    checked by one pattern (id, caption, the paths' rule) over them all, and their labels as a few
+    distinct values; any other line (another layout, escapes, stored paths, an error) is checked
+    alone as before: the same checks, the same one-line errors, in file order."""
+    pieces = _WRITTEN_LINES.split(text)  # gap, 7 groups, gap, ...: the gaps "\n" if all match
+    gaps = pieces[0::8]
+    if len(gaps) == count + 1 and gaps[0] == gaps[-1] == "" and gaps.count("\n") == count - 1:
+        lines, fields = None, [pieces[k::8] for k in range(1, 8)]
+    else:
+        lines = text.split("\n")
+        matches = map(_WRITTEN_LINE.fullmatch, lines)
+        fields = zip(*[m.groups() if m else _UNMATCHED for m in matches], strict=True)
+    ids, _, _, texts, labels, images, exts = map(list, fields)
+    counts = [n + 1 for n in map(str.count, images, repeat('", "'))]  # paths hold no quote
+    values = {text: _label_value(text, num_classes) for text in set(labels)}
+    labels = list(map(values.__getitem__, labels))
+    columns = CaptionColumns(ids, texts, labels, counts, exts, [None] * count)
+    if None in labels:  # a line that does not match or a label out of range: checked alone
+        lines = lines or text.split("\n")
+        for i in [i for i, label in enumerate(labels) if label is None]:
+            where = f"{path}:{line_no + i}"
+            line = lines[i] + "\n" if terminated or i + 1 < count else lines[i]
+            columns.set(i, *_check_record(_parse_line(line, where), where, num_classes))
+    return columns
+
+
+def _read_lines(path: Path) -> Iterator[tuple[str, int, bool]]:
+    """The lines of a UTF-8 text file, a block at a time, split as a text-mode read splits them
+    (at ``\\n``, ``\\r\\n`` or ``\\r``): (the lines joined by ``\\n``, their count, whether the
+    last one had a line end). Bytes that are not UTF-8 end the lines: a one-line error names their
+    line."""
+    line_no, tail = 1, b""
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(_BLOCK_BYTES)
+            data = tail + block
+            # lines end after the last \n, or a \r that is not the data's last byte (\r\n?)
+            end = len(data) - 1 if block else len(data)
+            cut = max(data.rfind(b"\n"), data.rfind(b"\r", 0, end)) + 1 if block else end
+            data, tail = data[:cut], data[cut:]
+            try:
+                text = data.decode()
+            except UnicodeDecodeError as error:
+                good = max(data.rfind(b"\n", 0, error.start), data.rfind(b"\r", 0, error.start))
+                lines = _joined_lines(data[: good + 1].decode())
+                if lines[1]:
+                    yield lines
+                raise ManifestError(
+                    f"{path}:{line_no + lines[1]}: not valid UTF-8 ({error.reason}); save the "
+                    "manifest as UTF-8"
+                ) from None
+            lines = _joined_lines(text)
+            if lines[1]:
+                yield lines
+            line_no += lines[1]
+            if not block:
+                return
+
+
+def _joined_lines(text: str) -> tuple[str, int, bool]:
+    """``text``'s lines joined by ``\\n``, their count, whether the last one had a line end."""
+    if "\r" in text:  # universal newlines, as a text-mode read translates them
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text:
+        return text, 0, False
+    if text.endswith("\n"):
+        return text[:-1], text.count("\n"), True
+    return text, text.count("\n") + 1, False
+
+
+def scan_manifest(root: str | Path) -> tuple[Path, dict, Iterator[CaptionColumns]]:
+    """Streams ``root/manifest.jsonl``: (path, validated header, iterator of the captions in
+    blocks). The iterator validates each line as it goes and, at the end, that ``num_captions``
+    lines were read; repeated ids are left to the caller (:class:`CaptionIds`)."""
     path = Path(root) / MANIFEST_NAME
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
-    with open(path, encoding="utf-8") as f:
-        first = f.readline()
-    if not first:
+    blocks = _read_lines(path)
+    text, count, terminated = next(blocks, ("", 0, False))
+    if not count:
         raise ManifestError(f"{path}: manifest is empty (no header line)")
-    header = _check_header(_parse_line(first, f"{path}:1"), f"{path}:1")
+    first, _, rest = text.partition("\n")
+    header_line = first + "\n" if terminated or count > 1 else first
+    header = _check_header(_parse_line(header_line, f"{path}:1"), f"{path}:1")
     num_classes = None if header["class_names"] is None else len(header["class_names"])
 
-    def records():
-        count = 0
-        with open(path, encoding="utf-8") as f:
-            f.readline()  # the header
-            for line_no, line in enumerate(f, start=2):
-                where = f"{path}:{line_no}"
-                record, ext = _check_record(_parse_line(line, where), where, num_classes)
-                count += 1
-                yield line_no, record, ext
-        if header["num_captions"] != count:
+    def captions():
+        line_no = 2
+        for lines, n, ends in chain([(rest, count - 1, terminated)], blocks):
+            if n:
+                yield _check_lines(lines, n, line_no, ends, path, num_classes)
+                line_no += n
+        if header["num_captions"] != line_no - 2:
             raise ManifestError(
                 f"{path}: header says num_captions={header['num_captions']} "
-                f"but {count} caption lines follow"
+                f"but {line_no - 2} caption lines follow"
             )
 
-    return path, header, records()
+    return path, header, captions()
 
 
 def _parse_line(line: str, where: str) -> Any:
@@ -275,11 +421,11 @@ def _parse_line(line: str, where: str) -> Any:
 def read_manifest(root: str | Path) -> tuple[dict, list[CaptionRecord]]:
     """The validated (header, caption records in file order) of ``root/manifest.jsonl``: one
     Python object per caption (large data sets are read through their caption index)."""
-    path, header, lines = scan_manifest(root)
+    path, header, blocks = scan_manifest(root)
     ids, records = CaptionIds(), []
-    for _, record, _ in lines:
-        ids.add(record.caption_id)
-        records.append(record)
+    for columns in blocks:
+        ids.extend(columns.ids)
+        records.extend(columns.records())
     ids.check_unique(path)
     return header, records
 

@@ -273,3 +273,14 @@ def test_data_gen_cli_imports_neither_solo_nor_lightning():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_rule_paths_of_more_extensions_than_codes_are_stored(tmp_path):
+    records = [
+        CaptionRecord(f"c{i:04d}", f"c{i}", None, [image_relpath(f"c{i:04d}", 0, f"e{i}")])
+        for i in range(300)
+    ]
+    write_manifest(tmp_path, records)
+    _assert_index_equals(CaptionIndex.from_manifest(tmp_path), records, None)
+    write_indexed_manifest(tmp_path / "w", records)
+    _assert_index_equals(CaptionIndex.from_manifest(tmp_path / "w"), records, None)

@@ -131,3 +131,157 @@ def test_image_naming_rules_share_the_image_number():
     assert image_member("a1b2c3", 7, ".jpg") == "a1b2c3.07.jpg"
     with pytest.raises(ManifestError, match="caption_id 'a/b'"):
         image_relpath("a/b", 0, "jpg")
+
+
+def _written_lines(n, class_names=("a", "b")):
+    """``n`` caption lines as write_manifest writes them (rule paths), and their records."""
+    records = [
+        CaptionRecord(
+            f"c{c:05d}",
+            f"caption {c} ünïcode",
+            c % 2,
+            [image_relpath(f"c{c:05d}", k, "jpg") for k in range(3)],
+        )
+        for c in range(n)
+    ]
+    header = _header(num_captions=n, class_names=list(class_names))
+    lines = [json.dumps(header)] + [json.dumps(r.__dict__, ensure_ascii=False) for r in records]
+    return lines, records
+
+
+def _index_or_error(root):
+    """The records of ``root`` (the index checked equal to them), or the error both raise."""
+    from solo_stablerep.data.index import CaptionIndex
+
+    try:
+        _, records = read_manifest(root)
+    except ManifestError as error:
+        with pytest.raises(ManifestError) as again:
+            CaptionIndex.from_manifest(root)
+        assert str(again.value) == str(error)
+        return str(error)
+    index = CaptionIndex.from_manifest(root)
+    assert list(index.caption_ids) == [r.caption_id for r in records]
+    assert list(index.captions) == [r.caption for r in records]
+    assert index.labels.tolist() == [r.label for r in records]
+    assert [
+        [index.image_relpath(i, k) for k in range(index.num_images(i))] for i in range(len(index))
+    ] == [r.images for r in records]
+    return records
+
+
+BAD_LINES = [  # (caption line 125 of 200 well-written ones, the error naming it)
+    (
+        _row(
+            caption_id="c00123",
+            label=0,
+            images=["images/c0/01/c00123_00.jpg", "images/../../x.jpg"],
+        ),
+        ":125 (caption c00123): image path 'images/../../x.jpg' escapes the root",
+    ),
+    (
+        _row(caption_id="c00123", label=0, images=["/x.jpg"]),
+        ":125 (caption c00123): image path '/x.jpg' is absolute (must be relative to the root)",
+    ),
+    (
+        _row(caption_id="c00123", label=0, images=["images/c0/01/c00123_00.jpg"] * 2),
+        ":125 (caption c00123): images lists a path twice",
+    ),
+    (
+        _row(caption_id="c00123", label=2, images=[image_relpath("c00123", 0, "jpg")]),
+        ":125 (caption c00123): label 2 is not an integer in [0, 2)",
+    ),
+    (
+        _row(caption_id="c00123", label=None, images=[image_relpath("c00123", 0, "jpg")]),
+        ":125 (caption c00123): label None is not an integer in [0, 2)",
+    ),
+    (
+        _row(caption_id="c 0123", label=0),
+        ":125: caption_id 'c 0123' is not a string of [A-Za-z0-9_-]",
+    ),
+    (
+        _row(caption_id="c00123", label=0, extra=1),
+        ":125: columns ['caption', 'caption_id', 'extra', 'images', 'label'] differ from "
+        "['caption', 'caption_id', 'images', 'label']",
+    ),
+    (
+        _row(caption_id="c00001", label=0, images=["x.jpg"]),
+        ":125: caption_id 'c00001' repeats line 3",
+    ),
+    (
+        '{"caption_id": "c00123", "caption": "cut',
+        ":125: not valid JSON (Invalid control character at)",
+    ),
+    ("", ":125: empty line"),
+    (
+        '{"caption_id": "c00123", "caption": "a",\r "label": 0, "images": ["x.jpg"]}',
+        ":125: not valid JSON (Expecting property name enclosed in double quotes)",
+    ),
+]
+
+
+@pytest.mark.parametrize("bad, error", BAD_LINES)
+def test_a_bad_line_among_written_ones_is_named_alike_by_the_reader_and_the_index(
+    tmp_path, monkeypatch, bad, error
+):
+    import solo_stablerep.data.manifest as manifest
+
+    monkeypatch.setattr(manifest, "_BLOCK_BYTES", 4096)  # many blocks of lines
+    lines, _ = _written_lines(200)
+    lines[124] = bad if isinstance(bad, str) else json.dumps(bad)
+    (tmp_path / MANIFEST_NAME).write_text("\n".join(lines) + "\n", newline="")
+    assert _index_or_error(tmp_path) == f"{tmp_path / MANIFEST_NAME}{error}"
+
+
+def test_lines_written_otherwise_are_read_alike_by_the_reader_and_the_index(tmp_path, monkeypatch):
+    import solo_stablerep.data.manifest as manifest
+
+    monkeypatch.setattr(manifest, "_BLOCK_BYTES", 4096)
+    lines, records = _written_lines(200)
+    odd = {
+        10: CaptionRecord(
+            "c00009", 'with "quotes",\n a tab\t and \\', 1, [image_relpath("c00009", 0, "png")]
+        ),
+        20: CaptionRecord("ab", "short id", 0, [image_relpath("ab", k, "webp") for k in range(12)]),
+        30: CaptionRecord(
+            "c00029", "custom", 0, ["elsewhere/one.jpg", "./two.jpg", "a/../three.jpg"]
+        ),
+        40: CaptionRecord(
+            "c00039", "one rule path then another", 1, [image_relpath("c00039", 0, "jpg"), "b.jpg"]
+        ),
+        50: CaptionRecord("c00049", "k=1 alone", 1, [image_relpath("c00049", 1, "jpg")]),
+    }
+    for i, record in odd.items():
+        records[i - 1] = record
+        lines[i] = json.dumps(record.__dict__, ensure_ascii=i != 10)
+    lines[60] = json.dumps(records[59].__dict__, separators=(",", ":"))  # compact
+    lines[70] = "  " + lines[70] + " \t"
+    text = (
+        "\r\n".join(lines[:100]) + "\n" + "\n".join(lines[100:])
+    )  # CRLF, then LF, no last newline
+    (tmp_path / MANIFEST_NAME).write_text(text, newline="")
+    assert _index_or_error(tmp_path) == records
+
+
+def test_a_last_line_cut_short_is_named_alike_by_the_reader_and_the_index(tmp_path, monkeypatch):
+    import solo_stablerep.data.manifest as manifest
+
+    monkeypatch.setattr(manifest, "_BLOCK_BYTES", 4096)
+    lines, _ = _written_lines(200)
+    (tmp_path / MANIFEST_NAME).write_text("\n".join(lines)[:-30], newline="")  # a killed writer
+    expected = f"{tmp_path / MANIFEST_NAME}:201: not valid JSON (Expecting value)"
+    assert _index_or_error(tmp_path) == expected
+
+
+def test_bytes_that_are_not_utf8_are_one_line_naming_their_line(tmp_path, monkeypatch):
+    import solo_stablerep.data.manifest as manifest
+
+    monkeypatch.setattr(manifest, "_BLOCK_BYTES", 4096)
+    lines, _ = _written_lines(200)
+    data = "\n".join(lines).encode().replace(b"caption 123 ", b"caption 123 \xff")
+    (tmp_path / MANIFEST_NAME).write_bytes(data)
+    expected = f"{tmp_path / MANIFEST_NAME}:125: not valid UTF-8 (invalid start byte); save the "
+    assert _index_or_error(tmp_path) == expected + "manifest as UTF-8"
+    # an error on a line before it is named first
+    (tmp_path / MANIFEST_NAME).write_bytes(data.replace(b'"c00100"', b'"c 0100"'))
+    assert "caption_id 'c 0100'" in _index_or_error(tmp_path)
