@@ -161,6 +161,7 @@ def test_online_knn_is_solo_learns_weighted_knn_on_the_features_it_saw(
     assert torch.equal(test_y, torch.cat(labels))
     torch.testing.assert_close(test, features, rtol=1e-4, atol=1e-5)
 
+    assert 0 <= trainer.callback_metrics["val_acc1"] <= 100  # the online linear classifier too
     logged = trainer.callback_metrics["val_knn_acc1"].item()
     by_hand = weighted_knn_top1(train, train_y, test, test_y, KNN_K, KNN_TEMPERATURE)
     ours = knn_accuracy(train, train_y, test, test_y, k=KNN_K, temperature=KNN_TEMPERATURE)
