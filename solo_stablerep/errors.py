@@ -69,3 +69,8 @@ class EvalError(InputError):
 
 class DemoError(InputError):
     """``stablerep-demo``: bad options or missing inputs; the message is one line."""
+
+
+class MissingExtraError(InputError):
+    """A feature switched on in the config needs an optional extra that is not installed; the
+    message is one line naming the key, the extra and its install command."""

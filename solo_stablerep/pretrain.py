@@ -40,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from solo_stablerep import register_methods
 from solo_stablerep.console import configure_logging, run_command
 from solo_stablerep.errors import InputError
+from solo_stablerep.extras import check_extras
 
 register_methods()  # adds stablerep & co to solo's METHODS; a one-line error without solo-learn
 
@@ -283,6 +284,7 @@ def run_pretrain(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> Trainer
     model). ``callbacks`` are added to the Trainer's (e.g. a progress line)."""
 
     cfg = parse_pretrain_cfg(cfg)
+    check_extras(cfg)  # a feature whose optional extra is missing: one line, before any work
     seed_everything(cfg.seed)
 
     model = METHODS[cfg.method](cfg)

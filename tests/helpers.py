@@ -240,3 +240,53 @@ def solo_available() -> bool:
 
 
 requires_solo = pytest.mark.skipif(not solo_available(), reason=SOLO_MISSING_REASON)
+
+
+# ------------------------------------------------------------------- solo-learn features, tiny runs
+
+TINY_TEXT_TOWER = [
+    "method_kwargs.embed_dim=16",
+    "method_kwargs.text_width=32",
+    "method_kwargs.text_layers=1",
+    "method_kwargs.text_heads=2",
+    "method_kwargs.context_length=12",
+]
+# per method of scripts/pretrain/synthetic: images per caption (simclr: 2 crops of one image) and
+# what shrinks it further
+_TINY_METHOD_OVERRIDES = {
+    "stablerep": ["data.synthetic.n_img=2"],
+    "stablerep_pp": ["data.synthetic.n_img=2", *TINY_TEXT_TOWER],
+    "synclr": ["data.synthetic.n_img=2", "augmentations.1.crop_size=8"],
+    "simclr": ["data.synthetic.n_img=1"],
+}
+FEATURE_METHODS = tuple(_TINY_METHOD_OVERRIDES)
+
+
+def labelled_synthetic_data(root: Path, num_classes: int = 4, num_captions: int = 8):
+    """A labelled manifest data set (2 solid-colour images per caption, 16 px) and a validation
+    ImageFolder of noise whose class folders are its class names; returns (data root, val root)."""
+    val = write_image_folder(root / "val", num_classes=num_classes, per_class=2, size=16)
+    class_names = [f"class{c}" for c in range(num_classes)]
+    make_manifest_dataset(root / "data", num_captions, 2, class_names=class_names)
+    return root / "data", val
+
+
+def tiny_synthetic_run_cfg(method: str, data: Path, val: Path, workdir: Path, *overrides):
+    """The raw cfg of one epoch of 2 steps of ``method`` (scripts/pretrain/synthetic) on CPU:
+    batches of 4 captions, 16 px crops, resnet18, validated on 2 batches of ``val``."""
+    return compose_raw_cfg(
+        CONFIGS / "synthetic",
+        f"{method}.yaml",
+        [
+            *SMOKE_OVERRIDES,
+            DALI_CPU_OVERRIDE,
+            *crop_overrides(1, 16),
+            *_TINY_METHOD_OVERRIDES[method],
+            "+limit_train_batches=2",
+            "+limit_val_batches=2",
+            f"data.train_path={data}",
+            f"data.val_path={val}",
+            f"checkpoint.dir={workdir / 'trained_models'}",
+            *overrides,
+        ],
+    )

@@ -9,6 +9,7 @@ check_solo_learn()
 
 import solo.methods  # noqa: E402
 
+from solo_stablerep._solo_compat import apply as apply_solo_repairs  # noqa: E402
 from solo_stablerep.methods.needs import EntryPointNeeds  # noqa: E402
 from solo_stablerep.methods.stablerep import StableRep  # noqa: E402
 from solo_stablerep.methods.stablerep_pp import StableRepPP  # noqa: E402
@@ -20,7 +21,10 @@ METHODS = {"stablerep": StableRep, "stablerep_pp": StableRepPP, "synclr": SynCLR
 
 
 def register() -> None:
-    """Adds :data:`METHODS` to ``solo.methods.METHODS`` (a name already there is kept)."""
+    """Adds :data:`METHODS` to ``solo.methods.METHODS`` (a name already there is kept), and repairs
+    the solo-learn features that the installed libraries break (:mod:`solo_stablerep._solo_compat`)
+    for every method."""
+    apply_solo_repairs()
     for name, method in METHODS.items():
         solo.methods.METHODS.setdefault(name, method)
 
