@@ -111,9 +111,14 @@ def labelled(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", FEATURE_METHODS)
+@pytest.mark.parametrize(
+    "method, grouping",
+    [(method, []) for method in FEATURE_METHODS]
+    # both views in one backbone call: the bank still gets each view's features
+    + [("stablerep", ["++method_kwargs.views_per_backbone_call=2"])],
+)
 def test_online_knn_is_solo_learns_weighted_knn_on_the_features_it_saw(
-    method, labelled, tmp_path, monkeypatch
+    method, grouping, labelled, tmp_path, monkeypatch
 ):
     """``+knn_eval.enabled=True`` through the entry point: the logged ``val_knn_acc1`` is
     solo-learn's ``WeightedKNNClassifier.compute`` on memory banks holding the training steps'
@@ -143,6 +148,7 @@ def test_online_knn_is_solo_learns_weighted_knn_on_the_features_it_saw(
         f"+knn_eval.k={KNN_K}",
         "+knn_eval.distance_func=cosine",
         "+num_sanity_val_steps=0",
+        *grouping,
     )
     trainer = run_pretrain(cfg)
     assert trainer.global_step == 2

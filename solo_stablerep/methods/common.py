@@ -130,8 +130,7 @@ class MultiViewMethod(EntryPointNeeds):
     @classmethod
     def add_and_assert_specific_cfg(cls, cfg: omegaconf.DictConfig) -> omegaconf.DictConfig:
         """solo-learn's defaults, then the class's ``SETTINGS`` filled and checked (an unknown
-        key, ``???`` or a bad value is a one-line error), the views' grouping checked, and no
-        ``knn_eval`` (solo-learn's online kNN, which :meth:`multi_view_step` does not feed).
+        key, ``???`` or a bad value is a one-line error) and the views' grouping checked.
 
         Args:
             cfg (omegaconf.DictConfig): DictConfig object.
@@ -143,12 +142,6 @@ class MultiViewMethod(EntryPointNeeds):
         cfg = super().add_and_assert_specific_cfg(cfg)
         apply_settings(cfg, "method_kwargs", cls.SETTINGS, owner=f" for method {cfg.method}")
         check_views_per_backbone_call(cfg)
-        if cfg.knn_eval.enabled:
-            raise InputError(
-                f"method {cfg.method} does not feed knn_eval (solo-learn's online kNN, which fails "
-                "with the installed torchmetrics: docs/evaluation.md): set knn_eval.enabled=False "
-                "and run solo-stablerep-eval's kNN after pretraining"
-            )
         return cfg
 
     def heads(self, out: dict[str, Any]) -> dict[str, Any]:
@@ -255,4 +248,9 @@ class MultiViewMethod(EntryPointNeeds):
             "train_acc5": outs["acc5"],
         }
         self.log_dict(metrics, on_epoch=True, sync_dist=True)
+        if self.knn_eval:  # solo-learn's online kNN bank: the large views' labelled features
+            targets = targets.repeat(self.num_large_crops)
+            labelled = targets != -1
+            train_features = torch.cat(outs["feats"][: self.num_large_crops])[labelled]
+            self.knn(train_features=train_features.detach(), train_targets=targets[labelled])
         return outs

@@ -148,7 +148,6 @@ def test_grouped_step_calls_the_backbone_per_group_and_the_projector_per_view(im
             ["++method_kwargs.views_per_backbone_call=0"],
             "views_per_backbone_call must be an integer >= 1, got 0",
         ),
-        (["++knn_eval.enabled=True"], "method stablerep does not feed knn_eval"),
     ],
 )
 def test_bad_views_per_backbone_call_is_named(image_folder, overrides, message):
