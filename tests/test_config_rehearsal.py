@@ -11,6 +11,7 @@ rehearsal cannot cover (docs/pretraining.md, "Rehearsing a config on CPU") is be
 """
 
 import csv
+import gc
 import math
 import os
 import re
@@ -237,6 +238,7 @@ def process_group_cleared():
     yield
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    gc.collect()  # the trainer and its model (up to ~2 GB for SynCLR's paper heads)
     os.environ.clear()
     os.environ.update(environ)
 
