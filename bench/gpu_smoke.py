@@ -13,13 +13,24 @@ figures; a crash or a hang in one check does not stop the others.
 4. ``train_bf16``: StableRep through the entry point, ``precision=bf16-mixed``, PyTorch DataLoader
 5. ``train_pp_bf16``: StableRep++ (CLIP-size text tower) through the entry point, bf16-mixed,
    DALI gpu
-6. ``generate_fp16``: stablerep-generate with a tiny random SD pipeline, ``--dtype fp16`` on cuda
-7. ``sd15_bench``: bench/gpu_generate_sd15.py (full-size SD-1.5 architecture, random weights,
+6. ``paper_ddp``: scripts/pretrain/synthetic-paper/stablerep.yaml with only its size shrunk (tiny
+   ViT, 64 px, 8 captions per GPU): DDP over NCCL on every visible GPU (up to 2), sync BN, fp16
+   autocast with a GradScaler, DALI ``mixed``, as the cluster runs it. With one GPU, NCCL and
+   SyncBatchNorm run at world size 1 (PyTorch's SyncBatchNorm then keeps local statistics): the
+   cross-GPU reduction needs 2 GPUs
+7. ``generate_fp16``: stablerep-generate with a tiny random SD pipeline, ``--dtype fp16`` on cuda
+8. ``sd15_bench``: bench/gpu_generate_sd15.py (full-size SD-1.5 architecture, random weights,
    512 px, fp16), shortened
+
+``--list`` prints each check with the GPU-only paths it covers; the CPU rehearsal of every shipped
+config (tests/test_config_rehearsal.py) covers the rest, and docs/pretraining.md lists what it
+cannot.
 
     python bench/gpu_smoke.py            # on one GPU; about 3-5 minutes expected (< 8 on one H200)
     python bench/gpu_smoke.py --cpu      # the same flow with CPU stand-ins (DALI cpu, fp32/bf16
-                                         # on the CPU, fp32 generation): checks the script itself
+                                         # on the CPU, gloo, no sync BN, fp32 generation): checks
+                                         # the script itself
+    python bench/gpu_smoke.py --list     # the checks and what each covers
 
 Ends with ``RATIO gpu_smoke_pass_fraction`` for bench/run_all.py; exit status 1 if a check failed.
 """
@@ -36,6 +47,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SYNTHETIC_CONFIGS = REPO / "scripts" / "pretrain" / "synthetic"
+PAPER_CONFIGS = REPO / "scripts" / "pretrain" / "synthetic-paper"
 CAPTIONS_PER_DIGIT = 8  # 80 captions: 10 steps of 8 captions per epoch
 IMAGES_PER_CAPTION = 6
 N_IMG = 4  # images of a caption per item
@@ -45,15 +57,29 @@ CHECKS = (
     "train_16mixed",
     "train_bf16",
     "train_pp_bf16",
+    "paper_ddp",
     "generate_fp16",
     "sd15_bench",
 )
+# The paths of each check that only a GPU takes: what the CPU rehearsal of the shipped configs
+# (tests/test_config_rehearsal.py; docs/pretraining.md) cannot cover, and the rest.
+COVERS = {
+    "data": (),
+    "dali_mixed": ("DALI mixed",),
+    "train_16mixed": ("fp16 autocast", "fp16 GradScaler", "DALI mixed"),
+    "train_bf16": ("bf16 autocast on CUDA",),
+    "train_pp_bf16": ("bf16 autocast on CUDA", "DALI mixed"),
+    "paper_ddp": ("NCCL", "sync BN", "fp16 autocast", "fp16 GradScaler", "DALI mixed"),
+    "generate_fp16": ("fp16 diffusion",),
+    "sd15_bench": ("fp16 diffusion",),
+}
 TIME_LIMIT_S = {
     "data": 120,
     "dali_mixed": 120,
     "train_16mixed": 240,
     "train_bf16": 240,
     "train_pp_bf16": 240,
+    "paper_ddp": 240,
     "generate_fp16": 180,
     "sd15_bench": 360,
 }
@@ -136,11 +162,11 @@ def train_overrides(work: Path, cpu: bool, data_format: str, precision: str) -> 
     ]
 
 
-def compose(config_name: str, overrides: list):
+def compose(config_name: str, overrides: list, config_dir: Path = SYNTHETIC_CONFIGS):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(SYNTHETIC_CONFIGS), version_base="1.2"):
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.2"):
         return hydra_compose(config_name=config_name, overrides=overrides)
 
 
@@ -198,16 +224,23 @@ def child_train(
     cfg = compose(config_name, train_overrides(work, cpu, data_format, precision) + list(extra))
     start = time.perf_counter()
     trainer = run_pretrain(cfg)
-    seconds = time.perf_counter() - start
+    report_training(trainer, cpu, time.perf_counter() - start, CAPTIONS_PER_DIGIT * 10 // 8)
+
+
+def report_training(trainer, cpu: bool, seconds: float, expected_steps: int):
+    """Checks a finished run (steps, finite losses and weights, a GradScaler under 16-mixed) and
+    prints its figures."""
+    import torch
+
     steps = trainer.global_step
-    assert steps == CAPTIONS_PER_DIGIT * 10 // 8, f"{steps} optimiser steps"
+    assert steps == expected_steps, f"{steps} optimiser steps, expected {expected_steps}"
     losses = {
         k: float(v)
         for k, v in trainer.callback_metrics.items()
         if k.endswith("loss") and k != "train_class_loss"
     }  # the method's own losses
     assert losses and all(math.isfinite(v) for v in losses.values()), losses
-    if precision == "16-mixed" and not cpu:
+    if trainer.precision == "16-mixed" and not cpu:
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         assert scaler is not None, "16-mixed ran without a GradScaler"
         figure("grad_scale", f"{scaler.get_scale():g}")
@@ -220,6 +253,63 @@ def child_train(
         figure(name, f"{value:.4f}")
     if not cpu:
         figure("peak_gpu_gib", f"{torch.cuda.max_memory_allocated() / 2**30:.2f}")
+
+
+def child_paper_ddp(work: Path, cpu: bool):
+    """The paper config as a cluster runs it (DDP, sync BN, its precision, DALI on the GPU), with
+    only its size shrunk. With 2 GPUs Lightning starts rank 1 by running this child again."""
+    import torch
+    import torch.distributed as dist
+    from lightning.pytorch import Callback
+
+    from solo_stablerep.pretrain import run_pretrain
+
+    class Distributed(Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.backend = dist.get_backend()
+            self.sync_bn = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in pl_module.modules())
+
+    os.chdir(work)
+    gpus = 1 if cpu else min(2, torch.cuda.device_count())
+    steps = 4  # of 80 captions / (8 x 2 GPUs) per epoch
+    size = [
+        f"data.train_path={work / 'data'}",
+        "data.num_workers=2",
+        "backbone.name=vit_tiny",
+        "+backbone.kwargs.img_size=64",
+        "augmentations.0.crop_size=64",
+        "optimizer.batch_size=8",
+        f"devices={gpus}",
+        "num_nodes=1",
+        f"+max_steps={steps}",
+        "checkpoint.enabled=False",
+        "auto_resume.enabled=False",
+        "+enable_progress_bar=False",
+    ]
+    # gloo, no sync BN (GPU only), fp32 for fp16 (no fp16 autocast on the CPU), DALI cpu
+    cpu_stand_ins = [
+        "accelerator=cpu",
+        "sync_batchnorm=False",
+        "precision=32",
+        "dali.device=cpu",
+    ]
+    cfg = compose("stablerep.yaml", size + (cpu_stand_ins if cpu else []), PAPER_CONFIGS)
+    assert cpu or (cfg.sync_batchnorm, cfg.precision) == (True, "16-mixed"), "config changed"
+    seen = Distributed()
+    if not cpu:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    trainer = run_pretrain(cfg, callbacks=[seen])
+    if trainer.global_rank != 0:
+        return
+    if not cpu:
+        assert seen.backend == "nccl", f"DDP ran over {seen.backend}, not NCCL"
+        assert seen.sync_bn > 0, "sync_batchnorm: True left no SyncBatchNorm layer"
+    figure("backend", seen.backend)
+    figure("world_size", trainer.world_size)
+    figure("sync_bn_layers", seen.sync_bn)
+    figure("cross_gpu_sync_bn", "yes" if trainer.world_size > 1 and seen.sync_bn else "no")
+    report_training(trainer, cpu, time.perf_counter() - start, steps)
 
 
 def child_generate_fp16(work: Path, cpu: bool):
@@ -326,6 +416,8 @@ def run_child(name: str, work: Path, cpu: bool):
             else []
         )
         child_train(work, cpu, "stablerep_pp.yaml", "dali", "bf16-mixed", small_text)
+    elif name == "paper_ddp":
+        child_paper_ddp(work, cpu)
     elif name == "generate_fp16":
         child_generate_fp16(work, cpu)
     elif name == "sd15_bench":
@@ -389,8 +481,13 @@ def main():
     p.add_argument(
         "--work", type=Path, default=None, help="work folder (default: a new temporary folder)"
     )
+    p.add_argument("--list", action="store_true", help="print the checks and what each covers")
     p.add_argument("--child", choices=CHECKS, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.list:
+        for name in CHECKS:
+            print(f"{name}: {', '.join(COVERS[name]) or '-'}")
+        return 0
 
     work = (args.work or Path(tempfile.mkdtemp(prefix="gpu_smoke_"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
