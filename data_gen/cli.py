@@ -3,19 +3,35 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from solo_stablerep.console import configure_logging, run_command
+from solo_stablerep.console import (
+    ArgumentParser,
+    configure_logging,
+    float_option,
+    int_option,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_command,
+)
 
 from .output import check_writable
-from .settings import BACKENDS, DEFAULT_MODEL, DTYPES, IMAGE_FORMATS, SCHEDULERS, GenerationSettings
+from .settings import (
+    BACKENDS,
+    DEFAULT_MODEL,
+    DTYPES,
+    IMAGE_FORMATS,
+    NUMBERS,
+    SCHEDULERS,
+    GenerationSettings,
+)
 from .shards import DEFAULT_SHARD_BYTES, shard_bytes
 
 
-def _generate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def _generate_parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog="stablerep-generate",
         description="Generate a StableRep synthetic data set (many images per caption). "
         "`stablerep-generate merge OUT` writes the manifest from the finished parts.",
@@ -35,15 +51,31 @@ def _generate_parser() -> argparse.ArgumentParser:
         "--model", default=DEFAULT_MODEL, help="hub id or local folder for from_pretrained"
     )
     g.add_argument("--scheduler", choices=SCHEDULERS, default="ddim")
-    g.add_argument("--guidance-scale", type=float, default=2.0)
-    g.add_argument("--steps", type=int, default=50, dest="num_inference_steps")
-    g.add_argument("--images-per-caption", type=int, default=10)
-    g.add_argument("--resolution", type=int, default=512, help="generated size (px)")
-    g.add_argument("--image-size", type=int, default=256, help="saved size (px)")
+    g.add_argument("--guidance-scale", type=float_option(NUMBERS["guidance_scale"]), default=2.0)
+    g.add_argument(
+        "--steps",
+        type=int_option(NUMBERS["num_inference_steps"]),
+        default=50,
+        dest="num_inference_steps",
+    )
+    g.add_argument(
+        "--images-per-caption", type=int_option(NUMBERS["images_per_caption"]), default=10
+    )
+    g.add_argument(
+        "--resolution",
+        type=int_option(NUMBERS["resolution"]),
+        default=512,
+        help="generated size (px, a multiple of 8)",
+    )
+    g.add_argument(
+        "--image-size", type=int_option(NUMBERS["image_size"]), default=256, help="saved size (px)"
+    )
     g.add_argument("--image-format", choices=tuple(IMAGE_FORMATS), default="jpg")
-    g.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
+    g.add_argument(
+        "--quality", type=int_option(NUMBERS["quality"]), default=95, help="JPEG/WebP quality"
+    )
     g.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: fp16 on GPU, fp32 on CPU")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int_option(NUMBERS["seed"]), default=0)
     g.add_argument("--negative-prompt", default=None)
     r = p.add_argument_group("how to run (does not change the images)")
     r.add_argument(
@@ -55,25 +87,25 @@ def _generate_parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--shard-size",
-        type=float,
+        type=positive_float,
         default=DEFAULT_SHARD_BYTES / 1e9,
         help="webdataset: GB per tar (default ~1)",
     )
     r.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int,
         default=4,
         help="captions per pipeline call (x images-per-caption images)",
     )
     r.add_argument(
         "--num-parts",
-        type=int,
+        type=positive_int,
         default=None,
         help="processes the run is split into (default: WORLD_SIZE or SLURM_NTASKS, else 1)",
     )
     r.add_argument(
         "--part-index",
-        type=int,
+        type=non_negative_int,
         default=None,
         help="this process's part (default: RANK or SLURM_PROCID, else 0)",
     )
@@ -98,7 +130,12 @@ def _generate_parser() -> argparse.ArgumentParser:
         help="CSV/TSV label column, a name or (no header row) a number (default: 'label' if "
         "present)",
     )
-    r.add_argument("--contact-sheet-captions", type=int, default=6)
+    r.add_argument(
+        "--contact-sheet-captions",
+        type=non_negative_int,
+        default=6,
+        help="captions shown in the contact sheet of each part (0: none)",
+    )
     r.add_argument(
         "--no-merge", action="store_true", help="do not write the manifest when the last part ends"
     )
@@ -114,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str]) -> None:
     if argv[:1] == ["merge"]:
-        p = argparse.ArgumentParser(
+        p = ArgumentParser(
             prog="stablerep-generate merge",
             description="Write OUT/manifest.jsonl from every part's finished captions.",
         )

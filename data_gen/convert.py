@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from solo_stablerep.console import ArgumentParser, positive_float
 from solo_stablerep.data.shards import make_header
 from solo_stablerep.errors import DataGenError
 from solo_stablerep.storage import file_sha256, json_digest
@@ -176,9 +177,7 @@ def convert(
 
 def main(argv: Sequence[str]) -> None:
     """``stablerep-generate convert`` (the arguments after ``convert``)."""
-    import argparse
-
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="stablerep-generate convert",
         description="Convert a manifest or authors' CSV data set into WebDataset shards.",
     )
@@ -199,7 +198,7 @@ def main(argv: Sequence[str]) -> None:
     )
     p.add_argument(
         "--shard-size",
-        type=float,
+        type=positive_float,
         default=DEFAULT_SHARD_BYTES / 1e9,
         help="GB per tar (default ~1)",
     )

@@ -9,12 +9,30 @@ import os
 from dataclasses import dataclass
 
 from solo_stablerep.errors import DataGenError
+from solo_stablerep.rules import at_least, integer
 
 from .backends import BACKEND_FIELDS, BACKENDS, SCHEDULERS
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 IMAGE_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 DTYPES = ("auto", "fp32", "fp16", "bf16")
+
+# what each number of GenerationSettings must be: checked by validate(), and the command line's
+# option types (data_gen/cli.py) are made from the same rules
+NUMBERS = {
+    "guidance_scale": at_least(0),
+    "num_inference_steps": integer(1),
+    "images_per_caption": integer(1, 100),  # image file names use 2 digits
+    "resolution": integer(8),  # and a multiple of 8: the VAE's downsampling
+    "image_size": integer(1),
+    "quality": integer(1, 100),  # JPEG/WebP quality
+    "seed": integer(0),
+}
+
+
+def option_name(field: str) -> str:
+    """The ``stablerep-generate`` option that sets a GenerationSettings field."""
+    return "steps" if field == "num_inference_steps" else field.replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -42,30 +60,17 @@ class GenerationSettings:
         """Reject bad values before anything heavy happens; return self."""
         if self.backend not in BACKENDS:
             raise DataGenError(f"--backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
-        if self.images_per_caption < 1:
-            raise DataGenError(f"--images-per-caption {self.images_per_caption}: must be >= 1")
-        if self.images_per_caption > 100:
-            raise DataGenError(
-                f"--images-per-caption {self.images_per_caption}: at most 100 "
-                "(file names use 2 digits)"
-            )
-        if self.resolution < 8 or self.resolution % 8:
-            raise DataGenError(f"--resolution {self.resolution}: must be a positive multiple of 8")
-        if self.image_size < 1:
-            raise DataGenError(f"--image-size {self.image_size}: must be >= 1")
+        used = self.backend_fields()
+        for name, rule in NUMBERS.items():
+            value = getattr(self, name)
+            if (name in used or name not in BACKEND_FIELDS) and not rule.accepts(value):
+                raise DataGenError(f"--{option_name(name)} {value}: must {rule.text}")
+        if self.resolution % 8:
+            raise DataGenError(f"--resolution {self.resolution}: must be a multiple of 8")
         if self.image_format not in IMAGE_FORMATS:
             raise DataGenError(
                 f"--image-format {self.image_format!r}: choose one of {', '.join(IMAGE_FORMATS)}"
             )
-        if not 1 <= self.quality <= 100:
-            raise DataGenError(f"--quality {self.quality}: must be in [1, 100]")
-        if self.seed < 0:
-            raise DataGenError(f"--seed {self.seed}: must be >= 0")
-        used = self.backend_fields()
-        if "guidance_scale" in used and self.guidance_scale < 0:
-            raise DataGenError(f"--guidance-scale {self.guidance_scale}: must be >= 0")
-        if "num_inference_steps" in used and self.num_inference_steps < 1:
-            raise DataGenError(f"--steps {self.num_inference_steps}: must be >= 1")
         if "scheduler" in used and self.scheduler not in SCHEDULERS:
             raise DataGenError(
                 f"--scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULERS)}"

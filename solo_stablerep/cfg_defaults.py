@@ -6,15 +6,22 @@ the docs' tables are compared with it (tests/test_docs.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import omegaconf
-from omegaconf import ListConfig, OmegaConf
-from solo.utils.misc import omegaconf_select
+from omegaconf import OmegaConf
 
 from solo_stablerep.errors import InputError
+from solo_stablerep.rules import Rule
+
+
+def _select(cfg: omegaconf.DictConfig, key: str, default: Any) -> Any:
+    """``cfg.<key>``, or ``default`` where absent; the word None is null (as solo-learn's
+    ``omegaconf_select``, which the configs' readers use)."""
+    value = OmegaConf.select(cfg, key, default=default)
+    return None if isinstance(value, str) and value == "None" else value
 
 
 def fill_defaults(
@@ -28,7 +35,7 @@ def fill_defaults(
     way); raises ``error`` for an unknown or ``???`` key. ``owner`` ends the unknown-key message
     (e.g. " for method simclr")."""
 
-    node = omegaconf_select(cfg, key, {})
+    node = _select(cfg, key, {})
     OmegaConf.update(cfg, key, node, force_add=True)
     node = OmegaConf.select(cfg, key)
     for name in node:
@@ -40,62 +47,7 @@ def fill_defaults(
         elif OmegaConf.is_missing(node, name):
             raise error(f"{key}.{name} is missing (???): set it, e.g. {default}")
         else:
-            OmegaConf.update(cfg, f"{key}.{name}", omegaconf_select(cfg, f"{key}.{name}", default))
-
-
-@dataclass(frozen=True)
-class Rule:
-    """What a setting's value must be: ``text`` completes "<key> must ..." in its one-line error
-    (and, without a leading "be ", is the docs' "allowed" column); ``accepts`` tells."""
-
-    text: str
-    accepts: Callable[[Any], bool]
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def greater_than(low: float) -> Rule:
-    return Rule(f"be > {low}", lambda v: _is_number(v) and v > low)
-
-
-def at_least(low: float) -> Rule:
-    return Rule(f"be >= {low}", lambda v: _is_number(v) and v >= low)
-
-
-def within(low: float, high: float) -> Rule:
-    return Rule(f"be in [{low}, {high}]", lambda v: _is_number(v) and low <= v <= high)
-
-
-def integer(low: int) -> Rule:
-    return Rule(
-        f"be an integer >= {low}",
-        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low,
-    )
-
-
-def one_of(*choices: str) -> Rule:
-    return Rule(f"be one of {sorted(choices)}", lambda v: isinstance(v, str) and v in choices)
-
-
-def null_or(rule: Rule) -> Rule:
-    return Rule(
-        f"be null or {rule.text.removeprefix('be ')}", lambda v: v is None or rule.accepts(v)
-    )
-
-
-def containing(part: str) -> Rule:
-    return Rule(f"contain {part}", lambda v: isinstance(v, str) and part in v)
-
-
-BOOLEAN = Rule("be true or false", lambda v: isinstance(v, bool))
-NAMES = Rule(
-    "be a list of names",
-    lambda v: (
-        isinstance(v, (list, ListConfig)) and len(v) > 0 and all(isinstance(n, str) for n in v)
-    ),
-)
+            OmegaConf.update(cfg, f"{key}.{name}", _select(cfg, f"{key}.{name}", default))
 
 
 @dataclass(frozen=True)
@@ -123,8 +75,14 @@ def apply_settings(
     fill_defaults(cfg, key, {s.name: s.default for s in settings}, error, owner)
     node = OmegaConf.select(cfg, key)
     for setting in settings:
-        value = node[setting.name]
-        if not setting.rule.accepts(value):
-            shown = repr(value) if isinstance(value, str) else value
-            hint = f" ({setting.hint})" if setting.hint else ""
-            raise error(f"{key}.{setting.name} must {setting.rule.text}, got {shown}{hint}")
+        check_value(f"{key}.{setting.name}", node[setting.name], setting.rule, error, setting.hint)
+
+
+def check_value(
+    key: str, value: Any, rule: Rule, error: type[InputError] = InputError, hint: str = ""
+) -> None:
+    """Raises ``error`` unless ``rule`` accepts ``value``: one line, ``<key> must <rule>, got
+    <value> (<hint>)``."""
+    if not rule.accepts(value):
+        shown = "null" if value is None else repr(value) if isinstance(value, str) else value
+        raise error(f"{key} must {rule.text}, got {shown}" + (f" ({hint})" if hint else ""))

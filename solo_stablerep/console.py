@@ -6,19 +6,19 @@ point calls :func:`configure_logging` once. Only this project's INFO lines are s
 everyone's warnings: torch.distributed, Hydra and timm log at INFO too, and would bury them.
 Each entry point runs its work through :func:`run_command`: bad input is one line and exit code 2,
 options included: each parses them with :class:`ArgumentParser` and the ``type=`` functions below
-(:func:`positive_int`, ...), and checks its output paths with :func:`check_output_folder` /
-:func:`check_output_file` before any work.
+(:func:`positive_int`, ...: the ranges of :mod:`solo_stablerep.rules`), and checks its output
+paths with :func:`check_output_folder` / :func:`check_output_file` before any work.
 """
 
 import argparse
 import logging
-import math
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from solo_stablerep.errors import INPUT_ERROR_EXIT, InputError
+from solo_stablerep.rules import Rule, greater_than, integer
 
 OUR_LOGGERS = ("solo_stablerep", "data_gen")
 
@@ -72,35 +72,46 @@ def _whole_number(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
 
 
-def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    """An argparse ``type=``: a whole number >= ``minimum`` (and <= ``maximum``), or argparse's
-    error naming the range."""
+def int_option(rule: Rule) -> Callable[[str], int]:
+    """An argparse ``type=``: a whole number that ``rule`` (an :func:`~solo_stablerep.rules.integer`
+    rule) accepts, or argparse's error naming the range."""
 
     def parse(text: str) -> int:
         value = _whole_number(text)
-        if value < minimum or (maximum is not None and value > maximum):
-            upto = "" if maximum is None else f" and <= {maximum}"
-            raise argparse.ArgumentTypeError(f"got {value}; give a whole number >= {minimum}{upto}")
+        if not rule.accepts(value):
+            bounds = rule.text.removeprefix("be an integer")
+            raise argparse.ArgumentTypeError(f"got {value}; give a whole number{bounds}")
         return value
 
-    parse.__name__ = f"int_at_least_{minimum}"
     return parse
+
+
+def float_option(rule: Rule) -> Callable[[str], float]:
+    """An argparse ``type=``: a number that ``rule`` accepts (nan and inf never), or argparse's
+    error naming the range."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not rule.accepts(value):
+            bounds = rule.text.removeprefix("be ")
+            raise argparse.ArgumentTypeError(f"got {text}; give a finite number {bounds}")
+        return value
+
+    return parse
+
+
+def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """A whole number >= ``minimum`` (and <= ``maximum``)."""
+    return int_option(integer(minimum, maximum))
 
 
 positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 seed_int = int_at_least(0, 2**32 - 1)  # what numpy's and Lightning's seeding accept
-
-
-def positive_float(text: str) -> float:
-    """An argparse ``type=``: a finite number > 0 (nan, inf, 0 and negatives are refused)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"got {text}; give a finite number > 0")
-    return value
+positive_float = float_option(greater_than(0))
 
 
 # --- output paths ---------------------------------------------------------------------------

@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from solo.utils.metrics import accuracy_at_k
 
-from solo_stablerep.cfg_defaults import Setting, apply_settings, integer
+from solo_stablerep.cfg_defaults import Setting, apply_settings
 from solo_stablerep.errors import InputError
 from solo_stablerep.methods.needs import EntryPointNeeds
+from solo_stablerep.rules import integer
 
 # BaseMethod logs these for every batch; without labels they would be a meaningless 0 %.
 _CLASSIFIER_METRICS = ("train_class_loss", "train_acc1", "train_acc5")

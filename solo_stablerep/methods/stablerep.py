@@ -6,9 +6,10 @@ import torch
 import torch.nn as nn
 from solo.methods.base import BaseMethod
 
-from solo_stablerep.cfg_defaults import Setting, greater_than, integer
+from solo_stablerep.cfg_defaults import Setting
 from solo_stablerep.losses import multi_positive_contrastive_loss
 from solo_stablerep.methods.common import MultiViewMethod, require_views
+from solo_stablerep.rules import greater_than, integer
 
 PROJECTOR_SETTINGS = (
     Setting("proj_hidden_dim", 4096, integer(1), "hidden width of the projector"),

@@ -9,20 +9,13 @@ import torch.nn.functional as F
 from solo.methods.base import BaseMethod
 from solo.utils.misc import omegaconf_select
 
-from solo_stablerep.cfg_defaults import (
-    NAMES,
-    Setting,
-    at_least,
-    containing,
-    greater_than,
-    integer,
-    null_or,
-)
+from solo_stablerep.cfg_defaults import Setting
 from solo_stablerep.errors import InputError
 from solo_stablerep.losses import image_text_contrastive_loss
 from solo_stablerep.losses.distributed import is_distributed
 from solo_stablerep.methods.common import MultiViewMethod, require_views
 from solo_stablerep.methods.stablerep import StableRep, projector_of, stablerep_loss
+from solo_stablerep.rules import NAMES, at_least, containing, greater_than, integer, null_or
 from solo_stablerep.text import CaptionTokenizer, build_text_tower
 
 # CLIP's initial temperature 0.07 and its ceiling on the logit scale (open_clip clamps log s

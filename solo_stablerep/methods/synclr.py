@@ -12,16 +12,7 @@ from solo.utils.misc import omegaconf_select
 from solo.utils.momentum import MomentumUpdater, initialize_momentum_params
 from timm.layers import trunc_normal_
 
-from solo_stablerep.cfg_defaults import (
-    BOOLEAN,
-    Setting,
-    at_least,
-    greater_than,
-    integer,
-    null_or,
-    one_of,
-    within,
-)
+from solo_stablerep.cfg_defaults import Setting
 from solo_stablerep.errors import InputError
 from solo_stablerep.losses import (
     LabelledKeyQueue,
@@ -31,6 +22,7 @@ from solo_stablerep.losses import (
 )
 from solo_stablerep.methods.common import MultiViewMethod, concat, require_views
 from solo_stablerep.methods.stablerep import PROJECTOR_SETTINGS, build_projector, projector_of
+from solo_stablerep.rules import BOOLEAN, at_least, greater_than, integer, null_or, one_of, within
 
 
 def vit_tokens(

@@ -92,16 +92,16 @@ def test_only_the_settings_a_backend_reads_are_validated(flat_backend, tmp_path,
     )
     with pytest.raises(DataGenError, match="--guidance-scale -1"):
         GenerationSettings(backend="flat", guidance_scale=-1).validate()
+    # the command line refuses a value out of range whatever the backend
     assert (
         cli.main(["captions.txt", str(tmp_path), "--backend", "flat", "--guidance-scale", "-1"])
         == 2
     )
-    assert "--guidance-scale -1" in capsys.readouterr().err
+    assert "argument --guidance-scale: got -1" in capsys.readouterr().err
 
 
 def test_unknown_backends_are_refused_with_the_registered_names(flat_backend, capsys):
-    with pytest.raises(SystemExit):
-        cli.main(["captions.txt", "out", "--backend", "sdxl"])
+    assert cli.main(["captions.txt", "out", "--backend", "sdxl"]) == 2
     assert "'flat'" in capsys.readouterr().err  # argparse lists the choices, the new one included
     with pytest.raises(ValueError, match="already registered"):
         register_backend("flat")(object)

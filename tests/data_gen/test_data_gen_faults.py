@@ -138,6 +138,52 @@ def test_a_caption_longer_than_the_csv_field_limit_is_a_caption(tmp_path):
     assert long.strip() in (tmp_path / "out" / "manifest.jsonl").read_text()
 
 
+@pytest.mark.parametrize(
+    "option, value, allowed",
+    [
+        ("--guidance-scale", "-1", ">= 0"),
+        ("--guidance-scale", "nan", ">= 0"),  # was: accepted, compared false to 0
+        ("--guidance-scale", "abc", "not a number"),
+        ("--steps", "0", ">= 1"),
+        ("--steps", "2.5", "not a whole number"),  # was: argparse's usage and error
+        ("--images-per-caption", "0", ">= 1"),
+        ("--images-per-caption", "101", "<= 100"),
+        ("--resolution", "0", ">= 8"),
+        ("--image-size", "0", ">= 1"),
+        ("--quality", "0", ">= 1 and <= 100"),
+        ("--quality", "101", ">= 1 and <= 100"),
+        ("--seed", "-1", ">= 0"),
+        ("--batch-size", "0", ">= 1"),
+        ("--num-parts", "0", ">= 1"),
+        ("--part-index", "-1", ">= 0"),
+        ("--shard-size", "inf", "> 0"),
+        ("--contact-sheet-captions", "-1", ">= 0"),  # was: all but the last caption shown
+    ],
+)
+def test_numeric_options_out_of_range_are_one_line_before_any_work(
+    tmp_path, capsys, option, value, allowed
+):
+    from data_gen.cli import main
+
+    (tmp_path / "captions.txt").write_text(CAPTIONS)
+    args = [tmp_path / "captions.txt", tmp_path / "out", *PROCEDURAL, option, value]
+    assert main(list(map(str, args))) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("stablerep-generate: error: ") and "\n" not in err, err
+    for part in (f"argument {option}", value, allowed):
+        assert part in err, (part, err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_option_error_through_the_command_is_one_line_without_usage(tmp_path):
+    assert_one_line_error(
+        generate(tmp_path / "captions.txt", tmp_path / "out", "--quality", "0"),
+        "stablerep-generate: error: argument --quality: got 0; give a whole number >= 1",
+    )
+    assert_one_line_error(generate("merge", tmp_path, "--nope"), "unrecognized arguments: --nope")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("size", ["0", "-1", "nan"])
 def test_shard_size_must_be_positive(dataset, tmp_path, size):
     assert_one_line_error(
@@ -153,7 +199,8 @@ def test_shard_size_must_be_positive(dataset, tmp_path, size):
             "--shard-size",
             size,
         ),
-        "must be > 0",
+        "argument --shard-size",
+        "> 0",
     )
     assert not (tmp_path / "s").exists() and not (tmp_path / "w").exists()
 
