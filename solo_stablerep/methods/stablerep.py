@@ -11,6 +11,7 @@ from solo.utils.metrics import accuracy_at_k
 from solo_stablerep.cfg_defaults import fill_defaults
 from solo_stablerep.errors import InputError
 from solo_stablerep.losses import multi_positive_contrastive_loss
+from solo_stablerep.methods.health import embedding_std
 from solo_stablerep.methods.needs import EntryPointNeeds
 
 # BaseMethod logs these for every batch; without labels they would be a meaningless 0 %.
@@ -323,6 +324,8 @@ class StableRep(EntryPointNeeds, BaseMethod):
 
         StableRep: ``w1 *`` the multi-positive loss over every view of the batch (logged as
         ``train_stablerep_loss``); a zero when ``w1`` is 0. A subclass adds its terms to this.
+        Logs the collapse signal of the projections ``z`` as ``train_embedding_std``
+        (:func:`solo_stablerep.methods.health.embedding_std`).
 
         Args:
             batch (Sequence[Any]): the training batch, ``[indexes, [X], Y, ...]``.
@@ -332,9 +335,10 @@ class StableRep(EntryPointNeeds, BaseMethod):
             torch.Tensor: scalar loss.
         """
 
+        z = torch.cat(out["z"])
+        self.log("train_embedding_std", embedding_std(z), on_epoch=True, sync_dist=True)
         if self.w1 == 0:
             return torch.zeros((), device=self.device)
-        z = torch.cat(out["z"])
         image_loss = multi_positive_contrastive_loss(
             z,
             self.view_labels(batch[0]),
