@@ -44,6 +44,13 @@ LOSS_COLUMNS = {
     "synclr": "train_synclr_loss_step",
 }
 
+# the collapse and health signals the caption methods log (solo_stablerep.methods.health), shown
+# in the progress lines: embedding std (0 = collapsed, ~1/sqrt(d) healthy), SynCLR's agreement
+HEALTH_COLUMNS = {
+    "embedding std": "train_embedding_std_step",
+    "student-teacher cos": "train_student_teacher_cosine_step",
+}
+
 
 def default_config_dir() -> Path:
     """The solo-learn config folder the demo shrinks: the shipped ``synthetic`` configs."""
@@ -223,9 +230,10 @@ def read_loss_curve(run_dir: Path, method: str) -> list:
 
 
 def progress_callback(label: str, method: str, total_steps: int, lines: int = 10):
-    """A Lightning callback that logs ``lines`` progress lines over a run: step, the method's loss,
-    elapsed seconds and an estimate of the seconds left (the demo turns Lightning's bar off: a bar
-    redrawn in place is unreadable in a log file)."""
+    """A Lightning callback that logs ``lines`` progress lines over a run: step, the method's loss
+    and health signals (:data:`HEALTH_COLUMNS`, where the method logs them), elapsed seconds and
+    an estimate of the seconds left (the demo turns Lightning's bar off: a bar redrawn in place
+    is unreadable in a log file)."""
 
     from lightning.pytorch import Callback
 
@@ -243,6 +251,9 @@ def progress_callback(label: str, method: str, total_steps: int, lines: int = 10
             elapsed = time.perf_counter() - self.started
             loss = trainer.callback_metrics.get(loss_key)
             loss_text = f"{float(loss):.3f}" if loss is not None else "?"
+            for name, key in HEALTH_COLUMNS.items():
+                if key in trainer.callback_metrics:
+                    loss_text += f", {name} {float(trainer.callback_metrics[key]):.3f}"
             logger.info(
                 "%s: step %d/%d, loss %s, %.0f s, ~%.0f s left",
                 label,

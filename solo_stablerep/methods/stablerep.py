@@ -9,6 +9,7 @@ from solo.methods.base import BaseMethod
 from solo_stablerep.cfg_defaults import Setting
 from solo_stablerep.losses import multi_positive_contrastive_loss
 from solo_stablerep.methods.common import MultiViewMethod, require_views
+from solo_stablerep.methods.health import embedding_std
 from solo_stablerep.rules import greater_than, integer
 
 PROJECTOR_SETTINGS = (
@@ -125,7 +126,8 @@ class StableRep(MultiViewMethod, BaseMethod):
 
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
         """Training step for StableRep: the multi-positive loss of the step's views plus the
-        online classifier's loss.
+        online classifier's loss; logs the projections' collapse signal ``train_embedding_std``
+        (:func:`~solo_stablerep.methods.health.embedding_std`).
 
         Args:
             batch (Sequence[Any]): a batch of data in the format of [img_indexes, [X], Y], where
@@ -138,4 +140,7 @@ class StableRep(MultiViewMethod, BaseMethod):
         """
 
         out = self.multi_view_step(batch)
+        self.log(
+            "train_embedding_std", embedding_std(torch.cat(out["z"])), on_epoch=True, sync_dist=True
+        )
         return stablerep_loss(self, batch[0], out["z"]) + out["loss"]

@@ -14,6 +14,7 @@ from solo_stablerep.errors import InputError
 from solo_stablerep.losses import image_text_contrastive_loss
 from solo_stablerep.losses.distributed import is_distributed
 from solo_stablerep.methods.common import MultiViewMethod, require_views
+from solo_stablerep.methods.health import embedding_std
 from solo_stablerep.methods.stablerep import StableRep, projector_of, stablerep_loss
 from solo_stablerep.rules import NAMES, at_least, containing, greater_than, integer, null_or
 from solo_stablerep.text import CaptionTokenizer, build_text_tower
@@ -213,7 +214,7 @@ class StableRepPP(MultiViewMethod, BaseMethod):
 
         Returns:
             torch.Tensor: w1 * image-image loss + w2 * image-text loss + the online classifier's
-            loss.
+            loss. Logs the projections' collapse signal ``train_embedding_std``.
         """
 
         if len(batch) != 4:
@@ -223,6 +224,9 @@ class StableRepPP(MultiViewMethod, BaseMethod):
                 "data.dataset=synthetic"
             )
         out = self.multi_view_step(batch)
+        self.log(
+            "train_embedding_std", embedding_std(torch.cat(out["z"])), on_epoch=True, sync_dist=True
+        )
         image_text = self.image_text_loss(batch, out["feats"])
         if self.w1 == 0:  # CLIP
             return self.w2 * image_text + out["loss"]

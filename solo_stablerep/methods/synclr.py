@@ -21,6 +21,7 @@ from solo_stablerep.losses import (
     sinkhorn_knopp,
 )
 from solo_stablerep.methods.common import MultiViewMethod, concat, require_views
+from solo_stablerep.methods.health import embedding_std, mean_cosine
 from solo_stablerep.methods.stablerep import PROJECTOR_SETTINGS, build_projector, projector_of
 from solo_stablerep.rules import BOOLEAN, at_least, greater_than, integer, null_or, one_of, within
 
@@ -486,7 +487,7 @@ class SynCLR(MultiViewMethod, BaseMomentumMethod):
 
     def contrastive_loss(self, batch: Sequence[Any], out: dict[str, Any]) -> torch.Tensor:
         """SynCLR's loss: the momentum multi-positive loss (logged as ``train_synclr_loss``) plus
-        ``ibot_weight`` times the iBOT loss (``train_ibot_loss``).
+        ``ibot_weight`` times the iBOT loss (``train_ibot_loss``); logs :meth:`log_health`.
 
         Args:
             batch (Sequence[Any]): the training batch, ``[indexes, [X], Y]``.
@@ -515,11 +516,28 @@ class SynCLR(MultiViewMethod, BaseMomentumMethod):
             max_rows_per_rank=self.batch_size * self.num_large_crops,
         )
         self.log("train_synclr_loss", loss, on_epoch=True, sync_dist=True)
+        self.log_health(queries[: self.num_large_crops], out["momentum_z"])
         if self.ibot_weight > 0:
             ibot_loss = self.ibot_loss(out)
             self.log("train_ibot_loss", ibot_loss, on_epoch=True, sync_dist=True)
             loss = loss + self.ibot_weight * ibot_loss
         return loss
+
+    def log_health(self, global_queries: list[torch.Tensor], keys: list[torch.Tensor]) -> None:
+        """Logs the collapse signal (:func:`~solo_stablerep.methods.health.embedding_std`) of the
+        student's global queries (``train_embedding_std``) and of the teacher's keys
+        (``train_teacher_embedding_std``), and the student–teacher agreement: the mean cosine
+        between a global query and the key of the same crop (``train_student_teacher_cosine``).
+        """
+
+        queries, keys = torch.cat(global_queries), torch.cat(keys)
+        health = {
+            "train_embedding_std": embedding_std(queries),
+            "train_teacher_embedding_std": embedding_std(keys),
+            "train_student_teacher_cosine": mean_cosine(queries, keys),
+        }
+        for name, value in health.items():
+            self.log(name, value, on_epoch=True, sync_dist=True)
 
     def ibot_loss(self, out: dict[str, Any]) -> torch.Tensor:
         """iBOT's loss over the masked patches of every global view (the teacher sees them

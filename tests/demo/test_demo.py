@@ -367,13 +367,16 @@ def test_demo_runs_end_to_end_and_writes_its_table_plot_and_configs(tmp_path):
     assert table.split("\n| method")[1].split("\n\n")[0] in proc.stdout  # the table is printed too
     for name in ("results.png", "contact_sheet.png", "captions.csv", "data/manifest.jsonl"):
         assert (out / name).stat().st_size > 0
-    # the console: progress with step, loss and time left for every method, and no warning a user
-    # cannot act on (cli.UNACTIONABLE_WARNINGS)
+    # the console: progress with step, loss (and the health signal of the methods that log one)
+    # and time left for every method, and no warning a user cannot act on
+    # (cli.UNACTIONABLE_WARNINGS)
     steps = results["size"]["steps"]
     for method in methods[1:]:
+        health = ", embedding std 0[.][0-9]+" if method == "stablerep" else ""
         assert re.search(
-            rf"seed 0 {method}: step {steps}/{steps}, loss [0-9.]+, \d+ s, ~0 s left", proc.stderr
-        )
+            rf"seed 0 {method}: step {steps}/{steps}, loss [0-9.]+{health}, \d+ s, ~0 s left",
+            proc.stderr,
+        ), method
     assert "Warning" not in proc.stderr and "warn" not in proc.stderr.lower(), proc.stderr[-3000:]
     # the command that reproduces each run, pasteable into a shell (paths quoted for Hydra)
     command = (out / "configs" / "stablerep.command.txt").read_text().replace("\\\n", " ")
