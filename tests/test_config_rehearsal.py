@@ -253,7 +253,11 @@ def test_the_config_trains_two_steps_on_cpu(
     monkeypatch.chdir(tmp_path)  # checkpoints, auto-resume and Lightning's logs, as shipped
     shipped = shipped_cfg(folder, name)
     overrides = rehearsal_overrides(shipped, data)
-    trainer = run_pretrain(compose_raw_cfg(PRETRAIN_CONFIGS / folder, name, overrides))
+    # oneDNN's bf16 convolution weight gradient on a CPU returns NaN from finite inputs in about 1
+    # of 7 runs of synthetic/synclr.yaml (anomaly mode names ConvolutionBackward0; 0 of 14 with
+    # PyTorch's own kernels): a PyTorch floor, not the config's, so the rehearsal uses those.
+    with torch.backends.mkldnn.flags(enabled=False):
+        trainer = run_pretrain(compose_raw_cfg(PRETRAIN_CONFIGS / folder, name, overrides))
     check_trained(trainer, shipped, tmp_path)
     assert trainer.world_size == 1
     shutil.rmtree(tmp_path / shipped.checkpoint.dir, ignore_errors=True)  # ~100-300 MB each
