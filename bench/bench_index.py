@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from PIL import Image
+
 REPO = Path(__file__).resolve().parents[1]
 WORDS = (
     "a photo of the red house by the lake with mountains behind it at sunset, two dogs running on "
@@ -82,6 +84,11 @@ def write_manifest_and_csv(root: Path, n: int, images: int) -> None:
                 + "\n"
             )
             writer.writerow([paths[0], text])
+    for path in [image_relpath(caption_id(0), k, "jpg") for k in range(images)]:
+        # the reader opens the first caption's images when the set is opened (a wrong root is one
+        # line there, not a warning per image)
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (48, 48), (0, 0, 90)).save(root / path)
 
 
 USS = """
@@ -246,8 +253,6 @@ def training_path(root: Path, n: int) -> None:
 
 
 def worker_memory(root: Path, small_root: Path, images: int) -> None:
-    from PIL import Image
-
     from solo_stablerep.data.manifest import image_relpath
 
     config_dir = REPO / "scripts" / "pretrain" / "synthetic"
