@@ -39,10 +39,9 @@ def data_identity(cfg: DictConfig) -> dict:
     absolute as written), plus for synthetic data its layout settings and its format's identity."""
     identity = {"path": os.path.abspath(cfg.data.train_path)}
     if cfg.data.dataset == "synthetic":
-        from solo_stablerep.data.config import open_reader
-
         syn = cfg.data.synthetic
-        identity.update(layout=syn.layout, **open_reader(cfg).identity)
+        # recorded where the cfg check opened the reader: no second open of the data set
+        identity.update(layout=syn.layout, **OmegaConf.to_container(cfg.data.format_identity))
         if syn.layout == "authors":
             identity.update(csv=syn.csv, roots=list(syn.roots))
     return identity

@@ -174,6 +174,7 @@ def add_and_assert_synthetic_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictCon
         )
 
     index = open_reader(cfg)  # checks that every item has n_img images
+    cfg.data.format_identity = index.identity  # auto-resume's (solo_stablerep/resume.py)
     cfg.data.num_classes = len(index.class_names) if index.class_names else 1  # as solo-learn
     cfg.data.no_labels = index.class_names is None
     if cfg.data.no_labels and cfg.method == "supcon":
