@@ -349,7 +349,7 @@ def fit_logistic_regression(
     work = num_rows * dim * num_outputs * int(np.prod(batch_shape, dtype=np.int64))
     with _single_thread_if(features.device.type == "cpu" and work < _SINGLE_THREAD_WORK):
         point, gradient, (steps, changes, _), n_iter, func_evals = _lbfgs(
-            objective, start, memory, max_iter=max_iter, tol=tol
+            objective, start, memory, max_iter=max_iter, tol=tol, problems=math.prod(batch_shape)
         )
     weight, bias = unflatten(point)
     grad_weight, grad_bias = unflatten(gradient)
@@ -365,12 +365,15 @@ def fit_logistic_regression(
     )
 
 
-def _lbfgs(objective, point: torch.Tensor, memory, *, max_iter: int, tol: float):
+def _lbfgs(objective, point: torch.Tensor, memory, *, max_iter: int, tol: float, problems: int = 1):
     """Minimises a convex ``objective(point) -> (J, ∇J)`` by L-BFGS (Nocedal & Wright, *Numerical
     Optimization*, 2nd ed., Alg. 7.5): each step goes along -H ∇J, H the inverse Hessian of the
     last :data:`HISTORY` curvature pairs (``memory``: steps s, gradient changes y, 1 / y·s, from
     a previous fit, or None), its length from 1 (the first step without pairs: 1 / |∇J|₁, as
-    torch's ``LBFGS``) backtracked until J decreases enough (Armijo). J is convex, so every step
+    torch's ``LBFGS``, per problem: ``problems`` independent problems stacked in ``point`` sum
+    their |∇J|₁, and a step that shrank with their number fell below float32's resolution of J
+    at 600 few-shot episodes, which then stopped at W = 0) backtracked until J decreases enough
+    (Armijo). J is convex, so every step
     gives y·s >= 0: no curvature condition is needed. Stops at max |∇J| <= ``tol``, when J or the
     point stops changing, after ``max_iter`` steps or :data:`MAX_EVAL` evaluations.
 
@@ -383,7 +386,7 @@ def _lbfgs(objective, point: torch.Tensor, memory, *, max_iter: int, tol: float)
         slope = float(gradient.dot(direction))
         if slope > -_STALL:
             break
-        length = 1.0 if steps else min(1.0, 1.0 / float(gradient.abs().sum()))
+        length = 1.0 if steps else min(1.0, problems / float(gradient.abs().sum()))
         for _ in range(_MAX_BACKTRACKS):
             trial = point + length * direction
             trial_value, trial_gradient = objective(trial)

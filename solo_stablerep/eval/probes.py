@@ -57,7 +57,7 @@ DEFAULT_WEIGHT_DECAYS = np.logspace(-6, 5, 45)
 KNN_DISTANCE_MATRIX_SIZE = 5_000_000  # similarities computed at once, as solo-learn's kNN
 KNN_NORM_ROWS = 1 << 16  # training rows per chunk when computing their norms
 FEW_SHOT_WEIGHT_DECAY = 1.0  # C = 1, scikit-learn's default, as the few-shot protocol uses
-_FEW_SHOT_CHUNK_FLOATS = 1 << 26  # features of the episodes fitted together (256 MB in float32)
+_FEW_SHOT_CHUNK_FLOATS = 1 << 25  # features of the episodes fitted together (256 MB in float64)
 
 
 @dataclass(frozen=True)
@@ -367,7 +367,9 @@ def few_shot(
             f"classes of >= {shots + queries} items; this set has {len(eligible)}"
         )
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    features = as_tensor(features, device)  # only the drawn rows are normalised (copied)
+    # float64: on features that point almost one way (a collapsed backbone) the episodes' logits
+    # differ by less than float32 resolves in J, and L-BFGS stopped at W = 0 (chance accuracy)
+    features = as_tensor(features, device, dtype=torch.float64)  # drawn rows only are normalised
     rng = np.random.default_rng(seed)
     rows_of = {c: np.flatnonzero(labels == c) for c in eligible}
     drawn = np.empty((episodes, ways, shots + queries), dtype=np.int64)

@@ -235,6 +235,35 @@ def test_few_shot_episode_is_sklearns_logistic_regression_on_l2_normalised_featu
         assert accuracy == pytest.approx(expected, abs=1 / 30 + 1e-9)  # one query of 30 at most
 
 
+def test_few_shot_fits_600_episodes_of_features_that_point_one_way_as_sklearn_does():
+    """The demo's protocol (600 5-way 5-shot episodes, 512-d) on features that all point almost
+    one way, as a collapsed backbone's (mean cosine 0.9995): the episodes are fitted together
+    and each must still be scikit-learn's fit. Before the fix the shared first L-BFGS step
+    shrank with the number of episodes below float32's resolution of J: every episode stopped
+    at W = 0 and scored exactly chance (0.2; 0.73 with 50 episodes)."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(10), 90)
+    common, centres = rng.standard_normal(512), rng.standard_normal((10, 512))
+    noise = rng.standard_normal((len(y), 512))
+    x = (common + 0.01 * (centres[y] + 2 * noise)).astype(np.float32)
+    result = few_shot(x, y, ways=5, shots=5, episodes=600, queries=15, seed=0)
+    assert np.array_equal(result.accuracies[:50], few_shot(x, y, episodes=50, seed=0).accuracies)
+    rng = np.random.default_rng(0)  # the draw few_shot makes: classes, then items of each
+    normalised = x / np.linalg.norm(x, axis=1, keepdims=True)
+    for accuracy in result.accuracies[:20]:
+        rows = [
+            rng.choice(np.flatnonzero(y == c), 20, replace=False)
+            for c in rng.choice(10, 5, replace=False)
+        ]
+        support = np.concatenate([r[:5] for r in rows])
+        query = np.concatenate([r[5:] for r in rows])
+        model = LogisticRegression(C=1.0, max_iter=1000).fit(
+            normalised[support], np.repeat(np.arange(5), 5)
+        )
+        expected = np.mean(model.predict(normalised[query]) == np.repeat(np.arange(5), 15))
+        assert accuracy == pytest.approx(expected, abs=1 / 75 + 1e-9)  # one query of 75 at most
+
+
 def test_few_shot_needs_enough_classes():
     x, y = blobs(60, num_classes=3)
     with pytest.raises(EvalError, match="need 5 classes"):
