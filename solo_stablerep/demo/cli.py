@@ -20,7 +20,7 @@ from solo_stablerep.console import (
     seed_int,
 )
 from solo_stablerep.demo.captions import MAX_CAPTIONS_PER_CLASS
-from solo_stablerep.demo.runs import DEFAULT_METHODS, METHODS, SIZES_PRESETS
+from solo_stablerep.demo.runs import DEFAULT_METHODS, METHODS, SIZES_PRESETS, SYNCLR_SETTINGS
 
 
 def _parse_args(argv):
@@ -71,6 +71,12 @@ def _parse_args(argv):
     )
     p.add_argument(
         "--lr", type=positive_float, help="effective AdamW learning rate of every method"
+    )
+    p.add_argument(
+        "--synclr-settings",
+        choices=SYNCLR_SETTINGS,
+        help="short-run (default): BN heads, no predictor, no local crops, EMA 0.9, what the "
+        "ablation found for these short runs; config: synclr.yaml's own (the paper's heads)",
     )
     # 0: StableRep's epochs are one step long here (10 captions), and starting workers every
     # epoch cost more than they overlapped (measured)
@@ -149,6 +155,7 @@ def _main(argv) -> None:
         "captions_per_class": args.captions_per_class,
         "lr": args.lr,
         "crops_per_step": args.crops_per_step,
+        "synclr_settings": args.synclr_settings,
     }
     size = replace(size, **{k: v for k, v in chosen.items() if v is not None})
     # torch and scikit-learn load once the options are read

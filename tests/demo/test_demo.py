@@ -237,6 +237,28 @@ def test_demo_overrides_give_every_method_the_same_budget(tmp_path, method):
     ) == [8]
 
 
+@requires_solo
+@pytest.mark.parametrize("settings", ["short-run", "config"])
+def test_synclr_runs_the_short_run_settings_unless_asked_for_the_configs(tmp_path, settings):
+    """The demo's SynCLR (docs/synclr.md#in-the-demo): BN heads, no predictor, no local crops, a
+    teacher that follows within ~10 steps; ``config``: synclr.yaml's own (the paper's)."""
+    from dataclasses import replace
+
+    from solo_stablerep.demo.runs import SIZES_PRESETS, default_config_dir, method_overrides
+
+    size = replace(SIZES_PRESETS["default"], synclr_settings=settings)
+    make_manifest_dataset(tmp_path / "ds", 10, size.images_per_caption)
+    overrides = method_overrides("synclr", size, tmp_path / "ds", tmp_path / "run", 0, 0)
+    cfg = compose_parsed_cfg(default_config_dir(), "synclr.yaml", overrides)
+    kwargs = cfg.method_kwargs
+    short = settings == "short-run"
+    assert kwargs.get("head_norm", "ln") == ("bn" if short else "ln")
+    assert kwargs.get("pred_num_layers", 2) == (0 if short else 2)
+    assert (kwargs.num_local_crops, cfg.data.num_small_crops) == ((0, 0) if short else (4, 32))
+    assert cfg.momentum.base_tau == (0.9 if short else 0.994)
+    assert kwargs.temperature == 0.08  # the paper's, in both
+
+
 def test_a_set_override_the_config_lacks_is_one_line():
     from solo_stablerep.demo.runs import compose, default_config_dir
     from solo_stablerep.errors import DemoError
