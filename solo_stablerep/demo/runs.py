@@ -5,8 +5,9 @@ Every method sees the same number of crops per step for the same number of steps
 effective learning rate and the same images: StableRep's crops come from ``views`` images of each
 caption (one crop each), SimCLR's, BYOL's and SupCon's from 2 crops of each image, every image an
 item of its own (:func:`solo_stablerep.demo.dataset.write_per_image_manifest`), as those methods
-know no captions. SynCLR reads captions as StableRep does (the same global crops) and adds its 4
-local crops, at half the crop size, of each image.
+know no captions. SynCLR reads captions as StableRep does (the same global crops), with its
+short-run settings (:data:`SYNCLR_SHORT_RUN`, no local crops) or, with ``--synclr-settings config``,
+the config's (4 local crops of each image at half the crop size).
 """
 
 from __future__ import annotations
@@ -58,17 +59,18 @@ def default_config_dir() -> Path:
     return pretrain_config_dir("synthetic")
 
 
-# SynCLR's settings for the demo's short runs on 8 px digits in a 32 px frame
-# (docs/synclr.md#in-the-demo has the ablation behind each): at a few hundred steps every part
-# SynCLR adds to StableRep costs accuracy here, and its defaults leave the backbone at or below
-# the untrained floor. The shipped configs keep the paper's; --synclr-settings config runs them.
+# SynCLR's settings for the demo's short runs on 8 px digits in a 32 px frame: at 300 steps each
+# part SynCLR adds to StableRep costs accuracy here, and the config's own settings leave the
+# backbone at or below the untrained floor (docs/synclr.md#the-ablation-2026-12-07). The shipped
+# configs keep the paper's; --synclr-settings config runs them.
 SYNCLR_SHORT_RUN = (
     "++method_kwargs.head_norm=bn",  # the LayerNorm heads collapse in their first ten steps
-    "++method_kwargs.pred_num_layers=0",  # a predictor of a near-random teacher: features fall
-    # a local crop of an 8 px scan is a stroke: -0.1 kNN
+    "++method_kwargs.pred_num_layers=0",  # predicting a still near-random teacher
+    # a local crop of a frame holding an 8 px scan is a stroke; without them a step costs about
+    # StableRep's
     "augmentations.1.num_crops=0",
     "method_kwargs.num_local_crops=0",
-    # the teacher follows the student within ~10 steps: 0.994 leaves it half random at step 100
+    # a teacher that follows within ~10 steps: at 0.994 it is still half random at step 95
     "momentum.base_tau=0.9",
 )
 SYNCLR_SETTINGS = ("short-run", "config")
