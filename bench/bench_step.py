@@ -21,10 +21,11 @@ The ratios printed:
   same rounds / counted in FLOPs), over StableRep's step: what any SynCLR step costs at least,
   for information; ``synclr_step_vs_floor``: SynCLR's step over the measured floor (1 = nothing
   but the teacher);
-* ``synclr_demo_layout_vs_stablerep``: the demo's SynCLR step (``stablerep-demo --methods
-  synclr``: 8 global 32 px crops of 8 captions plus 4 local 16 px crops per global one,
-  ``views_per_backbone_call`` 4, so 2 calls of 32 global crops and 8 of 32 local ones, and one
-  teacher call of 64) against the demo's StableRep step below, for information: everything
+* ``synclr_demo_layout_vs_stablerep``: the demo's SynCLR step on the config's settings
+  (``stablerep-demo --methods synclr --synclr-settings config``: 8 global 32 px crops of 8
+  captions plus 4 local 16 px crops per global one, ``views_per_backbone_call`` 4, so 2 calls of
+  32 global crops and 8 of 32 local ones, and one teacher call of 64; the demo's short-run
+  settings have no local crops) against the demo's StableRep step below, for information: everything
   SynCLR adds in the demo (the local crops, the teacher); ``synclr_demo_per_view_vs_stablerep``:
   the same SynCLR step with ``views_per_backbone_call`` 1 (40 student calls of 8 crops), the
   demo's SynCLR before the grouping;
