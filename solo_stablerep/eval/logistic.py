@@ -346,10 +346,11 @@ def fit_logistic_regression(
     if init is not None and init.curvature is not None:
         memory = init.curvature.for_penalty(penalty, num_weights)
     start = torch.cat([weight.reshape(-1), bias.reshape(-1)])
-    work = num_rows * dim * num_outputs * int(np.prod(batch_shape, dtype=np.int64))
+    problems = math.prod(batch_shape)  # independent fits stacked along the batch dimensions
+    work = num_rows * dim * num_outputs * problems
     with _single_thread_if(features.device.type == "cpu" and work < _SINGLE_THREAD_WORK):
         point, gradient, (steps, changes, _), n_iter, func_evals = _lbfgs(
-            objective, start, memory, max_iter=max_iter, tol=tol, problems=math.prod(batch_shape)
+            objective, start, memory, max_iter=max_iter, tol=tol, problems=problems
         )
     weight, bias = unflatten(point)
     grad_weight, grad_bias = unflatten(gradient)
@@ -370,11 +371,10 @@ def _lbfgs(objective, point: torch.Tensor, memory, *, max_iter: int, tol: float,
     Optimization*, 2nd ed., Alg. 7.5): each step goes along -H ∇J, H the inverse Hessian of the
     last :data:`HISTORY` curvature pairs (``memory``: steps s, gradient changes y, 1 / y·s, from
     a previous fit, or None), its length from 1 (the first step without pairs: 1 / |∇J|₁, as
-    torch's ``LBFGS``, per problem: ``problems`` independent problems stacked in ``point`` sum
-    their |∇J|₁, and a step that shrank with their number fell below float32's resolution of J
-    at 600 few-shot episodes, which then stopped at W = 0) backtracked until J decreases enough
-    (Armijo). J is convex, so every step
-    gives y·s >= 0: no curvature condition is needed. Stops at max |∇J| <= ``tol``, when J or the
+    torch's ``LBFGS``, taken per problem: the ``problems`` stacked in ``point`` sum their |∇J|₁,
+    and a step shrinking with their number stalled 600 few-shot episodes at W = 0) backtracked
+    until J decreases enough (Armijo). J is convex, so every step gives y·s >= 0: no curvature
+    condition is needed. Stops at max |∇J| <= ``tol``, when J or the
     point stops changing, after ``max_iter`` steps or :data:`MAX_EVAL` evaluations.
 
     Returns (point, ∇J there, the pairs (steps, changes, 1 / y·s), steps taken, evaluations)."""

@@ -247,7 +247,10 @@ def test_few_shot_fits_600_episodes_of_features_that_point_one_way_as_sklearn_do
     noise = rng.standard_normal((len(y), 512))
     x = (common + 0.01 * (centres[y] + 2 * noise)).astype(np.float32)
     result = few_shot(x, y, ways=5, shots=5, episodes=600, queries=15, seed=0)
-    assert np.array_equal(result.accuracies[:50], few_shot(x, y, episodes=50, seed=0).accuracies)
+    # fitted 50 or 600 at a time, the same episodes score the same; within one query of 75, as
+    # the joint L-BFGS path (so a borderline query) depends on the batch (before: 0.2 vs 0.73)
+    alone = few_shot(x, y, episodes=50, seed=0).accuracies
+    assert np.abs(result.accuracies[:50] - alone).max() <= 1 / 75 + 1e-9
     rng = np.random.default_rng(0)  # the draw few_shot makes: classes, then items of each
     normalised = x / np.linalg.norm(x, axis=1, keepdims=True)
     for accuracy in result.accuracies[:20]:
