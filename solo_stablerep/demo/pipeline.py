@@ -20,6 +20,7 @@ from solo_stablerep.demo.runs import (
     DEFAULT_METHODS,
     METHODS,
     RANDOM_FLOOR,
+    SYNCLR_SETTINGS,
     DemoSize,
     check_set_types,
     compose,
@@ -66,6 +67,10 @@ def check_options(
         )
     if size.views > size.images_per_caption:
         raise DemoError(f"views {size.views} > images per caption {size.images_per_caption}")
+    if size.synclr_settings not in SYNCLR_SETTINGS:  # the CLI offers only these; a caller may not
+        raise DemoError(
+            f"synclr_settings {size.synclr_settings!r}: choose from {list(SYNCLR_SETTINGS)}"
+        )
     data_root = output / "data"
     for method in methods:
         run_dir = output / "runs" / f"seed{seeds[0]}" / method

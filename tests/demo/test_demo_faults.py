@@ -40,6 +40,7 @@ def assert_one_line(err, *parts):
         ("--workers", "-1", ">= 0"),
         ("--seeds", "-1", ">= 0"),  # Lightning's seeding refuses it with a traceback
         ("--seeds", str(2**32), "<= 4294967295"),
+        ("--synclr-settings", "paper", "invalid choice"),
     ],
 )
 def test_numeric_options_out_of_range_are_one_line_before_any_work(
@@ -122,6 +123,21 @@ def test_a_run_with_other_options_into_the_same_output_is_refused(tmp_path, caps
     assert main([*TINY, "--output", str(tmp_path / "mine")]) == 2
     assert_one_line(capsys.readouterr().err.strip(), "is not empty and holds no demo run")
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+
+
+def test_synclr_settings_the_demo_does_not_know_are_one_line_before_any_work(tmp_path):
+    """run_demo's callers pass a DemoSize, not the CLI's choices: an unknown name is refused,
+    not run as the config's settings."""
+    from dataclasses import replace
+
+    from solo_stablerep.demo.pipeline import check_options
+    from solo_stablerep.demo.runs import SIZES_PRESETS, default_config_dir
+    from solo_stablerep.errors import DemoError
+
+    size = replace(SIZES_PRESETS["tiny"], synclr_settings="paper")
+    with pytest.raises(DemoError, match=r"synclr_settings 'paper': choose from \['short-run'"):
+        check_options(size, ["synclr"], [0], default_config_dir(), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 @requires_solo
